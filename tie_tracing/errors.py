@@ -1,0 +1,27 @@
+"""Exceptions raised by tie_tracing. Each names the problem and the object it concerns."""
+
+from __future__ import annotations
+
+
+class TieTracingError(Exception):
+    """Base class of every error the package raises on purpose."""
+
+
+class UnsupportedModelError(TieTracingError, ValueError):
+    """The model's architecture has no entry in the backbone table."""
+
+
+class SubjectNotFoundError(TieTracingError, ValueError):
+    """A fact's subject does not occur (as whole tokens) in its prompt."""
+
+
+class CheckpointNotFoundError(TieTracingError, FileNotFoundError):
+    """A model name is neither embedded nor a readable local checkpoint directory."""
+
+
+class ShapeError(TieTracingError, ValueError):
+    """A tensor's shape disagrees with what the function needs."""
+
+
+class NonFiniteActivationError(TieTracingError, FloatingPointError):
+    """NaN or inf appeared in activations or log-probabilities during a run."""

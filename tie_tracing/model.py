@@ -1,0 +1,344 @@
+"""Loading models and wrapping them once for nnsight, with the diffusion loop exposed.
+
+:class:`TracedModel` is an :class:`nnsight.NNsight` envoy around a backbone (an embedded tiny
+model, a local LLaDA/Dream/... checkpoint, or an HF causal LM for the AR side). Module access
+mirrors the real module tree (``model.model.layers[3].mlp``), and :meth:`TracedModel.site`
+reaches a ``(layer, module)`` site through the backbone table so no caller needs a path.
+
+The denoising loop of SPEC §4 is the traceable method :meth:`TracedModel.denoise`: every
+backbone forward is one denoising step, so inside ``with model.denoise(...) as tracer`` the
+bounded ``for k in tracer.iter[:T]`` visits steps ``0 … T-1`` and ``tracer.iter[k]`` is step
+``k``. The sampler always makes exactly ``T`` forwards (a finished answer still runs the
+remaining steps), so a step index always means the same thing and nnsight's iterator never
+ends early.
+
+Limits: one backbone call per step (classifier-free guidance or self-conditioning would make
+occurrences stop being steps); rows of one call share their prompt and answer lengths (the
+callers group by shape instead of padding, which keeps batched runs bit-comparable with
+single rows on every architecture).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from nnsight import NNsight
+from nnsight.intervention.envoy import traceable
+
+from .backbones import BACKBONES, MODULES, Backbone, check_backbone, detect_family, get_module
+from .errors import CheckpointNotFoundError, UnsupportedModelError
+from .prompting import DEFAULT_TEMPLATE, encode_pair
+
+ZOO_DIR = Path(__file__).parent / "zoo" / "models"
+EMBEDDED_MODELS = ("tiny-mdlm", "tiny-ar", "tiny-mdlm-retain")
+
+
+class TracedModel(NNsight):
+    """An nnsight-traceable backbone with its tokenizer, backbone entry and diffusion loop.
+
+    Build it with :func:`load_model` (or :meth:`from_module` for a module in memory).
+
+    Attributes:
+        backbone: The :class:`~tie_tracing.backbones.Backbone` entry, checked at load.
+        tokenizer: The tokenizer (``PreTrainedTokenizerFast`` or compatible).
+        num_layers: Number of transformer blocks.
+        mask_token_id: The ``[MASK]`` id (``None`` for causal models).
+        name: Embedded name or checkpoint path (recorded in results).
+        template: Prompt template with a ``{question}`` field.
+        info: The model's ``tie_tracing.json`` (embedded models: family, tuned operating point).
+
+    Example:
+        >>> model = tt.load_model("tiny-mdlm")                        # doctest: +SKIP
+        >>> with model.denoise(x, answer_start=9, steps=8) as tracer: # doctest: +SKIP
+        ...     for k in tracer.iter[:8]:
+        ...         model.site(2, "mlp").output[:, 3] *= 0
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        backbone: Backbone,
+        name: str = "",
+        template: str = DEFAULT_TEMPLATE,
+        info: dict | None = None,
+        mask_token_id: int | None = None,
+    ) -> None:
+        num_layers = check_backbone(module, backbone)
+        mask_id = mask_token_id if mask_token_id is not None else backbone.mask_token_id
+        if mask_id is None and not backbone.causal:
+            mask_id = getattr(tokenizer, "mask_token_id", None)
+            if mask_id is None:
+                raise UnsupportedModelError(
+                    f"family {backbone.family!r} needs a mask token, but the tokenizer has none"
+                )
+        super().__init__(module)
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.num_layers = num_layers
+        self.mask_token_id = mask_id
+        self.name = name
+        self.template = template
+        self.info = dict(info or {})
+        params = inspect.signature(module.forward).parameters
+        self._forward_kwargs = {"use_cache": False} if "use_cache" in params else {}
+
+    @classmethod
+    def from_module(
+        cls,
+        module: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        family: str | None = None,
+        name: str = "",
+        template: str = DEFAULT_TEMPLATE,
+        mask_token_id: int | None = None,
+    ) -> TracedModel:
+        """Wrap a module already in memory (tests use random-initialised replicas).
+
+        ``mask_token_id`` overrides the table's id (a replica with a small vocabulary).
+        """
+        family = family or detect_family(module.config)
+        if family not in BACKBONES:
+            raise UnsupportedModelError(f"unknown family {family!r}; known: {sorted(BACKBONES)}")
+        module.eval()
+        return cls(
+            module,
+            tokenizer,
+            backbone=BACKBONES[family],
+            name=name or family,
+            template=template,
+            mask_token_id=mask_token_id,
+        )
+
+    # -- structure ---------------------------------------------------------------------------
+
+    @property
+    def is_causal(self) -> bool:
+        return self.backbone.causal
+
+    @property
+    def hidden_size(self) -> int:
+        return int(get_module(self._module, self.backbone.embedding).weight.shape[-1])
+
+    @property
+    def param_device(self) -> torch.device:
+        return next(self._module.parameters()).device
+
+    def site(self, layer: int, module: str):
+        """The envoy of site ``module`` (``resid``/``attn``/``mlp``) in block ``layer``."""
+        self.check_site(layer, module)
+        node: Any = self
+        for part in self.backbone.site_path(layer, module).split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        return node
+
+    def site_module(self, layer: int, module: str) -> torch.nn.Module:
+        """The plain ``torch.nn.Module`` of a site (for hooks in reference implementations)."""
+        self.check_site(layer, module)
+        return get_module(self._module, self.backbone.site_path(layer, module))
+
+    @property
+    def embedding(self):
+        """The envoy of the token embedding (its output is where corruption noise goes)."""
+        node: Any = self
+        for part in self.backbone.embedding.split("."):
+            node = getattr(node, part)
+        return node
+
+    def embedding_module(self) -> torch.nn.Module:
+        return get_module(self._module, self.backbone.embedding)
+
+    def check_site(self, layer: int, module: str) -> None:
+        """Raise a clear error for a layer or module name the backbone lacks."""
+        if module not in MODULES:
+            raise ValueError(
+                f"{self.name}: unknown module {module!r}; the sites are {MODULES}"
+            )
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"{self.name}: layer {layer!r} outside 0..{self.num_layers - 1}")
+
+    # -- running -----------------------------------------------------------------------------
+
+    def encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        """``(prompt_ids, answer_ids)`` in this model's prompt format."""
+        return encode_pair(self.tokenizer, question, answer, template=self.template)
+
+    def forward_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """One backbone forward; logits aligned so index ``i`` scores token ``i``.
+
+        For shifted families (Dream, causal LMs) position ``i`` is predicted at ``i - 1``;
+        the returned tensor moves those predictions to ``i`` (index 0 repeats row 0 and
+        carries no prediction). Called inside a trace, the forward is intercepted as usual.
+        """
+        out = self._module(input_ids=input_ids, **self._forward_kwargs)
+        logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
+        if self.backbone.shifted:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    @traceable
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """One backbone forward as a traceable call: ``with model.logits(x) as tracer``.
+
+        Called directly it runs the forward through nnsight, so installed edits
+        (:class:`~tie_tracing.editing.EditMemory`) apply. Returns aligned logits
+        (see :meth:`forward_logits`).
+        """
+        return self.forward_logits(input_ids)
+
+    @traceable
+    def denoise(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        answer_start: int,
+        steps: int = 8,
+        block_length: int | None = None,
+        temperature: float = 0.0,
+        seeds: Sequence[int] | None = None,
+        targets: torch.Tensor | None = None,
+    ):
+        """The diffusion loop (SPEC §4): exactly ``steps`` backbone forwards.
+
+        Use it traced (``with model.denoise(x, answer_start=p) as tracer``) to intervene at
+        steps through ``tracer.iter``; called directly it simply runs. ``input_ids`` is
+        ``[batch, seq]`` with mask tokens from ``answer_start`` on. Returns a
+        :class:`~tie_tracing.sampler.LoopOutput` (states after each step, target
+        log-probs per step).
+        """
+        from .sampler import run_loop
+
+        return run_loop(
+            self,
+            input_ids,
+            answer_start=answer_start,
+            steps=steps,
+            block_length=block_length,
+            temperature=temperature,
+            seeds=seeds,
+            targets=targets,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TracedModel(name={self.name!r}, family={self.backbone.family!r}, "
+            f"layers={self.num_layers}, causal={self.is_causal}, mask_token_id={self.mask_token_id})"
+        )
+
+
+def _resolve_path(name_or_path: str | os.PathLike) -> Path:
+    if str(name_or_path) in EMBEDDED_MODELS:
+        path = ZOO_DIR / str(name_or_path)
+        if not (path / "config.json").is_file():
+            raise CheckpointNotFoundError(
+                f"embedded model {name_or_path!r} is not built in this checkout ({path}); "
+                f"train it with `python -m tie_tracing.zoo.train {name_or_path}`"
+            )
+        return path
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise CheckpointNotFoundError(
+            f"{str(name_or_path)!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) "
+            f"nor a local checkpoint directory (no such directory). Weights are never downloaded."
+        )
+    if not (path / "config.json").is_file():
+        raise CheckpointNotFoundError(f"checkpoint directory {path} has no config.json")
+    return path
+
+
+def load_model(
+    name_or_path: str | os.PathLike = "tiny-mdlm",
+    *,
+    family: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    device_map: Any = None,
+    trust_remote_code: bool = False,
+    template: str | None = None,
+    mask_token_id: int | None = None,
+) -> TracedModel:
+    """Load an embedded model or a local checkpoint, offline, wrapped for nnsight.
+
+    Args:
+        name_or_path: ``"tiny-mdlm"``, ``"tiny-ar"``, ``"tiny-mdlm-retain"`` or a local
+            checkpoint directory (LLaDA, MMaDA, LLaDA-MoE, Dream, DiffuLLaMA, GPT-2, Llama,
+            Qwen2).
+        family: Force a backbone-table family (needed for DiffuLLaMA, whose config says llama).
+        device, dtype, device_map: Passed to ``from_pretrained`` (GPU users: ``dtype=
+            torch.bfloat16, device_map="cuda"``). Nothing here forces CPU.
+        trust_remote_code: Run the checkpoint's own modelling code (LLaDA, Dream). Off unless
+            asked for.
+        template: Prompt template with ``{question}`` (default: the question itself).
+        mask_token_id: Override the backbone table's mask id.
+
+    Returns:
+        A :class:`TracedModel`.
+
+    Raises:
+        CheckpointNotFoundError: unknown name or missing directory/config.
+        UnsupportedModelError: an architecture with no backbone entry (lists the supported).
+
+    Example:
+        >>> model = tt.load_model("tiny-mdlm")                  # doctest: +SKIP
+        >>> model.num_layers, model.backbone.family             # doctest: +SKIP
+        (6, 'tiny-mdlm')
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = _resolve_path(name_or_path)
+    info: dict = {}
+    if (path / "tie_tracing.json").is_file():
+        info = json.loads((path / "tie_tracing.json").read_text())
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if not trust_remote_code and "trust_remote_code" in str(error):
+            raise UnsupportedModelError(
+                f"{path} needs its own modelling code (LLaDA, Dream, ...); pass "
+                f"trust_remote_code=True if you trust the files in that directory"
+            ) from error
+        raise
+    family = family or info.get("family") or detect_family(config)
+    if family not in BACKBONES:
+        raise UnsupportedModelError(f"unknown family {family!r}; known: {sorted(BACKBONES)}")
+    kwargs: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    module = None
+    errors = []
+    for auto in (AutoModelForCausalLM, AutoModel):
+        try:
+            module = auto.from_pretrained(path, **kwargs)
+            break
+        except (ValueError, KeyError) as error:
+            errors.append(f"{auto.__name__}: {error}")
+    if module is None:
+        raise UnsupportedModelError(f"could not load {path}: " + "; ".join(errors))
+    if device is not None and device_map is None:
+        module = module.to(device)
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    return TracedModel(
+        module,
+        tokenizer,
+        backbone=BACKBONES[family],
+        name=str(name_or_path),
+        template=template or info.get("template", DEFAULT_TEMPLATE),
+        info=info,
+        mask_token_id=mask_token_id,
+    )

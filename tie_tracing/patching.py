@@ -1,0 +1,343 @@
+"""Step-indexed patching: corruptions, captures and patches as nnsight interventions.
+
+This is the public, general-purpose layer under :func:`~tie_tracing.tie.trace_tie`. A user
+names sites (``resid``/``attn``/``mlp`` of a layer), denoising steps and token positions and
+gets back, from one traced run of the diffusion loop (``model.denoise``), the per-step
+log-probabilities of the answer, the committed tokens, and any captured activations:
+
+* :class:`Corruption` — Gaussian noise on the subject embeddings (SPEC §5): ``ν`` is
+  ``noise_scale · σ_emb`` (ROME's 3σ rule, ``σ_emb`` the pooled standard deviation of the
+  embedding outputs at the subject tokens of the fact set) or a fixed ``nu``; added (default)
+  or replacing the embedding (``replace=True``). Draws are keyed by ``(seed, fact id, draw)``,
+  so every run of a fact — clean capture aside — sees the same noise at every step (common
+  random numbers), whatever else is in the batch.
+* :class:`Patch` — overwrite a site's output at one step and some positions with given
+  values (e.g. the clean run's activations).
+* :class:`Capture` — record a site's output at chosen steps and positions.
+
+Everything happens inside one ``with model.denoise(...) as tracer`` block with a bounded
+``tracer.iter[:T]``; within a step, sites are visited in execution order (embedding, then per
+layer ``attn``, ``mlp``, ``resid``), which nnsight requires.
+
+Example:
+    >>> fact = tt.load_facts("tiny", split="forget01")[0]                # doctest: +SKIP
+    >>> q = encode_query(model, fact)                                      # doctest: +SKIP
+    >>> clean = run_patched(model, q, capture=[Capture(layer=2, module="mlp")])  # doctest: +SKIP
+    >>> h = clean.captures[(2, "mlp")]            # [rows, steps, positions, d]  # doctest: +SKIP
+    >>> noisy = run_patched(model, q, corruption=Corruption(nu=0.5),        # doctest: +SKIP
+    ...                     patches=[Patch(layer=2, module="mlp", step=3, value=h[0, 3])])
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import nnsight
+import torch
+
+from .backbones import MODULES, hidden_of
+from .errors import ShapeError, SubjectNotFoundError
+from .facts import Fact, locate_subject
+from .sampler import LoopOutput, check_finite
+
+#: Order in which a block's sites run (nnsight must be asked in execution order).
+EXECUTION_ORDER: tuple[str, ...] = ("attn", "mlp", "resid")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A fact encoded for one model: prompt, answer span and subject positions.
+
+    Attributes:
+        fact: The fact.
+        prompt_ids, answer_ids: Token ids (see :mod:`tie_tracing.prompting`).
+        subject_positions: Token positions ``S`` of the subject in the prompt.
+    """
+
+    fact: Fact
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    subject_positions: tuple[int, ...]
+
+    @property
+    def answer_start(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.answer_ids)
+
+    def input_ids(self, mask_id: int, rows: int = 1) -> torch.Tensor:
+        """``[rows, seq]``: the prompt followed by ``|answer|`` masks."""
+        ids = list(self.prompt_ids) + [mask_id] * len(self.answer_ids)
+        return torch.tensor(ids).expand(rows, -1).clone()
+
+    def targets(self, rows: int = 1) -> torch.Tensor:
+        return torch.tensor(self.answer_ids).expand(rows, -1).clone()
+
+
+def encode_query(model, fact: Fact) -> Query:
+    """Encode ``fact`` for ``model`` and locate its subject.
+
+    Raises:
+        SubjectNotFoundError: the subject is not in the prompt (names the fact).
+    """
+    if not fact.traceable:
+        raise SubjectNotFoundError(
+            f"fact {fact.id!r} is marked traceable=False: its subject {fact.subject!r} does "
+            f"not occur in its question {fact.question!r}"
+        )
+    prompt, answer = model.encode(fact.question, fact.answer)
+    positions = locate_subject(
+        model.tokenizer,
+        prompt,
+        fact.subject,
+        text=model.template.format(question=fact.question),
+        fact_id=fact.id or fact.question,
+    )
+    return Query(fact, tuple(prompt), tuple(answer), tuple(int(p) for p in positions))
+
+
+def fact_key(fact: Fact) -> str:
+    """The key that seeds a fact's noise: its id, or its question when it has none."""
+    return fact.id or fact.question
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """Gaussian corruption of the subject embeddings (SPEC §5).
+
+    Attributes:
+        noise_scale: ``ν = noise_scale · σ_emb`` (ROME's rule: 3).
+        nu: A fixed ``ν``; overrides ``noise_scale``.
+        replace: Replace the subject embeddings by the noise instead of adding it.
+        seed: Seed of the draws.
+        n_noise: Independent draws per fact (their effects are averaged).
+    """
+
+    noise_scale: float = 3.0
+    nu: float | None = None
+    replace: bool = False
+    seed: int = 0
+    n_noise: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.noise_scale > 0:
+            raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
+        if self.nu is not None and not self.nu > 0:
+            raise ValueError(f"nu must be > 0, got {self.nu}")
+        if not isinstance(self.n_noise, int) or self.n_noise < 1:
+            raise ValueError(f"n_noise must be an integer ≥ 1, got {self.n_noise!r}")
+
+    def resolve_nu(self, model, queries: Sequence[Query]) -> float:
+        """``ν`` for this fact set: the fixed ``nu`` or ``noise_scale · σ_emb``."""
+        if self.nu is not None:
+            return float(self.nu)
+        return self.noise_scale * embedding_std(model, queries)
+
+    def draws(self, fact: Fact, n_positions: int, hidden: int, nu: float) -> torch.Tensor:
+        """``[n_noise, n_positions, hidden]`` draws ``ε ~ N(0, ν² I)`` for ``fact`` (float32, CPU)."""
+        out = torch.empty(self.n_noise, n_positions, hidden)
+        for n in range(self.n_noise):
+            key = zlib.crc32(f"{self.seed}:{fact_key(fact)}:{n}".encode())
+            out[n] = torch.randn(n_positions, hidden, generator=torch.Generator().manual_seed(key))
+        return out * nu
+
+
+def embedding_std(model, queries: Sequence[Query]) -> float:
+    """Pooled standard deviation of the embedding outputs at the subject tokens (``σ_emb``)."""
+    if not queries:
+        raise ValueError("embedding_std needs at least one fact")
+    embedding = model.embedding_module()
+    with torch.inference_mode():
+        values = []
+        for q in queries:
+            ids = torch.tensor([q.prompt_ids[p] for p in q.subject_positions], device=model.param_device)
+            values.append(hidden_of(embedding(ids[None]))[0].float().reshape(-1))
+        return float(torch.cat(values).std())
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Overwrite site ``(layer, module)`` at denoising ``step`` and ``positions``.
+
+    Attributes:
+        layer, module, step: Where and when.
+        value: ``[len(positions), d]`` (every row) or ``[rows, len(positions), d]``.
+        positions: Token positions (default: the subject positions).
+        rows: Batch rows to patch (default: all).
+    """
+
+    layer: int
+    module: str
+    step: int
+    value: torch.Tensor
+    positions: tuple[int, ...] | None = None
+    rows: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Record site ``(layer, module)`` at ``steps`` (default all) and ``positions`` (default S)."""
+
+    layer: int
+    module: str
+    steps: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PatchedRun:
+    """What :func:`run_patched` returns.
+
+    Attributes:
+        target_logprobs: ``[rows, steps]`` ``LP(k)`` of the fact's answer.
+        states: ``[rows, steps, seq]`` tokens after each step.
+        captures: ``(layer, module) → [rows, n_captured_steps, n_positions, d]``.
+        capture_steps: ``(layer, module) → the steps captured, in order``.
+    """
+
+    target_logprobs: torch.Tensor
+    states: torch.Tensor
+    captures: dict = field(default_factory=dict)
+    capture_steps: dict = field(default_factory=dict)
+
+
+def _check_positions(positions: Sequence[int], length: int, what: str, fact_id: str) -> torch.Tensor:
+    for p in positions:
+        if not 0 <= int(p) < length:
+            raise IndexError(f"fact {fact_id!r}: {what} position {p} outside the sequence 0..{length - 1}")
+    return torch.tensor([int(p) for p in positions], dtype=torch.long)
+
+
+def apply_noise(model, noise: torch.Tensor | None, positions: torch.Tensor, replace: bool, rows=None) -> None:
+    """Inside a trace step: add (or write) ``noise`` ``[rows, |S|, d]`` at the embedding output."""
+    if noise is None:
+        return
+    emb = hidden_of(model.embedding.output)
+    target = slice(None) if rows is None else rows
+    if replace:
+        emb[target, positions] = noise.to(emb.dtype)
+    else:
+        emb[target, positions] += noise.to(emb.dtype)
+
+
+def run_patched(
+    model,
+    query: Query | Fact,
+    *,
+    steps: int = 8,
+    rows: int = 1,
+    corruption: Corruption | None = None,
+    noise: torch.Tensor | None = None,
+    nu: float | None = None,
+    patches: Sequence[Patch] = (),
+    capture: Sequence[Capture] = (),
+    block_length: int | None = None,
+) -> PatchedRun:
+    """One traced diffusion run with corruption, patches and captures at chosen steps.
+
+    Args:
+        model: A :class:`~tie_tracing.model.TracedModel` (MDLM).
+        query: A :class:`Query` or a :class:`~tie_tracing.facts.Fact` (encoded here).
+        steps: ``T``.
+        rows: Batch rows (identical queries; rows differ by their noise or patches).
+        corruption: Noise on the subject embeddings at every step (its draw ``i`` goes to
+            row ``i % n_noise``), or ``None`` for a clean run.
+        noise: Explicit ``[rows, |S|, d]`` noise instead of ``corruption`` (rows of zeros stay
+            clean; with ``corruption.replace`` semantics only when ``corruption`` is given).
+        nu: ``ν`` for ``corruption`` (default: resolved on this one fact).
+        patches: :class:`Patch` es, applied after the noise.
+        capture: :class:`Capture` s, recorded after any patch at the same site.
+
+    Returns:
+        A :class:`PatchedRun`.
+    """
+    if isinstance(query, Fact):
+        query = encode_query(model, query)
+    fid = query.fact.id or query.fact.question
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+    subject = _check_positions(query.subject_positions, query.answer_start, "subject", fid)
+    device = model.param_device
+    replace = bool(corruption.replace) if corruption is not None else False
+    if noise is None and corruption is not None:
+        nu = corruption.resolve_nu(model, [query]) if nu is None else nu
+        draws = corruption.draws(query.fact, len(subject), model.hidden_size, nu)
+        noise = draws[torch.arange(rows) % corruption.n_noise]
+    if noise is not None:
+        if tuple(noise.shape) != (rows, len(subject), model.hidden_size):
+            raise ShapeError(
+                f"fact {fid!r}: noise must be [rows={rows}, |S|={len(subject)}, d={model.hidden_size}], "
+                f"got {tuple(noise.shape)}"
+            )
+        noise = noise.to(device)
+    plan: dict[tuple[int, int, str], list] = {}
+    for p in patches:
+        model.check_site(p.layer, p.module)
+        if not 0 <= p.step < steps:
+            raise ValueError(f"fact {fid!r}: patch step {p.step} outside 0..{steps - 1}")
+        pos = _check_positions(p.positions or query.subject_positions, query.length, "patch", fid)
+        prow = torch.arange(rows) if p.rows is None else _check_positions(p.rows, rows, "row", fid)
+        value = p.value
+        if value.ndim == 2:
+            value = value.expand(len(prow), -1, -1)
+        if tuple(value.shape) != (len(prow), len(pos), model.hidden_size):
+            raise ShapeError(
+                f"fact {fid!r}: patch value must be [{len(pos)}, d] or [{len(prow)}, {len(pos)}, d] "
+                f"with d={model.hidden_size}, got {tuple(p.value.shape)}"
+            )
+        plan.setdefault((p.step, p.layer, p.module), []).append((prow.to(device), pos.to(device), value.to(device)))
+    wanted: dict[tuple[int, str], tuple[set, torch.Tensor]] = {}
+    for c in capture:
+        model.check_site(c.layer, c.module)
+        pos = _check_positions(c.positions or query.subject_positions, query.length, "capture", fid)
+        cs = set(range(steps) if c.steps is None else c.steps)
+        if any(not 0 <= s < steps for s in cs):
+            raise ValueError(f"fact {fid!r}: capture steps {sorted(cs)} outside 0..{steps - 1}")
+        wanted[(c.layer, c.module)] = (cs, pos.to(device))
+    touched = sorted(
+        {(layer, m) for (_, layer, m) in plan} | set(wanted),
+        key=lambda lm: (lm[0], EXECUTION_ORDER.index(lm[1])),
+    )
+    subject_d = subject.to(device)
+    x = query.input_ids(model.mask_token_id, rows).to(device)
+    targets = query.targets(rows).to(device)
+    with torch.inference_mode():
+        with model.denoise(x, answer_start=query.answer_start, steps=steps, block_length=block_length, targets=targets) as tracer:
+            store = nnsight.save({})
+            for k in tracer.iter[:steps]:
+                apply_noise(model, noise, subject_d, replace)
+                for layer, m in touched:
+                    todo = plan.get((k, layer, m), ())
+                    cap = wanted.get((layer, m))
+                    if not todo and not (cap and k in cap[0]):
+                        continue
+                    out = hidden_of(model.site(layer, m).output)
+                    for prow, pos, value in todo:
+                        out[prow[:, None], pos[None, :]] = value.to(out.dtype)
+                    if cap and k in cap[0]:
+                        store[(layer, m, k)] = out[:, cap[1]].detach().clone()
+            result = tracer.result.save()
+    assert isinstance(result, LoopOutput)
+    check_finite(result.target_logprobs, f"log-probs of fact {fid!r}")
+    captures, capture_steps = {}, {}
+    for site, (cs, _) in wanted.items():
+        order = sorted(cs)
+        captures[site] = torch.stack([store[(site[0], site[1], k)] for k in order], dim=1)
+        capture_steps[site] = tuple(order)
+    return PatchedRun(result.target_logprobs, result.states, captures, capture_steps)
+
+
+def all_sites(model, modules: Sequence[str] = MODULES, layers: Sequence[int] | None = None) -> list[tuple[int, str]]:
+    """``(layer, module)`` pairs in execution order, checked against the backbone."""
+    for m in modules:
+        if m not in MODULES:
+            raise ValueError(f"unknown module {m!r}; the sites are {MODULES}")
+    layers = range(model.num_layers) if layers is None else layers
+    sites = [(int(layer), m) for layer in layers for m in modules]
+    for layer, m in sites:
+        model.check_site(layer, m)
+    return sorted(sites, key=lambda lm: (lm[0], EXECUTION_ORDER.index(lm[1])))

@@ -1,0 +1,113 @@
+"""A deliberately slow reference for TIE tracing: plain PyTorch hooks, no nnsight, no sharing.
+
+One full corrupted trajectory per coordinate ``(draw, layer, step, module)``, batch size 1,
+exactly as SPEC §5 defines the patch run: the corrupted run except that at step ``k`` the
+site's output at the subject positions is replaced by the clean run's. It costs
+``L · M · T²`` forwards per fact and draw, which is why :func:`~tie_tracing.tie.trace_tie`
+exists; the tests check the engine against it and ``benchmarks/tie_sweep.py`` times it as the
+naive protocol. It shares with the engine only the model's forward, the sampler's commit rule
+and the noise draws (common random numbers make the two comparable draw for draw).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .backbones import MODULES, hidden_of
+from .patching import Corruption, Query, encode_query
+from .sampler import commit, target_logprob, transfer_schedule
+
+
+@contextmanager
+def _hooks(pairs):
+    handles = [module.register_forward_hook(fn) for module, fn in pairs]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _trajectory(model, query: Query, steps: int, *, noise=None, replace=False, patch=None, record=None):
+    """One batch-1 trajectory; returns ``LP(k)`` per step. ``patch = (module, step, value)``."""
+    subject = torch.tensor(query.subject_positions)
+    state = {"step": 0}
+
+    def add_noise(_module, _inputs, output):
+        h = hidden_of(output)
+        if replace:
+            h[0, subject] = noise.to(h.dtype)
+        else:
+            h[0, subject] += noise.to(h.dtype)
+
+    def write(_module, _inputs, output):
+        if state["step"] == patch[1]:
+            hidden_of(output)[0, subject] = patch[2].to(hidden_of(output).dtype)
+
+    pairs = []
+    if noise is not None:
+        pairs.append((model.embedding_module(), add_noise))
+    if patch is not None:
+        pairs.append((patch[0], write))
+    for key, module in (record or {}).items():
+        pairs.append((module, lambda _m, _i, o, key=key: record_out[key].append(hidden_of(o)[0, subject].clone())))
+    record_out = {key: [] for key in (record or {})}
+    x = query.input_ids(model.mask_token_id)
+    targets = query.targets()
+    p = query.answer_start
+    lps = []
+    with torch.inference_mode(), _hooks(pairs):
+        for k, (lo, hi, n) in enumerate(transfer_schedule(len(query.answer_ids), steps)):
+            state["step"] = k
+            logits = model.forward_logits(x)[:, p:]
+            lps.append(float(target_logprob(logits, targets).sum()))
+            x = commit(x, logits, answer_start=p, block=(lo, hi), n_commit=n, mask_id=model.mask_token_id, step=k)
+    return torch.tensor(lps), record_out
+
+
+def reference_ie(
+    model,
+    fact,
+    *,
+    steps: int = 8,
+    modules=MODULES,
+    layers=None,
+    nu: float,
+    n_noise: int = 1,
+    seed: int = 0,
+    replace: bool = False,
+) -> dict:
+    """``IE`` ``[layer, step, module, later_step]`` (mean over draws), ``LP_clean``, ``LP_corrupt``."""
+    query = encode_query(model, fact)
+    layers = list(range(model.num_layers)) if layers is None else list(layers)
+    modules = [m for m in MODULES if m in modules]
+    sites = {(layer, m): model.site_module(layer, m) for layer in layers for m in modules}
+    lp_clean, clean = _trajectory(model, query, steps, record=sites)
+    corruption = Corruption(nu=nu, n_noise=n_noise, seed=seed, replace=replace)
+    draws = corruption.draws(query.fact, len(query.subject_positions), model.hidden_size, nu)
+    ie = torch.full((n_noise, len(layers), steps, len(modules), steps), float("nan"))
+    lp_corrupt = torch.empty(n_noise, steps)
+    for n in range(n_noise):
+        lp_corrupt[n], _ = _trajectory(model, query, steps, noise=draws[n], replace=replace)
+        for li, layer in enumerate(layers):
+            for k in range(steps):
+                for mi, m in enumerate(modules):
+                    patch = (sites[(layer, m)], k, clean[(layer, m)][k])
+                    lp, _ = _trajectory(model, query, steps, noise=draws[n], replace=replace, patch=patch)
+                    ie[n, li, k, mi, k:] = lp[k:] - lp_corrupt[n, k:]
+    return {"ie": ie.mean(0), "lp_clean": lp_clean, "lp_corrupt": lp_corrupt.mean(0)}
+
+
+def reference_tie(ie: torch.Tensor, decay: float) -> torch.Tensor:
+    """Eq. 4 by explicit loops over ``[layer, step, module, later_step]``."""
+    n_l, steps, n_m, _ = ie.shape
+    out = torch.empty(n_l, steps, n_m, dtype=torch.float64)
+    for layer in range(n_l):
+        for k in range(steps):
+            for m in range(n_m):
+                num = sum(decay ** (j - k) * float(ie[layer, k, m, j]) for j in range(k, steps))
+                den = sum(decay ** (j - k) for j in range(k, steps))
+                out[layer, k, m] = num / den
+    return out

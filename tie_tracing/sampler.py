@@ -1,0 +1,338 @@
+"""The diffusion sampler (SPEC §4): LLaDA low-confidence remasking, batch-aware.
+
+A query is the prompt followed by ``|answer|`` mask tokens. At each of ``T`` steps the
+backbone scores every position; among the still-masked positions of the current block, the
+``n_k`` most confident are committed to their argmax token (temperature 0) or to a
+Gumbel-max sample (temperature > 0, seeded per row and step). ``n_k`` splits the block's
+masked count evenly over its steps, the remainder going to the first steps. Committed tokens
+are never re-masked. The loop always performs exactly ``T`` forwards — steps after the answer
+is complete still run and still report log-probs — so step ``k`` means the same thing in every
+run, which is what step-indexed tracing relies on.
+
+Each row commits independently: confidences, top-k and the Gumbel noise are per row (row
+``r`` draws its noise from seed ``seeds[r]``), so a batch equals its rows run alone.
+
+Limits: one block by default (``block_length=None``); semi-autoregressive blocks need ``T``
+divisible by the number of blocks. Per-step log-probs of given targets are
+``LP(k) = Σ_{i∈O} log softmax(logits_k)_i[a_i]`` in nats, at every object position whatever
+its commit state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import NonFiniteActivationError
+from .facts import Fact
+from .prompting import encode_answer, encode_prompt, group_by_shape
+
+
+def transfer_schedule(
+    answer_length: int, steps: int, block_length: int | None = None
+) -> list[tuple[int, int, int]]:
+    """Per step ``(block_start, block_end, n_commit)``, offsets within the answer span.
+
+    Example:
+        >>> transfer_schedule(3, 8)
+        [(0, 3, 1), (0, 3, 1), (0, 3, 1), (0, 3, 0), (0, 3, 0), (0, 3, 0), (0, 3, 0), (0, 3, 0)]
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+    if answer_length < 1:
+        raise ValueError(f"the answer span must hold at least one token, got {answer_length}")
+    block = answer_length if block_length is None else int(block_length)
+    if block < 1:
+        raise ValueError(f"block_length must be ≥ 1, got {block_length!r}")
+    n_blocks = math.ceil(answer_length / block)
+    if steps % n_blocks:
+        raise ValueError(
+            f"steps={steps} must be divisible by the number of blocks ({n_blocks} blocks of "
+            f"{block} over an answer of {answer_length} tokens)"
+        )
+    per_block = steps // n_blocks
+    schedule = []
+    for b in range(n_blocks):
+        lo, hi = b * block, min((b + 1) * block, answer_length)
+        base, extra = divmod(hi - lo, per_block)
+        for s in range(per_block):
+            schedule.append((lo, hi, base + (1 if s < extra else 0)))
+    return schedule
+
+
+def step_noise_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of row seed ``seed`` at step ``step`` (Gumbel noise)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + step) % (2**63))
+
+
+def commit(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    answer_start: int,
+    block: tuple[int, int],
+    n_commit: int,
+    mask_id: int,
+    temperature: float = 0.0,
+    seeds: Sequence[int] | None = None,
+    step: int = 0,
+) -> torch.Tensor:
+    """One low-confidence-remasking update; returns the new state (``x`` is not modified).
+
+    Args:
+        x: ``[batch, seq]`` current tokens.
+        logits: ``[batch, answer_len, vocab]`` aligned logits of the answer span.
+        block: ``(lo, hi)`` offsets of the current block within the answer span.
+        n_commit: How many masked positions of the block each row commits.
+    """
+    x = x.clone()
+    if n_commit == 0:
+        return x
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        if seeds is None:
+            raise ValueError("temperature > 0 needs per-row seeds")
+        gumbel = torch.stack(
+            [
+                -torch.log(-torch.log(torch.rand(logits.shape[1:], generator=step_noise_generator(s, step)).clamp_min(1e-20)))
+                for s in seeds
+            ]
+        ).to(logits.device)
+        choice = (logits / temperature + gumbel).argmax(-1)
+    else:
+        choice = logits.argmax(-1)
+    confidence = probs.gather(-1, choice[..., None])[..., 0]
+    answer = x[:, answer_start:]
+    eligible = answer == mask_id
+    in_block = torch.zeros_like(eligible)
+    in_block[:, block[0] : block[1]] = True
+    eligible &= in_block
+    confidence = torch.where(eligible, confidence, torch.full_like(confidence, -math.inf))
+    available = int(eligible.sum(-1).min())
+    k = min(n_commit, available)
+    if k == 0:
+        return x
+    top = confidence.topk(k, dim=-1).indices
+    rows = torch.arange(x.shape[0], device=x.device)[:, None]
+    answer = answer.clone()
+    answer[rows, top] = choice[rows, top]
+    x[:, answer_start:] = answer
+    return x
+
+
+@dataclass(frozen=True)
+class LoopOutput:
+    """What one run of the diffusion loop returns.
+
+    Attributes:
+        states: ``[batch, steps, seq]`` tokens after each step's commits.
+        target_logprobs: ``[batch, steps]`` ``LP(k)`` of the targets, or ``None``.
+        token_logprobs: ``[batch, steps, answer_len]`` per-position terms of ``LP(k)``.
+    """
+
+    states: torch.Tensor
+    target_logprobs: torch.Tensor | None
+    token_logprobs: torch.Tensor | None
+
+
+def target_logprob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position ``log softmax(logits)[target]`` in float32: ``[batch, answer_len]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets[..., None].to(logp.device))[..., 0]
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteActivationError(f"non-finite values (NaN or inf) in {what}")
+
+
+def run_loop(
+    model,
+    input_ids: torch.Tensor,
+    *,
+    answer_start: int,
+    steps: int = 8,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    seeds: Sequence[int] | None = None,
+    targets: torch.Tensor | None = None,
+) -> LoopOutput:
+    """Run the diffusion loop on ``model`` (a :class:`~tie_tracing.model.TracedModel`).
+
+    Exactly ``steps`` calls of ``model.forward_logits``; see the module docstring.
+    """
+    if model.is_causal:
+        raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
+    x = input_ids.clone()
+    batch, seq = x.shape
+    answer_length = seq - answer_start
+    schedule = transfer_schedule(answer_length, steps, block_length)
+    if seeds is None:
+        seeds = list(range(batch))
+    states, lps, token_lps = [], [], []
+    for k, (lo, hi, n) in enumerate(schedule):
+        logits = model.forward_logits(x)[:, answer_start:]
+        check_finite(logits, f"{model.name} logits at step {k}")
+        if targets is not None:
+            per_token = target_logprob(logits, targets)
+            token_lps.append(per_token)
+            lps.append(per_token.sum(-1))
+        x = commit(
+            x,
+            logits,
+            answer_start=answer_start,
+            block=(lo, hi),
+            n_commit=n,
+            mask_id=model.mask_token_id,
+            temperature=temperature,
+            seeds=seeds,
+            step=k,
+        )
+        states.append(x)
+    return LoopOutput(
+        states=torch.stack(states, 1),
+        target_logprobs=torch.stack(lps, 1) if targets is not None else None,
+        token_logprobs=torch.stack(token_lps, 1) if targets is not None else None,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class DiffusionResult:
+    """Samples of :func:`diffuse`, in input order.
+
+    Attributes:
+        answers: Decoded answer spans after the last step.
+        tokens: ``[batch, step, position]`` full sequences after each step (``-1`` pads rows
+            shorter than the longest).
+        target_logprobs: ``[batch, step]`` ``LP(k)`` of the facts' answers (``None`` for plain
+            prompts).
+        prompt_lengths, answer_lengths: Per row.
+        config: Sampler settings.
+    """
+
+    answers: list[str]
+    tokens: torch.Tensor
+    target_logprobs: torch.Tensor | None
+    prompt_lengths: tuple[int, ...]
+    answer_lengths: tuple[int, ...]
+    config: dict = field(default_factory=dict)
+
+    dims = ("batch", "step", "position")
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.tokens
+
+    def answer_tokens(self, row: int) -> torch.Tensor:
+        """``[step, answer_len]`` committed answer tokens of one row after each step."""
+        p, a = self.prompt_lengths[row], self.answer_lengths[row]
+        return self.tokens[row, :, p : p + a]
+
+    def __repr__(self) -> str:
+        return (
+            f"DiffusionResult(batch={len(self.answers)}, steps={self.tokens.shape[1]}, "
+            f"config={self.config}, answers={self.answers[:3]}{'...' if len(self.answers) > 3 else ''})"
+        )
+
+
+def _queries(model, items, answer_length):
+    rows = []
+    for i, item in enumerate(items):
+        if isinstance(item, Fact):
+            prompt, answer = model.encode(item.question, item.answer)
+            rows.append((prompt, answer))
+        elif isinstance(item, str):
+            if answer_length is None:
+                raise ValueError(f"prompt {i} is a plain string: give answer_length=<number of answer slots>")
+            rows.append((encode_prompt(model.tokenizer, item, template=model.template), None))
+        else:
+            raise TypeError(f"item {i}: expected a Fact or a str, got {type(item).__name__}")
+    return rows
+
+
+def diffuse(
+    model,
+    facts_or_prompts: Sequence[Fact] | Sequence[str] | Fact | str,
+    *,
+    steps: int = 8,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    answer_length: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> DiffusionResult:
+    """Sample answers with the diffusion loop (SPEC §4).
+
+    Args:
+        model: A :class:`~tie_tracing.model.TracedModel` of an MDLM.
+        facts_or_prompts: Facts (their answers fix the answer length and are scored per step)
+            or plain prompt strings (give ``answer_length``).
+        steps: ``T``, the number of forwards (default 8, the paper's setting).
+        block_length: Semi-autoregressive block size (default: one block).
+        temperature: 0 for argmax commits; > 0 samples with seeded Gumbel noise.
+        seed: Row ``i`` (in input order) uses seed ``seed + i``, whatever the batching.
+        answer_length: Number of answer slots for plain prompts.
+        batch_size: Rows per forward.
+        progress: Show a progress bar over batches.
+
+    Returns:
+        A :class:`DiffusionResult` (``.answers``, ``.tokens``, ``.target_logprobs``).
+
+    Example:
+        >>> facts = tt.load_facts("tiny", split="forget01")      # doctest: +SKIP
+        >>> tt.diffuse(model, facts[:2]).answers                  # doctest: +SKIP
+        ['Lisbon', '1962']
+    """
+    items = [facts_or_prompts] if isinstance(facts_or_prompts, (Fact, str)) else list(facts_or_prompts)
+    if not items:
+        raise ValueError("diffuse needs at least one fact or prompt")
+    rows = _queries(model, items, answer_length)
+    shapes = [(p, a if a is not None else [0] * answer_length) for p, a in rows]
+    groups = group_by_shape(shapes)
+    device = model.param_device
+    seq_max = max(len(p) + len(a) for p, a in shapes)
+    tokens = torch.full((len(items), steps, seq_max), -1, dtype=torch.long)
+    have_targets = all(a is not None for _, a in rows)
+    lps = torch.zeros(len(items), steps) if have_targets else None
+    chunks = [
+        idx[i : i + batch_size] for idx in groups.values() for i in range(0, len(idx), batch_size)
+    ]
+    with torch.inference_mode():
+        for chunk in tqdm(chunks, desc="diffuse", disable=not progress):
+            p_len, a_len = len(shapes[chunk[0]][0]), len(shapes[chunk[0]][1])
+            x = torch.tensor(
+                [shapes[i][0] + [model.mask_token_id] * a_len for i in chunk], device=device
+            )
+            targets = (
+                torch.tensor([rows[i][1] for i in chunk], device=device) if have_targets else None
+            )
+            out = model.denoise(
+                x,
+                answer_start=p_len,
+                steps=steps,
+                block_length=block_length,
+                temperature=temperature,
+                seeds=[seed + i for i in chunk],
+                targets=targets,
+            )
+            tokens[chunk, :, : p_len + a_len] = out.states.cpu()
+            if lps is not None:
+                lps[chunk] = out.target_logprobs.cpu()
+    answers = []
+    for i, (p, a) in enumerate(shapes):
+        ids = tokens[i, -1, len(p) : len(p) + len(a)].tolist()
+        answers.append(model.tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return DiffusionResult(
+        answers=answers,
+        tokens=tokens,
+        target_logprobs=lps,
+        prompt_lengths=tuple(len(p) for p, _ in shapes),
+        answer_lengths=tuple(len(a) for _, a in shapes),
+        config=dict(steps=steps, block_length=block_length, temperature=temperature, seed=seed),
+    )

@@ -1,0 +1,464 @@
+"""Temporal Indirect Effect (TIE) tracing over the diffusion loop (SPEC §5), exact and fast.
+
+For each fact the engine runs, as nnsight interventions:
+
+1. a **clean** trajectory (one traced ``model.denoise`` loop) capturing every site's output at
+   the subject positions at every step, and ``LP_clean(k)``;
+2. the **corrupted** trajectories (one traced loop, one row per noise draw) with the same
+   draws ``ε`` added to the subject embeddings at every step, giving ``LP_corrupt(k)`` and the
+   state before each step;
+3. the **patch sweep**, one traced forward per denoising step ``k``. Its rows are every patch
+   ``(draw, layer, module)`` of step ``k`` — they all start from the corrupted state before
+   ``k`` (a patch at ``k`` shares the corrupted trajectory up to ``k``) — plus the
+   continuation rows of earlier patch runs that are still running.
+
+Two facts keep the sweep close to the floor of bare forwards. Patch runs of a step share
+one batched forward. And an MDLM carries nothing between steps but its committed tokens: a
+patch run whose commits at step ``k`` equal the corrupted run's has exactly the corrupted
+future (its later IE is 0, computed, not assumed: it *is* the corrupted run's node), and runs
+that reach the same state at the same step with the same noise share one future. The engine
+memoises trajectories by ``(draw, step, state)``, so each distinct future is computed once.
+
+Semantics are the paper's free-running ones: after the patched forward the run commits
+autonomously with the noise still on. With temperature > 0 the Gumbel noise is keyed by
+``(seed, step)``, shared by every run of the fact, so memoisation stays exact.
+
+Cost per fact and draw: ``2T`` forwards for the clean and corrupted loops plus ``T`` batched
+forwards holding ``L·M·T`` patch rows and the distinct divergent continuations, against the
+naive ``L·M·T`` full trajectories (``L·M·T²`` forwards).
+
+Limits: facts are traced one at a time (rows of a forward share one prompt); a fact whose
+clean sample is wrong is traced, warned about and flagged (``known``), since tracing a model
+that does not know a fact measures nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ._version import __version__
+from .backbones import MODULES, hidden_of
+from .errors import NonFiniteActivationError
+from .facts import Fact
+from .patching import (
+    Capture,
+    Corruption,
+    Query,
+    all_sites,
+    apply_noise,
+    encode_query,
+    fact_key,
+    run_patched,
+)
+from .results import TIEResult, tie_from_ie
+from .sampler import commit, target_logprob, transfer_schedule
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Settings of a TIE trace (validated on construction, recorded in the result).
+
+    Attributes:
+        steps: ``T`` denoising steps.
+        modules: Sites to patch, a subset of ``("resid", "attn", "mlp")`` (kept in that order).
+        layers: Layers to patch (default: all).
+        noise_scale, nu, replace, n_noise, seed: The corruption (see
+            :class:`~tie_tracing.patching.Corruption`).
+        decay: ``γ`` of Eq. 4, in ``(0, 1]``.
+        temperature: Sampler temperature (0: argmax commits).
+    """
+
+    steps: int = 8
+    modules: tuple[str, ...] = MODULES
+    layers: tuple[int, ...] | None = None
+    noise_scale: float = 3.0
+    nu: float | None = None
+    replace: bool = False
+    n_noise: int = 1
+    decay: float = 0.5
+    seed: int = 0
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
+        unknown = [m for m in self.modules if m not in MODULES]
+        if unknown or not self.modules:
+            raise ValueError(f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}")
+        object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
+        if not 0 < self.decay <= 1:
+            raise ValueError(f"decay must lie in (0, 1], got {self.decay}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
+        self.corruption()  # validates noise settings
+
+    def corruption(self, nu: float | None = None) -> Corruption:
+        return Corruption(
+            noise_scale=self.noise_scale,
+            nu=self.nu if nu is None else nu,
+            replace=self.replace,
+            seed=self.seed,
+            n_noise=self.n_noise,
+        )
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["modules"] = list(self.modules)
+        d["layers"] = None if self.layers is None else list(self.layers)
+        return d
+
+
+@dataclass
+class _Node:
+    """One forward of one trajectory: its ``LP`` at ``step`` and the node of the next step."""
+
+    draw: int
+    step: int
+    state: torch.Tensor | None
+    lp: float | None = None
+    next: int | None = None
+
+
+class _Sweep:
+    """Bookkeeping of the patch sweep of one fact: memoised trajectory nodes."""
+
+    def __init__(self, corrupt_states: torch.Tensor, query_ids: torch.Tensor, lp_corrupt: torch.Tensor):
+        self.nodes: list[_Node] = []
+        self.memo: dict[tuple[int, int, bytes], int] = {}
+        n_draws, steps, _ = corrupt_states.shape
+        self.steps = steps
+        self.corrupt: list[list[int]] = []
+        for n in range(n_draws):
+            ids = []
+            for j in range(steps):
+                before = query_ids if j == 0 else corrupt_states[n, j - 1]
+                ids.append(self._add(n, j, before, lp=float(lp_corrupt[n, j])))
+            for j in range(steps - 1):
+                self.nodes[ids[j]].next = ids[j + 1]
+            self.corrupt.append(ids)
+        self.live: dict[int, list[int]] = {}
+
+    def _add(self, draw: int, step: int, state: torch.Tensor, lp: float | None = None) -> int:
+        key = (draw, step, state.numpy().tobytes())
+        if key in self.memo:
+            return self.memo[key]
+        self.nodes.append(_Node(draw, step, state.clone(), lp))
+        self.memo[key] = len(self.nodes) - 1
+        if lp is None:
+            self.live.setdefault(step, []).append(len(self.nodes) - 1)
+        return len(self.nodes) - 1
+
+    def successor(self, draw: int, step: int, state: torch.Tensor) -> int | None:
+        """The node that continues from ``state`` before ``step`` (None past the end)."""
+        if step >= self.steps:
+            return None
+        return self._add(draw, step, state)
+
+    def chain(self, node: int | None) -> list[float]:
+        lps = []
+        while node is not None:
+            lps.append(self.nodes[node].lp)
+            node = self.nodes[node].next
+        return lps
+
+
+def _sweep_forward(model, x, noise, subject, replace, patches, sites_order):
+    """One traced forward of the sweep: noise on every row, each site's patch rows written."""
+    with torch.inference_mode():
+        with model.logits(x) as tracer:
+            apply_noise(model, noise, subject, replace)
+            for site in sites_order:
+                rows, values = patches[site]
+                out = hidden_of(model.site(*site).output)
+                out[rows[:, None], subject[None, :]] = values.to(out.dtype)
+            logits = tracer.result.save()
+    return logits
+
+
+def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats: dict) -> dict:
+    """All tensors of one fact's trace (see :class:`~tie_tracing.results.TIEResult`)."""
+    fid = query.fact.id or query.fact.question
+    steps, n_draws = config.steps, config.n_noise
+    device = model.param_device
+    p = query.answer_start
+    subject = torch.tensor(query.subject_positions, device=device)
+    corruption = config.corruption(nu)
+    try:
+        clean = run_patched(
+            model,
+            query,
+            steps=steps,
+            capture=[Capture(layer=layer, module=m) for layer, m in sites],
+        )
+        noise = corruption.draws(query.fact, len(subject), model.hidden_size, nu).to(device)
+        corrupt = run_patched(model, query, steps=steps, rows=n_draws, corruption=corruption, noise=noise)
+    except NonFiniteActivationError as error:
+        raise NonFiniteActivationError(f"fact {fid!r}: {error}") from error
+    stats["forwards"] += 2 * steps
+    stats["rows"] += steps * (1 + n_draws)
+    lp_corrupt = corrupt.target_logprobs.cpu()  # [N, T]
+    corrupt_states = corrupt.states.cpu()  # [N, T, seq]
+    query_ids = query.input_ids(model.mask_token_id)[0]
+    targets = torch.tensor(query.answer_ids, device=device)
+    sweep = _Sweep(corrupt_states, query_ids, lp_corrupt)
+    schedule = transfer_schedule(len(query.answer_ids), steps)
+    n_sites = len(sites)
+    patch_lp = torch.full((n_draws, n_sites, steps), float("nan"))
+    patch_next: dict[tuple[int, int, int], int | None] = {}
+    diverged = torch.zeros(n_draws, n_sites, steps)
+    for k in range(steps):
+        live = sweep.live.pop(k, [])
+        n_patch = n_draws * n_sites
+        states = [corrupt_states[n, k - 1] if k else query_ids for n in range(n_draws) for _ in range(n_sites)]
+        states += [sweep.nodes[i].state for i in live]
+        draw_of_row = [n for n in range(n_draws) for _ in range(n_sites)] + [sweep.nodes[i].draw for i in live]
+        x = torch.stack(states).to(device)
+        row_noise = noise[torch.tensor(draw_of_row, device=device)]
+        patches = {}
+        for s, site in enumerate(sites):
+            rows = torch.arange(n_draws, device=device) * n_sites + s
+            values = clean.captures[site][0, k].expand(n_draws, -1, -1)
+            patches[site] = (rows, values)
+        logits = _sweep_forward(model, x, row_noise, subject, corruption.replace, patches, sites)[:, p:]
+        if not torch.isfinite(logits).all():
+            raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep at step {k}")
+        stats["forwards"] += 1
+        stats["rows"] += x.shape[0]
+        lp = target_logprob(logits, targets.expand(x.shape[0], -1)).sum(-1).cpu()
+        lo, hi, n_commit = schedule[k]
+        new = commit(
+            x,
+            logits,
+            answer_start=p,
+            block=(lo, hi),
+            n_commit=n_commit,
+            mask_id=model.mask_token_id,
+            temperature=config.temperature,
+            seeds=[config.seed] * x.shape[0],
+            step=k,
+        ).cpu()
+        for r in range(n_patch):
+            n, s = divmod(r, n_sites)
+            patch_lp[n, s, k] = lp[r]
+            same = torch.equal(new[r], corrupt_states[n, k])
+            diverged[n, s, k] = float(not same)
+            patch_next[(n, s, k)] = sweep.successor(n, k + 1, new[r])
+        for j, node in enumerate(live):
+            r = n_patch + j
+            sweep.nodes[node].lp = float(lp[r])
+            sweep.nodes[node].next = sweep.successor(sweep.nodes[node].draw, k + 1, new[r])
+    stats["divergent_continuations"] += sum(1 for nd in sweep.nodes if nd.state is not None) - n_draws * steps
+    ie = torch.full((n_sites, steps, steps), float("nan"))  # [site, step, later]
+    ie_draws = torch.full((n_draws, n_sites, steps, steps), float("nan"))
+    for n in range(n_draws):
+        for s in range(n_sites):
+            for k in range(steps):
+                future = [float(patch_lp[n, s, k])] + sweep.chain(patch_next[(n, s, k)])
+                ie_draws[n, s, k, k:] = torch.tensor(future) - lp_corrupt[n, k:]
+    ie = ie_draws.mean(0)
+    answer_slice = slice(p, p + len(query.answer_ids))
+    return dict(
+        ie=ie,
+        diverged=diverged.mean(0),
+        lp_clean=clean.target_logprobs[0].cpu(),
+        lp_corrupt=lp_corrupt.mean(0),
+        lp_corrupt_draws=lp_corrupt,
+        clean_tokens=clean.states[0, :, answer_slice].cpu(),
+        corrupt_tokens=corrupt_states[:, :, answer_slice],
+    )
+
+
+def _to_result(model, query: Query, tensors: dict, config: TraceConfig, nu: float, sites, layers) -> TIEResult:
+    """Arrange one fact's tensors as a one-fact :class:`TIEResult`."""
+    modules = config.modules
+    n_l, n_m, steps = len(layers), len(modules), config.steps
+    index = {site: i for i, site in enumerate(sites)}
+    order = [index[(layer, m)] for layer in layers for m in modules]
+    ie = tensors["ie"][order].reshape(n_l, n_m, steps, steps).permute(0, 2, 1, 3)  # [l, k, m, k']
+    diverged = tensors["diverged"][order].reshape(n_l, n_m, steps).permute(0, 2, 1)
+    ie = ie[None].contiguous()
+    cfg = config.to_dict() | {"nu": nu, "normalized": False}
+    fact = query.fact
+    return TIEResult(
+        tie=tie_from_ie(ie, config.decay),
+        ie=ie,
+        lp_clean=tensors["lp_clean"][None],
+        lp_corrupt=tensors["lp_corrupt"][None],
+        lp_corrupt_draws=tensors["lp_corrupt_draws"][None],
+        clean_tokens=tensors["clean_tokens"][None].long(),
+        corrupt_tokens=tensors["corrupt_tokens"][None].long(),
+        diverged=diverged[None].contiguous(),
+        fact_ids=(fact_key(fact),),
+        subjects=(fact.subject,),
+        questions=(fact.question,),
+        answers=(fact.answer,),
+        layers=tuple(layers),
+        steps=tuple(range(steps)),
+        modules=tuple(modules),
+        config=cfg,
+        seeds=(config.seed,),
+        model_id=str(model.name),
+        version=__version__,
+    )
+
+
+def _check_known(model, query: Query, clean_tokens: torch.Tensor, lp: float) -> bool:
+    """Warn (naming the fact) when the clean sample is not the answer."""
+    final = clean_tokens[-1].tolist()
+    if final == list(query.answer_ids):
+        return True
+    said = model.tokenizer.decode(final, skip_special_tokens=True).strip()
+    warnings.warn(
+        f"fact {fact_key(query.fact)!r}: the model does not know the answer (its clean sample is "
+        f"{said!r}, not {query.fact.answer!r}; LP_clean(T-1) = {lp:.2f} nats). Its TIE is "
+        f"reported but measures little; result.config['unknown_facts'] lists it.",
+        stacklevel=3,
+    )
+    return False
+
+
+def trace_tie(
+    model,
+    facts: Sequence[Fact] | Fact,
+    *,
+    steps: int = 8,
+    modules: Sequence[str] = MODULES,
+    layers: Sequence[int] | None = None,
+    noise_scale: float = 3.0,
+    nu: float | None = None,
+    replace: bool = False,
+    n_noise: int = 1,
+    decay: float = 0.5,
+    seed: int = 0,
+    temperature: float = 0.0,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TIEResult:
+    """Diffusion-time causal tracing: TIE of every ``(layer, step, module)`` for each fact.
+
+    Args:
+        model: A :class:`~tie_tracing.model.TracedModel` of an MDLM.
+        facts: Facts whose subject occurs in the question.
+        steps: ``T`` denoising steps (default 8).
+        modules: Sites to patch (subset of ``resid``, ``attn``, ``mlp``).
+        layers: Layers to patch (default all).
+        noise_scale: ``ν = noise_scale · σ_emb`` with ``σ_emb`` pooled over the subject
+            tokens of ``facts`` (ROME's 3σ rule). ``nu`` fixes ``ν`` instead; give it when
+            results of different fact sets must be comparable.
+        replace: Replace the subject embeddings with noise instead of adding it.
+        n_noise: Noise draws per fact (their IE is averaged).
+        decay: ``γ`` of Eq. 4.
+        seed: Seed of the noise (and of the Gumbel noise when ``temperature > 0``).
+        temperature: Sampler temperature.
+        out: Directory for a resumable sweep: each finished fact is written there as it
+            completes; rerunning with the same ``out`` and settings skips finished facts.
+        progress: Show a progress bar over facts.
+
+    Returns:
+        A :class:`~tie_tracing.results.TIEResult`: ``.tie`` ``[fact, layer, step, module]``,
+        ``.ie`` ``[fact, layer, step, module, later_step]``, baselines, tokens, config.
+
+    Raises:
+        SubjectNotFoundError: a fact's subject is not in its prompt (names the fact).
+        NonFiniteActivationError: NaN/inf appeared (names the fact).
+        ValueError: bad ``steps``, ``modules``, ``layers``, ``decay`` or noise settings.
+
+    Example:
+        >>> model = tt.load_model("tiny-mdlm")                              # doctest: +SKIP
+        >>> facts = tt.load_facts("tiny", split="forget01")[:8]             # doctest: +SKIP
+        >>> result = tt.trace_tie(model, facts)                             # doctest: +SKIP
+        >>> result.mean().shape   # [layer, step, module]                   # doctest: +SKIP
+        torch.Size([6, 8, 3])
+    """
+    if model.is_causal:
+        raise ValueError(f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing")
+    facts = [facts] if isinstance(facts, Fact) else list(facts)
+    if not facts:
+        raise ValueError("trace_tie needs at least one fact")
+    ids = [fact_key(f) for f in facts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate fact ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    config = TraceConfig(
+        steps=steps,
+        modules=tuple(modules),
+        layers=None if layers is None else tuple(int(x) for x in layers),
+        noise_scale=noise_scale,
+        nu=nu,
+        replace=replace,
+        n_noise=n_noise,
+        decay=decay,
+        seed=seed,
+        temperature=temperature,
+    )
+    layer_list = list(range(model.num_layers)) if config.layers is None else list(config.layers)
+    sites = all_sites(model, config.modules, layer_list)
+    queries = [encode_query(model, f) for f in facts]
+    nu_value = config.corruption().resolve_nu(model, queries)
+    store = _Store(out, config, nu_value, model) if out is not None else None
+    stats = {"forwards": 0, "rows": 0, "divergent_continuations": 0}
+    results, unknown = [], []
+    for i, query in enumerate(tqdm(queries, desc="trace_tie", unit="fact", disable=not progress)):
+        done = store.get(i, ids[i]) if store else None
+        if done is None:
+            tensors = _trace_one(model, query, config, nu_value, sites, stats)
+            done = _to_result(model, query, tensors, config, nu_value, sites, layer_list)
+            if store:
+                store.put(i, done)
+        if not _check_known(model, query, done.clean_tokens[0], float(done.lp_clean[0, -1])):
+            unknown.append(ids[i])
+        results.append(done)
+    result = TIEResult.concat(results)
+    extra = {"unknown_facts": unknown, "engine_stats": stats}
+    return dataclasses.replace(result, config=result.config | extra)
+
+
+class _Store:
+    """A resumable sweep directory: ``config.json`` plus one result file per finished fact."""
+
+    def __init__(self, out, config: TraceConfig, nu: float, model):
+        self.dir = Path(out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = {"config": config.to_dict() | {"nu": nu}, "model_id": str(model.name)}
+        path = self.dir / "config.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != json.loads(json.dumps(meta)):
+                raise ValueError(
+                    f"{self.dir} holds a sweep with other settings ({old}); use another `out` "
+                    f"directory or delete it to start over"
+                )
+        else:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, path)
+        self._cache: dict[int, TIEResult] = {}
+
+    def _path(self, i: int) -> Path:
+        return self.dir / f"fact_{i:05d}.safetensors"
+
+    def get(self, i: int, fid: str) -> TIEResult | None:
+        if i in self._cache:
+            return self._cache[i]
+        if not self._path(i).exists():
+            return None
+        result = TIEResult.load(self._path(i))
+        if result.fact_ids != (fid,):
+            raise ValueError(
+                f"{self._path(i)} holds fact {result.fact_ids[0]!r}, not {fid!r}: the fact list "
+                f"changed since the sweep started; use another `out` directory"
+            )
+        self._cache[i] = result
+        return result
+
+    def put(self, i: int, result: TIEResult) -> None:
+        result.save(self._path(i))
+        self._cache[i] = result
