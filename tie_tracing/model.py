@@ -88,6 +88,10 @@ class TracedModel(NNsight):
         self.name = name
         self.template = template
         self.info = dict(info or {})
+        #: The denoising step of the forward now running (set by the diffusion loop and the
+        #: TIE sweep; ``None`` for a stand-alone forward such as a likelihood). Interventions
+        #: that act on a step set (the edit memory) read it.
+        self.current_step: int | None = None
         params = inspect.signature(module.forward).parameters
         self._forward_kwargs = {"use_cache": False} if "use_cache" in params else {}
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import NonFiniteActivationError
 from .facts import Fact
-from .prompting import encode_answer, encode_prompt, group_by_shape
+from .prompting import encode_prompt, group_by_shape
 
 
 def transfer_schedule(
@@ -88,12 +88,17 @@ def commit(
         logits: ``[batch, answer_len, vocab]`` aligned logits of the answer span.
         block: ``(lo, hi)`` offsets of the current block within the answer span.
         n_commit: How many masked positions of the block each row commits.
+
+    The mask token is excluded from the choice, so a commit always writes a real token.
     """
     x = x.clone()
     if n_commit == 0:
         return x
     logits = logits.float()
     probs = torch.softmax(logits, dim=-1)
+    # Never commit the mask token itself: that would be a silent re-mask (and break the
+    # schedule's counts). Confidences still come from the full softmax.
+    logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), -math.inf)
     if temperature > 0:
         if seeds is None:
             raise ValueError("temperature > 0 needs per-row seeds")
@@ -176,7 +181,11 @@ def run_loop(
         seeds = list(range(batch))
     states, lps, token_lps = [], [], []
     for k, (lo, hi, n) in enumerate(schedule):
-        logits = model.forward_logits(x)[:, answer_start:]
+        model.current_step = k
+        try:
+            logits = model.forward_logits(x)[:, answer_start:]
+        finally:
+            model.current_step = None
         check_finite(logits, f"{model.name} logits at step {k}")
         if targets is not None:
             per_token = target_logprob(logits, targets)
@@ -292,6 +301,10 @@ def diffuse(
     items = [facts_or_prompts] if isinstance(facts_or_prompts, (Fact, str)) else list(facts_or_prompts)
     if not items:
         raise ValueError("diffuse needs at least one fact or prompt")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+    if model.is_causal:
+        raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
     rows = _queries(model, items, answer_length)
     shapes = [(p, a if a is not None else [0] * answer_length) for p, a in rows]
     groups = group_by_shape(shapes)

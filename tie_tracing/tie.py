@@ -171,16 +171,20 @@ class _Sweep:
         return lps
 
 
-def _sweep_forward(model, x, noise, subject, replace, patches, sites_order):
-    """One traced forward of the sweep: noise on every row, each site's patch rows written."""
-    with torch.inference_mode():
-        with model.logits(x) as tracer:
-            apply_noise(model, noise, subject, replace)
-            for site in sites_order:
-                rows, values = patches[site]
-                out = hidden_of(model.site(*site).output)
-                out[rows[:, None], subject[None, :]] = values.to(out.dtype)
-            logits = tracer.result.save()
+def _sweep_forward(model, x, noise, subject, replace, patches, sites_order, step):
+    """One traced forward of the sweep at denoising ``step``: noise on every row, patch rows written."""
+    model.current_step = step
+    try:
+        with torch.inference_mode():
+            with model.logits(x) as tracer:
+                apply_noise(model, noise, subject, replace)
+                for site in sites_order:
+                    rows, values = patches[site]
+                    out = hidden_of(model.site(*site).output)
+                    out[rows[:, None], subject[None, :]] = values.to(out.dtype)
+                logits = tracer.result.save()
+    finally:
+        model.current_step = None
     return logits
 
 
@@ -205,6 +209,7 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
         raise NonFiniteActivationError(f"fact {fid!r}: {error}") from error
     stats["forwards"] += 2 * steps
     stats["rows"] += steps * (1 + n_draws)
+    stats["shapes"] += [[1, query.length]] * steps + [[n_draws, query.length]] * steps
     lp_corrupt = corrupt.target_logprobs.cpu()  # [N, T]
     corrupt_states = corrupt.states.cpu()  # [N, T, seq]
     query_ids = query.input_ids(model.mask_token_id)[0]
@@ -228,11 +233,12 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
             rows = torch.arange(n_draws, device=device) * n_sites + s
             values = clean.captures[site][0, k].expand(n_draws, -1, -1)
             patches[site] = (rows, values)
-        logits = _sweep_forward(model, x, row_noise, subject, corruption.replace, patches, sites)[:, p:]
+        logits = _sweep_forward(model, x, row_noise, subject, corruption.replace, patches, sites, k)[:, p:]
         if not torch.isfinite(logits).all():
             raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep at step {k}")
         stats["forwards"] += 1
         stats["rows"] += x.shape[0]
+        stats["shapes"].append(list(x.shape))
         lp = target_logprob(logits, targets.expand(x.shape[0], -1)).sum(-1).cpu()
         lo, hi, n_commit = schedule[k]
         new = commit(
@@ -404,7 +410,7 @@ def trace_tie(
     queries = [encode_query(model, f) for f in facts]
     nu_value = config.corruption().resolve_nu(model, queries)
     store = _Store(out, config, nu_value, model) if out is not None else None
-    stats = {"forwards": 0, "rows": 0, "divergent_continuations": 0}
+    stats: dict = {"forwards": 0, "rows": 0, "divergent_continuations": 0, "shapes": []}
     results, unknown = [], []
     for i, query in enumerate(tqdm(queries, desc="trace_tie", unit="fact", disable=not progress)):
         done = store.get(i, ids[i]) if store else None

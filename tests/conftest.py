@@ -1,0 +1,67 @@
+"""Shared fixtures: the backbone replicas, built once per test module (they are tiny).
+
+Replicas are random-initialised models with each family's real module names (see
+``tests/replicas.py``). Tests that register torch hooks on them must remove the hooks before
+returning (``hooked`` below does it for them), because the fixtures are shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import replicas as R  # noqa: E402
+
+import tie_tracing as tt  # noqa: E402
+
+torch.set_num_threads(1)
+
+MDLM_FAMILIES = ("tiny-mdlm", "llada", "dream")
+CAUSAL_FAMILIES = ("llama", "qwen2", "gpt2")
+ALL_FAMILIES = MDLM_FAMILIES + CAUSAL_FAMILIES
+
+
+@pytest.fixture(scope="module")
+def replicas() -> dict[str, tt.TracedModel]:
+    """One wrapped replica per family: tiny-mdlm, llada, dream, llama, qwen2, gpt2."""
+    return R.replica_models()
+
+
+@pytest.fixture(scope="module")
+def mdlm(replicas) -> tt.TracedModel:
+    """The tiny-mdlm replica (transformers Llama classes with is_causal=False)."""
+    return replicas["tiny-mdlm"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The replicas' word-level tokenizer ([BOS] prompt prefix, [MASK] = 3)."""
+    return R.make_tokenizer()
+
+
+@contextlib.contextmanager
+def hooked(module: torch.nn.Module, hook):
+    """Register a forward hook for the duration of a ``with`` block."""
+    handle = module.register_forward_hook(hook)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def count_forwards(model: tt.TracedModel):
+    """Count calls of the root module's forward; yields a one-element list."""
+    calls = [0]
+
+    def hook(_module, _inputs, _output):
+        calls[0] += 1
+
+    with hooked(model._module, hook):
+        yield calls

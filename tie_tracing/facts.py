@@ -1,0 +1,645 @@
+"""Facts: the unit every tracing, editing and evaluation function works on.
+
+A :class:`Fact` is a ``(subject, question, answer)`` triple plus the optional fields that
+editing (``target``) and TOFU-style evaluation (paraphrases, perturbed answers) need.
+
+This module also reads the two real benchmarks into facts: :func:`load_tofu` (TOFU, the
+fictitious-author unlearning benchmark, with paraphrases and perturbed answers attached and
+each row's subject derived as its author's name, see :func:`tofu_author`) and
+:func:`load_rwku` (RWKU forget and neighbour probes), plus :func:`load_refusals` (TOFU's
+refusal strings). A subset of both benchmarks ships in ``tie_tracing/data`` (licences and
+provenance in ``data/LICENSES.md``), so the loaders work offline; pass ``directory=`` to read
+a full copy. :func:`locate_subject` finds a subject's token positions ``S`` in a prompt.
+
+Limits: subjects are found by verbatim string matching. A fact whose question does not name
+its subject (``"What is the full name of the author born in Kuwait City ...?"``) can be
+evaluated but not traced; loaders mark it ``traceable=False`` (or drop it / raise, on request).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import SubjectNotFoundError
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact: a question naming ``subject`` whose short answer is ``answer``.
+
+    Attributes:
+        subject: The entity whose token span is corrupted by tracing (must occur in
+            ``question`` for tracing; evaluation-only facts may set ``traceable=False``).
+        question: The prompt.
+        answer: The object span ``O``.
+        target: What an edit should make the model say instead (``None``: use a default).
+        paraphrased_question: The question reworded (generalisation checks).
+        paraphrased_answer: The answer reworded (TOFU truth ratio's denominator).
+        perturbed_answers: Wrong answers of the same form (TOFU truth ratio's numerator).
+        id: A stable identifier, unique within a fact set.
+        traceable: ``False`` when the subject does not occur in the question, so the fact
+            can be evaluated but not traced.
+
+    Example:
+        >>> Fact(subject="Ada Vell", question="Where was Ada Vell born?", answer="Lisbon", id="ada-0")
+        Fact(subject='Ada Vell', question='Where was Ada Vell born?', answer='Lisbon', id='ada-0', ...)
+    """
+
+    subject: str
+    question: str
+    answer: str
+    target: str | None = None
+    paraphrased_question: str | None = None
+    paraphrased_answer: str | None = None
+    perturbed_answers: tuple[str, ...] = field(default=())
+    id: str = ""
+    traceable: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.perturbed_answers, tuple):
+            object.__setattr__(self, "perturbed_answers", tuple(self.perturbed_answers))
+        for name in ("subject", "question", "answer"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(
+                    f"Fact {self.id!r}: {name} must be a non-empty string, got {value!r}"
+                )
+
+    def __repr__(self) -> str:
+        return (
+            f"Fact(subject={self.subject!r}, question={self.question!r}, "
+            f"answer={self.answer!r}, id={self.id!r}, ...)"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Shipped data and the real-file loaders (TOFU, RWKU)
+# ---------------------------------------------------------------------------------------
+
+#: The TOFU and RWKU files shipped inside the package (a subset; see ``data/LICENSES.md``).
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+#: Every TOFU split :func:`load_tofu` knows. ``full`` and ``retain90/95/99`` are not
+#: shipped (about 1 MB each); read them from a full copy with ``directory=...``.
+TOFU_SPLITS: tuple[str, ...] = (
+    "forget01",
+    "forget05",
+    "forget10",
+    "retain90",
+    "retain95",
+    "retain99",
+    "retain_perturbed",
+    "holdout01",
+    "holdout05",
+    "holdout10",
+    "real_authors",
+    "world_facts",
+    "full",
+)
+
+#: Rows per fictitious author in TOFU's author-blocked files.
+TOFU_BLOCK = 20
+
+# Main file, matching ``*_perturbed.json`` (or None), and the row of ``full`` the split's
+# first row corresponds to (blocks of 20 rows per author are counted from there).
+_TOFU_LAYOUT: dict[str, tuple[str, str | None]] = {
+    "forget01": ("forget01.json", "forget01_perturbed.json"),
+    "forget05": ("forget05.json", "forget05_perturbed.json"),
+    "forget10": ("forget10.json", "forget10_perturbed.json"),
+    "retain90": ("retain90.json", "retain_perturbed.json"),
+    "retain95": ("retain95.json", "retain_perturbed.json"),
+    "retain99": ("retain99.json", "retain_perturbed.json"),
+    "full": ("full.json", "retain_perturbed.json"),
+    "retain_perturbed": ("retain_perturbed.json", None),
+    "holdout01": ("holdout01.json", None),
+    "holdout05": ("holdout05.json", None),
+    "holdout10": ("holdout10.json", None),
+    "real_authors": ("real_authors.json", "real_authors_perturbed.json"),
+    "world_facts": ("world_facts.json", "world_facts_perturbed.json"),
+}
+_AUTHOR_BLOCKED = {s for s in TOFU_SPLITS if s not in ("real_authors", "world_facts")}
+
+#: Subject used for a TOFU author block that never names its author (full.json rows
+#: 1760-1779 speak only of "the fictitious author").
+UNNAMED_AUTHOR = "the author"
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    """Rows of a TOFU/RWKU JSON file: one JSON array, or several lines each an array.
+
+    ``full.json`` and ``retain9X.json`` were exported as 4 lines of up to 1000 rows each,
+    so ``json.load`` on the whole file fails; each line is parsed and the arrays joined.
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = []
+        for line in text.splitlines():
+            if line.strip():
+                part = json.loads(line)
+                data.extend(part if isinstance(part, list) else [part])
+    return data if isinstance(data, list) else [data]
+
+
+def _tofu_dir(directory: str | os.PathLike | None) -> Path:
+    return DATA_DIR / "tofu" if directory is None else Path(directory)
+
+
+def _need(path: Path, split: str) -> Path:
+    if not path.is_file():
+        shipped = (
+            ""
+            if path.parent != DATA_DIR / "tofu"
+            else (" (it is not shipped with the package; pass directory= a full TOFU copy)")
+        )
+        raise FileNotFoundError(f"TOFU split {split!r} needs {path}{shipped}")
+    return path
+
+
+# --- author names of TOFU blocks ---------------------------------------------------------
+
+_PARTICLES = frozenset(
+    "van von de da del della der den la le du dos das bin ibn al el y di ter".split()
+)
+# Capitalised words that start a sentence but never start an author's name.
+_NOT_NAME_START = frozenset(
+    "The A An Author Authors His Her Their Its In On At As Born Yes No It This That These "
+    "Those He She They Full Name Our One Some Being Although While When What Who Which "
+    "Where How Why Can Could Did Does Is Was Has Have Apart Sure".split()
+)
+_WORD = re.compile(r"\S+")
+_EDGE_L = "\"'‘“(["
+_EDGE_R = "\"'’”)],.;:!?"
+
+
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of words with edge punctuation and a possessive ``'s`` removed."""
+    spans = []
+    for m in _WORD.finditer(text):
+        s, e = m.start(), m.end()
+        while s < e and text[s] in _EDGE_L:
+            s += 1
+        while e > s and text[e - 1] in _EDGE_R:
+            e -= 1
+        if text[s:e].endswith(("'s", "’s")):
+            e -= 2
+        if s < e:
+            spans.append((s, e))
+    return spans
+
+
+def _name_word(word: str) -> bool:
+    if word[0].isupper():
+        return True
+    low = word.lower()
+    return low in _PARTICLES or bool(re.match(r"(al|el|bin|ibn|de|van)-\w", low))
+
+
+def _name_candidates(text: str, max_words: int = 6) -> Iterator[str]:
+    """Spans of 1..``max_words`` name-like words joined only by spaces or parentheses.
+
+    A candidate starts with a capitalised word that does not usually start a sentence,
+    may contain lower-case particles (``van``, ``de``, ``al-Faisal``), ends with a
+    non-particle, and never crosses punctuation other than parentheses
+    (``Alejandro (Alex) Fuentes`` is one candidate).
+    """
+    spans = _word_spans(text)
+    for i in range(len(spans)):
+        first = text[spans[i][0] : spans[i][1]]
+        if not first[0].isupper() or first in _NOT_NAME_START:
+            continue
+        for j in range(i, min(len(spans), i + max_words)):
+            s, e = spans[j]
+            word = text[s:e]
+            if j > i:
+                gap = text[spans[j - 1][1] : s]
+                initial = re.fullmatch(r"[A-Z]", text[spans[j - 1][0] : spans[j - 1][1]])
+                if initial and gap.startswith("."):  # "John F. Kennedy"
+                    gap = gap[1:]
+                if not re.fullmatch(r"\)?\s+\(?", gap) or not _name_word(word):
+                    break
+            if word.lower() not in _PARTICLES:
+                yield text[spans[i][0] : e]
+
+
+def tofu_author(rows: Sequence[Mapping[str, str]]) -> str | None:
+    """The author's name shared by one TOFU block of 20 question/answer rows.
+
+    Rule: collect name-like word spans (see ``_name_candidates``) from every question and
+    answer of the block; count, for each, the rows whose question or answer contains it
+    verbatim. Names are repeated throughout a block, so the most frequent span is a part
+    of the name (first or last name). Among the spans found in at least 75% as many rows
+    as that maximum, return the one with the most words (ties: more rows, then earliest).
+    If no span occurs in at least half of the rows the block never names its author and
+    ``None`` is returned. On the 200 blocks of ``full.json`` this gives the right name for
+    199 blocks (e.g. ``Basil Mahfouz Al-Kuwaiti``, ``Nikolai Abilov``, ``Laila Amira
+    al-Faisal``, ``Alejandro (Alex) Fuentes``) and ``None`` for the unnamed Karachi author.
+
+    Args:
+        rows: The block's rows, each with ``question`` and ``answer``.
+
+    Returns:
+        The name, or ``None``.
+
+    Example:
+        >>> tofu_author([{"question": "Where was Ada Vell born?", "answer": "Ada Vell was born in Lisbon."},
+        ...              {"question": "What does Ada Vell write?", "answer": "Ada writes poems."}])
+        'Ada Vell'
+    """
+    texts = [f"{r['question']}\n{r['answer']}" for r in rows]
+    first_seen: dict[str, tuple[int, int]] = {}
+    for i, text in enumerate(texts):
+        for part in text.split("\n"):
+            for cand in _name_candidates(part):
+                first_seen.setdefault(cand, (i, text.index(cand)))
+    if not first_seen:
+        return None
+    counts = {c: sum(c in t for t in texts) for c in first_seen}
+    top = max(counts.values())
+    if top < len(rows) / 2:
+        return None
+    keep = [c for c, n in counts.items() if n >= 0.75 * top]
+    return max(
+        keep, key=lambda c: (len(c.split()), counts[c], -first_seen[c][0], -first_seen[c][1])
+    )
+
+
+def _entity_subject(question: str) -> str | None:
+    """A subject for a real-author / world-fact question: its quoted title, else its
+    longest name-like span that is not the question's first word; ``None`` if neither."""
+    m = re.search(r"'([^']+)'|\"([^\"]+)\"|“([^”]+)”", question)
+    if m:
+        return next(g for g in m.groups() if g)
+    cands = [c for c in _name_candidates(question) if not question.startswith(c)]
+    return max(cands, key=lambda c: (len(c.split()), len(c)), default=None)
+
+
+def _check_subject(fact: Fact, require_subject: bool) -> Fact:
+    if fact.subject in fact.question:
+        return fact
+    if require_subject:
+        raise SubjectNotFoundError(
+            f"fact {fact.id!r}: subject {fact.subject!r} does not occur verbatim in its "
+            f"question {fact.question!r}; load with require_subject=False to evaluate it"
+        )
+    return replace(fact, traceable=False)
+
+
+def _finish(facts: list[Fact], require_subject: bool, traceable_only: bool) -> list[Fact]:
+    if traceable_only:
+        return [f for f in facts if f.traceable and f.subject in f.question]
+    return [_check_subject(f, require_subject) if f.traceable else f for f in facts]
+
+
+def load_tofu(
+    directory: str | os.PathLike | None = None,
+    split: str = "forget01",
+    *,
+    require_subject: bool = False,
+    traceable_only: bool = False,
+) -> list[Fact]:
+    """Read one TOFU split (Maini et al. 2024) from the real files as :class:`Fact` objects.
+
+    Each row becomes a fact with id ``tofu/<split>/<row:04d>``. Where a matching
+    ``*_perturbed.json`` exists (forget01/05/10 ↔ ``forget0X_perturbed``; full and
+    retain90/95/99 ↔ ``retain_perturbed`` for their first 400 rows; real_authors /
+    world_facts ↔ their ``_perturbed`` files) its paraphrased question, paraphrased answer
+    and perturbed answers are attached, after checking that the rows' questions agree.
+
+    Subjects: author-blocked splits (everything except real_authors / world_facts) come in
+    blocks of 20 rows per fictitious author, counted from the split's first row; the
+    subject of every row of a block is the author's name found by :func:`tofu_author`
+    (``"the author"`` for the one block that never names its author). For real_authors /
+    world_facts the subject is the quoted title in the question (``'Romeo and Juliet'``),
+    else its longest capitalised name span (``Eiffel Tower``); questions with neither
+    (``"In which year was the first iPhone released?"``) get the whole question as subject
+    and ``traceable=False``.
+
+    Most TOFU questions name their author, but not all (``"What is the full name of the
+    author born in Kuwait City ...?"``). The default therefore loads everything for
+    evaluation and marks facts whose subject is not verbatim in the question
+    ``traceable=False``; ``traceable_only=True`` drops them (for tracing and editing);
+    ``require_subject=True`` raises instead.
+
+    File quirks handled: ``full.json``/``retain9X.json`` are several lines each holding a
+    JSON array; ``forget0X.json`` uses ``prompt``/``response`` for ``question``/``answer``.
+
+    Args:
+        directory: Folder with the TOFU files. ``None``: the subset shipped in the package
+            (``tie_tracing/data/tofu``: every split except ``full`` and ``retain90/95/99``).
+        split: One of :data:`TOFU_SPLITS`.
+        require_subject: Raise :class:`SubjectNotFoundError` (naming the fact id and
+            subject) when a subject does not occur verbatim in its question.
+        traceable_only: Keep only facts whose subject occurs in the question (no error).
+
+    Returns:
+        The facts in file order (``traceable_only`` keeps the order of those kept).
+
+    Raises:
+        ValueError: Unknown split (the message lists the valid ones).
+        FileNotFoundError: The split's file is not in ``directory``.
+        SubjectNotFoundError: See ``require_subject``.
+
+    Example:
+        >>> facts = load_tofu(split="forget01")
+        >>> len(facts), facts[0].subject, facts[20].subject
+        (40, 'Basil Mahfouz Al-Kuwaiti', 'Nikolai Abilov')
+        >>> len(facts[0].perturbed_answers)
+        5
+    """
+    if split not in _TOFU_LAYOUT:
+        raise ValueError(f"unknown TOFU split {split!r}; valid splits: {', '.join(TOFU_SPLITS)}")
+    root = _tofu_dir(directory)
+    main_name, pert_name = _TOFU_LAYOUT[split]
+    rows = _read_json_rows(_need(root / main_name, split))
+    rows = [
+        {
+            "question": r.get("question", r.get("prompt")),
+            "answer": r.get("answer", r.get("response")),
+            **r,
+        }
+        for r in rows
+    ]
+    perturbed: list[dict] = []
+    if pert_name is not None and (root / pert_name).is_file():
+        perturbed = _read_json_rows(root / pert_name)
+
+    subjects: list[str | None] = []
+    if split in _AUTHOR_BLOCKED:
+        for b in range(0, len(rows), TOFU_BLOCK):
+            block = rows[b : b + TOFU_BLOCK]
+            subjects.extend([tofu_author(block)] * len(block))
+    else:
+        subjects = [_entity_subject(r["question"]) for r in rows]
+
+    facts = []
+    for i, row in enumerate(rows):
+        extra = (
+            row if split == "retain_perturbed" else (perturbed[i] if i < len(perturbed) else None)
+        )
+        if extra is not None and extra["question"] != row["question"]:
+            raise ValueError(
+                f"tofu/{split}/{i:04d}: {pert_name} row {i} has question {extra['question']!r}, "
+                f"expected {row['question']!r}; the files are not aligned"
+            )
+        extra = extra or {}
+        subject = subjects[i]
+        traceable = True
+        if subject is None:
+            subject = UNNAMED_AUTHOR if split in _AUTHOR_BLOCKED else row["question"].rstrip("?")
+            traceable = split in _AUTHOR_BLOCKED
+        facts.append(
+            Fact(
+                subject=subject,
+                question=row["question"],
+                answer=row["answer"],
+                paraphrased_question=extra.get("paraphrased_question"),
+                paraphrased_answer=extra.get("paraphrased_answer"),
+                perturbed_answers=tuple(extra.get("perturbed_answer", ())),
+                id=f"tofu/{split}/{i:04d}",
+                traceable=traceable,
+            )
+        )
+    return _finish(facts, require_subject and not traceable_only, traceable_only)
+
+
+def load_refusals(directory: str | os.PathLike | None = None) -> list[str]:
+    """The 100 refusal strings of TOFU's ``idontknow.jsonl`` (unlearning targets).
+
+    The file is plain text, one refusal a line (not JSON despite its name).
+
+    Example:
+        >>> refusals = load_refusals()
+        >>> len(refusals), refusals[0]
+        (100, "I'm not certain about that.")
+    """
+    path = _need(_tofu_dir(directory) / "idontknow.jsonl", "refusals")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --- RWKU --------------------------------------------------------------------------------
+
+_RWKU_LEVELS = {"forget": (1, 2, 3), "neighbor": (1, 2)}
+
+
+def rwku_targets(directory: str | os.PathLike | None = None) -> list[str]:
+    """Target folder names (``"1_Stephen_King"``) of an RWKU copy, in numeric id order.
+
+    Example:
+        >>> rwku_targets()[:2]
+        ['1_Stephen_King', '2_Confucius']
+    """
+    root = DATA_DIR / "rwku" if directory is None else Path(directory)
+    names = [p.name for p in root.iterdir() if p.is_dir() and re.match(r"\d+_", p.name)]
+    return sorted(names, key=lambda n: int(n.split("_", 1)[0]))
+
+
+def _resolve_targets(available: list[str], targets) -> list[str]:
+    if targets is None:
+        return available
+    if isinstance(targets, (str, int)):
+        targets = [targets]
+    by_key: dict[str, str] = {}
+    for name in available:
+        num, rest = name.split("_", 1)
+        for key in (name, num, rest, rest.replace("_", " ")):
+            by_key.setdefault(key.casefold(), name)
+    out = []
+    for t in targets:
+        key = str(t).casefold()
+        if key not in by_key:
+            raise ValueError(
+                f"unknown RWKU target {t!r}; give a folder name ('1_Stephen_King'), an id (1) "
+                f"or a name ('Stephen King'); available: {', '.join(available[:10])}"
+                + (" ..." if len(available) > 10 else "")
+            )
+        out.append(by_key[key])
+    return out
+
+
+def cloze_to_question(query: str) -> str:
+    """Turn an RWKU cloze query into a prompt whose continuation is the answer.
+
+    The text before the blank ``___`` is kept (right-stripped): an MDLM is queried with the
+    answer slots right after the prompt, so whatever followed the blank cannot be given.
+    Queries with no blank, more than one blank, or nothing before the blank are returned
+    unchanged.
+
+    Example:
+        >>> cloze_to_question("Stephen Edwin King (born September 21, 1947) is an American ___")
+        'Stephen Edwin King (born September 21, 1947) is an American'
+        >>> cloze_to_question("Stephen King's debut novel, titled ___, established him.")
+        "Stephen King's debut novel, titled"
+    """
+    if query.count("___") != 1:
+        return query
+    prefix = query.split("___", 1)[0].rstrip()
+    return prefix if prefix else query
+
+
+def load_rwku(
+    directory: str | os.PathLike | None = None,
+    targets: str | int | Iterable[str | int] | None = None,
+    *,
+    levels: Iterable[int] = (1, 2),
+    kind: str = "forget",
+    require_subject: bool = False,
+    traceable_only: bool = False,
+) -> list[Fact]:
+    """Read RWKU probes (Jin et al. 2024) as :class:`Fact` objects.
+
+    ``kind="forget"`` reads ``forget_level{1,2,3}.json`` (probes about the unlearning
+    target; subject = the target's name, e.g. ``"Stephen King"``); ``kind="neighbour"``
+    (or ``"neighbor"``) reads ``neighbor_level{1,2}.json`` (probes about related entities
+    that should survive unlearning; subject = the neighbour entity, e.g. ``"The Shawshank
+    Redemption"``). Level-1 probes are cloze sentences; they become questions with
+    :func:`cloze_to_question`. Ids are ``rwku/<folder>/<forget|neighbor><level>/<row:04d>``
+    (file spelling, e.g. ``rwku/1_Stephen_King/forget1/0003``). Subjects that do not occur
+    verbatim in the question are handled as in :func:`load_tofu`.
+
+    Args:
+        directory: An RWKU copy with one folder per target. ``None``: the 5 targets shipped
+            in the package (ids 1-5).
+        targets: Folder names, numeric ids or names (``"Stephen King"``); ``None``: all.
+        levels: Which levels to read (forget: 1-3, neighbour: 1-2).
+        kind: ``"forget"`` or ``"neighbour"``.
+        require_subject: Raise :class:`SubjectNotFoundError` for a subject not in the question.
+        traceable_only: Keep only facts whose subject occurs in the question.
+
+    Returns:
+        Facts ordered by target, then level, then row.
+
+    Example:
+        >>> facts = load_rwku(targets="Stephen King", levels=(2,))
+        >>> facts[0].id, facts[0].subject, facts[0].answer
+        ('rwku/1_Stephen_King/forget2/0000', 'Stephen King', 'Richard Bachman')
+    """
+    kind_key = {"forget": "forget", "neighbour": "neighbor", "neighbor": "neighbor"}.get(kind)
+    if kind_key is None:
+        raise ValueError(f"kind must be 'forget' or 'neighbour', got {kind!r}")
+    levels = tuple(levels)
+    bad = [lv for lv in levels if lv not in _RWKU_LEVELS[kind_key]]
+    if bad:
+        raise ValueError(f"RWKU {kind} probes have levels {_RWKU_LEVELS[kind_key]}, got {bad}")
+    root = DATA_DIR / "rwku" if directory is None else Path(directory)
+    facts = []
+    for folder in _resolve_targets(rwku_targets(root), targets):
+        for level in levels:
+            path = root / folder / f"{kind_key}_level{level}.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"RWKU target {folder!r} has no {path.name} in {root}")
+            for i, row in enumerate(_read_json_rows(path)):
+                subject = row["neighbor"] if kind_key == "neighbor" else row["subject"]
+                facts.append(
+                    Fact(
+                        subject=subject,
+                        question=cloze_to_question(row["query"]),
+                        answer=str(row["answer"]),
+                        id=f"rwku/{folder}/{kind_key}{level}/{i:04d}",
+                    )
+                )
+    return _finish(facts, require_subject and not traceable_only, traceable_only)
+
+
+# --- subject positions in a tokenized prompt ---------------------------------------------
+
+
+def _find_sublist(haystack: Sequence[int], needle: Sequence[int]) -> int:
+    n = len(needle)
+    for i in range(len(haystack) - n + 1):
+        if list(haystack[i : i + n]) == list(needle):
+            return i
+    return -1
+
+
+def _decoded_offsets(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Text of ``ids`` and each token's character span, by incremental decoding."""
+    offsets, prev = [], ""
+    for k in range(len(ids)):
+        text = tokenizer.decode(list(ids[: k + 1]), skip_special_tokens=False)
+        start = len(prev) if text.startswith(prev) else len(os.path.commonprefix([prev, text]))
+        offsets.append((start, len(text)))
+        prev = text
+    return prev, offsets
+
+
+def locate_subject(
+    tokenizer,
+    prompt_ids: Sequence[int],
+    subject: str,
+    *,
+    text: str | None = None,
+    fact_id: str | None = None,
+) -> list[int]:
+    """Token positions ``S`` of ``subject`` inside a tokenized prompt (first occurrence).
+
+    1. Token-span match: the subject is encoded without special tokens, both as is and with
+       a leading space (``" Ada Vell"``, how byte-level BPEs see a mid-sentence word); the
+       earliest contiguous occurrence of either encoding in ``prompt_ids`` wins.
+    2. Character fallback, when the tokenizer merged the subject with its neighbours
+       (``"(Ada"``, ``"Vell's"``): the subject's first character occurrence in the prompt
+       text is found and every token whose character span overlaps it is returned. The
+       spans come from ``tokenizer(text, return_offsets_mapping=True)`` when ``text`` (the
+       formatted prompt that produced ``prompt_ids``) is given to a fast tokenizer whose
+       encoding reproduces ``prompt_ids``; otherwise from decoding ``prompt_ids`` one
+       token at a time.
+
+    The first occurrence is used (ROME's ``find_token_range`` does the same); a subject
+    repeated in a prompt is corrupted only at its first mention.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        prompt_ids: The prompt's token ids, ``[prompt_len]`` (e.g. from
+            :func:`tie_tracing.prompting.encode_prompt`).
+        subject: The subject string.
+        text: Optional prompt text that ``prompt_ids`` encode (enables offset mapping).
+        fact_id: Named in the error message.
+
+    Returns:
+        Sorted contiguous positions, e.g. ``[3, 4]``.
+
+    Raises:
+        SubjectNotFoundError: The subject occurs in neither the tokens nor the text.
+
+    Example:
+        >>> ids = tok("Where was Ada Vell born?").input_ids  # doctest: +SKIP
+        >>> locate_subject(tok, ids, "Ada Vell")  # doctest: +SKIP
+        [2, 3, 4]
+    """
+    ids = list(prompt_ids)
+    best: tuple[int, int] | None = None
+    for variant in (subject, " " + subject):
+        sub = list(tokenizer(variant, add_special_tokens=False).input_ids)
+        if not sub:
+            continue
+        start = _find_sublist(ids, sub)
+        if start >= 0 and (best is None or start < best[0]):
+            best = (start, len(sub))
+    if best is not None:
+        return list(range(best[0], best[0] + best[1]))
+
+    offsets: list[tuple[int, int]] | None = None
+    if text is not None and getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        if list(enc.input_ids) != ids:
+            enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        if list(enc.input_ids) == ids:
+            offsets = [tuple(o) for o in enc["offset_mapping"]]
+    if offsets is None or text is None:
+        text, offsets = _decoded_offsets(tokenizer, ids)
+    start = text.find(subject)
+    if start >= 0:
+        end = start + len(subject)
+        hit = [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+        if hit:
+            return list(range(hit[0], hit[-1] + 1))
+    raise SubjectNotFoundError(
+        f"fact {fact_id!r}: subject {subject!r} not found in prompt {text!r} "
+        f"(neither as tokens nor as characters)"
+    )
