@@ -1,0 +1,132 @@
+"""select_coordinate: Eq. 5 exactly, restrictions, and a clear error for each misuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from tie_tracing.errors import ShapeError
+from tie_tracing.results import TIEResult
+from tie_tracing.selection import select_coordinate
+
+
+def brute_force(tie, beta, nb):
+    """Eq. 5 by loops over cells."""
+    _, n_l, n_k, n_m = tie.shape
+    best, arg = -math.inf, None
+    scores = torch.empty(n_l, n_k, n_m, dtype=torch.float64)
+    for la in range(n_l):
+        for k in range(n_k):
+            for m in range(n_m):
+                s = float(tie[:, la, k, m].abs().mean())
+                if nb is not None:
+                    s -= beta * float(nb[:, la, k, m].abs().mean())
+                scores[la, k, m] = s
+                if s > best:
+                    best, arg = s, (la, k, m)
+    return arg, scores
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 2.0])
+def test_matches_brute_force_eq5(beta):
+    """Scores and argmax equal the loop over cells of mean|TIE_f| - β mean|TIE_g|."""
+    g = torch.Generator().manual_seed(0)
+    tie = torch.randn(5, 4, 6, 3, generator=g, dtype=torch.float64)
+    nb = torch.randn(7, 4, 6, 3, generator=g, dtype=torch.float64)
+    c = select_coordinate(tie, beta=beta, neighbours=nb)
+    arg, scores = brute_force(tie, beta, nb)
+    assert c.index == arg and (c.layer, c.step) == arg[:2]
+    assert c.module == ("resid", "attn", "mlp")[arg[2]]
+    torch.testing.assert_close(c.scores, scores)
+    assert c.score == pytest.approx(float(scores[arg])) and c.beta == beta
+
+
+def test_sign_is_ignored_and_beta_zero_ignores_neighbours():
+    """A large negative effect wins under |·|; β = 0 gives the same choice with neighbours."""
+    tie = torch.zeros(2, 3, 2, 3)
+    tie[:, 2, 1, 1] = -5.0
+    tie[:, 0, 0, 0] = 1.0
+    c = select_coordinate(tie)
+    assert (c.layer, c.step, c.module) == (2, 1, "attn")
+    nb = torch.full((4, 3, 2, 3), 100.0)
+    assert select_coordinate(tie, neighbours=nb).index == c.index
+
+
+def test_tie_result_input_uses_labels():
+    """A TIEResult is scored on its tie with its layer/step/module labels."""
+    r = TIEResult.synthetic(n_facts=3, n_layers=4, n_steps=4)
+    r = dataclasses.replace(r, layers=(10, 11, 12, 13))
+    c = select_coordinate(r)
+    t = select_coordinate(r.tie)
+    assert c.index == t.index and c.layer == 10 + t.layer
+    assert c.layers == (10, 11, 12, 13) and c.modules == r.modules
+    n = select_coordinate(r, beta=1.0, neighbours=r.select_facts([0]))
+    assert n.scores.shape == (4, 4, 3)
+
+
+def test_restriction_by_modules_and_steps():
+    """Restricted cells cannot win and are NaN in scores."""
+    tie = torch.zeros(2, 3, 4, 3)
+    tie[:, 0, 0, 2] = 9.0  # global winner: mlp at step 0
+    tie[:, 1, 2, 0] = 1.0
+    c = select_coordinate(tie, modules="resid", steps=[1, 2])
+    assert (c.layer, c.step, c.module) == (1, 2, "resid")
+    assert torch.isnan(c.scores[:, :, 1:]).all() and torch.isnan(c.scores[:, [0, 3], 0]).all()
+    assert not torch.isnan(c.scores[:, 1:3, 0]).any()
+    assert select_coordinate(tie, modules=["attn", "mlp"]).module == "mlp"
+
+
+def test_ties_go_to_first_cell():
+    """Equal scores: the first cell in [layer, step, module] order wins."""
+    assert select_coordinate(torch.ones(2, 2, 2, 3)).index == (0, 0, 0)
+
+
+def test_nan_outside_the_restriction_is_allowed():
+    """NaN only matters in cells that are considered."""
+    tie = torch.ones(2, 2, 2, 3)
+    tie[:, :, :, 1] = float("nan")
+    assert select_coordinate(tie, modules=["resid"]).module == "resid"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(beta=-0.1), ValueError, ">= 0"),
+        (dict(beta=float("nan")), ValueError, "finite"),
+        (dict(beta=0.5), ValueError, "needs neighbours"),
+        (dict(beta=1.0, neighbours=torch.ones(3, 2, 3, 3)), ShapeError, "neighbours"),
+        (dict(modules=["ffn"]), ValueError, "unknown module"),
+        (dict(modules=[]), ValueError, "empty"),
+        (dict(steps=[7]), ValueError, "out of range"),
+        (dict(steps=[-1]), ValueError, "out of range"),
+    ],
+)
+def test_errors(kwargs, error, match):
+    """Each misuse raises a clear error."""
+    with pytest.raises(error, match=match):
+        select_coordinate(torch.ones(2, 2, 4, 3), **kwargs)
+
+
+def test_errors_on_data():
+    """NaN, no facts, wrong ndim and non-tensors are refused."""
+    tie = torch.ones(2, 2, 2, 3)
+    tie[1, 0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        select_coordinate(tie)
+    nb = torch.ones(2, 2, 2, 3)
+    nb[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="neighbours hold NaN"):
+        select_coordinate(torch.ones(2, 2, 2, 3), beta=1.0, neighbours=nb)
+    with pytest.raises(ValueError, match="no facts"):
+        select_coordinate(torch.ones(0, 2, 2, 3))
+    with pytest.raises(ValueError, match="no facts"):
+        select_coordinate(torch.ones(2, 2, 2, 3), beta=1.0, neighbours=torch.ones(0, 2, 2, 3))
+    with pytest.raises(ShapeError, match="x\\[None\\]"):
+        select_coordinate(torch.ones(2, 2, 3))
+    with pytest.raises(ShapeError, match="4 axes"):
+        select_coordinate(torch.ones(1, 2, 2, 2, 3))
+    with pytest.raises(TypeError):
+        select_coordinate([[1.0]])

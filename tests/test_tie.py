@@ -1,0 +1,228 @@
+"""TIE engine: exactness against the slow hook reference, invariants, resumable sweeps, bad input."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import pytest
+import torch
+
+import tie_tracing as tt
+from tie_tracing.errors import NonFiniteActivationError, SubjectNotFoundError
+from tie_tracing.patching import Capture, Corruption, Patch, encode_query, run_patched
+from tie_tracing.reference import reference_ie, reference_tie
+from tie_tracing.results import TIEResult
+
+from . import replicas
+
+FACTS = [
+    tt.Fact("ada vell", "where was ada vell born", "lisbon porto paris", id="f0"),
+    tt.Fact("mara tov", "who wrote the book of mara tov", "orion", id="f1"),
+    tt.Fact("kess", "what city was kess born in", "paris porto", id="f2"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def model(family: str) -> tt.TracedModel:
+    return {
+        "tiny-mdlm": lambda: replicas.wrap(replicas.tiny_mdlm()),
+        "llada": lambda: replicas.wrap(replicas.LLaDAReplica()),
+        "dream": lambda: replicas.wrap(replicas.dream_replica()),
+        "llama": lambda: replicas.wrap(replicas.causal("llama")),
+    }[family]()
+
+
+def trace(m, facts, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random replicas know no facts
+        return tt.trace_tie(m, facts, progress=False, **kw)
+
+
+@pytest.mark.parametrize("family", ["tiny-mdlm", "llada", "dream"])
+def test_engine_equals_slow_reference(family):
+    """The memoised batched sweep equals one full hook-patched trajectory per coordinate (all modules, n_noise=2)."""
+    m = model(family)
+    result = trace(m, FACTS[:2], steps=4, nu=2.0, n_noise=2, seed=3)
+    for i, fact in enumerate(FACTS[:2]):
+        ref = reference_ie(m, fact, steps=4, nu=2.0, n_noise=2, seed=3)
+        assert torch.equal(torch.isnan(ref["ie"]), torch.isnan(result.ie[i]))
+        torch.testing.assert_close(torch.nan_to_num(result.ie[i]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(result.tie[i].double(), reference_tie(ref["ie"], 0.5), atol=1e-5, rtol=0)
+        torch.testing.assert_close(result.lp_clean[i], ref["lp_clean"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(result.lp_corrupt[i], ref["lp_corrupt"], atol=1e-5, rtol=0)
+
+
+def test_some_patch_runs_diverge_and_are_followed():
+    """The reference comparison is not vacuous: some patch runs commit differently and have non-zero later IE."""
+    result = trace(model("tiny-mdlm"), FACTS[:2], steps=4, nu=2.0, n_noise=2, seed=3)
+    assert result.diverged.sum() > 0
+    later = result.ie[..., 1:]
+    steps = torch.arange(4)
+    strictly_later = (steps[None, :] > steps[:, None])[None, None, :, None, :][..., 1:]
+    assert torch.nan_to_num(later.abs() * strictly_later).sum() > 0
+
+
+def test_identity_patch_has_zero_effect():
+    """Patching a corrupted run with its own (corrupted) activations changes nothing."""
+    m = model("tiny-mdlm")
+    q = encode_query(m, FACTS[0])
+    corruption = Corruption(nu=2.0)
+    base = run_patched(m, q, steps=4, corruption=corruption, capture=[Capture(layer=1, module="mlp")])
+    for k in range(4):
+        value = base.captures[(1, "mlp")][0, k]
+        patched = run_patched(m, q, steps=4, corruption=corruption, patches=[Patch(layer=1, module="mlp", step=k, value=value)])
+        assert torch.equal(patched.target_logprobs, base.target_logprobs)
+        assert torch.equal(patched.states, base.states)
+
+
+def test_vanishing_noise_gives_zero_effect():
+    """With ν → 0 the clean and corrupted runs coincide, so every IE is (numerically) zero."""
+    result = trace(model("tiny-mdlm"), FACTS[:1], steps=4, nu=1e-9)
+    assert torch.nan_to_num(result.ie).abs().max() < 1e-5
+    assert result.diverged.sum() == 0
+
+
+def test_full_restoration_reproduces_clean_run():
+    """Restoring layer 0's block output at every position and step reproduces the clean trajectory exactly."""
+    m = model("tiny-mdlm")
+    q = encode_query(m, FACTS[0])
+    everywhere = tuple(range(q.length))
+    clean = run_patched(m, q, steps=4, capture=[Capture(layer=0, module="resid", positions=everywhere)])
+    patches = [
+        Patch(layer=0, module="resid", step=k, value=clean.captures[(0, "resid")][0, k], positions=everywhere)
+        for k in range(4)
+    ]
+    restored = run_patched(m, q, steps=4, corruption=Corruption(nu=3.0), patches=patches)
+    assert torch.equal(restored.states, clean.states)
+    torch.testing.assert_close(restored.target_logprobs, clean.target_logprobs, atol=1e-6, rtol=0)
+
+
+def test_same_seed_same_tensor_other_seed_differs():
+    """Same seed ⇒ identical tensors; another seed ⇒ other noise, other effects."""
+    m = model("llada")
+    a = trace(m, FACTS[:1], steps=4, nu=2.0, seed=5)
+    b = trace(m, FACTS[:1], steps=4, nu=2.0, seed=5)
+    c = trace(m, FACTS[:1], steps=4, nu=2.0, seed=6)
+    assert torch.equal(a.ie.nan_to_num(), b.ie.nan_to_num()) and torch.equal(a.tie, b.tie)
+    assert not torch.equal(a.lp_corrupt, c.lp_corrupt)
+
+
+def test_batch_of_facts_equals_facts_alone():
+    """Tracing facts together equals tracing each alone (noise is keyed by fact id, ν fixed)."""
+    m = model("dream")
+    together = trace(m, FACTS, steps=4, nu=2.0)
+    for i, fact in enumerate(FACTS):
+        alone = trace(m, [fact], steps=4, nu=2.0)
+        assert torch.equal(together.tie[i], alone.tie[0])
+        assert torch.equal(together.lp_corrupt[i], alone.lp_corrupt[0])
+
+
+def test_default_nu_follows_the_three_sigma_rule():
+    """Without ν, the result records ν = 3 · σ of the subject-token embeddings of the fact set."""
+    m = model("tiny-mdlm")
+    result = trace(m, FACTS[:2], steps=2, modules=("resid",))
+    emb = m.embedding_module()
+    values = []
+    for fact in FACTS[:2]:
+        q = encode_query(m, fact)
+        ids = torch.tensor([q.prompt_ids[p] for p in q.subject_positions])
+        values.append(emb(ids).detach().reshape(-1))
+    assert result.config["nu"] == pytest.approx(3.0 * float(torch.cat(values).std()), rel=1e-6)
+
+
+def test_subset_of_modules_and_layers_matches_full_sweep():
+    """Restricting modules/layers gives the same cells as the full sweep."""
+    m = model("tiny-mdlm")
+    full = trace(m, FACTS[:1], steps=4, nu=2.0)
+    part = trace(m, FACTS[:1], steps=4, nu=2.0, modules=("mlp",), layers=(1, 2))
+    assert part.modules == ("mlp",) and part.layers == (1, 2)
+    assert torch.equal(part.tie[0, :, :, 0], full.tie[0, 1:3, :, 2])
+
+
+def test_resumable_sweep(tmp_path):
+    """A sweep writes each fact as it finishes and a rerun resumes from the files, with equal results."""
+    m = model("tiny-mdlm")
+    first = trace(m, FACTS[:2], steps=2, nu=2.0, out=tmp_path / "sweep")
+    files = sorted((tmp_path / "sweep").glob("fact_*.safetensors"))
+    assert len(files) == 2
+    files[1].unlink()
+    again = trace(m, FACTS[:2], steps=2, nu=2.0, out=tmp_path / "sweep")
+    assert torch.equal(first.tie, again.tie)
+    with pytest.raises(ValueError, match="other settings"):
+        trace(m, FACTS[:2], steps=2, nu=3.0, out=tmp_path / "sweep")
+    with pytest.raises(ValueError, match="fact list changed"):
+        trace(m, [FACTS[2], FACTS[1]], steps=2, nu=2.0, out=tmp_path / "sweep")
+
+
+def test_result_round_trips(tmp_path):
+    """A traced result saves and loads exactly."""
+    result = trace(model("tiny-mdlm"), FACTS[:2], steps=2, nu=2.0)
+    path = result.save(tmp_path / "r.safetensors")
+    loaded = TIEResult.load(path)
+    assert torch.equal(loaded.tie, result.tie)
+    assert torch.equal(loaded.ie.nan_to_num(), result.ie.nan_to_num())
+    assert loaded.fact_ids == result.fact_ids and loaded.config == result.config
+
+
+def test_unknown_fact_warns_and_is_listed():
+    """A fact the model does not know is warned about by id and listed in the config."""
+    with pytest.warns(UserWarning, match="'f1'.*does not know"):
+        result = tt.trace_tie(model("tiny-mdlm"), FACTS[1:2], steps=2, nu=2.0, progress=False)
+    assert result.config["unknown_facts"] == ["f1"]
+
+
+def test_subject_not_in_prompt_names_the_fact():
+    """A subject missing from the prompt is a SubjectNotFoundError naming the fact."""
+    bad = tt.Fact("orion", "where was ada vell born", "lisbon", id="bad-1")
+    with pytest.raises(SubjectNotFoundError, match="bad-1"):
+        trace(model("tiny-mdlm"), [FACTS[0], bad], steps=2)
+
+
+def test_nan_activation_names_the_fact():
+    """NaN in activations is an error naming the fact."""
+    m = model("llada")
+    handle = m.site_module(1, "mlp").register_forward_hook(lambda _m, _i, o: o * float("nan"))
+    try:
+        with pytest.raises(NonFiniteActivationError, match="f0"):
+            trace(m, FACTS[:1], steps=2, nu=1.0)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=0), "steps"),
+        (dict(modules=("resid", "ffn")), "modules"),
+        (dict(layers=(7,)), "layer 7"),
+        (dict(decay=0.0), "decay"),
+        (dict(n_noise=0), "n_noise"),
+        (dict(nu=-1.0), "nu"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, message):
+    """Bad steps, modules, layers, decay and noise settings raise errors that name them."""
+    with pytest.raises(ValueError, match=message):
+        trace(model("tiny-mdlm"), FACTS[:1], **kwargs)
+
+
+def test_bad_patch_positions_and_shapes():
+    """Patch positions outside the sequence and values of the wrong shape are named errors."""
+    m = model("tiny-mdlm")
+    q = encode_query(m, FACTS[0])
+    d = m.hidden_size
+    with pytest.raises(IndexError, match="position 99"):
+        run_patched(m, q, steps=2, patches=[Patch(layer=0, module="mlp", step=0, value=torch.zeros(1, d), positions=(99,))])
+    with pytest.raises(tt.ShapeError, match="patch value"):
+        run_patched(m, q, steps=2, patches=[Patch(layer=0, module="mlp", step=0, value=torch.zeros(5, d + 1))])
+    with pytest.raises(ValueError, match="patch step 3"):
+        run_patched(m, q, steps=2, patches=[Patch(layer=0, module="mlp", step=3, value=torch.zeros(2, d))])
+
+
+def test_causal_models_and_duplicates_are_refused():
+    """TIE needs an MDLM and distinct fact ids."""
+    with pytest.raises(ValueError, match="causal"):
+        trace(model("llama"), FACTS[:1])
+    with pytest.raises(ValueError, match="duplicate"):
+        trace(model("tiny-mdlm"), [FACTS[0], FACTS[0]])
