@@ -226,3 +226,16 @@ def test_causal_models_and_duplicates_are_refused():
         trace(model("llama"), FACTS[:1])
     with pytest.raises(ValueError, match="duplicate"):
         trace(model("tiny-mdlm"), [FACTS[0], FACTS[0]])
+
+
+def test_unknown_facts_are_left_out_of_the_mean_and_the_selection():
+    """Facts listed as unknown are not averaged into mean() nor into select_coordinate."""
+    import dataclasses
+
+    result = TIEResult.synthetic(n_facts=3, n_layers=2, n_steps=3, seed=0)
+    marked = dataclasses.replace(result, config=result.config | {"unknown_facts": [result.fact_ids[1]]})
+    assert marked.known.tolist() == [True, False, True]
+    torch.testing.assert_close(marked.mean(), torch.nanmean(result.tie[[0, 2]], 0))
+    torch.testing.assert_close(marked.mean(include_unknown=True), result.mean())
+    only_known = tt.select_coordinate(result.tie[[0, 2]])
+    assert tt.select_coordinate(marked).index == only_known.index

@@ -217,11 +217,14 @@ def apply_noise(model, noise: torch.Tensor | None, positions: torch.Tensor, repl
     if noise is None:
         return
     emb = hidden_of(model.embedding.output)
-    target = slice(None) if rows is None else rows
-    if replace:
-        emb[target, positions] = noise.to(emb.dtype)
+    if rows is None:
+        index = (slice(None), positions)
     else:
-        emb[target, positions] += noise.to(emb.dtype)
+        index = (rows[:, None], positions[None, :])
+    if replace:
+        emb[index] = noise.to(emb.dtype)
+    else:
+        emb[index] += noise.to(emb.dtype)
 
 
 def run_patched(
@@ -232,6 +235,7 @@ def run_patched(
     rows: int = 1,
     corruption: Corruption | None = None,
     noise: torch.Tensor | None = None,
+    noise_rows: Sequence[int] | None = None,
     nu: float | None = None,
     patches: Sequence[Patch] = (),
     capture: Sequence[Capture] = (),
@@ -246,8 +250,10 @@ def run_patched(
         rows: Batch rows (identical queries; rows differ by their noise or patches).
         corruption: Noise on the subject embeddings at every step (its draw ``i`` goes to
             row ``i % n_noise``), or ``None`` for a clean run.
-        noise: Explicit ``[rows, |S|, d]`` noise instead of ``corruption`` (rows of zeros stay
-            clean; with ``corruption.replace`` semantics only when ``corruption`` is given).
+        noise: Explicit noise instead of drawing it from ``corruption``: ``[rows, |S|, d]``, or
+            ``[len(noise_rows), |S|, d]`` for the rows listed in ``noise_rows`` (the other rows
+            stay clean). Added, or written when ``corruption.replace`` is set.
+        noise_rows: Rows that receive ``noise`` (default: all).
         nu: ``ν`` for ``corruption`` (default: resolved on this one fact).
         patches: :class:`Patch` es, applied after the noise.
         capture: :class:`Capture` s, recorded after any patch at the same site.
@@ -267,10 +273,12 @@ def run_patched(
         nu = corruption.resolve_nu(model, [query]) if nu is None else nu
         draws = corruption.draws(query.fact, len(subject), model.hidden_size, nu)
         noise = draws[torch.arange(rows) % corruption.n_noise]
+    noisy = None if noise_rows is None else _check_positions(noise_rows, rows, "noise row", fid).to(device)
     if noise is not None:
-        if tuple(noise.shape) != (rows, len(subject), model.hidden_size):
+        n_noisy = rows if noisy is None else len(noisy)
+        if tuple(noise.shape) != (n_noisy, len(subject), model.hidden_size):
             raise ShapeError(
-                f"fact {fid!r}: noise must be [rows={rows}, |S|={len(subject)}, d={model.hidden_size}], "
+                f"fact {fid!r}: noise must be [rows={n_noisy}, |S|={len(subject)}, d={model.hidden_size}], "
                 f"got {tuple(noise.shape)}"
             )
         noise = noise.to(device)
@@ -309,7 +317,7 @@ def run_patched(
         with model.denoise(x, answer_start=query.answer_start, steps=steps, block_length=block_length, targets=targets) as tracer:
             store = nnsight.save({})
             for k in tracer.iter[:steps]:
-                apply_noise(model, noise, subject_d, replace)
+                apply_noise(model, noise, subject_d, replace, rows=noisy)
                 for layer, m in touched:
                     todo = plan.get((k, layer, m), ())
                     cap = wanted.get((layer, m))

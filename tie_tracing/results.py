@@ -527,14 +527,29 @@ class TIEResult(_ResultBase):
         """``T``, the number of denoising steps covered by ``later_step`` and the baselines."""
         return int(self.ie.shape[-1])
 
-    def mean(self) -> torch.Tensor:
+    @property
+    def known(self) -> torch.Tensor:
+        """``[fact]`` bool: the model's clean sample was the answer (not in ``config["unknown_facts"]``)."""
+        unknown = set(self.config.get("unknown_facts", ()))
+        return torch.tensor([fid not in unknown for fid in self.fact_ids], dtype=torch.bool)
+
+    def mean(self, *, include_unknown: bool = False) -> torch.Tensor:
         """Mean of ``tie`` over facts, ``[layer, step, module]`` (NaN-aware: ``torch.nanmean``).
 
-        A cell that is NaN for some facts averages the others; NaN for all facts stays NaN.
+        Facts the model does not know (``config["unknown_facts"]``, warned about by
+        :func:`~tie_tracing.tie.trace_tie`) are left out unless ``include_unknown=True``;
+        when no fact is known, all are averaged (with a warning). A cell that is NaN for some
+        facts averages the others; NaN for all facts stays NaN.
         """
         if self.n_facts == 0:
             raise ValueError("mean over facts of an empty TIEResult")
-        return torch.nanmean(self.tie, dim=0)
+        keep = self.known
+        if include_unknown or bool(keep.all()):
+            return torch.nanmean(self.tie, dim=0)
+        if not bool(keep.any()):
+            warnings.warn("no traced fact is known to the model: averaging all of them", stacklevel=2)
+            return torch.nanmean(self.tie, dim=0)
+        return torch.nanmean(self.tie[keep], dim=0)
 
     def mean_over_facts(self) -> torch.Tensor:
         """Alias of :meth:`mean` (``[layer, step, module]``)."""

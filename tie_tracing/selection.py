@@ -29,7 +29,10 @@ __all__ = ["select_coordinate"]
 def _as_heatmaps(x: Any, what: str) -> tuple[torch.Tensor, tuple, tuple, tuple]:
     """``(tensor [fact, layer, step, module], layers, steps, modules)`` from a result or tensor."""
     if isinstance(x, TIEResult):
-        return x.tie.detach(), x.layers, x.steps, x.modules
+        known = x.known
+        # facts the model does not know measure nothing: leave them out (trace_tie warned)
+        tie = x.tie[known] if bool(known.any()) else x.tie
+        return tie.detach(), x.layers, x.steps, x.modules
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a TIEResult or a tensor, got {type(x).__name__}")
     if x.ndim != 4:

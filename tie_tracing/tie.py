@@ -2,11 +2,11 @@
 
 For each fact the engine runs, as nnsight interventions:
 
-1. a **clean** trajectory (one traced ``model.denoise`` loop) capturing every site's output at
-   the subject positions at every step, and ``LP_clean(k)``;
-2. the **corrupted** trajectories (one traced loop, one row per noise draw) with the same
-   draws ``ε`` added to the subject embeddings at every step, giving ``LP_corrupt(k)`` and the
-   state before each step;
+1. one traced ``model.denoise`` loop whose row 0 is the **clean** trajectory (every site's
+   output captured at the subject positions at every step, and ``LP_clean(k)``) and whose
+   rows ``1 … N`` are the **corrupted** trajectories, one per noise draw, with the same draws
+   ``ε`` added to the subject embeddings at every step (``LP_corrupt(k)`` and the state
+   before each step);
 3. the **patch sweep**, one traced forward per denoising step ``k``. Its rows are every patch
    ``(draw, layer, module)`` of step ``k`` — they all start from the corrupted state before
    ``k`` (a patch at ``k`` shares the corrupted trajectory up to ``k``) — plus the
@@ -23,7 +23,7 @@ Semantics are the paper's free-running ones: after the patched forward the run c
 autonomously with the noise still on. With temperature > 0 the Gumbel noise is keyed by
 ``(seed, step)``, shared by every run of the fact, so memoisation stays exact.
 
-Cost per fact and draw: ``2T`` forwards for the clean and corrupted loops plus ``T`` batched
+Cost per fact: ``T`` forwards of ``1 + N`` rows for the clean and corrupted runs plus ``T`` batched
 forwards holding ``L·M·T`` patch rows and the distinct divergent continuations, against the
 naive ``L·M·T`` full trajectories (``L·M·T²`` forwards).
 
@@ -196,22 +196,28 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
     p = query.answer_start
     subject = torch.tensor(query.subject_positions, device=device)
     corruption = config.corruption(nu)
+    noise = corruption.draws(query.fact, len(subject), model.hidden_size, nu).to(device)
     try:
-        clean = run_patched(
+        # one traced loop: row 0 clean (captures every site at S), rows 1..N corrupted
+        both = run_patched(
             model,
             query,
             steps=steps,
+            rows=1 + n_draws,
+            corruption=corruption,
+            noise=noise,
+            noise_rows=range(1, 1 + n_draws),
             capture=[Capture(layer=layer, module=m) for layer, m in sites],
         )
-        noise = corruption.draws(query.fact, len(subject), model.hidden_size, nu).to(device)
-        corrupt = run_patched(model, query, steps=steps, rows=n_draws, corruption=corruption, noise=noise)
     except NonFiniteActivationError as error:
         raise NonFiniteActivationError(f"fact {fid!r}: {error}") from error
-    stats["forwards"] += 2 * steps
+    stats["forwards"] += steps
     stats["rows"] += steps * (1 + n_draws)
-    stats["shapes"] += [[1, query.length]] * steps + [[n_draws, query.length]] * steps
-    lp_corrupt = corrupt.target_logprobs.cpu()  # [N, T]
-    corrupt_states = corrupt.states.cpu()  # [N, T, seq]
+    stats["shapes"] += [[1 + n_draws, query.length]] * steps
+    clean_lp, clean_states = both.target_logprobs[0].cpu(), both.states[0].cpu()
+    clean_h = {site: h[0] for site, h in both.captures.items()}  # [steps, |S|, d]
+    lp_corrupt = both.target_logprobs[1:].cpu()  # [N, T]
+    corrupt_states = both.states[1:].cpu()  # [N, T, seq]
     query_ids = query.input_ids(model.mask_token_id)[0]
     targets = torch.tensor(query.answer_ids, device=device)
     sweep = _Sweep(corrupt_states, query_ids, lp_corrupt)
@@ -231,7 +237,7 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
         patches = {}
         for s, site in enumerate(sites):
             rows = torch.arange(n_draws, device=device) * n_sites + s
-            values = clean.captures[site][0, k].expand(n_draws, -1, -1)
+            values = clean_h[site][k].expand(n_draws, -1, -1)
             patches[site] = (rows, values)
         logits = _sweep_forward(model, x, row_noise, subject, corruption.replace, patches, sites, k)[:, p:]
         if not torch.isfinite(logits).all():
@@ -275,10 +281,10 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
     return dict(
         ie=ie,
         diverged=diverged.mean(0),
-        lp_clean=clean.target_logprobs[0].cpu(),
+        lp_clean=clean_lp,
         lp_corrupt=lp_corrupt.mean(0),
         lp_corrupt_draws=lp_corrupt,
-        clean_tokens=clean.states[0, :, answer_slice].cpu(),
+        clean_tokens=clean_states[:, answer_slice],
         corrupt_tokens=corrupt_states[:, :, answer_slice],
     )
 

@@ -1,0 +1,183 @@
+"""AR-versus-diffusion comparison: token categories, localisation summaries, table, figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import tie_tracing as tt
+from tie_tracing.compare import (
+    CATEGORIES,
+    aligned_positional,
+    compare_paradigms,
+    localisation_summary,
+    pick_layers,
+    plot_ar_vs_diffusion,
+    token_categories,
+)
+from tie_tracing.results import PositionalResult, TIEResult
+
+
+def _positional(lp: torch.Tensor, *, subject=(2, 3), n_prompt=6, shifted=True, model_id="m") -> PositionalResult:
+    """One-fact result whose ``lp`` map ``[layer, position, module]`` is given; corrupt lp = -5."""
+    n_l, n_p, n_m = lp.shape
+    tokens = tuple(f"t{i}" for i in range(n_p))
+    pred = n_prompt - 1 if shifted else n_prompt
+    base = PositionalResult.synthetic(n_facts=1, n_layers=n_l, modules=("resid", "attn", "mlp")[:n_m])
+    return dataclasses.replace(
+        base, prob=lp[None].exp(), lp=lp[None], lp_clean=torch.tensor([-0.1]), lp_corrupt=torch.tensor([-5.0]),
+        tokens=(tokens,), subject_positions=(tuple(subject),), prediction_position=(pred,),
+        config={"shifted": shifted}, model_id=model_id, metric="lp",
+    )
+
+
+def test_token_categories_ar_and_mdlm():
+    """Positions map to ROME's categories; MDLM answer slots get the mask categories."""
+    ar = _positional(torch.zeros(2, 8, 1), subject=(2, 3, 4), n_prompt=8)
+    assert token_categories(ar) == (
+        "before subject", "before subject", "first subject", "middle subject", "last subject",
+        "first subsequent", "further tokens", "last prompt",
+    )
+    md = _positional(torch.zeros(2, 7, 1), subject=(1,), n_prompt=5, shifted=False)
+    assert token_categories(md) == (
+        "before subject", "last subject", "first subsequent", "further tokens", "last prompt",
+        "first [MASK]", "later [MASK]s",
+    )
+
+
+def test_aligned_positional_means_within_categories():
+    """The aligned map averages the effect over each category's positions; absent ones are NaN."""
+    lp = torch.full((1, 8, 1), -5.0)
+    lp[0, 5, 0], lp[0, 6, 0] = -4.0, -3.0  # first subsequent, further tokens
+    lp[0, 0, 0], lp[0, 1, 0] = -5.0, -3.0  # before subject (mean effect 1)
+    x = aligned_positional(_positional(lp, subject=(2, 3, 4), n_prompt=8))
+    assert x.shape == (1, 1, len(CATEGORIES), 1)
+    get = lambda name: float(x[0, 0, CATEGORIES.index(name), 0])  # noqa: E731
+    assert get("before subject") == pytest.approx(1.0)
+    assert get("first subsequent") == pytest.approx(1.0)
+    assert get("further tokens") == pytest.approx(2.0)
+    assert math.isnan(get("first [MASK]"))
+
+
+def test_summary_of_a_last_subject_hotspot():
+    """All effect in one cell at the last subject token: top-1 share 1, entropy 0, shares right."""
+    lp = torch.full((3, 6, 2), -5.0)
+    lp[1, 3, 1] = -2.0  # layer 1, last subject (3), mlp
+    s = localisation_summary(_positional(lp))
+    assert s.peak == {"layer": 1, "category": "last subject", "module": "attn"}
+    assert s.peak_value == pytest.approx(3.0)
+    assert s.top_share[1] == pytest.approx(1.0) and s.entropy == pytest.approx(0.0)
+    assert s.peak_relative_position == (0,) and s.frac_peak_at_last_subject == 1.0
+    assert s.share_last_subject == pytest.approx(1.0) and s.share_last_prompt == pytest.approx(0.0)
+
+
+def test_summary_share_at_last_prompt_and_module_restriction():
+    """Effect split between last subject and last prompt token; a module restriction narrows the map."""
+    lp = torch.full((2, 6, 2), -5.0)
+    lp[0, 3, 0] = -4.0  # last subject, module 0
+    lp[1, 5, 1] = -2.0  # last prompt, module 1
+    r = _positional(lp)
+    s = localisation_summary(r)
+    assert s.share_last_subject == pytest.approx(0.25) and s.share_last_prompt == pytest.approx(0.75)
+    assert s.share_prediction == pytest.approx(0.75)  # AR: prediction at the last prompt token
+    s0 = localisation_summary(r, module=r.modules[0])
+    assert s0.share_last_subject == pytest.approx(1.0) and s0.peak_relative_position == (0,)
+    with pytest.raises(ValueError, match="module"):
+        localisation_summary(r, module="nope")
+
+
+def test_summary_of_tie_result():
+    """A TIE summary reports the fact-mean peak (layer, step, module) and per-fact shares."""
+    t = TIEResult.synthetic(n_facts=2, n_layers=3)
+    tie = torch.zeros_like(t.tie)
+    tie[:, 2, 1, 0] = 4.0
+    t = dataclasses.replace(t, tie=tie)
+    s = localisation_summary(t)
+    assert s.paradigm == "diffusion-time" and s.peak == {"layer": 2, "step": 1, "module": t.modules[0]}
+    assert s.top_share[1] == pytest.approx(1.0) and s.share_last_subject is None
+
+
+def test_compare_paradigms_rows_and_fact_check():
+    """Three rows in a fixed order; results of different facts are refused."""
+    ar, md = PositionalResult.synthetic(n_facts=3), PositionalResult.synthetic(n_facts=3, seed=1)
+    t = TIEResult.synthetic(n_facts=3)
+    rows = compare_paradigms(ar, md, t, module="resid")
+    assert [r["paradigm"] for r in rows] == ["AR positional", "MDLM positional", "MDLM TIE"]
+    assert {"peak_layer", "peak_at", "top1_share", "top3_share", "top5_share", "entropy",
+            "share_last_subject", "share_last_prompt"} <= set(rows[0])
+    with pytest.raises(ValueError, match="same facts"):
+        compare_paradigms(ar, md, TIEResult.synthetic(n_facts=2))
+
+
+def test_plot_has_three_panels_and_statistics(tmp_path, monkeypatch):
+    """Three heatmaps (AR without mask categories), statistics in the titles; nothing written."""
+    monkeypatch.chdir(tmp_path)
+    ar, md = PositionalResult.synthetic(n_facts=3), PositionalResult.synthetic(n_facts=3, seed=1)
+    fig = plot_ar_vs_diffusion(ar, md, TIEResult.synthetic(n_facts=3), module="mlp")
+    assert [d.type for d in fig.data] == ["heatmap"] * 3
+    assert "first [MASK]" not in list(fig.data[0].x)
+    assert all("peak L" in a.text for a in fig.layout.annotations[:3])
+    assert len(fig.layout.meta["rows"]) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pick_layers():
+    """TIE layer = Eq. 5 on resid; AR layer = peak of the aligned resid map; random is another layer."""
+    t = TIEResult.synthetic(n_facts=2, n_layers=4)
+    tie = torch.zeros_like(t.tie)
+    tie[:, 3, 0, 0] = 1.0
+    t = dataclasses.replace(t, tie=tie)
+    ar = PositionalResult.synthetic(n_facts=2, n_layers=4)  # hot-spot: early resid at last subject
+    layers = pick_layers(ar, t, 4)
+    assert layers["tie"] == 3 and layers["ar_positional"] in (0, 1)
+    assert layers["random"] not in (layers["tie"], layers["ar_positional"])
+    assert pick_layers(ar, t, 4) == layers
+
+
+@pytest.mark.filterwarnings("ignore:.*top-1 prediction is not the answer", "ignore:.*does not know")
+def test_end_to_end_on_replicas(replicas):
+    """Positional traces of a causal and an MDLM replica and a TIE trace of the same fact compare."""
+    fact = tt.Fact(subject="ada vell", question="where was ada vell born", answer="lisbon", id="f0")
+    ar = tt.trace_positional(replicas["llama"], [fact], nu=0.5, progress=False)
+    md = tt.trace_positional(replicas["tiny-mdlm"], [fact], nu=0.5, progress=False)
+    tie = tt.trace_tie(replicas["tiny-mdlm"], [fact], steps=1, nu=0.5, progress=False)
+    rows = compare_paradigms(ar, md, tie, module="mlp")
+    assert rows[0]["model_id"] == "llama" and rows[1]["share_prediction"] is not None
+    assert md.tokens[0][-1] == "[MASK]" and "first [MASK]" in token_categories(md)
+    fig = plot_ar_vs_diffusion(ar, md, tie, module="mlp")
+    assert "first [MASK]" in list(fig.data[1].x)
+
+
+def test_edit_efficacy_rows(replicas):
+    """edit_efficacy gives one row per installation layer with ΔForgetLP / ΔRetainLP and CIs."""
+    pytest.importorskip("tie_tracing.editing")
+    fact = tt.Fact(subject="ada vell", question="where was ada vell born", answer="lisbon",
+                   target="paris", id="f0")
+    keep = [tt.Fact(subject="mara", question="what book was mara the writer of", answer="orion", id="r0"),
+            tt.Fact(subject="kess", question="where was kess born", answer="porto", id="r1")]
+    rows = tt.edit_efficacy(replicas["tiny-mdlm"], [fact], keep, {"a": 0, "b": 2}, alpha=1.0, lam=0.1, q=1)
+    assert [r["installation"] for r in rows] == ["a", "b"] and rows[1]["layer"] == 2
+    assert all(math.isfinite(r["d_forget_lp"]) and math.isfinite(r["d_retain_lp"]) for r in rows)
+
+
+def test_rare_category_cannot_decide_the_peak():
+    """A category only one of five facts has is left out of the peak and dropped from the figure."""
+    parts = []
+    for i in range(5):
+        n = 8 if i == 0 else 6
+        lp = torch.full((2, n, 1), -5.0)
+        lp[1, 3, 0] = -4.0  # last subject (positions 2, 3)
+        if i == 0:
+            lp[0, 5, 0] = 0.0  # "further tokens" of the one long prompt: a huge effect
+        r = _positional(lp, n_prompt=n)
+        parts.append(dataclasses.replace(r, fact_ids=(f"f{i}",)))
+    r = PositionalResult.concat(parts)
+    assert int(tt.category_support(r)[CATEGORIES.index("further tokens")]) == 1
+    assert localisation_summary(r).peak["category"] == "last subject"
+    t = TIEResult.synthetic(n_facts=5)
+    t = dataclasses.replace(t, fact_ids=tuple(f"f{i}" for i in range(5)))
+    fig = plot_ar_vs_diffusion(r, r, t, module="resid")
+    assert not any(x.startswith("further tokens") for x in fig.data[0].x)

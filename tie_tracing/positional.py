@@ -1,0 +1,502 @@
+"""Positional (ROME-style) causal tracing along the token positions of one forward (SPEC §6).
+
+The autoregressive side of the AR-versus-diffusion comparison. For each fact, three kinds of
+single forward of the same query, as nnsight interventions on ``model.logits``:
+
+1. **clean** — no noise; every site's output at every position is captured;
+2. **corrupted** — the subject embeddings get the fact's noise draws ``ε`` (the same
+   :class:`~tie_tracing.patching.Corruption` and common random numbers as TIE: a fact sees the
+   same ``ε`` here as in :func:`~tie_tracing.tie.trace_tie` with the same seed and ``ν``);
+3. **restorations** — the corrupted forward, except that the output of site ``m`` in layer
+   ``l`` at one token position is overwritten with its clean value. For ``attn``/``mlp`` and
+   ``window = w > 1`` the site is restored in layers ``l − w//2 … l + w − w//2 − 1`` (clipped to
+   the model; ``w = 10`` is ROME's ``l−5 … l+4``); ``resid`` is always restored in one layer,
+   as in ROME (restoring the residual stream in two layers is redundant).
+
+Every ``(draw, layer, position, module)`` restoration is one row of a batched forward (rows
+chunked by ``batch_size`` to bound memory), so a fact costs ``2 + ⌈rows / batch_size⌉``
+forwards instead of one per cell.
+
+**What is measured.** The probability (and log-probability) of the answer's *first* token
+where the model predicts it:
+
+* causal (AR) models read the query ``prompt + answer`` (teacher-forced), and the answer's
+  first token is predicted at the last prompt position (index ``len(prompt)`` of the aligned
+  logits of :meth:`~tie_tracing.model.TracedModel.logits`);
+* MDLMs read ``prompt + |answer| × [MASK]`` and the answer's first token is predicted at the
+  first object position (aligned index ``len(prompt)``; a shifted MDLM such as Dream computes
+  it at the last prompt position).
+
+**Which positions are traced.** Every input position that can influence the prediction: for a
+causal model the prompt positions ``0 … len(prompt) − 1`` (the answer tokens come after the
+prediction and cannot change it), for an MDLM every position of the query, prompt *and* all
+masked answer slots (attention is bidirectional: a later ``[MASK]`` can carry the fact too).
+``result.prediction_position[f]`` is the position whose output scores the answer (last prompt
+position for causal and shifted models, first object position for unshifted MDLMs) and
+``result.tokens[f]`` labels the traced positions (masks as the tokenizer spells them).
+
+**Noise draws.** With ``n_noise > 1`` the probabilities are averaged over draws (ROME) and
+``lp`` is the log of that average, so ``prob == exp(lp)`` always and the indirect effects of
+:meth:`~tie_tracing.results.PositionalResult.effect` (``p_restored − p_corrupt`` and
+``log p_restored − log p_corrupt``) compare like with like. ``lp_corrupt`` is likewise
+``log mean_n p_corrupt,n``.
+
+Limits: facts are traced one at a time (rows of a forward share one query); only the answer's
+first token is scored (ROME's protocol; multi-token answers are what TIE is for); a fact the
+clean model does not predict (top-1 at the prediction position is not the answer's first
+token) is traced, warned about and listed in ``result.config["unknown_facts"]``.
+:func:`reference_positional` is the deliberately slow one-forward-per-cell reference (plain
+PyTorch hooks) that the tests hold the batched sweep to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import nnsight
+import torch
+from tqdm.auto import tqdm
+
+from ._version import __version__
+from .backbones import MODULES, hidden_of
+from .errors import NonFiniteActivationError
+from .facts import Fact
+from .patching import EXECUTION_ORDER, Corruption, Query, apply_noise, encode_query, fact_key
+from .results import PositionalResult
+
+__all__ = [
+    "PositionalConfig",
+    "PositionalQuery",
+    "positional_query",
+    "reference_positional",
+    "restored_layers",
+    "trace_positional",
+]
+
+
+@dataclass(frozen=True)
+class PositionalConfig:
+    """Settings of a positional trace (validated on construction, recorded in the result).
+
+    Attributes:
+        modules: Sites to restore, a subset of ``("resid", "attn", "mlp")`` (kept in that order).
+        window: Layers restored together for ``attn``/``mlp`` (1, or ROME's 10).
+        layers: Layers of the map (default: all). Window layers may lie outside this set.
+        noise_scale, nu, replace, n_noise, seed: The corruption (see
+            :class:`~tie_tracing.patching.Corruption`).
+        batch_size: Restoration rows per forward.
+    """
+
+    modules: tuple[str, ...] = MODULES
+    window: int = 1
+    layers: tuple[int, ...] | None = None
+    noise_scale: float = 3.0
+    nu: float | None = None
+    replace: bool = False
+    n_noise: int = 1
+    seed: int = 0
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modules if m not in MODULES]
+        if unknown or not self.modules:
+            raise ValueError(f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}")
+        object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"window must be an integer ≥ 1, got {self.window!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
+        self.corruption()  # validates the noise settings
+
+    def corruption(self, nu: float | None = None) -> Corruption:
+        return Corruption(
+            noise_scale=self.noise_scale,
+            nu=self.nu if nu is None else nu,
+            replace=self.replace,
+            seed=self.seed,
+            n_noise=self.n_noise,
+        )
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["modules"] = list(self.modules)
+        d["layers"] = None if self.layers is None else list(self.layers)
+        return d
+
+
+def restored_layers(layer: int, module: str, window: int, num_layers: int) -> list[int]:
+    """Layers whose ``module`` output a restoration "at layer ``layer``" overwrites.
+
+    ``resid`` → ``[layer]``; ``attn``/``mlp`` → ``layer − window//2 … layer + window − window//2 − 1``
+    clipped to ``0 … num_layers − 1`` (``window = 10``: ROME's ``l−5 … l+4``).
+
+    Example:
+        >>> restored_layers(1, "mlp", 10, 12), restored_layers(1, "resid", 10, 12)
+        ([0, 1, 2, 3, 4, 5], [1])
+    """
+    if module == "resid" or window == 1:
+        return [layer]
+    lo = max(0, layer - window // 2)
+    hi = min(num_layers, layer + window - window // 2)
+    return list(range(lo, hi))
+
+
+@dataclass(frozen=True)
+class PositionalQuery:
+    """A fact encoded for positional tracing on one model.
+
+    Attributes:
+        query: The :class:`~tie_tracing.patching.Query` (prompt, answer, subject positions).
+        input_ids: The forward's input: ``prompt + answer`` (causal) or
+            ``prompt + |answer| × [MASK]`` (MDLM).
+        positions: The traced positions (``0 … n − 1``; see the module docstring).
+        answer_start: Index of the aligned logits that score the answer's first token.
+        prediction_position: Position whose output scores it (last prompt position for causal
+            and shifted models, first object position for unshifted MDLMs).
+        tokens: Token strings of the traced positions.
+    """
+
+    query: Query
+    input_ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    answer_start: int
+    prediction_position: int
+    tokens: tuple[str, ...]
+
+    @property
+    def first_answer_token(self) -> int:
+        return self.query.answer_ids[0]
+
+
+def positional_query(model, fact: Fact) -> PositionalQuery:
+    """Encode ``fact`` for positional tracing on ``model`` (see the module docstring).
+
+    Raises:
+        SubjectNotFoundError: the subject is not in the prompt (names the fact).
+    """
+    q = encode_query(model, fact)
+    p = q.answer_start
+    if model.is_causal:
+        ids = tuple(q.prompt_ids) + tuple(q.answer_ids)
+        n_pos = p
+    else:
+        ids = tuple(q.prompt_ids) + (int(model.mask_token_id),) * len(q.answer_ids)
+        n_pos = len(ids)
+    pred = p - 1 if model.backbone.shifted else p
+    tokens = tuple(model.tokenizer.decode([t]) for t in ids[:n_pos])
+    return PositionalQuery(q, ids, tuple(range(n_pos)), p, pred, tokens)
+
+
+def _sites(model, modules: Sequence[str]) -> list[tuple[int, str]]:
+    """Every ``(layer, module)`` in execution order."""
+    sites = [(layer, m) for layer in range(model.num_layers) for m in modules]
+    return sorted(sites, key=lambda lm: (lm[0], EXECUTION_ORDER.index(lm[1])))
+
+
+def _first_token_lp(logits: torch.Tensor, index: int, token: int) -> torch.Tensor:
+    """``[rows]`` float32 ``log softmax(logits[:, index])[token]``."""
+    return torch.log_softmax(logits[:, index].float(), dim=-1)[:, token].cpu()
+
+
+def _capture(model, x, noise, subject, replace, sites) -> tuple[torch.Tensor, dict]:
+    """One traced forward: aligned logits and every site's output ``[rows, seq, d]``."""
+    with torch.inference_mode():
+        with model.logits(x) as tracer:
+            store = nnsight.save({})
+            apply_noise(model, noise, subject, replace)
+            for site in sites:
+                store[site] = hidden_of(model.site(*site).output).detach().clone()
+            logits = tracer.result.save()
+    return logits, dict(store)
+
+
+def _restore_forward(model, x, noise, subject, replace, writes, sites) -> torch.Tensor:
+    """One traced forward: noise on every row; ``writes[site] = (rows, positions, values)``."""
+    with torch.inference_mode():
+        with model.logits(x) as tracer:
+            apply_noise(model, noise, subject, replace)
+            for site in sites:
+                if site not in writes:
+                    continue
+                rows, pos, values = writes[site]
+                out = hidden_of(model.site(*site).output)
+                out[rows, pos] = values.to(out.dtype)
+            logits = tracer.result.save()
+    return logits
+
+
+def _mean_prob_lp(lp_draws: torch.Tensor) -> torch.Tensor:
+    """``log mean_n exp(lp_n)`` over the leading draw axis (``lp`` itself for one draw)."""
+    if lp_draws.shape[0] == 1:
+        return lp_draws[0]
+    return torch.logsumexp(lp_draws, dim=0) - math.log(lp_draws.shape[0])
+
+
+def _trace_one(
+    model,
+    pq: PositionalQuery,
+    config: PositionalConfig,
+    nu: float,
+    layers: Sequence[int],
+    *,
+    restore_from: dict | None = None,
+) -> dict:
+    """Tensors of one fact's positional trace.
+
+    ``restore_from`` replaces the clean activations as the restoration source
+    (``site → [seq, d]``); the tests pass the corrupted run's own values (identity restoration).
+    """
+    fid = fact_key(pq.query.fact)
+    device = model.param_device
+    sites = _sites(model, config.modules)
+    subject = torch.tensor(pq.query.subject_positions, device=device)
+    x1 = torch.tensor(pq.input_ids, device=device)[None]
+    p, tok = pq.answer_start, pq.first_answer_token
+    corruption = config.corruption(nu)
+    n_draws = config.n_noise
+    noise = corruption.draws(pq.query.fact, len(subject), model.hidden_size, nu).to(device)
+
+    clean_logits, clean = _capture(model, x1, None, subject, False, sites)
+    source = {s: v[0] for s, v in clean.items()} if restore_from is None else restore_from
+    lp_clean = _first_token_lp(clean_logits, p, tok)[0]
+    known = int(clean_logits[0, p].argmax()) == tok
+    corrupt_logits = _restore_forward(model, x1.expand(n_draws, -1), noise, subject, corruption.replace, {}, sites)
+    lp_corrupt = _mean_prob_lp(_first_token_lp(corrupt_logits, p, tok))
+
+    cells = [(li, pos, mi) for li in range(len(layers)) for pos in pq.positions for mi in range(len(config.modules))]
+    n_rows = n_draws * len(cells)
+    lp_rows = torch.empty(n_rows)
+    for start in range(0, n_rows, config.batch_size):
+        stop = min(start + config.batch_size, n_rows)
+        draw_of_row = torch.tensor([r // len(cells) for r in range(start, stop)], device=device)
+        plan: dict[tuple[int, str], tuple[list, list]] = {}
+        for r in range(start, stop):
+            li, pos, mi = cells[r % len(cells)]
+            m = config.modules[mi]
+            for layer in restored_layers(layers[li], m, config.window, model.num_layers):
+                rows, positions = plan.setdefault((layer, m), ([], []))
+                rows.append(r - start)
+                positions.append(pos)
+        writes = {}
+        for site, (rows, positions) in plan.items():
+            pos_t = torch.tensor(positions, device=device)
+            writes[site] = (torch.tensor(rows, device=device), pos_t, source[site].to(device)[pos_t])
+        logits = _restore_forward(
+            model, x1.expand(stop - start, -1), noise[draw_of_row], subject, corruption.replace, writes, sites
+        )
+        if not torch.isfinite(logits[:, p]).all():
+            raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the positional sweep")
+        lp_rows[start:stop] = _first_token_lp(logits, p, tok)
+    lp = _mean_prob_lp(lp_rows.reshape(n_draws, len(layers), len(pq.positions), len(config.modules)))
+    return dict(lp=lp, lp_clean=lp_clean, lp_corrupt=lp_corrupt, known=known)
+
+
+def _to_result(model, pq: PositionalQuery, tensors: dict, config: PositionalConfig, nu: float, layers) -> PositionalResult:
+    fact = pq.query.fact
+    lp = tensors["lp"][None].contiguous()
+    return PositionalResult(
+        prob=lp.exp(),
+        lp=lp,
+        lp_clean=tensors["lp_clean"].reshape(1).float(),
+        lp_corrupt=tensors["lp_corrupt"].reshape(1).float(),
+        tokens=(pq.tokens,),
+        subject_positions=(tuple(pq.query.subject_positions),),
+        prediction_position=(pq.prediction_position,),
+        window=config.window,
+        fact_ids=(fact_key(fact),),
+        subjects=(fact.subject,),
+        questions=(fact.question,),
+        answers=(fact.answer,),
+        layers=tuple(layers),
+        modules=config.modules,
+        config=config.to_dict() | {"nu": nu, "causal": bool(model.is_causal), "shifted": bool(model.backbone.shifted)},
+        seeds=(config.seed,),
+        model_id=str(model.name),
+        version=__version__,
+    )
+
+
+def trace_positional(
+    model,
+    facts: Sequence[Fact] | Fact,
+    *,
+    modules: Sequence[str] = MODULES,
+    window: int = 1,
+    layers: Sequence[int] | None = None,
+    noise_scale: float = 3.0,
+    nu: float | None = None,
+    replace: bool = False,
+    n_noise: int = 1,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> PositionalResult:
+    """ROME's causal trace along token positions: ``[fact, layer, position, module]``.
+
+    Works on causal (AR) models and on MDLMs alike (see the module docstring for the query,
+    the prediction position and the traced positions of each).
+
+    Args:
+        model: A :class:`~tie_tracing.model.TracedModel`.
+        facts: Facts whose subject occurs in the question.
+        modules: Sites to restore (subset of ``resid``, ``attn``, ``mlp``).
+        window: Layers restored together for ``attn``/``mlp`` (ROME: 10); ``resid`` uses 1.
+        layers: Layers of the map (default all).
+        noise_scale: ``ν = noise_scale · σ_emb``, ``σ_emb`` pooled over the subject tokens of
+            ``facts`` (ROME's 3σ rule); ``nu`` fixes ``ν`` instead (give the same ``nu`` to
+            compare with a TIE trace of other facts).
+        replace: Replace the subject embeddings by the noise instead of adding it.
+        n_noise: Noise draws per fact (probabilities averaged over draws).
+        seed: Seed of the draws (common random numbers, shared with TIE).
+        batch_size: Restoration rows per forward (bounds memory).
+        progress: Show a progress bar over facts.
+
+    Returns:
+        A :class:`~tie_tracing.results.PositionalResult`: ``prob``/``lp`` ``[fact, layer,
+        position, module]`` (positions NaN-padded to the longest fact), ``lp_clean``,
+        ``lp_corrupt``, token labels, subject positions, prediction positions, config.
+        ``result.effect()`` is the indirect effect ``p_restored − p_corrupt``
+        (``result.with_metric("lp").effect()`` the log-probability version).
+
+    Raises:
+        SubjectNotFoundError: a fact's subject is not in its prompt (names the fact).
+        NonFiniteActivationError: NaN/inf appeared (names the fact).
+        ValueError: bad ``modules``, ``window``, ``layers`` or noise settings.
+
+    Example:
+        >>> ar = tt.load_model("tiny-ar")                                    # doctest: +SKIP
+        >>> facts = tt.load_facts("tiny", "forget01")[:4]                    # doctest: +SKIP
+        >>> r = tt.trace_positional(ar, facts, modules=("mlp",), window=3)   # doctest: +SKIP
+        >>> r.effect().shape          # [fact, layer, position, module]      # doctest: +SKIP
+        torch.Size([4, 6, 12, 1])
+    """
+    facts = [facts] if isinstance(facts, Fact) else list(facts)
+    if not facts:
+        raise ValueError("trace_positional needs at least one fact")
+    ids = [fact_key(f) for f in facts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate fact ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    config = PositionalConfig(
+        modules=tuple(modules),
+        window=window,
+        layers=None if layers is None else tuple(int(x) for x in layers),
+        noise_scale=noise_scale,
+        nu=nu,
+        replace=replace,
+        n_noise=n_noise,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    layer_list = list(range(model.num_layers)) if config.layers is None else list(config.layers)
+    for layer in layer_list:
+        for m in config.modules:
+            model.check_site(layer, m)
+    pqs = [positional_query(model, f) for f in facts]
+    nu_value = config.corruption().resolve_nu(model, [pq.query for pq in pqs])
+    results, unknown = [], []
+    for pq in tqdm(pqs, desc="trace_positional", unit="fact", disable=not progress):
+        tensors = _trace_one(model, pq, config, nu_value, layer_list)
+        if not tensors["known"]:
+            unknown.append(fact_key(pq.query.fact))
+        results.append(_to_result(model, pq, tensors, config, nu_value, layer_list))
+    if unknown:
+        warnings.warn(
+            f"{model.name}: the clean model's top-1 prediction is not the answer's first token for "
+            f"{len(unknown)} of {len(facts)} facts ({unknown[:5]}{' …' if len(unknown) > 5 else ''}); "
+            f"their traces measure little. result.config['unknown_facts'] lists them.",
+            stacklevel=2,
+        )
+    result = PositionalResult.concat(results)
+    return dataclasses.replace(result, config=result.config | {"unknown_facts": unknown})
+
+
+# ----------------------------------------------------------------------------- slow reference
+
+
+@contextmanager
+def _hooks(pairs):
+    handles = [module.register_forward_hook(fn) for module, fn in pairs]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def reference_positional(
+    model,
+    fact: Fact,
+    *,
+    modules: Sequence[str] = MODULES,
+    window: int = 1,
+    nu: float,
+    n_noise: int = 1,
+    seed: int = 0,
+    replace: bool = False,
+) -> dict:
+    """A deliberately slow positional trace: plain PyTorch hooks, one batch-1 forward per cell.
+
+    Shares with :func:`trace_positional` only the model's forward, the query encoding and the
+    noise draws. Returns ``{"lp": [layer, position, module], "lp_clean": float,
+    "lp_corrupt": float}`` (probabilities averaged over draws, then logged).
+    """
+    pq = positional_query(model, fact)
+    modules = [m for m in MODULES if m in modules]
+    n_layers = model.num_layers
+    subject = list(pq.query.subject_positions)
+    x = torch.tensor(pq.input_ids)[None]
+    p, tok = pq.answer_start, pq.first_answer_token
+
+    def read(logits):
+        return float(torch.log_softmax(logits[0, p].float(), dim=-1)[tok])
+
+    clean: dict[tuple[int, str], torch.Tensor] = {}
+    pairs = []
+    for layer in range(n_layers):
+        for m in modules:
+            def rec(_mod, _inp, out, key=(layer, m)):
+                clean[key] = hidden_of(out)[0].detach().clone()
+            pairs.append((model.site_module(layer, m), rec))
+    with torch.inference_mode(), _hooks(pairs):
+        lp_clean = read(model.forward_logits(x))
+
+    draws = Corruption(nu=nu, n_noise=n_noise, seed=seed, replace=replace).draws(
+        fact, len(subject), model.hidden_size, nu
+    )
+    n_pos = len(pq.positions)
+    lp = torch.empty(n_noise, n_layers, n_pos, len(modules), dtype=torch.float64)
+    lp_corrupt = torch.empty(n_noise, dtype=torch.float64)
+    for n in range(n_noise):
+        def add_noise(_mod, _inp, out, eps=draws[n]):
+            h = hidden_of(out)
+            for j, s in enumerate(subject):
+                if replace:
+                    h[0, s] = eps[j].to(h.dtype)
+                else:
+                    h[0, s] += eps[j].to(h.dtype)
+
+        noise_hook = [(model.embedding_module(), add_noise)]
+        with torch.inference_mode(), _hooks(noise_hook):
+            lp_corrupt[n] = read(model.forward_logits(x))
+        for layer in range(n_layers):
+            for pos in range(n_pos):
+                for mi, m in enumerate(modules):
+                    if m == "resid" or window == 1:
+                        span = [layer]
+                    else:
+                        span = [j for j in range(layer - window // 2, layer + window - window // 2) if 0 <= j < n_layers]
+                    pairs = list(noise_hook)
+                    for j in span:
+                        def write(_mod, _inp, out, key=(j, m), pos=pos):
+                            hidden_of(out)[0, pos] = clean[key][pos]
+                        pairs.append((model.site_module(j, m), write))
+                    with torch.inference_mode(), _hooks(pairs):
+                        lp[n, layer, pos, mi] = read(model.forward_logits(x))
+    mean_lp = torch.logsumexp(lp, dim=0) - math.log(n_noise)
+    corrupt = float(torch.logsumexp(lp_corrupt, dim=0) - math.log(n_noise))
+    return {"lp": mean_lp, "lp_clean": lp_clean, "lp_corrupt": corrupt}
