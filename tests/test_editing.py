@@ -1,0 +1,396 @@
+"""Edit memory (SPEC §8): the ridge algebra, the nnsight install/remove cycle, persistence, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import nnsight
+import pytest
+import replicas as R
+import torch
+
+import tie_tracing as tt
+from tie_tracing.backbones import hidden_of
+from tie_tracing.editing import EditConfig, EditMemoryError, capture_keys_and_deltas
+
+FACTS = [
+    tt.Fact(
+        subject="ada vell",
+        question="where was ada vell born",
+        answer="lisbon",
+        target="porto",
+        id="ada",
+    ),
+    tt.Fact(
+        subject="mara tov",
+        question="what book was mara tov the writer of",
+        answer="orion lyra",
+        target="paris",
+        id="mara",
+    ),
+    tt.Fact(subject="kess", question="when was kess born", answer="1962", target="1971", id="kess"),
+    tt.Fact(
+        subject="orion",
+        question="what is the city of orion",
+        answer="porto",
+        target="lisbon",
+        id="orion",
+    ),
+]
+LAYER = 1
+
+
+@pytest.fixture(autouse=True)
+def _warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+@pytest.fixture(scope="module")
+def memory(mdlm):
+    return tt.EditMemory.build(mdlm, FACTS, layer=LAYER, alpha=1.0, lam=0.1)
+
+
+def _synthetic(n: int, d: int, *, mode="ridge", lam=0.1, q=None, alpha=1.5, seed=0, kappa=1.0):
+    g = torch.Generator().manual_seed(seed)
+    keys, v, vs = (torch.randn(n, d, generator=g) for _ in range(3))
+    config = EditConfig(layer=0, alpha=alpha, lam=lam, q=q, mode=mode, kappa=kappa)
+    info = {"name": "synthetic", "family": "tiny-mdlm", "hidden_size": d, "num_layers": 1}
+    ids = [f"f{i}" for i in range(n)]
+    return tt.EditMemory(
+        config, ids=ids, keys=keys, answer_values=v, target_values=vs, targets=ids, model_info=info
+    )
+
+
+def _query_x(model, fact):
+    prompt, answer = model.encode(fact.question, fact.answer)
+    return torch.tensor([prompt + [model.mask_token_id] * len(answer)]), len(prompt)
+
+
+# ------------------------------------------------------------------------------ algebra
+
+
+@pytest.mark.parametrize("n, d", [(5, 16), (24, 16)])
+def test_dense_update_equals_primal_ridge_map(n, d):
+    """Dense Eq. 12 = α Dᵀ G⁻¹ K h = α Wᵀh with W = (KᵀK + λ_abs I_d)⁻¹KᵀD (N < d and N > d)."""
+    mem = _synthetic(n, d)
+    h = torch.randn(7, 3, d, dtype=torch.float64)
+    k, delta = mem.keys.double(), mem.deltas.double()
+    gram = k @ k.T + mem.lam_abs * torch.eye(n, dtype=torch.float64)
+    dual = mem.config.alpha * torch.linalg.solve(gram, k @ h.reshape(-1, d).T).T @ delta
+    primal = mem.config.alpha * h.reshape(-1, d) @ mem.primal_map()
+    assert torch.allclose(dual, primal, atol=1e-9, rtol=1e-9)
+    assert torch.allclose(mem.update(h.float()).reshape(-1, d).double(), dual, atol=1e-4, rtol=1e-4)
+
+
+def test_lam_abs_is_scale_free():
+    """λ_abs = λ · mean(diag(KKᵀ)); scaling the keys by s scales λ_abs by s² and leaves c·K fixed."""
+    mem = _synthetic(6, 8, lam=0.3)
+    assert mem.lam_abs == pytest.approx(0.3 * float((mem.keys.double() ** 2).sum(-1).mean()))
+    h = torch.randn(4, 8)
+    scaled = tt.EditMemory(
+        mem.config,
+        ids=mem.ids,
+        keys=3 * mem.keys,
+        answer_values=mem.answer_values,
+        target_values=mem.target_values,
+        targets=mem.targets,
+        model_info=mem.model_info,
+    )
+    assert torch.allclose(scaled.update(3 * h), mem.update(h), atol=1e-4)
+
+
+def test_top_q_with_q_equal_n_is_dense_and_sparsifies_otherwise():
+    """top_q with q = N equals the dense memory; q < N keeps the q largest-|c| coefficients."""
+    dense, full = _synthetic(6, 16), _synthetic(6, 16, q=6)
+    h = torch.randn(5, 16)
+    assert torch.equal(dense.update(h), full.update(h))
+    for q in (1, 2, 5):
+        sparse = _synthetic(6, 16, q=q)
+        c = sparse.coefficients(h)
+        idx = c.abs().topk(q, dim=-1).indices
+        kept = torch.zeros_like(c).scatter(-1, idx, c.gather(-1, idx))
+        assert (kept != 0).sum(-1).le(q).all()
+        assert torch.allclose(
+            sparse.update(h), sparse.config.alpha * kept @ sparse.deltas, atol=1e-5
+        )
+
+
+def test_gated_edit_clips_the_gate():
+    """Eq. 10: g = clip(⟨h,k⟩/⟨k,k⟩, 0, κ); anti-aligned tokens get 0, far-aligned ones κ."""
+    mem = _synthetic(1, 8, mode="gated", kappa=2.0, alpha=0.5)
+    k, delta = mem.keys[0], mem.deltas[0]
+    h = torch.stack([-1.0 * k, 0.5 * k, 5.0 * k, torch.zeros(8)])
+    gates = torch.tensor([0.0, 0.5, 2.0, 0.0])
+    assert torch.allclose(mem.update(h), 0.5 * gates[:, None] * delta, atol=1e-5)
+
+
+def test_steer_adds_the_mean_delta_everywhere():
+    """act_steer: α · mean_f δ_f at every position, independent of h."""
+    mem = _synthetic(3, 8, mode="steer", alpha=2.0)
+    out = mem.update(torch.randn(2, 5, 8))
+    assert torch.allclose(out, (2.0 * mem.deltas.mean(0)).expand(2, 5, 8))
+
+
+def test_zero_lambda_with_dependent_keys_is_a_clear_error():
+    """λ = 0 with linearly dependent keys raises EditMemoryError (never NaN)."""
+    mem = _synthetic(3, 8, lam=0.0)
+    keys = torch.cat([mem.keys, mem.keys[:1]])
+    with pytest.raises(EditMemoryError, match="singular"):
+        tt.EditMemory(
+            mem.config,
+            ids=["a", "b", "c", "d"],
+            keys=keys,
+            answer_values=torch.zeros(4, 8),
+            target_values=torch.zeros(4, 8),
+            targets=list("abcd"),
+            model_info=mem.model_info,
+        )
+    assert torch.isfinite(_synthetic(3, 8, lam=0.0).update(torch.randn(2, 8))).all()
+
+
+# ------------------------------------------------------------------------------ capture
+
+
+def test_capture_matches_a_hooked_forward(mdlm):
+    """k_f, v_f, v*_f equal means of the block output read with a plain torch hook."""
+    targets = [f.target for f in FACTS]
+    k, v, vs = capture_keys_and_deltas(mdlm, FACTS, targets, layer=LAYER)
+    block = mdlm.site_module(LAYER, "resid")
+    seen = {}
+    handle = block.register_forward_hook(lambda _m, _i, o: seen.__setitem__("h", hidden_of(o)))
+    try:
+        for i, f in enumerate(FACTS):
+            q = tt.encode_query(mdlm, f)
+            p = len(q.prompt_ids)
+            with torch.inference_mode():
+                mdlm._module(
+                    torch.tensor([list(q.prompt_ids) + [mdlm.mask_token_id] * len(q.answer_ids)])
+                )
+                assert torch.allclose(
+                    k[i], seen["h"][0, list(q.subject_positions)].mean(0), atol=1e-5
+                )
+                mdlm._module(torch.tensor([list(q.prompt_ids) + list(q.answer_ids)]))
+                assert torch.allclose(v[i], seen["h"][0, p:].mean(0), atol=1e-5)
+                _, t = mdlm.encode(f.question, f.target)
+                mdlm._module(torch.tensor([list(q.prompt_ids) + t]))
+                assert torch.allclose(vs[i], seen["h"][0, p:].mean(0), atol=1e-5)
+    finally:
+        handle.remove()
+
+
+def test_targets_options(mdlm):
+    """targets: 'auto' uses Fact.target else a refusal; 'perturbed', 'refusal', explicit strings."""
+    plain = tt.Fact(
+        subject="ada vell",
+        question="where was ada vell born",
+        answer="lisbon",
+        perturbed_answers=("paris",),
+        id="plain",
+    )
+    assert tt.EditMemory.build(mdlm, [FACTS[0], plain], layer=LAYER).targets[0] == "porto"
+    assert tt.EditMemory.build(mdlm, [plain], layer=LAYER).targets[0] in tt.load_refusals()
+    assert tt.EditMemory.build(mdlm, [plain], layer=LAYER, targets="perturbed").targets == (
+        "paris",
+    )
+    assert tt.EditMemory.build(mdlm, [plain], layer=LAYER, targets=["red"]).targets == ("red",)
+    with pytest.raises(EditMemoryError, match="plain"):
+        tt.EditMemory.build(mdlm, [plain], layer=LAYER, targets="target")
+
+
+# ------------------------------------------------------------------------------ install / remove
+
+
+def test_install_changes_outputs_and_removal_is_bit_exact(mdlm, memory):
+    """Installed: logits and diffusion states change, no weight changes; removed: bit for bit."""
+    x, p = _query_x(mdlm, FACTS[1])
+    weights = {k: v.clone() for k, v in mdlm._module.state_dict().items()}
+    ref_logits = mdlm.logits(x)
+    ref_states = mdlm.denoise(x, answer_start=p, steps=4).states
+    with memory.install(mdlm) as handle:
+        assert handle.installed
+        assert not torch.equal(mdlm.logits(x), ref_logits)
+        mdlm.denoise(x, answer_start=p, steps=4)
+        new = mdlm._module.state_dict()
+        assert all(torch.equal(new[k], w) for k, w in weights.items())
+    assert not handle.installed and mdlm._edits == []
+    assert torch.equal(mdlm.logits(x), ref_logits)
+    assert torch.equal(mdlm.denoise(x, answer_start=p, steps=4).states, ref_states)
+
+
+def test_edit_fires_on_every_diffusion_step(mdlm, memory):
+    """The edit acts on each of the T forwards of one denoise run, and on stand-alone forwards."""
+    x, p = _query_x(mdlm, FACTS[0])
+    with memory.install(mdlm) as handle:
+        mdlm.denoise(x, answer_start=p, steps=6)
+        assert dict(handle.fired) == {k: 1 for k in range(6)}
+        tt.answer_logprob(mdlm, FACTS[:1])
+        assert handle.fired[None] == 1
+        with mdlm.denoise(x, answer_start=p, steps=6) as tracer:  # inside a user's own trace too
+            seen = nnsight.save([])
+            for _k in tracer.iter[:6]:
+                seen.append(hidden_of(mdlm.site(LAYER, "resid").output).clone())
+        assert all(handle.fired[k] == 2 for k in range(6))
+    # what the user's trace saw is the edited activation: it equals unedited + update
+    with mdlm.denoise(x, answer_start=p, steps=6) as tracer:
+        clean = nnsight.save([])
+        for _k in tracer.iter[:6]:
+            clean.append(hidden_of(mdlm.site(LAYER, "resid").output).clone())
+    assert torch.allclose(seen[0], clean[0] + memory.update(clean[0]), atol=1e-5)
+
+
+def test_step_set_limits_diffusion_forwards_but_not_standalone(mdlm, memory):
+    """steps=(1, 3): the loop's other steps are untouched; a stand-alone forward is edited."""
+    early = memory.with_config(steps=(1, 3))
+    x, p = _query_x(mdlm, FACTS[0])
+    with early.install(mdlm) as handle:
+        mdlm.denoise(x, answer_start=p, steps=5)
+        assert dict(handle.fired) == {1: 1, 3: 1}
+        assert dict(handle.skipped) == {0: 1, 2: 1, 4: 1}
+        assert not torch.equal(mdlm.logits(x), memory_free_logits(mdlm, x))
+        assert handle.fired[None] == 1
+
+
+def memory_free_logits(model, x):
+    saved = model._edits
+    model._edits = []
+    try:
+        return model.logits(x)
+    finally:
+        model._edits = saved
+
+
+def test_removal_keeps_other_interventions(mdlm, memory):
+    """Removing one memory leaves a second memory and a user's own nnsight edit in place."""
+    x, _ = _query_x(mdlm, FACTS[2])
+    other = memory.with_config(alpha=3.0)
+    with other.install(mdlm):
+        only_other = mdlm.logits(x)
+    with mdlm.edit(inplace=True):
+        mdlm.site(0, "mlp").output[:] = 0.0
+    user_edit = mdlm._edits[-1]
+    try:
+        h1 = memory.install(mdlm)
+        h2 = other.install(mdlm)
+        h1.remove()
+        assert h2.installed and any(m is user_edit for m in mdlm._edits)
+        both = mdlm.logits(x)
+        h2.remove()
+        assert not torch.equal(both, only_other)  # the user's edit still acts
+        assert mdlm._edits == [user_edit]
+    finally:
+        mdlm.clear_edits()
+    assert torch.equal(memory_free_logits(mdlm, x), mdlm.logits(x))
+
+
+def test_insert_and_remove_match_a_fresh_build(mdlm):
+    """Streaming: build(2) + insert(2) == build(4); remove(id) == build without it."""
+    full = tt.EditMemory.build(mdlm, FACTS, layer=LAYER, lam=0.1, q=2)
+    grown = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, q=2).insert(FACTS[2:])
+    assert torch.allclose(grown.keys, full.keys, atol=1e-6) and grown.ids == full.ids
+    h = torch.randn(3, mdlm.hidden_size)
+    assert torch.allclose(grown.update(h), full.update(h), atol=1e-5)
+    shrunk = full.remove(["mara"])
+    ref = tt.EditMemory.build(mdlm, [FACTS[0], *FACTS[2:]], layer=LAYER, lam=0.1, q=2)
+    assert shrunk.ids == ref.ids and torch.allclose(shrunk.update(h), ref.update(h), atol=1e-5)
+
+
+def test_insert_while_installed_captures_the_frozen_model(mdlm):
+    """An insert into an installed memory captures with the edit suspended and acts at once."""
+    mem = tt.EditMemory.build(mdlm, FACTS[:1], layer=LAYER, alpha=2.0)
+    x, _ = _query_x(mdlm, FACTS[1])
+    with mem.install(mdlm):
+        before = mdlm.logits(x)
+        mem.insert(FACTS[1:2])
+        after = mdlm.logits(x)
+    ref = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, alpha=2.0)
+    assert torch.equal(mem.keys, ref.keys)
+    assert not torch.equal(before, after)
+
+
+# ------------------------------------------------------------------------------ persistence
+
+
+def test_save_load_round_trip_is_exact(tmp_path, mdlm, memory):
+    """save/load: identical tensors, config and ids; the loaded memory edits identically."""
+    path = memory.save(tmp_path / "mem.safetensors")
+    loaded = tt.EditMemory.load(path)
+    assert loaded.equals(memory)
+    x, _ = _query_x(mdlm, FACTS[0])
+    with memory.install(mdlm):
+        a = mdlm.logits(x)
+    with loaded.install(mdlm):
+        b = mdlm.logits(x)
+    assert torch.equal(a, b)
+
+
+def test_corrupt_or_truncated_file_is_a_clear_error(tmp_path, memory):
+    """A truncated or garbage file raises EditMemoryError, a missing one FileNotFoundError."""
+    path = memory.save(tmp_path / "mem.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    for name in ("trunc", "junk"):
+        with pytest.raises(EditMemoryError):
+            tt.EditMemory.load(tmp_path / f"{name}.safetensors")
+    with pytest.raises(FileNotFoundError):
+        tt.EditMemory.load(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------------ bad inputs
+
+
+def test_bad_requests_raise_named_errors(mdlm, memory):
+    """Duplicate ids, absent ids, q out of range, no layer, wrong model: each a clear error."""
+    with pytest.raises(EditMemoryError, match="duplicate.*ada"):
+        tt.EditMemory.build(mdlm, [FACTS[0], FACTS[0]], layer=LAYER)
+    with pytest.raises(EditMemoryError, match="duplicate.*ada"):
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).insert(FACTS[:1])
+    with pytest.raises(EditMemoryError, match="nobody"):
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).remove(["nobody"])
+    for q in (0, 5):
+        with pytest.raises(EditMemoryError, match="q"):
+            tt.EditMemory.build(mdlm, FACTS, layer=LAYER, q=q)
+    with pytest.raises(EditMemoryError, match="q=2"):
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, q=2).remove("ada")
+    with pytest.raises(EditMemoryError, match="operating point"):
+        tt.EditMemory.build(mdlm, FACTS, alpha=1.0)
+    with pytest.raises(ValueError, match="layer"):
+        tt.EditMemory.build(mdlm, FACTS, layer=mdlm.num_layers)
+    with pytest.raises(EditMemoryError, match="singular"):
+        dup = tt.Fact(
+            subject="ada vell", question="where was ada vell born", answer="lisbon", id="ada-again"
+        )
+        tt.EditMemory.build(mdlm, [FACTS[0], dup], layer=LAYER, lam=0.0)
+    deeper = R.wrap(R.LLaDAReplica(layers=4))
+    with pytest.raises(EditMemoryError, match="num_layers"):
+        memory.install(deeper)
+    assert mdlm._edits == []
+
+
+def test_operating_point_defaults(mdlm):
+    """Arguments left None come from model.info['operating_point']; its q is capped at N."""
+    mdlm.info["operating_point"] = {"layer": 2, "alpha": 3.0, "lam": 0.5, "q": 16}
+    try:
+        mem = tt.EditMemory.build(mdlm, FACTS)
+    finally:
+        del mdlm.info["operating_point"]
+    assert (mem.config.layer, mem.config.alpha, mem.config.lam, mem.config.q) == (2, 3.0, 0.5, 16)
+    assert mem.q_effective == len(FACTS)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_install_on_other_families(replicas, family):
+    """LLaDA (blocks return (x, cache)) and Dream (shifted logits): edit acts, removal is exact."""
+    model = replicas[family]
+    mem = tt.EditMemory.build(model, FACTS[:2], layer=1, alpha=2.0, lam=0.1)
+    x, p = _query_x(model, FACTS[0])
+    ref = model.denoise(x, answer_start=p, steps=3).states
+    ref_logits = model.logits(x)
+    with mem.install(model) as handle:
+        assert not torch.equal(model.logits(x), ref_logits)
+        model.denoise(x, answer_start=p, steps=3)
+        assert [handle.fired[k] for k in range(3)] == [1, 1, 1]
+    assert torch.equal(model.denoise(x, answer_start=p, steps=3).states, ref)
+    assert torch.equal(model.logits(x), ref_logits)

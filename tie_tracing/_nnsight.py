@@ -1,0 +1,61 @@
+"""Every touch of nnsight internals, in one small module.
+
+The rest of the package uses nnsight's public surface (``NNsight``, ``@traceable``,
+``trace``/``iter``/``save``, ``model.edit``). What goes beyond it — the list of default
+interventions an envoy replays (``Envoy._edits``) and the ``OutOfOrderError`` that ends an
+open-ended edit loop — is here, so a change of nnsight version is mended in one place
+(``pyproject.toml`` pins ``nnsight>=0.8.1,<0.9``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from nnsight.intervention.interleaver import OutOfOrderError
+
+from .backbones import hidden_of
+
+
+def register_edit(model, site, apply: Callable[[Any, int | None], None]) -> Any:
+    """Record an nnsight edit that calls ``apply(hidden, model.current_step)`` at every occurrence of ``site``.
+
+    The open-ended ``tracer.iter[:]`` covers every forward of a run (``T`` for a diffusion
+    loop); the run's end leaves it waiting for one more occurrence, which nnsight ends by
+    throwing ``OutOfOrderError`` into the block — caught here, so no warning is raised.
+    Returns the stored mediator (the handle :func:`remove_edit` needs).
+    """
+    with model.edit(inplace=True) as tracer:
+        apply_edit = apply
+        try:
+            for _ in tracer.iter[:]:
+                apply_edit(hidden_of(site.output), model.current_step)
+        except OutOfOrderError:
+            pass
+    return model._edits[-1]
+
+
+def has_edit(model, mediator: Any) -> bool:
+    """Whether ``mediator`` is among the model's default interventions."""
+    return mediator is not None and any(m is mediator for m in model._edits)
+
+
+def remove_edit(model, mediator: Any) -> None:
+    """Remove one default intervention (others stay)."""
+    edits = model._edits
+    for i, m in enumerate(edits):
+        if m is mediator:
+            del edits[i]
+            return
+
+
+@contextmanager
+def suspended_edits(model) -> Iterator[None]:
+    """Run with no default interventions (captures see the frozen backbone)."""
+    saved = model._edits
+    model._edits = []
+    try:
+        yield
+    finally:
+        model._edits = saved
