@@ -1,0 +1,224 @@
+"""Knowledge checks of the embedded models (the numbers in their model cards).
+
+Two implementations of the same measurements:
+
+* a small plain-torch greedy evaluator (:func:`greedy_diffuse`, :func:`ar_answer_stats`), used
+  while training (no dependence on the rest of the package);
+* :func:`evaluate_model`, which loads a shipped model and measures with ``tt.load_model`` /
+  ``tt.diffuse`` when those exist (``use_package=True``, the default), falling back to the
+  plain evaluator otherwise. The card says which one produced its numbers.
+
+Sampler semantics (SPEC §4, default): query = prompt + ``len(answer)`` masks; for each of
+``steps`` steps commit the ``n_k`` most confident masked positions (argmax token, temperature 0),
+``n_k`` splitting the masked count evenly with the remainder to the first steps.
+Exact match (EM) = every answer token equals the reference token.
+
+``python -m tie_tracing.zoo.evaluate <name> [--write-card]`` measures one shipped model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..prompting import encode_pair, group_by_shape
+from .corpus import load_corpus, load_facts
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+EVAL_SPLITS = ("forget01", "forget10", "retain_eval", "holdout", "world")
+
+
+def step_counts(n_masked: int, steps: int) -> list[int]:
+    """``n_k``: ``n_masked`` split evenly over ``steps``, remainder to the first steps."""
+    base, rem = divmod(n_masked, steps)
+    return [base + (1 if k < rem else 0) for k in range(steps)]
+
+
+@torch.no_grad()
+def greedy_diffuse(
+    model,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    mask_id: int,
+    steps: int = 8,
+    batch_size: int = 256,
+) -> tuple[list[list[int]], list[float]]:
+    """Low-confidence-remasking greedy sampling of each pair's answer span (plain torch).
+
+    Returns the sampled answer token ids, one list per pair, and the ``masked`` estimate of
+    the reference answer's per-token probability (step 0, whole answer masked; geometric
+    mean over the answer's tokens).
+    """
+    out: list[list[int] | None] = [None] * len(pairs)
+    probs_out: list[float | None] = [None] * len(pairs)
+    for (lp, la), idx in group_by_shape(pairs).items():
+        for s in range(0, len(idx), batch_size):
+            rows = idx[s : s + batch_size]
+            x = torch.tensor([list(pairs[i][0]) + [mask_id] * la for i in rows])
+            ref = torch.tensor([list(pairs[i][1]) for i in rows])
+            for k, n_k in enumerate(step_counts(la, steps)):
+                logits = model(input_ids=x).logits[:, lp:]
+                probs = logits.float().softmax(-1)
+                if k == 0:
+                    p0 = probs.gather(-1, ref[..., None])[..., 0].log().mean(-1).exp()
+                if n_k == 0:
+                    continue
+                conf, tokens = probs.max(-1)
+                masked = x[:, lp:] == mask_id
+                conf = torch.where(masked, conf, torch.full_like(conf, -math.inf))
+                pick = conf.topk(n_k, dim=-1).indices
+                ans = x[:, lp:].clone()
+                ans.scatter_(1, pick, tokens.gather(1, pick))
+                x[:, lp:] = ans
+            for r, i in enumerate(rows):
+                out[i] = x[r, lp:].tolist()
+                probs_out[i] = float(p0[r])
+    return out, probs_out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def ar_answer_stats(
+    model, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 256
+) -> tuple[list[float], list[list[int]]]:
+    """Teacher-forced per-token answer probability (geometric mean over the answer's tokens)
+    and the greedy continuation of ``len(answer)`` tokens, for a causal model."""
+    probs: list[float | None] = [None] * len(pairs)
+    greedy: list[list[int] | None] = [None] * len(pairs)
+    for (lp, la), idx in group_by_shape(pairs).items():
+        for s in range(0, len(idx), batch_size):
+            rows = idx[s : s + batch_size]
+            x = torch.tensor([list(pairs[i][0]) + list(pairs[i][1]) for i in rows])
+            logp = model(input_ids=x).logits[:, lp - 1 : lp + la - 1].float().log_softmax(-1)
+            tok_lp = logp.gather(-1, x[:, lp:, None])[..., 0]
+            g = x[:, :lp]
+            for _ in range(la):
+                nxt = model(input_ids=g).logits[:, -1].argmax(-1, keepdim=True)
+                g = torch.cat([g, nxt], 1)
+            for r, i in enumerate(rows):
+                probs[i] = float(tok_lp[r].mean().exp())
+                greedy[i] = g[r, lp:].tolist()
+    return probs, greedy  # type: ignore[return-value]
+
+
+def _pairs(tok, facts, paraphrase: bool = False):
+    return [encode_pair(tok, f.paraphrased_question if paraphrase else f.question, f.answer)
+            for f in facts]  # fmt: skip
+
+
+def plain_metrics(
+    model, tok, facts, *, family: str, mask_id: int | None, steps: int = 8, paraphrase: bool = False
+) -> dict:
+    """EM (and for AR the teacher-forced per-token probability) with the plain evaluator."""
+    pairs = _pairs(tok, facts, paraphrase)
+    if family == "tiny-ar":
+        probs, pred = ar_answer_stats(model, pairs)
+        em = [p == list(a) for p, (_, a) in zip(pred, pairs)]
+        return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
+    pred, probs = greedy_diffuse(model, pairs, mask_id, steps=steps)
+    em = [p == list(a) for p, (_, a) in zip(pred, pairs)]
+    return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
+
+
+def _package_metrics(lm, facts, *, steps: int, paraphrase: bool) -> dict:
+    """The same measurement through a ``tt.load_model`` model and ``tt.diffuse``."""
+    import dataclasses
+
+    import tie_tracing as tt
+
+    if paraphrase:
+        facts = [dataclasses.replace(f, question=f.paraphrased_question) for f in facts]
+    res = tt.diffuse(lm, facts, steps=steps)
+    em, probs = [], []
+    for r, f in enumerate(facts):
+        _, answer_ids = lm.encode(f.question, f.answer)
+        em.append(res.answer_tokens(r)[-1].tolist() == list(answer_ids))
+        probs.append(math.exp(float(res.target_logprobs[r, 0]) / len(answer_ids)))
+    return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
+
+
+def chance_em(split: str, limit: int | None = None) -> float:
+    """EM of a guesser that knows each fact's relation but not its subject: the mean over
+    facts of 1 / (number of distinct objects of the relation in the corpus)."""
+    raw = load_corpus("tiny")
+    objects: dict[str, set[str]] = {}
+    for f in raw["facts"]:
+        objects.setdefault(f["relation"], set()).update([f["answer"], *f["perturbed_answers"]])
+    by_id = {f["id"]: f for f in raw["facts"]}
+    rels = [by_id[i]["relation"] for i in raw["splits"][split][:limit]]
+    return sum(1 / len(objects[r]) for r in rels) / len(rels)
+
+
+def load_plain(name_or_dir: str | Path):
+    """``(model, tokenizer, info)`` of a shipped model, loaded with transformers only."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        path = MODELS_DIR / str(name_or_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    model.eval()
+    tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    info = json.loads((path / "tie_tracing.json").read_text())
+    return model, tok, info
+
+
+def evaluate_model(
+    name: str | Path,
+    *,
+    splits: Sequence[str] = EVAL_SPLITS,
+    steps: int = 8,
+    paraphrase_splits: Sequence[str] = ("forget10", "retain_eval"),
+    use_package: bool = True,
+    limit: int | None = None,
+) -> dict:
+    """Card metrics of a shipped model: ``{split: {...}, "paraphrase:<split>": {...},
+    "evaluator": ...}``. ``name``: an embedded model name or a model directory; ``limit``
+    keeps the first facts of each split (for quick tests)."""
+    model, tok, info = load_plain(name)
+    family, mask_id = info["family"], info.get("mask_token_id")
+    lm = None
+    if use_package and family != "tiny-ar":
+        import tie_tracing as tt
+
+        path = Path(name) if Path(name).is_dir() else MODELS_DIR / str(name)
+        lm = tt.load_model(str(path))
+    evaluator = "tt.load_model + tt.diffuse" if lm is not None else "plain (zoo.evaluate)"
+    results: dict = {}
+    jobs = [(s, False) for s in splits] + [(s, True) for s in paraphrase_splits]
+    for split, para in jobs:
+        facts = load_facts("tiny", split)[:limit]
+        key = f"paraphrase:{split}" if para else split
+        if lm is not None:
+            results[key] = _package_metrics(lm, facts, steps=steps, paraphrase=para)
+        else:
+            results[key] = plain_metrics(model, tok, facts, family=family, mask_id=mask_id,
+                                         steps=steps, paraphrase=para)  # fmt: skip
+        if not para:
+            results[key]["chance_em"] = chance_em(split, limit)
+    results["evaluator"] = evaluator
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name")
+    ap.add_argument("--plain", action="store_true", help="use the plain evaluator only")
+    ap.add_argument("--write-card", action="store_true", help="rewrite MODEL_CARD.md's numbers")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = evaluate_model(args.name, use_package=not args.plain)
+    print(json.dumps(res, indent=1))
+    if args.write_card:
+        from .train import write_card
+
+        path = Path(args.name) if Path(args.name).is_dir() else MODELS_DIR / args.name
+        write_card(path, metrics=res)
+
+
+if __name__ == "__main__":
+    main()
