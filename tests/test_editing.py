@@ -394,3 +394,19 @@ def test_install_on_other_families(replicas, family):
         assert [handle.fired[k] for k in range(3)] == [1, 1, 1]
     assert torch.equal(model.denoise(x, answer_start=p, steps=3).states, ref)
     assert torch.equal(model.logits(x), ref_logits)
+
+
+def test_per_row_steps_match_per_step_application(memory, mdlm):
+    """A forward mixing rows of several steps (the TIE sweep) edits each row as its own step would."""
+    from tie_tracing.editing import EditHandle
+
+    restricted = memory.with_config(steps=(0, 2))
+    hidden = torch.randn(3, 5, mdlm.hidden_size)
+    steps = torch.tensor([0, 1, 2])
+    mixed = hidden.clone()
+    EditHandle(restricted, mdlm)(mixed, steps)
+    for i, k in enumerate(steps.tolist()):
+        alone = hidden[i : i + 1].clone()
+        EditHandle(restricted, mdlm)(alone, k)
+        torch.testing.assert_close(mixed[i : i + 1], alone)
+    assert torch.equal(mixed[1], hidden[1])  # step 1 is outside the step set

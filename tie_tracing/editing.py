@@ -773,9 +773,26 @@ class EditHandle:
     def installed(self) -> bool:
         return has_edit(self.model, self._mediator)
 
-    def __call__(self, hidden: torch.Tensor, step: int | None) -> None:
-        """Apply the memory in place to one site output (called by the nnsight edit)."""
+    def __call__(self, hidden: torch.Tensor, step: int | torch.Tensor | None) -> None:
+        """Apply the memory in place to one site output (called by the nnsight edit).
+
+        ``step`` is the forward's denoising step, ``None`` for a stand-alone forward, or a
+        ``[rows]`` tensor of per-row steps (the TIE sweep batches rows of several steps).
+        """
         memory = self.memory
+        if isinstance(step, torch.Tensor):
+            if memory.config.steps is not None:
+                rows = torch.tensor([memory.config.fires_at(int(k)) for k in step.tolist()], device=hidden.device)
+                if len(memory) and bool(rows.any()):
+                    hidden[rows] += memory.update(hidden[rows]).to(hidden.dtype)
+                for k, fired in zip(step.tolist(), rows.tolist()):
+                    (self.fired if fired and len(memory) else self.skipped)[k] += 1
+                return
+            for k in step.tolist():
+                (self.fired if len(memory) else self.skipped)[k] += 1
+            if len(memory):
+                hidden += memory.update(hidden).to(hidden.dtype)
+            return
         if not len(memory) or not memory.config.fires_at(step):
             self.skipped[step] += 1
             return

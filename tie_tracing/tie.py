@@ -171,15 +171,19 @@ class _Sweep:
         return lps
 
 
-def _sweep_forward(model, x, noise, subject, replace, patches, sites_order, step):
-    """One traced forward of the sweep at denoising ``step``: noise on every row, patch rows written."""
-    model.current_step = step
+def _sweep_forward(model, x, noise, subject, replace, patches, row_steps):
+    """One traced forward of sweep rows: noise on every row, each site's patch rows written.
+
+    ``row_steps`` (``[rows]``) is each row's denoising step; it is exposed as
+    ``model.current_step`` so step-set interventions (the edit memory) act per row.
+    """
+    steps = row_steps.unique()
+    model.current_step = int(steps[0]) if len(steps) == 1 else row_steps.to(x.device)
     try:
         with torch.inference_mode():
             with model.logits(x) as tracer:
                 apply_noise(model, noise, subject, replace)
-                for site in sites_order:
-                    rows, values = patches[site]
+                for site, (rows, values) in patches.items():
                     out = hidden_of(model.site(*site).output)
                     out[rows[:, None], subject[None, :]] = values.to(out.dtype)
                 logits = tracer.result.save()
@@ -188,7 +192,7 @@ def _sweep_forward(model, x, noise, subject, replace, patches, sites_order, step
     return logits
 
 
-def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats: dict) -> dict:
+def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats: dict, max_rows: int) -> dict:
     """All tensors of one fact's trace (see :class:`~tie_tracing.results.TIEResult`)."""
     fid = query.fact.id or query.fact.question
     steps, n_draws = config.steps, config.n_noise
@@ -222,60 +226,84 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
     targets = torch.tensor(query.answer_ids, device=device)
     sweep = _Sweep(corrupt_states, query_ids, lp_corrupt)
     schedule = transfer_schedule(len(query.answer_ids), steps)
+    targets = torch.tensor(query.answer_ids, device=device)
     n_sites = len(sites)
-    patch_lp = torch.full((n_draws, n_sites, steps), float("nan"))
-    patch_next: dict[tuple[int, int, int], int | None] = {}
-    diverged = torch.zeros(n_draws, n_sites, steps)
-    for k in range(steps):
-        live = sweep.live.pop(k, [])
-        n_patch = n_draws * n_sites
-        states = [corrupt_states[n, k - 1] if k else query_ids for n in range(n_draws) for _ in range(n_sites)]
-        states += [sweep.nodes[i].state for i in live]
-        draw_of_row = [n for n in range(n_draws) for _ in range(n_sites)] + [sweep.nodes[i].draw for i in live]
-        x = torch.stack(states).to(device)
-        row_noise = noise[torch.tensor(draw_of_row, device=device)]
-        patches = {}
-        for s, site in enumerate(sites):
-            rows = torch.arange(n_draws, device=device) * n_sites + s
-            values = clean_h[site][k].expand(n_draws, -1, -1)
-            patches[site] = (rows, values)
-        logits = _sweep_forward(model, x, row_noise, subject, corruption.replace, patches, sites, k)[:, p:]
+
+    def forward_rows(x, draws, row_steps, patches):
+        """One traced forward of rows at (possibly different) steps; returns LP and new states."""
+        logits = _sweep_forward(model, x.to(device), noise[draws.to(device)], subject, corruption.replace, patches, row_steps)
+        logits = logits[:, p:]
         if not torch.isfinite(logits).all():
-            raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep at step {k}")
+            raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep")
         stats["forwards"] += 1
         stats["rows"] += x.shape[0]
         stats["shapes"].append(list(x.shape))
         lp = target_logprob(logits, targets.expand(x.shape[0], -1)).sum(-1).cpu()
-        lo, hi, n_commit = schedule[k]
-        new = commit(
-            x,
-            logits,
-            answer_start=p,
-            block=(lo, hi),
-            n_commit=n_commit,
-            mask_id=model.mask_token_id,
-            temperature=config.temperature,
-            seeds=[config.seed] * x.shape[0],
-            step=k,
-        ).cpu()
-        for r in range(n_patch):
-            n, s = divmod(r, n_sites)
-            patch_lp[n, s, k] = lp[r]
-            same = torch.equal(new[r], corrupt_states[n, k])
-            diverged[n, s, k] = float(not same)
-            patch_next[(n, s, k)] = sweep.successor(n, k + 1, new[r])
-        for j, node in enumerate(live):
-            r = n_patch + j
-            sweep.nodes[node].lp = float(lp[r])
-            sweep.nodes[node].next = sweep.successor(sweep.nodes[node].draw, k + 1, new[r])
-    stats["divergent_continuations"] += sum(1 for nd in sweep.nodes if nd.state is not None) - n_draws * steps
-    ie = torch.full((n_sites, steps, steps), float("nan"))  # [site, step, later]
+        new = torch.empty_like(x)
+        for k in row_steps.unique().tolist():  # each step has its own commit count and block
+            rows = (row_steps == k).nonzero().flatten()
+            lo, hi, n_commit = schedule[k]
+            new[rows] = commit(
+                x[rows].to(device),
+                logits[rows.to(device)],
+                answer_start=p,
+                block=(lo, hi),
+                n_commit=n_commit,
+                mask_id=model.mask_token_id,
+                temperature=config.temperature,
+                seeds=[config.seed] * len(rows),
+                step=k,
+            ).cpu()
+        return lp, new
+
+    # 2. every patch (step, draw, site) is a row: it starts from the corrupted state before
+    # its step, so all of them run as rows of batched forwards (chunks of `max_rows`)
+    row_step = torch.arange(steps).repeat_interleave(n_draws * n_sites)
+    row_draw = torch.arange(n_draws).repeat_interleave(n_sites).repeat(steps)
+    row_site = torch.arange(n_sites).repeat(steps * n_draws)
+    before = torch.cat([query_ids.expand(n_draws, 1, -1), corrupt_states[:, :-1]], dim=1)  # [N, T, seq]
+    clean_by_site = [clean_h[site] for site in sites]  # each [T, |S|, d]
+    patch_lp = torch.empty(len(row_step))
+    patch_new = torch.empty(len(row_step), query.length, dtype=torch.long)
+    for lo in range(0, len(row_step), max_rows):
+        chunk = slice(lo, lo + max_rows)
+        k_, d_, s_ = row_step[chunk], row_draw[chunk], row_site[chunk]
+        patches = {}
+        for si, site in enumerate(sites):
+            rows = (s_ == si).nonzero().flatten()
+            if len(rows):
+                patches[site] = (rows.to(device), clean_by_site[si][k_[rows].to(device)])
+        patch_lp[chunk], patch_new[chunk] = forward_rows(before[d_, k_], d_, k_, patches)
+    # a patch run whose commits equal the corrupted run's has exactly the corrupted future
+    same = (patch_new == corrupt_states[row_draw, row_step]).all(-1)
+    patch_next: dict[tuple[int, int, int], int | None] = {}  # diverged patch runs only
+    for r in (~same & (row_step + 1 < steps)).nonzero().flatten().tolist():
+        n, k, s = int(row_draw[r]), int(row_step[r]), int(row_site[r])
+        patch_next[(n, s, k)] = sweep.successor(n, k + 1, patch_new[r])
+    # 3. the distinct futures of diverged runs, step by step (runs reaching one state share it)
+    for j in range(1, steps):
+        live = sweep.live.pop(j, [])
+        for lo in range(0, len(live), max_rows):
+            nodes = live[lo : lo + max_rows]
+            x = torch.stack([sweep.nodes[i].state for i in nodes])
+            draws = torch.tensor([sweep.nodes[i].draw for i in nodes])
+            lp, new = forward_rows(x, draws, torch.full((len(nodes),), j), {})
+            for i, node in enumerate(nodes):
+                sweep.nodes[node].lp = float(lp[i])
+                sweep.nodes[node].next = sweep.successor(sweep.nodes[node].draw, j + 1, new[i])
+    stats["divergent_continuations"] += len(sweep.nodes) - n_draws * steps
+    # IE: the patched step itself; 0 after it for runs that kept the corrupted commits; the
+    # memoised futures for runs that diverged
+    shape = (steps, n_draws, n_sites)
+    step_lp = patch_lp.view(shape).permute(1, 2, 0)  # [N, site, T]
+    diverged = (~same).view(shape).permute(1, 2, 0).float()
     ie_draws = torch.full((n_draws, n_sites, steps, steps), float("nan"))
-    for n in range(n_draws):
-        for s in range(n_sites):
-            for k in range(steps):
-                future = [float(patch_lp[n, s, k])] + sweep.chain(patch_next[(n, s, k)])
-                ie_draws[n, s, k, k:] = torch.tensor(future) - lp_corrupt[n, k:]
+    for k in range(steps):
+        ie_draws[:, :, k, k] = step_lp[:, :, k] - lp_corrupt[:, None, k]
+        ie_draws[:, :, k, k + 1 :] = 0.0
+    for (n, s, k), node in patch_next.items():
+        future = torch.tensor(sweep.chain(node))
+        ie_draws[n, s, k, k + 1 :] = future - lp_corrupt[n, k + 1 :]
     ie = ie_draws.mean(0)
     answer_slice = slice(p, p + len(query.answer_ids))
     return dict(
@@ -354,6 +382,7 @@ def trace_tie(
     temperature: float = 0.0,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    batch_rows: int = 256,
 ) -> TIEResult:
     """Diffusion-time causal tracing: TIE of every ``(layer, step, module)`` for each fact.
 
@@ -374,6 +403,8 @@ def trace_tie(
         out: Directory for a resumable sweep: each finished fact is written there as it
             completes; rerunning with the same ``out`` and settings skips finished facts.
         progress: Show a progress bar over facts.
+        batch_rows: Most rows per forward of the patch sweep (lower it for big models on a
+            small GPU); it changes speed and memory, not results.
 
     Returns:
         A :class:`~tie_tracing.results.TIEResult`: ``.tie`` ``[fact, layer, step, module]``,
@@ -393,6 +424,8 @@ def trace_tie(
     """
     if model.is_causal:
         raise ValueError(f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing")
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"batch_rows must be an integer ≥ 1, got {batch_rows!r}")
     facts = [facts] if isinstance(facts, Fact) else list(facts)
     if not facts:
         raise ValueError("trace_tie needs at least one fact")
@@ -421,7 +454,7 @@ def trace_tie(
     for i, query in enumerate(tqdm(queries, desc="trace_tie", unit="fact", disable=not progress)):
         done = store.get(i, ids[i]) if store else None
         if done is None:
-            tensors = _trace_one(model, query, config, nu_value, sites, stats)
+            tensors = _trace_one(model, query, config, nu_value, sites, stats, batch_rows)
             done = _to_result(model, query, tensors, config, nu_value, sites, layer_list)
             if store:
                 store.put(i, done)
