@@ -81,16 +81,28 @@ def main() -> None:
     changed = sum(a != b for a, b in zip(ref.answers, edited.answers))
 
     # memory held by the installed edit (device copies of the solved tensors) + transient per forward
-    persistent = sum(t.numel() * t.element_size() for t in memory._tensors(model.param_device).values())
-    captured = sum(t.numel() * t.element_size() for t in (memory.keys, memory.answer_values, memory.target_values))
-    tokens = max(len(model.encode(f.question, f.answer)[0]) + len(model.encode(f.question, f.answer)[1]) for f in queries)
-    transient = 64 * tokens * (len(memory) + 2 * model.hidden_size) * 4  # one batch of 64 rows, float32
+    persistent = sum(
+        t.numel() * t.element_size() for t in memory._tensors(model.param_device).values()
+    )
+    captured = sum(
+        t.numel() * t.element_size()
+        for t in (memory.keys, memory.answer_values, memory.target_values)
+    )
+    tokens = max(
+        len(model.encode(f.question, f.answer)[0]) + len(model.encode(f.question, f.answer)[1])
+        for f in queries
+    )
+    transient = (
+        64 * tokens * (len(memory) + 2 * model.hidden_size) * 4
+    )  # one batch of 64 rows, float32
 
     ratio = med["edited"] / med["unedited"]
     zratio = med["zero_alpha"] / med["unedited"]
     per_fact_ms = build_s / len(memory) * 1e3
     print(f"model {model.name} (d={model.hidden_size}, L={model.num_layers}); memory {memory!r}")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}"
+    )
     print(f"sampling {len(queries)} facts x T=8, median of {args.repeats}: unedited {med['unedited']:.3f} s, "
           f"edited {med['edited']:.3f} s ({ratio:.3f}x), alpha=0 edit {med['zero_alpha']:.3f} s ({zratio:.3f}x); "
           f"{changed}/{len(queries)} retain answers changed by the edit")  # fmt: skip
@@ -98,8 +110,10 @@ def main() -> None:
           f"solve {memory.timings['solve'] * 1e3:.2f} ms); install median {statistics.median(install_s) * 1e3:.2f} ms")  # fmt: skip
     print(f"extra memory: persistent {persistent / 1024:.0f} KiB on device (+ {captured / 1024:.0f} KiB captured "
           f"tensors on CPU), transient ≈ {transient / 1024:.0f} KiB per forward of 64 rows; weights untouched")  # fmt: skip
-    print(f"edited_over_unedited={ratio:.3f} zero_alpha_over_unedited={zratio:.3f} "
-          f"install_ms_per_fact={per_fact_ms:.2f} extra_kib={persistent / 1024:.0f}")
+    print(
+        f"edited_over_unedited={ratio:.3f} zero_alpha_over_unedited={zratio:.3f} "
+        f"install_ms_per_fact={per_fact_ms:.2f} extra_kib={persistent / 1024:.0f}"
+    )
 
 
 if __name__ == "__main__":

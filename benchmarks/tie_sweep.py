@@ -48,13 +48,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = tt.load_model(args.model)
     facts = tt.load_facts("tiny", split="forget01")[: args.facts]
-    print(f"model={args.model} layers={model.num_layers} d={model.hidden_size} facts={len(facts)} "
-          f"T={args.steps} n_noise={args.n_noise} threads={torch.get_num_threads()} cpu={platform.processor() or platform.machine()}")
+    print(
+        f"model={args.model} layers={model.num_layers} d={model.hidden_size} facts={len(facts)} "
+        f"T={args.steps} n_noise={args.n_noise} threads={torch.get_num_threads()} cpu={platform.processor() or platform.machine()}"
+    )
 
     def engine():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return tt.trace_tie(model, facts, steps=args.steps, n_noise=args.n_noise, progress=False)
+            return tt.trace_tie(
+                model, facts, steps=args.steps, n_noise=args.n_noise, progress=False
+            )
 
     t_engine, result = best_of(engine, args.repeats)
     nu = result.config["nu"]
@@ -63,27 +67,39 @@ def main() -> None:
     def floor():
         with torch.inference_mode():
             for rows, seq in shapes:
-                model._module(input_ids=torch.full((rows, seq), 5, dtype=torch.long), use_cache=False)
+                model._module(
+                    input_ids=torch.full((rows, seq), 5, dtype=torch.long), use_cache=False
+                )
 
     t_floor, _ = best_of(floor, args.repeats)
 
     def naive():
-        return [reference_ie(model, f, steps=args.steps, nu=nu, n_noise=args.n_noise) for f in facts]
+        return [
+            reference_ie(model, f, steps=args.steps, nu=nu, n_noise=args.n_noise) for f in facts
+        ]
 
     t_naive, refs = best_of(naive, 1)
     diff = max(
-        float((torch.nan_to_num(r["ie"]) - torch.nan_to_num(result.ie[i])).abs().max()) for i, r in enumerate(refs)
+        float((torch.nan_to_num(r["ie"]) - torch.nan_to_num(result.ie[i])).abs().max())
+        for i, r in enumerate(refs)
     )
     stats = result.config["engine_stats"]
     n_cells = result.ie.shape[1] * result.ie.shape[2] * result.ie.shape[3]
-    naive_forwards = len(facts) * args.n_noise * n_cells * args.steps + len(facts) * (1 + args.n_noise) * args.steps
+    naive_forwards = (
+        len(facts) * args.n_noise * n_cells * args.steps
+        + len(facts) * (1 + args.n_noise) * args.steps
+    )
     diverged = float(result.diverged.mean())
-    print(f"engine: {t_engine:.3f} s  ({stats['forwards']} forwards, {stats['rows']} rows, "
-          f"{stats['divergent_continuations']} divergent continuation nodes)")
+    print(
+        f"engine: {t_engine:.3f} s  ({stats['forwards']} forwards, {stats['rows']} rows, "
+        f"{stats['divergent_continuations']} divergent continuation nodes)"
+    )
     print(f"floor (bare batched forwards of the same rows): {t_floor:.3f} s")
     print(f"naive per-coordinate loop: {t_naive:.3f} s  ({naive_forwards} batch-1 forwards)")
     print(f"share of patch runs whose commits diverged at the patched step: {diverged:.3f}")
-    print(f"speedup_vs_naive={t_naive / t_engine:.2f} floor_ratio={t_engine / t_floor:.3f} max_abs_diff={diff:.2e}")
+    print(
+        f"speedup_vs_naive={t_naive / t_engine:.2f} floor_ratio={t_engine / t_floor:.3f} max_abs_diff={diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

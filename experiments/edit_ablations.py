@@ -56,7 +56,11 @@ def main() -> None:
 
     rows = {"site": [], "q": [], "lam": [], "alpha": [], "rule": [], "steps": []}
     for module in ("resid", "attn", "mlp"):
-        mem = memory if module == op.get("module", "resid") else tt.EditMemory.build(model, forget, module=module)
+        mem = (
+            memory
+            if module == op.get("module", "resid")
+            else tt.EditMemory.build(model, forget, module=module)
+        )
         rows["site"].append(measure(mem, value=module))
     for q in sorted({1, 2, 4, 8, 16, n}):
         if q <= n:
@@ -77,25 +81,47 @@ def main() -> None:
             out_f, out_r = tt.diffuse(model, forget), tt.diffuse(model, retain)
         d_traj_f = (out_f.target_logprobs - ref_f.target_logprobs).mean(1)
         d_traj_r = (out_r.target_logprobs - ref_r.target_logprobs).mean(1)
-        em = lambda res, facts: [float(tt.evaluation.exact_match(a, f.answer)) for a, f in zip(res.answers, facts)]  # noqa: E731
+
+        def em(res, facts):
+            return [
+                float(tt.evaluation.exact_match(a, f.answer)) for a, f in zip(res.answers, facts)
+            ]
+
         row = {"value": label, "fired": dict(handle.fired)}
         for name, d in (("d_traj_forget", d_traj_f), ("d_traj_retain", d_traj_r)):
             row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d)
-        row["em_forget"], row["em_retain"] = (sum(em(out_f, forget)) / n, sum(em(out_r, retain)) / len(retain))
+        row["em_forget"], row["em_retain"] = (
+            sum(em(out_f, forget)) / n,
+            sum(em(out_r, retain)) / len(retain),
+        )
         rows["steps"].append(row)
     row0 = {"em_forget_no_edit": sum(float(tt.evaluation.exact_match(a, f.answer)) for a, f in zip(ref_f.answers, forget)) / n,
             "em_retain_no_edit": sum(float(tt.evaluation.exact_match(a, f.answer)) for a, f in zip(ref_r.answers, retain)) / len(retain)}  # fmt: skip
 
-    C.write_json(C.FIGURES / "edit_ablations.json", {"operating_point": op, "rows": rows, "no_edit": row0,
-                                                       "seconds": time.perf_counter() - t_start})
+    C.write_json(
+        C.FIGURES / "edit_ablations.json",
+        {
+            "operating_point": op,
+            "rows": rows,
+            "no_edit": row0,
+            "seconds": time.perf_counter() - t_start,
+        },
+    )
     fmt = lambda r, k: f"{r[k]:+.2f} [{r[k + '_low']:+.2f}, {r[k + '_high']:+.2f}]"  # noqa: E731
     lines = [f"Ablations on forget01 ({n} facts) around the operating point (layer {op['layer']}, α={op['alpha']}, "
              f"λ={op['lam']}, q={op['q']}); masked estimator; Δ vs no_edit, mean [95% CI] over facts.", ""]  # fmt: skip
     for axis in ("site", "rule", "q", "lam", "alpha"):
-        lines += [f"**{axis}**", "", f"| {axis} | ΔForgetLP | ΔRetainLP | ratio |", "|---|---|---|---|"]
+        lines += [
+            f"**{axis}**",
+            "",
+            f"| {axis} | ΔForgetLP | ΔRetainLP | ratio |",
+            "|---|---|---|---|",
+        ]
         for r in rows[axis]:
             ratio = abs(r["d_forget"]) / max(abs(r["d_retain"]), 1e-9)
-            lines.append(f"| {r['value']} | {fmt(r, 'd_forget')} | {fmt(r, 'd_retain')} | {ratio:.1f} |")
+            lines.append(
+                f"| {r['value']} | {fmt(r, 'd_forget')} | {fmt(r, 'd_retain')} | {ratio:.1f} |"
+            )
         lines.append("")
     lines += ["**step set** (along sampled trajectories: Δ mean_k LP(k) of the original answer; EM of samples; "
               f"no_edit EM forget {row0['em_forget_no_edit']:.2f}, retain {row0['em_retain_no_edit']:.2f})", "",
@@ -112,8 +138,20 @@ def main() -> None:
     fig.add_scatter(x=[r["d_retain"] for r in a], y=[r["d_forget"] for r in a], mode="lines+markers+text",
                     text=[f"α={r['value']}" for r in a], textposition="top center", name="α sweep", row=1, col=1)  # fmt: skip
     qs = rows["q"]
-    fig.add_scatter(x=[r["value"] for r in qs], y=[r["d_forget"] for r in qs], name="ΔForgetLP (q)", row=1, col=2)
-    fig.add_scatter(x=[r["value"] for r in qs], y=[r["d_retain"] for r in qs], name="ΔRetainLP (q)", row=1, col=2)
+    fig.add_scatter(
+        x=[r["value"] for r in qs],
+        y=[r["d_forget"] for r in qs],
+        name="ΔForgetLP (q)",
+        row=1,
+        col=2,
+    )
+    fig.add_scatter(
+        x=[r["value"] for r in qs],
+        y=[r["d_retain"] for r in qs],
+        name="ΔRetainLP (q)",
+        row=1,
+        col=2,
+    )
     fig.update_xaxes(title_text="ΔRetainLP (nats)", row=1, col=1)
     fig.update_yaxes(title_text="ΔForgetLP (nats)", row=1, col=1)
     fig.update_xaxes(title_text="q", type="log", row=1, col=2)

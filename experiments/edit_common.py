@@ -52,8 +52,19 @@ def load(name: str = MODEL):
 
 
 def fact_sets() -> dict[str, list[tt.Fact]]:
-    facts = {s: tt.load_facts("tiny", split=s) for s in
-             ("forget01", "forget05", "forget10", "validation", "retain", "retain_eval", "world", "neighbour")}
+    facts = {
+        s: tt.load_facts("tiny", split=s)
+        for s in (
+            "forget01",
+            "forget05",
+            "forget10",
+            "validation",
+            "retain",
+            "retain_eval",
+            "world",
+            "neighbour",
+        )
+    }
     used = {f.id for f in facts["retain_eval"]} | {f.id for f in facts["neighbour"]}
     rest = [f for f in facts["retain"] if f.id not in used]
     random.Random(0).shuffle(rest)
@@ -91,5 +102,7 @@ def save_plot(fig, name: str) -> None:
 def operating_point(model) -> dict:
     op = model.info.get("operating_point")
     if not op:
-        raise SystemExit(f"{model.name} has no operating point yet: run experiments/edit_tune.py first")
+        raise SystemExit(
+            f"{model.name} has no operating point yet: run experiments/edit_tune.py first"
+        )
     return op

@@ -65,7 +65,9 @@ def main() -> None:
     except tt.CheckpointNotFoundError:
         import random
 
-        layers["random"] = random.Random(0).choice([x for x in range(model.num_layers) if x != op["layer"]])
+        layers["random"] = random.Random(0).choice(
+            [x for x in range(model.num_layers) if x != op["layer"]]
+        )
     print("layers:", layers, flush=True)
 
     memory = tt.EditMemory.build(model, forget)  # the operating point, refusal targets
@@ -101,7 +103,9 @@ def main() -> None:
                     delta = m.per_fact - base[split][metric].per_fact
                     d, lo, hi = tt.mean_ci(delta)
                     test = tt.paired_ttest(m.per_fact, base[split][metric].per_fact)
-                    row.update(delta=d, delta_low=lo, delta_high=hi, p=test.pvalue, marker=test.marker)
+                    row.update(
+                        delta=d, delta_low=lo, delta_high=hi, p=test.pvalue, marker=test.marker
+                    )
                 rows[f"{split}/{metric}"] = row
         table[name] = rows
     result = {
@@ -141,14 +145,22 @@ def main() -> None:
     print(md)
 
     fig = go.Figure()
-    for split, label in (("forget", "ΔForgetLP"), ("retain", "ΔRetainLP"), ("world", "ΔWorldFact"), ("neighbour", "ΔNeighbourLP")):
+    for split, label in (
+        ("forget", "ΔForgetLP"),
+        ("retain", "ΔRetainLP"),
+        ("world", "ΔWorldFact"),
+        ("neighbour", "ΔNeighbourLP"),
+    ):
         names = [n for n in table if n != "no_edit"]
         rows = [table[n][f"{split}/logprob"] for n in names]
         fig.add_bar(name=label, x=names, y=[r["delta"] for r in rows],
                     error_y=dict(type="data", symmetric=False, array=[r["delta_high"] - r["delta"] for r in rows],
                                  arrayminus=[r["delta"] - r["delta_low"] for r in rows]))  # fmt: skip
-    fig.update_layout(barmode="group", title="forget01: change in mean log p(answer|question) vs no_edit (nats, 95% CI)",
-                      yaxis_title="Δ nats per fact")
+    fig.update_layout(
+        barmode="group",
+        title="forget01: change in mean log p(answer|question) vs no_edit (nats, 95% CI)",
+        yaxis_title="Δ nats per fact",
+    )
     C.save_plot(fig, "edit_headline")
     print(f"done in {time.perf_counter() - t_start:.0f} s")
 

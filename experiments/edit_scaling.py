@@ -39,7 +39,11 @@ def main() -> None:
     sets = C.fact_sets()
     pool = sets["forget10"] + sets["retain_pool"]
     retain, world = sets["retain_eval"], sets["world"]
-    base_pool, base_r, base_w = C.logprobs(model, pool[: max(NS)]), C.logprobs(model, retain), C.logprobs(model, world)
+    base_pool, base_r, base_w = (
+        C.logprobs(model, pool[: max(NS)]),
+        C.logprobs(model, retain),
+        C.logprobs(model, world),
+    )
     rows = []
     for n in NS:
         facts = pool[:n]
@@ -63,15 +67,22 @@ def main() -> None:
             row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d)
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    C.write_json(C.FIGURES / "edit_scaling.json", {"operating_point": op, "rows": rows,
-                                                     "seconds": time.perf_counter() - t_start})
-    lines = ["| N | build s (capture + solve) | solve ms | install ms | ΔForgetLP | ΔRetainLP | ΔWorldFact |",
-             "|---|---|---|---|---|---|---|"]
+    C.write_json(
+        C.FIGURES / "edit_scaling.json",
+        {"operating_point": op, "rows": rows, "seconds": time.perf_counter() - t_start},
+    )
+    lines = [
+        "| N | build s (capture + solve) | solve ms | install ms | ΔForgetLP | ΔRetainLP | ΔWorldFact |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['build_s']:.2f} ({r['capture_s']:.2f} + {r['solve_s'] * 1e3:.1f} ms) | "
             f"{r['solve_s'] * 1e3:.2f} | {r['install_s'] * 1e3:.2f} | "
-            + " | ".join(f"{r[k]:+.2f} [{r[k + '_low']:+.2f}, {r[k + '_high']:+.2f}]" for k in ("d_forget", "d_retain", "d_world"))
+            + " | ".join(
+                f"{r[k]:+.2f} [{r[k + '_low']:+.2f}, {r[k + '_high']:+.2f}]"
+                for k in ("d_forget", "d_retain", "d_world")
+            )
             + " |"
         )
     md = (f"Scaling at the operating point (layer {op['layer']}, α={op['alpha']}, λ={op['lam']}, q={op['q']}); "
@@ -81,10 +92,16 @@ def main() -> None:
     print(md)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("build time (s)", "effect (nats per fact)"))
     ns = [r["n"] for r in rows]
-    fig.add_scatter(x=ns, y=[r["build_s"] for r in rows], name="build (capture + solve)", row=1, col=1)
+    fig.add_scatter(
+        x=ns, y=[r["build_s"] for r in rows], name="build (capture + solve)", row=1, col=1
+    )
     fig.add_scatter(x=ns, y=[rows[0]["build_s"] * n / ns[0] for n in ns],
                     name="linear in N", line=dict(dash="dot"), row=1, col=1)  # fmt: skip
-    for key, label in (("d_forget", "ΔForgetLP"), ("d_retain", "ΔRetainLP"), ("d_world", "ΔWorldFact")):
+    for key, label in (
+        ("d_forget", "ΔForgetLP"),
+        ("d_retain", "ΔRetainLP"),
+        ("d_world", "ΔWorldFact"),
+    ):
         fig.add_scatter(x=ns, y=[r[key] for r in rows], name=label, row=1, col=2,
                         error_y=dict(type="data", symmetric=False, array=[r[key + "_high"] - r[key] for r in rows],
                                      arrayminus=[r[key] - r[key + "_low"] for r in rows]))  # fmt: skip

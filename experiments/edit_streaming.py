@@ -33,7 +33,11 @@ def main() -> None:
     sets = C.fact_sets()
     stream = sets["forget05"][:N_INSERTS]
     retain, world = sets["retain_eval"], sets["world"]
-    base_r, base_w, base_f = C.logprobs(model, retain), C.logprobs(model, world), C.logprobs(model, stream)
+    base_r, base_w, base_f = (
+        C.logprobs(model, retain),
+        C.logprobs(model, world),
+        C.logprobs(model, stream),
+    )
     memory = tt.EditMemory.build(model, stream[:1])
     rows = []
     with memory.install(model):
@@ -50,7 +54,10 @@ def main() -> None:
                 row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d, n_resamples=500)
             rows.append(row)
             if (i + 1) % 10 == 0:
-                print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+                print(
+                    {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},
+                    flush=True,
+                )
     summary = {
         "max_abs_d_retain": max(abs(r["d_retain"]) for r in rows),
         "max_abs_d_retain_after_10": max(abs(r["d_retain"]) for r in rows[9:]),
@@ -58,8 +65,15 @@ def main() -> None:
         "final_d_forget": rows[-1]["d_forget"],
         "median_insert_s": sorted(r["insert_s"] for r in rows[1:])[len(rows[1:]) // 2],
     }
-    C.write_json(C.FIGURES / "edit_streaming.json", {"operating_point": op, "rows": rows, "summary": summary,
-                                                       "seconds": time.perf_counter() - t_start})
+    C.write_json(
+        C.FIGURES / "edit_streaming.json",
+        {
+            "operating_point": op,
+            "rows": rows,
+            "summary": summary,
+            "seconds": time.perf_counter() - t_start,
+        },
+    )
     md = (
         f"Streaming: {N_INSERTS} forget05 facts inserted one at a time into an installed memory "
         f"(layer {op['layer']}, α={op['alpha']}, λ={op['lam']}, q={op['q']}, capped at N).\n\n"
@@ -75,7 +89,9 @@ def main() -> None:
     )  # fmt: skip
     C.write_text(C.FIGURES / "edit_streaming.md", md)
     print(md)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("utility after each insert", "forgetting of inserted facts"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("utility after each insert", "forgetting of inserted facts")
+    )
     ns = [r["n"] for r in rows]
     for key, label in (("d_retain", "ΔRetainLP"), ("d_world", "ΔWorldFact")):
         fig.add_scatter(x=ns, y=[r[key] for r in rows], name=label, row=1, col=1,

@@ -57,7 +57,10 @@ def main() -> None:
     tie = tt.trace_tie(model, trace_facts, modules=("resid",), progress=False)
     coord = tt.select_coordinate(tie, modules="resid")
     trace_s = time.perf_counter() - t0
-    print(f"TIE selection on {len(trace_facts)} validation facts: {coord} ({trace_s:.1f} s)", flush=True)
+    print(
+        f"TIE selection on {len(trace_facts)} validation facts: {coord} ({trace_s:.1f} s)",
+        flush=True,
+    )
 
     # one memory per validation person (20 facts each, like forget01), effects averaged
     people: dict[str, list] = {}
@@ -76,12 +79,28 @@ def main() -> None:
                     dfs.append(float((C.logprobs(model, g) - bf).mean()))
                     drs.append(float((C.logprobs(model, retain) - base_r).mean()))
             df, dr = sum(dfs) / len(dfs), sum(drs) / len(drs)
-            rows.append(dict(layer=layer, alpha=alpha, lam=lam, q=q, d_forget=df, d_retain=dr,
-                             ratio=abs(df) / max(abs(dr), 1e-9)))
-        print(f"layer {layer}: best ΔF {min(r['d_forget'] for r in rows if r['layer'] == layer):.2f}", flush=True)
+            rows.append(
+                dict(
+                    layer=layer,
+                    alpha=alpha,
+                    lam=lam,
+                    q=q,
+                    d_forget=df,
+                    d_retain=dr,
+                    ratio=abs(df) / max(abs(dr), 1e-9),
+                )
+            )
+        print(
+            f"layer {layer}: best ΔF {min(r['d_forget'] for r in rows if r['layer'] == layer):.2f}",
+            flush=True,
+        )
 
     def feasible(r, budget):
-        return r["d_forget"] <= FORGET_GOAL and abs(r["d_retain"]) <= budget and r["ratio"] >= RATIO_GOAL
+        return (
+            r["d_forget"] <= FORGET_GOAL
+            and abs(r["d_retain"]) <= budget
+            and r["ratio"] >= RATIO_GOAL
+        )
 
     chosen, rule = None, None
     for budget in (RETAIN_BUDGET / 2, RETAIN_BUDGET):
@@ -89,8 +108,10 @@ def main() -> None:
             ok = [r for r in rows if r["layer"] in layers and feasible(r, budget)]
             if ok:
                 chosen = min(ok, key=lambda r: r["d_forget"])
-                rule = (f"{where}; strongest ΔForgetLP among ΔForgetLP ≤ {FORGET_GOAL}, "
-                        f"|ΔRetainLP| ≤ {budget}, ratio ≥ {RATIO_GOAL}")
+                rule = (
+                    f"{where}; strongest ΔForgetLP among ΔForgetLP ≤ {FORGET_GOAL}, "
+                    f"|ΔRetainLP| ≤ {budget}, ratio ≥ {RATIO_GOAL}"
+                )
                 break
         if chosen:
             break
@@ -98,9 +119,15 @@ def main() -> None:
         strong = [r for r in rows if r["d_forget"] <= FORGET_GOAL]
         within = [r for r in rows if abs(r["d_retain"]) <= RETAIN_BUDGET]
         if within:  # utility first: the operating point must be utility-safe
-            chosen, rule = min(within, key=lambda r: r["d_forget"]), f"goals not met; strongest ΔForgetLP with |ΔRetainLP| ≤ {RETAIN_BUDGET} (any layer)"
+            chosen, rule = (
+                min(within, key=lambda r: r["d_forget"]),
+                f"goals not met; strongest ΔForgetLP with |ΔRetainLP| ≤ {RETAIN_BUDGET} (any layer)",
+            )
         elif strong:
-            chosen, rule = max(strong, key=lambda r: r["ratio"]), f"goals not met; best ratio among ΔForgetLP ≤ {FORGET_GOAL}"
+            chosen, rule = (
+                max(strong, key=lambda r: r["ratio"]),
+                f"goals not met; best ratio among ΔForgetLP ≤ {FORGET_GOAL}",
+            )
         else:
             chosen, rule = max(rows, key=lambda r: r["ratio"]), "goals not met; best ratio"
     print("chosen:", chosen, rule, flush=True)
@@ -134,18 +161,29 @@ def main() -> None:
     for layer in range(model.num_layers):
         zr, tr = [], []
         for a in ALPHAS:
-            ok = [r for r in rows if r["layer"] == layer and r["alpha"] == a and abs(r["d_retain"]) <= RETAIN_BUDGET]
+            ok = [
+                r
+                for r in rows
+                if r["layer"] == layer and r["alpha"] == a and abs(r["d_retain"]) <= RETAIN_BUDGET
+            ]
             best = min(ok, key=lambda r: r["d_forget"]) if ok else None
             zr.append(best["d_forget"] if best else None)
-            tr.append(f"λ={best['lam']}, q={best['q']}, ΔR={best['d_retain']:.2f}" if best else "none within budget")
+            tr.append(
+                f"λ={best['lam']}, q={best['q']}, ΔR={best['d_retain']:.2f}"
+                if best
+                else "none within budget"
+            )
         z.append(zr)
         text.append(tr)
     fig = go.Figure(go.Heatmap(z=z, x=[str(a) for a in ALPHAS], y=list(range(model.num_layers)),
                                text=text, hovertemplate="layer %{y}, α %{x}<br>ΔForgetLP %{z:.2f}<br>%{text}<extra></extra>",
                                colorscale="RdBu", zmid=0))  # fmt: skip
-    fig.update_layout(title=f"Edit memory tuning on validation: best ΔForgetLP with |ΔRetainLP| ≤ 1 "
-                      f"(TIE layer {coord.layer}; chosen layer {chosen['layer']}, α={chosen['alpha']})",
-                      xaxis_title="α", yaxis_title="layer")
+    fig.update_layout(
+        title=f"Edit memory tuning on validation: best ΔForgetLP with |ΔRetainLP| ≤ 1 "
+        f"(TIE layer {coord.layer}; chosen layer {chosen['layer']}, α={chosen['alpha']})",
+        xaxis_title="α",
+        yaxis_title="layer",
+    )
     C.save_plot(fig, "edit_tune")
     print(f"done in {time.perf_counter() - t_start:.0f} s")
 

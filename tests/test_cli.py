@@ -13,7 +13,9 @@ from tie_tracing.results import TIEResult
 
 def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
     """figure2 traces the facts, writes html + result + summary, and prints the selected coordinate."""
-    code = cli.main(["figure2", "--out", str(tmp_path), "--n-facts", "2", "--steps", "4", "--quiet"])
+    code = cli.main(
+        ["figure2", "--out", str(tmp_path), "--n-facts", "2", "--steps", "4", "--quiet"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "selected coordinate" in printed and "effect concentrates in layers" in printed
@@ -21,7 +23,11 @@ def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
     result = TIEResult.load(tmp_path / "figure2_tie.safetensors")
     assert result.tie.shape[:3] == (2, tt.load_model("tiny-mdlm").num_layers, 4)
     best = tt.select_coordinate(result)
-    assert (summary["selected"]["layer"], summary["selected"]["step"], summary["selected"]["module"]) == (
+    assert (
+        summary["selected"]["layer"],
+        summary["selected"]["step"],
+        summary["selected"]["module"],
+    ) == (
         best.layer,
         best.step,
         best.module,

@@ -21,16 +21,28 @@ from tie_tracing.compare import (
 from tie_tracing.results import PositionalResult, TIEResult
 
 
-def _positional(lp: torch.Tensor, *, subject=(2, 3), n_prompt=6, shifted=True, model_id="m") -> PositionalResult:
+def _positional(
+    lp: torch.Tensor, *, subject=(2, 3), n_prompt=6, shifted=True, model_id="m"
+) -> PositionalResult:
     """One-fact result whose ``lp`` map ``[layer, position, module]`` is given; corrupt lp = -5."""
     n_l, n_p, n_m = lp.shape
     tokens = tuple(f"t{i}" for i in range(n_p))
     pred = n_prompt - 1 if shifted else n_prompt
-    base = PositionalResult.synthetic(n_facts=1, n_layers=n_l, modules=("resid", "attn", "mlp")[:n_m])
+    base = PositionalResult.synthetic(
+        n_facts=1, n_layers=n_l, modules=("resid", "attn", "mlp")[:n_m]
+    )
     return dataclasses.replace(
-        base, prob=lp[None].exp(), lp=lp[None], lp_clean=torch.tensor([-0.1]), lp_corrupt=torch.tensor([-5.0]),
-        tokens=(tokens,), subject_positions=(tuple(subject),), prediction_position=(pred,),
-        config={"shifted": shifted}, model_id=model_id, metric="lp",
+        base,
+        prob=lp[None].exp(),
+        lp=lp[None],
+        lp_clean=torch.tensor([-0.1]),
+        lp_corrupt=torch.tensor([-5.0]),
+        tokens=(tokens,),
+        subject_positions=(tuple(subject),),
+        prediction_position=(pred,),
+        config={"shifted": shifted},
+        model_id=model_id,
+        metric="lp",
     )
 
 
@@ -38,13 +50,24 @@ def test_token_categories_ar_and_mdlm():
     """Positions map to ROME's categories; MDLM answer slots get the mask categories."""
     ar = _positional(torch.zeros(2, 8, 1), subject=(2, 3, 4), n_prompt=8)
     assert token_categories(ar) == (
-        "before subject", "before subject", "first subject", "middle subject", "last subject",
-        "first subsequent", "further tokens", "last prompt",
+        "before subject",
+        "before subject",
+        "first subject",
+        "middle subject",
+        "last subject",
+        "first subsequent",
+        "further tokens",
+        "last prompt",
     )
     md = _positional(torch.zeros(2, 7, 1), subject=(1,), n_prompt=5, shifted=False)
     assert token_categories(md) == (
-        "before subject", "last subject", "first subsequent", "further tokens", "last prompt",
-        "first [MASK]", "later [MASK]s",
+        "before subject",
+        "last subject",
+        "first subsequent",
+        "further tokens",
+        "last prompt",
+        "first [MASK]",
+        "later [MASK]s",
     )
 
 
@@ -81,7 +104,9 @@ def test_summary_share_at_last_prompt_and_module_restriction():
     lp[1, 5, 1] = -2.0  # last prompt, module 1
     r = _positional(lp)
     s = localisation_summary(r)
-    assert s.share_last_subject == pytest.approx(0.25) and s.share_last_prompt == pytest.approx(0.75)
+    assert s.share_last_subject == pytest.approx(0.25) and s.share_last_prompt == pytest.approx(
+        0.75
+    )
     assert s.share_prediction == pytest.approx(0.75)  # AR: prediction at the last prompt token
     s0 = localisation_summary(r, module=r.modules[0])
     assert s0.share_last_subject == pytest.approx(1.0) and s0.peak_relative_position == (0,)
@@ -96,7 +121,11 @@ def test_summary_of_tie_result():
     tie[:, 2, 1, 0] = 4.0
     t = dataclasses.replace(t, tie=tie)
     s = localisation_summary(t)
-    assert s.paradigm == "diffusion-time" and s.peak == {"layer": 2, "step": 1, "module": t.modules[0]}
+    assert s.paradigm == "diffusion-time" and s.peak == {
+        "layer": 2,
+        "step": 1,
+        "module": t.modules[0],
+    }
     assert s.top_share[1] == pytest.approx(1.0) and s.share_last_subject is None
 
 
@@ -106,8 +135,16 @@ def test_compare_paradigms_rows_and_fact_check():
     t = TIEResult.synthetic(n_facts=3)
     rows = compare_paradigms(ar, md, t, module="resid")
     assert [r["paradigm"] for r in rows] == ["AR positional", "MDLM positional", "MDLM TIE"]
-    assert {"peak_layer", "peak_at", "top1_share", "top3_share", "top5_share", "entropy",
-            "share_last_subject", "share_last_prompt"} <= set(rows[0])
+    assert {
+        "peak_layer",
+        "peak_at",
+        "top1_share",
+        "top3_share",
+        "top5_share",
+        "entropy",
+        "share_last_subject",
+        "share_last_prompt",
+    } <= set(rows[0])
     with pytest.raises(ValueError, match="same facts"):
         compare_paradigms(ar, md, TIEResult.synthetic(n_facts=2))
 
@@ -154,11 +191,22 @@ def test_end_to_end_on_replicas(replicas):
 def test_edit_efficacy_rows(replicas):
     """edit_efficacy gives one row per installation layer with ΔForgetLP / ΔRetainLP and CIs."""
     pytest.importorskip("tie_tracing.editing")
-    fact = tt.Fact(subject="ada vell", question="where was ada vell born", answer="lisbon",
-                   target="paris", id="f0")
-    keep = [tt.Fact(subject="mara", question="what book was mara the writer of", answer="orion", id="r0"),
-            tt.Fact(subject="kess", question="where was kess born", answer="porto", id="r1")]
-    rows = tt.edit_efficacy(replicas["tiny-mdlm"], [fact], keep, {"a": 0, "b": 2}, alpha=1.0, lam=0.1, q=1)
+    fact = tt.Fact(
+        subject="ada vell",
+        question="where was ada vell born",
+        answer="lisbon",
+        target="paris",
+        id="f0",
+    )
+    keep = [
+        tt.Fact(
+            subject="mara", question="what book was mara the writer of", answer="orion", id="r0"
+        ),
+        tt.Fact(subject="kess", question="where was kess born", answer="porto", id="r1"),
+    ]
+    rows = tt.edit_efficacy(
+        replicas["tiny-mdlm"], [fact], keep, {"a": 0, "b": 2}, alpha=1.0, lam=0.1, q=1
+    )
     assert [r["installation"] for r in rows] == ["a", "b"] and rows[1]["layer"] == 2
     assert all(math.isfinite(r["d_forget_lp"]) and math.isfinite(r["d_retain_lp"]) for r in rows)
 

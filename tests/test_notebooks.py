@@ -31,6 +31,8 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     work.mkdir()
     shutil.copy(path, work / path.name)
     nb = nbformat.read(work / path.name, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    ).execute()
     written = list((tmp_path / "figures").glob("*.html"))
     assert written, f"{path.name} wrote no figure"

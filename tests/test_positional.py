@@ -13,8 +13,12 @@ from tie_tracing.positional import (
     restored_layers,
 )
 
-FACT = tt.Fact(subject="ada vell", question="where was ada vell born", answer="lisbon paris", id="f0")
-FACT2 = tt.Fact(subject="mara", question="what book was mara the writer of", answer="orion", id="f1")
+FACT = tt.Fact(
+    subject="ada vell", question="where was ada vell born", answer="lisbon paris", id="f0"
+)
+FACT2 = tt.Fact(
+    subject="mara", question="what book was mara the writer of", answer="orion", id="f1"
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*top-1 prediction is not the answer")
 
@@ -89,9 +93,17 @@ def test_identity_restoration_gives_zero_effect(mdlm):
 
     subject = torch.tensor(pq.query.subject_positions)
     _, corrupted = _capture(mdlm, x, noise, subject, False, sites)
-    out = _trace_one(mdlm, pq, config, 0.5, list(range(mdlm.num_layers)),
-                     restore_from={s: v[0] for s, v in corrupted.items()})
-    torch.testing.assert_close(out["lp"], torch.full_like(out["lp"], float(out["lp_corrupt"])), atol=1e-6, rtol=0)
+    out = _trace_one(
+        mdlm,
+        pq,
+        config,
+        0.5,
+        list(range(mdlm.num_layers)),
+        restore_from={s: v[0] for s, v in corrupted.items()},
+    )
+    torch.testing.assert_close(
+        out["lp"], torch.full_like(out["lp"], float(out["lp_corrupt"])), atol=1e-6, rtol=0
+    )
 
 
 def test_same_seed_same_tensor_other_seed_differs(mdlm):
@@ -109,7 +121,7 @@ def test_multi_fact_result_labels_and_effect(mdlm):
     n0, n1 = len(r.tokens[0]), len(r.tokens[1])
     assert r.lp.shape[2] == max(n0, n1)
     short = 0 if n0 < n1 else 1
-    assert torch.isnan(r.lp[short, :, min(n0, n1):]).all()
+    assert torch.isnan(r.lp[short, :, min(n0, n1) :]).all()
     assert [r.tokens[0][p] for p in r.subject_positions[0]] == ["ada", "vell"]
     eff = r.effect()
     torch.testing.assert_close(eff[0], r.prob[0] - r.lp_corrupt[0].exp(), equal_nan=True)

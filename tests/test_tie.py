@@ -23,7 +23,7 @@ FACTS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model(family: str) -> tt.TracedModel:
     return {
         "tiny-mdlm": lambda: replicas.wrap(replicas.tiny_mdlm()),
@@ -47,8 +47,12 @@ def test_engine_equals_slow_reference(family):
     for i, fact in enumerate(FACTS[:2]):
         ref = reference_ie(m, fact, steps=4, nu=2.0, n_noise=2, seed=3)
         assert torch.equal(torch.isnan(ref["ie"]), torch.isnan(result.ie[i]))
-        torch.testing.assert_close(torch.nan_to_num(result.ie[i]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0)
-        torch.testing.assert_close(result.tie[i].double(), reference_tie(ref["ie"], 0.5), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.nan_to_num(result.ie[i]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            result.tie[i].double(), reference_tie(ref["ie"], 0.5), atol=1e-5, rtol=0
+        )
         torch.testing.assert_close(result.lp_clean[i], ref["lp_clean"], atol=1e-5, rtol=0)
         torch.testing.assert_close(result.lp_corrupt[i], ref["lp_corrupt"], atol=1e-5, rtol=0)
 
@@ -68,10 +72,18 @@ def test_identity_patch_has_zero_effect():
     m = model("tiny-mdlm")
     q = encode_query(m, FACTS[0])
     corruption = Corruption(nu=2.0)
-    base = run_patched(m, q, steps=4, corruption=corruption, capture=[Capture(layer=1, module="mlp")])
+    base = run_patched(
+        m, q, steps=4, corruption=corruption, capture=[Capture(layer=1, module="mlp")]
+    )
     for k in range(4):
         value = base.captures[(1, "mlp")][0, k]
-        patched = run_patched(m, q, steps=4, corruption=corruption, patches=[Patch(layer=1, module="mlp", step=k, value=value)])
+        patched = run_patched(
+            m,
+            q,
+            steps=4,
+            corruption=corruption,
+            patches=[Patch(layer=1, module="mlp", step=k, value=value)],
+        )
         assert torch.equal(patched.target_logprobs, base.target_logprobs)
         assert torch.equal(patched.states, base.states)
 
@@ -88,9 +100,17 @@ def test_full_restoration_reproduces_clean_run():
     m = model("tiny-mdlm")
     q = encode_query(m, FACTS[0])
     everywhere = tuple(range(q.length))
-    clean = run_patched(m, q, steps=4, capture=[Capture(layer=0, module="resid", positions=everywhere)])
+    clean = run_patched(
+        m, q, steps=4, capture=[Capture(layer=0, module="resid", positions=everywhere)]
+    )
     patches = [
-        Patch(layer=0, module="resid", step=k, value=clean.captures[(0, "resid")][0, k], positions=everywhere)
+        Patch(
+            layer=0,
+            module="resid",
+            step=k,
+            value=clean.captures[(0, "resid")][0, k],
+            positions=everywhere,
+        )
         for k in range(4)
     ]
     restored = run_patched(m, q, steps=4, corruption=Corruption(nu=3.0), patches=patches)
@@ -213,11 +233,25 @@ def test_bad_patch_positions_and_shapes():
     q = encode_query(m, FACTS[0])
     d = m.hidden_size
     with pytest.raises(IndexError, match="position 99"):
-        run_patched(m, q, steps=2, patches=[Patch(layer=0, module="mlp", step=0, value=torch.zeros(1, d), positions=(99,))])
+        run_patched(
+            m,
+            q,
+            steps=2,
+            patches=[
+                Patch(layer=0, module="mlp", step=0, value=torch.zeros(1, d), positions=(99,))
+            ],
+        )
     with pytest.raises(tt.ShapeError, match="patch value"):
-        run_patched(m, q, steps=2, patches=[Patch(layer=0, module="mlp", step=0, value=torch.zeros(5, d + 1))])
+        run_patched(
+            m,
+            q,
+            steps=2,
+            patches=[Patch(layer=0, module="mlp", step=0, value=torch.zeros(5, d + 1))],
+        )
     with pytest.raises(ValueError, match="patch step 3"):
-        run_patched(m, q, steps=2, patches=[Patch(layer=0, module="mlp", step=3, value=torch.zeros(2, d))])
+        run_patched(
+            m, q, steps=2, patches=[Patch(layer=0, module="mlp", step=3, value=torch.zeros(2, d))]
+        )
 
 
 def test_causal_models_and_duplicates_are_refused():
@@ -233,7 +267,9 @@ def test_unknown_facts_are_left_out_of_the_mean_and_the_selection():
     import dataclasses
 
     result = TIEResult.synthetic(n_facts=3, n_layers=2, n_steps=3, seed=0)
-    marked = dataclasses.replace(result, config=result.config | {"unknown_facts": [result.fact_ids[1]]})
+    marked = dataclasses.replace(
+        result, config=result.config | {"unknown_facts": [result.fact_ids[1]]}
+    )
     assert marked.known.tolist() == [True, False, True]
     torch.testing.assert_close(marked.mean(), torch.nanmean(result.tie[[0, 2]], 0))
     torch.testing.assert_close(marked.mean(include_unknown=True), result.mean())
@@ -266,7 +302,9 @@ def test_engine_equals_reference_on_the_embedded_model():
         assert result.config["unknown_facts"] == []
         for i, fact in enumerate(facts):
             ref = reference_ie(m, fact, steps=4, nu=result.config["nu"], n_noise=2, seed=1)
-            torch.testing.assert_close(torch.nan_to_num(result.ie[i]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                torch.nan_to_num(result.ie[i]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0
+            )
             torch.testing.assert_close(result.lp_corrupt[i], ref["lp_corrupt"], atol=1e-5, rtol=0)
         assert torch.nan_to_num(result.ie).abs().max() > 0.1  # a real effect was compared
     finally:

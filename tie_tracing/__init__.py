@@ -1,10 +1,34 @@
 """tie_tracing: diffusion-time causal tracing and edit memories for masked diffusion LMs.
 
 Import as ``import tie_tracing as tt``. Each public name below is documented where it is
-defined; ``SPEC.md`` in the repository gives the equations.
+defined; ``docs/SPEC.md`` in the repository gives the equations. Data flows one way:
+backbones → diffusion loop (model, sampler) → tracing / editing → analysis → plots and CLI.
 """
 
 from ._version import __version__
+from .analysis import (
+    BetaTradeoff,
+    LocalisationStats,
+    PerFactOptima,
+    SelectionStability,
+    beta_tradeoff,
+    bootstrap_ci,
+    localisation_stats,
+    per_fact_optima,
+    score_landscape,
+    selection_stability,
+)
+from .backbones import BACKBONES, MODULES, Backbone
+from .compare import (
+    aligned_positional,
+    category_support,
+    compare_paradigms,
+    edit_efficacy,
+    localisation_summary,
+    pick_layers,
+    plot_ar_vs_diffusion,
+)
+from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
 from .errors import (
     CheckpointNotFoundError,
     NonFiniteActivationError,
@@ -13,21 +37,27 @@ from .errors import (
     TieTracingError,
     UnsupportedModelError,
 )
-# -- public names by module (one line per module; keep this block sorted by data flow) --
-from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
-from .zoo.corpus import load_facts
-from .backbones import BACKBONES, MODULES, Backbone
-from .model import TracedModel, load_model
-from .sampler import DiffusionResult, diffuse
-from .likelihood import answer_logprob
-from .patching import Capture, Corruption, Patch, PatchedRun, Query, encode_query, run_patched
-from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
-from .tie import TraceConfig, trace_tie
-from .positional import PositionalConfig, trace_positional
-from .compare import aligned_positional, category_support, compare_paradigms, edit_efficacy, localisation_summary, pick_layers, plot_ar_vs_diffusion
-from .reference import reference_ie
-from .selection import select_coordinate
-from .analysis import BetaTradeoff, LocalisationStats, PerFactOptima, SelectionStability, beta_tradeoff, bootstrap_ci, localisation_stats, per_fact_optima, score_landscape, selection_stability
 from .evaluation import Evaluation, Metric, evaluate, mean_ci, paired_ttest, truth_ratio
-from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
-from .plotting import StaticExportError, plot_beta_tradeoff, plot_ie_by_later_step, plot_per_fact_optima, plot_positional, plot_selection_landscape, plot_selection_stability, plot_tie_heatmaps, save_figure, static_export_available
+from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
+from .likelihood import answer_logprob
+from .model import TracedModel, load_model
+from .patching import Capture, Corruption, Patch, PatchedRun, Query, encode_query, run_patched
+from .plotting import (
+    StaticExportError,
+    plot_beta_tradeoff,
+    plot_ie_by_later_step,
+    plot_per_fact_optima,
+    plot_positional,
+    plot_selection_landscape,
+    plot_selection_stability,
+    plot_tie_heatmaps,
+    save_figure,
+    static_export_available,
+)
+from .positional import PositionalConfig, trace_positional
+from .reference import reference_ie
+from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
+from .sampler import DiffusionResult, diffuse
+from .selection import select_coordinate
+from .tie import TraceConfig, trace_tie
+from .zoo.corpus import load_facts

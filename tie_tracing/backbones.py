@@ -23,6 +23,7 @@ logits) is loaded with ``family=`` given explicitly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ class Backbone:
         return f"{block}.{getattr(self, module)}"
 
 
-_LLADA = dict(
+_LLADA: dict[str, Any] = dict(
     embedding="model.transformer.wte",
     blocks="model.transformer.blocks",
     attn="attn_out",
@@ -81,7 +82,9 @@ _LLADA = dict(
     shifted=False,
     causal=False,
 )
-_LLAMA_LAYOUT = dict(embedding="model.embed_tokens", blocks="model.layers", attn="self_attn", mlp="mlp")
+_LLAMA_LAYOUT: dict[str, Any] = dict(
+    embedding="model.embed_tokens", blocks="model.layers", attn="self_attn", mlp="mlp"
+)
 
 BACKBONES: dict[str, Backbone] = {
     b.family: b

@@ -73,13 +73,22 @@ def figure2(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype) if args.dtype else None,
         device_map=args.device_map,
     )
-    facts_spec = args.facts or ("tiny:forget01" if args.model in tt.model.EMBEDDED_MODELS else "tofu:forget01")
+    facts_spec = args.facts or (
+        "tiny:forget01" if args.model in tt.model.EMBEDDED_MODELS else "tofu:forget01"
+    )
     facts = _load_facts(facts_spec, args.n_facts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"tracing {len(facts)} facts ({facts_spec}) on {model.name} [{model.backbone.family}, {model.num_layers} layers], T={args.steps}")
+    print(
+        f"tracing {len(facts)} facts ({facts_spec}) on {model.name} [{model.backbone.family}, {model.num_layers} layers], T={args.steps}"
+    )
     result = tt.trace_tie(
-        model, facts, steps=args.steps, n_noise=args.n_noise, seed=args.seed, progress=not args.quiet
+        model,
+        facts,
+        steps=args.steps,
+        n_noise=args.n_noise,
+        seed=args.seed,
+        progress=not args.quiet,
     )
     result.save(out / "figure2_tie.safetensors")
     best = tt.select_coordinate(result)
@@ -95,8 +104,14 @@ def figure2(args: argparse.Namespace) -> int:
         "concentration": _concentration(result),
         "engine_stats": result.config.get("engine_stats"),
     }
-    fig = tt.plot_tie_heatmaps(result, title=f"Figure 2 — TIE over (layer, step), {len(facts)} facts, {model.name}")
-    written = list(save_figure(fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "cdn"))
+    fig = tt.plot_tie_heatmaps(
+        result, title=f"Figure 2 — TIE over (layer, step), {len(facts)} facts, {model.name}"
+    )
+    written = list(
+        save_figure(
+            fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "cdn"
+        )
+    )
     if static_export_available():
         try:
             written += save_figure(fig, out / "figure2.png", width=1200, height=450)
@@ -114,14 +129,31 @@ def figure2(args: argparse.Namespace) -> int:
     conc = summary["concentration"]
     top_layers = sorted(conc["share_by_layer"].items(), key=lambda kv: -kv[1])[:2]
     top_steps = sorted(conc["share_by_step"].items(), key=lambda kv: -kv[1])[:3]
-    print(f"selected coordinate (β=0): layer {best.layer}, step {best.step}, {best.module} (score {best.score:.3f})")
-    print(f"selected resid coordinate (the paper's installation site): layer {resid.layer}, step {resid.step}")
-    print("effect concentrates in layers " + ", ".join(f"{k} ({v:.0%})" for k, v in top_layers)
-          + "; steps " + ", ".join(f"{k} ({v:.0%})" for k, v in top_steps)
-          + "; modules " + ", ".join(f"{k} {v:.0%}" for k, v in conc["share_by_module"].items()))
+    print(
+        f"selected coordinate (β=0): layer {best.layer}, step {best.step}, {best.module} (score {best.score:.3f})"
+    )
+    print(
+        f"selected resid coordinate (the paper's installation site): layer {resid.layer}, step {resid.step}"
+    )
+    print(
+        "effect concentrates in layers "
+        + ", ".join(f"{k} ({v:.0%})" for k, v in top_layers)
+        + "; steps "
+        + ", ".join(f"{k} ({v:.0%})" for k, v in top_steps)
+        + "; modules "
+        + ", ".join(f"{k} {v:.0%}" for k, v in conc["share_by_module"].items())
+    )
     if summary["unknown_facts"]:
-        print(f"warning: the model does not know {len(summary['unknown_facts'])} of the facts: {summary['unknown_facts']}")
-    print("wrote " + ", ".join(str(p) for p in written + [out / "figure2_tie.safetensors", out / "figure2_summary.json"]))
+        print(
+            f"warning: the model does not know {len(summary['unknown_facts'])} of the facts: {summary['unknown_facts']}"
+        )
+    print(
+        "wrote "
+        + ", ".join(
+            str(p)
+            for p in written + [out / "figure2_tie.safetensors", out / "figure2_summary.json"]
+        )
+    )
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -130,9 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tie-tracing", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     f2 = sub.add_parser("figure2", help="trace 8 facts and write the interactive Figure 2")
-    f2.add_argument("--model", default="tiny-mdlm", help="embedded name or local checkpoint directory")
-    f2.add_argument("--family", default=None, help="backbone family, when the config does not say (e.g. diffullama)")
-    f2.add_argument("--facts", default=None, help="tiny:<split> or tofu:<split> (default: tiny:forget01 for embedded models, tofu:forget01 otherwise)")
+    f2.add_argument(
+        "--model", default="tiny-mdlm", help="embedded name or local checkpoint directory"
+    )
+    f2.add_argument(
+        "--family",
+        default=None,
+        help="backbone family, when the config does not say (e.g. diffullama)",
+    )
+    f2.add_argument(
+        "--facts",
+        default=None,
+        help="tiny:<split> or tofu:<split> (default: tiny:forget01 for embedded models, tofu:forget01 otherwise)",
+    )
     f2.add_argument("--n-facts", type=int, default=8)
     f2.add_argument("--steps", type=int, default=8)
     f2.add_argument("--n-noise", type=int, default=1)
@@ -141,8 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     f2.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     f2.add_argument("--dtype", default=None, help="e.g. bfloat16 for a real checkpoint on GPU")
     f2.add_argument("--device-map", default=None, help="e.g. cuda")
-    f2.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code (LLaDA, Dream)")
-    f2.add_argument("--self-contained", action="store_true", help="embed plotly.js in the html (~4 MB) so it opens offline")
+    f2.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the checkpoint's own modelling code (LLaDA, Dream)",
+    )
+    f2.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="embed plotly.js in the html (~4 MB) so it opens offline",
+    )
     f2.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "figure2":

@@ -151,7 +151,9 @@ def category_support(result: PositionalResult) -> torch.Tensor:
     return counts
 
 
-def _aligned_mean(result: PositionalResult, normalized: bool, mi: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _aligned_mean(
+    result: PositionalResult, normalized: bool, mi: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fact-mean aligned map ``[layer, category, module']`` over well-supported categories.
 
     A category that fewer than a quarter of the facts have (e.g. "further tokens" of one long
@@ -216,8 +218,14 @@ class LocalisationSummary:
         row["entropy"] = self.entropy
         rel = self.peak_relative_position
         row["peak_rel_last_subject_median"] = None if rel is None else float(statistics.median(rel))
-        for k in ("frac_peak_at_last_subject", "share_last_subject", "share_last_prompt",
-                  "share_prediction", "clean_baseline", "corrupt_baseline"):
+        for k in (
+            "frac_peak_at_last_subject",
+            "share_last_subject",
+            "share_last_prompt",
+            "share_prediction",
+            "clean_baseline",
+            "corrupt_baseline",
+        ):
             row[k] = d[k]
         return row
 
@@ -285,7 +293,9 @@ def localisation_summary(
         per = [
             _stats(tie[f], ("layer", "step", "module"), top_k=top_k) for f in range(view.n_facts)
         ]
-        peak, value = _peak(torch.nanmean(tie, 0), {"layer": view.layers, "step": view.steps, "module": mods})
+        peak, value = _peak(
+            torch.nanmean(tie, 0), {"layer": view.layers, "step": view.steps, "module": mods}
+        )
         return LocalisationSummary(
             paradigm="diffusion-time",
             model_id=view.model_id,
@@ -293,7 +303,9 @@ def localisation_summary(
             module=module,
             peak=peak,
             peak_value=value,
-            top_share={int(k): float(np.nanmean([s.top_share[int(k)] for s in per])) for k in top_k},
+            top_share={
+                int(k): float(np.nanmean([s.top_share[int(k)] for s in per])) for k in top_k
+            },
             entropy=float(np.nanmean([s.entropy for s in per])),
             clean_baseline=float(result.lp_clean[:, 0].mean()),
             corrupt_baseline=float(result.lp_corrupt[:, 0].mean()),
@@ -308,7 +320,10 @@ def localisation_summary(
         n_tok = len(result.tokens[f])
         last_subj = result.last_subject_position[f]
         st = _stats(
-            eff[f, :, :n_tok], ("layer", "position", "module"), last_subject_position=last_subj, top_k=top_k
+            eff[f, :, :n_tok],
+            ("layer", "position", "module"),
+            last_subject_position=last_subj,
+            top_k=top_k,
         )
         per.append(st)
         rel.append(int(st.peak_relative_position or 0))
@@ -369,8 +384,12 @@ def compare_paradigms(
     """
     _check_same_facts(ar_positional, mdlm_positional, mdlm_tie)
     return [
-        localisation_summary(ar_positional, module=module, normalized=normalized).as_row("AR positional"),
-        localisation_summary(mdlm_positional, module=module, normalized=normalized).as_row("MDLM positional"),
+        localisation_summary(ar_positional, module=module, normalized=normalized).as_row(
+            "AR positional"
+        ),
+        localisation_summary(mdlm_positional, module=module, normalized=normalized).as_row(
+            "MDLM positional"
+        ),
         localisation_summary(mdlm_tie, module=module, normalized=normalized).as_row("MDLM TIE"),
     ]
 
@@ -400,8 +419,10 @@ def plot_ar_vs_diffusion(
     from plotly.subplots import make_subplots
 
     _check_same_facts(ar_positional, mdlm_positional, mdlm_tie)
-    sums = [localisation_summary(r, module=module, normalized=normalized)
-            for r in (ar_positional, mdlm_positional, mdlm_tie)]
+    sums = [
+        localisation_summary(r, module=module, normalized=normalized)
+        for r in (ar_positional, mdlm_positional, mdlm_tie)
+    ]
     names = ("AR positional", "MDLM positional", "MDLM TIE")
     unit = "normalised effect" if normalized else None
     panels = []
@@ -410,31 +431,58 @@ def plot_ar_vs_diffusion(
         m, support = _aligned_mean(r, normalized, [mi])
         m = m[..., 0]  # [layer, category]
         keep = [c for c in range(len(CATEGORIES)) if not torch.isnan(m[:, c]).all()]
-        cats = [CATEGORIES[c] + (f" (n={int(support[c])})" if support[c] < r.n_facts else "") for c in keep]
-        label = unit or ("Δp (first answer token)" if r.metric == "prob" else "Δlog p (first answer token)")
+        cats = [
+            CATEGORIES[c] + (f" (n={int(support[c])})" if support[c] < r.n_facts else "")
+            for c in keep
+        ]
+        label = unit or (
+            "Δp (first answer token)" if r.metric == "prob" else "Δlog p (first answer token)"
+        )
         panels.append((m[:, keep].numpy(), cats, list(r.layers), label))
     view = mdlm_tie.normalized() if normalized else mdlm_tie
     mi = _module_slice(view.modules, module)[0]
-    panels.append((torch.nanmean(view.tie[..., mi], 0).numpy(), [f"step {k}" for k in view.steps],
-                   list(view.layers), unit or "TIE (nats)"))
+    panels.append(
+        (
+            torch.nanmean(view.tie[..., mi], 0).numpy(),
+            [f"step {k}" for k in view.steps],
+            list(view.layers),
+            unit or "TIE (nats)",
+        )
+    )
 
     def subtitle(name: str, s: LocalisationSummary) -> str:
         where = s.peak.get("category", s.peak.get("step"))
         where = f"step {where}" if "step" in s.peak else where
-        return (f"{name} ({html.escape(s.model_id)})<br>peak L{s.peak['layer']} @ {html.escape(str(where))}; "
-                f"top-1 {s.top_share.get(1, math.nan):.0%}, H={s.entropy:.2f}")
+        return (
+            f"{name} ({html.escape(s.model_id)})<br>peak L{s.peak['layer']} @ {html.escape(str(where))}; "
+            f"top-1 {s.top_share.get(1, math.nan):.0%}, H={s.entropy:.2f}"
+        )
 
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09,
-                        subplot_titles=[subtitle(n, s) for n, s in zip(names, sums)])
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        horizontal_spacing=0.09,
+        subplot_titles=[subtitle(n, s) for n, s in zip(names, sums)],
+    )
     for col, (z, x, y, label) in enumerate(panels, start=1):
         fig.add_trace(
             go.Heatmap(
-                z=z, x=x, y=y, colorscale="RdBu", zmid=0.0, name=names[col - 1],
-                colorbar=dict(title=dict(text=label.split(" (")[0] if col < 3 else label, side="right"),
-                              x=0.285 + 0.355 * (col - 1), len=0.8, thickness=10),
+                z=z,
+                x=x,
+                y=y,
+                colorscale="RdBu",
+                zmid=0.0,
+                name=names[col - 1],
+                colorbar=dict(
+                    title=dict(text=label.split(" (")[0] if col < 3 else label, side="right"),
+                    x=0.285 + 0.355 * (col - 1),
+                    len=0.8,
+                    thickness=10,
+                ),
                 hovertemplate=f"{names[col - 1]}<br>layer %{{y}}, %{{x}}<br>{label}: %{{z:.4g}}<extra></extra>",
             ),
-            row=1, col=col,
+            row=1,
+            col=col,
         )
         fig.update_yaxes(title_text="layer" if col == 1 else None, dtick=1, row=1, col=col)
     pos_sums = sums[:2]
@@ -443,11 +491,22 @@ def plot_ar_vs_diffusion(
         f"{s.share_last_prompt:.0%}, peak at last subject for {s.frac_peak_at_last_subject:.0%} of facts"
         for n, s in zip(names[:2], pos_sums)
     )
-    fig.add_annotation(text=note, xref="paper", yref="paper", x=0.0, y=-0.62, showarrow=False,
-                       xanchor="left", font=dict(size=11))
+    fig.add_annotation(
+        text=note,
+        xref="paper",
+        yref="paper",
+        x=0.0,
+        y=-0.62,
+        showarrow=False,
+        xanchor="left",
+        font=dict(size=11),
+    )
     fig.update_layout(
-        title=title or (f"AR versus diffusion on the same {ar_positional.n_facts} facts — module {module}"
-                        + (" (normalised)" if normalized else "")),
+        title=title
+        or (
+            f"AR versus diffusion on the same {ar_positional.n_facts} facts — module {module}"
+            + (" (normalised)" if normalized else "")
+        ),
         margin=dict(b=200, t=110),
         height=520,
         width=1350,
@@ -530,7 +589,9 @@ def edit_efficacy(
     try:
         from .editing import EditMemory
     except ImportError as error:  # pragma: no cover - depends on the build
-        raise ImportError("edit_efficacy needs tie_tracing.editing.EditMemory, which this build lacks") from error
+        raise ImportError(
+            "edit_efficacy needs tie_tracing.editing.EditMemory, which this build lacks"
+        ) from error
     from .evaluation import mean_ci
     from .likelihood import answer_logprob
 
@@ -545,11 +606,22 @@ def edit_efficacy(
             lp_r = answer_logprob(model, retain, estimator=estimator, seed=seed)
         df = mean_ci((lp_f - base_f).tolist(), n_resamples=n_resamples, seed=seed)
         dr = mean_ci((lp_r - base_r).tolist(), n_resamples=n_resamples, seed=seed)
-        rows.append({
-            "installation": name, "layer": int(layer), "module": module,
-            "d_forget_lp": df[0], "d_forget_lp_low": df[1], "d_forget_lp_high": df[2],
-            "d_retain_lp": dr[0], "d_retain_lp_low": dr[1], "d_retain_lp_high": dr[2],
-            "forget_lp_base": float(base_f.mean()), "retain_lp_base": float(base_r.mean()),
-            "estimator": estimator, "n_forget": len(facts), "n_retain": len(retain),
-        })
+        rows.append(
+            {
+                "installation": name,
+                "layer": int(layer),
+                "module": module,
+                "d_forget_lp": df[0],
+                "d_forget_lp_low": df[1],
+                "d_forget_lp_high": df[2],
+                "d_retain_lp": dr[0],
+                "d_retain_lp_low": dr[1],
+                "d_retain_lp_high": dr[2],
+                "forget_lp_base": float(base_f.mean()),
+                "retain_lp_base": float(base_r.mean()),
+                "estimator": estimator,
+                "n_forget": len(facts),
+                "n_retain": len(retain),
+            }
+        )
     return rows

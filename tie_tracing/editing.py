@@ -782,7 +782,9 @@ class EditHandle:
         memory = self.memory
         if isinstance(step, torch.Tensor):
             if memory.config.steps is not None:
-                rows = torch.tensor([memory.config.fires_at(int(k)) for k in step.tolist()], device=hidden.device)
+                rows = torch.tensor(
+                    [memory.config.fires_at(int(k)) for k in step.tolist()], device=hidden.device
+                )
                 if len(memory) and bool(rows.any()):
                     hidden[rows] += memory.update(hidden[rows]).to(hidden.dtype)
                 for k, fired in zip(step.tolist(), rows.tolist()):

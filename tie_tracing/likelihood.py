@@ -98,10 +98,14 @@ def answer_logprob(
                     body = torch.full_like(answers, model.mask_token_id)
                 prompts = torch.tensor([pairs[i][0] for i in chunk], device=device)
                 logits = model.logits(torch.cat([prompts, body], dim=1))[:, p_len:]
-                check_finite(logits, f"{model.name} logits for facts {[facts[i].id for i in chunk]}")
+                check_finite(
+                    logits, f"{model.name} logits for facts {[facts[i].id for i in chunk]}"
+                )
                 out[chunk] = target_logprob(logits, answers).sum(-1).cpu()
             return out
-        for i, (prompt, answer) in enumerate(tqdm(pairs, desc="answer_logprob (elbo)", disable=not progress)):
+        for i, (prompt, answer) in enumerate(
+            tqdm(pairs, desc="answer_logprob (elbo)", disable=not progress)
+        ):
             generator = torch.Generator().manual_seed(seed + i)
             masks = _elbo_masks(len(answer), mc, generator)
             answer_t = torch.tensor(answer)

@@ -131,7 +131,8 @@ class TracedModel(NNsight):
 
     @property
     def hidden_size(self) -> int:
-        return int(get_module(self._module, self.backbone.embedding).weight.shape[-1])
+        weight: Any = get_module(self._module, self.backbone.embedding).weight
+        return int(weight.shape[-1])
 
     @property
     def param_device(self) -> torch.device:
@@ -164,9 +165,7 @@ class TracedModel(NNsight):
     def check_site(self, layer: int, module: str) -> None:
         """Raise a clear error for a layer or module name the backbone lacks."""
         if module not in MODULES:
-            raise ValueError(
-                f"{self.name}: unknown module {module!r}; the sites are {MODULES}"
-            )
+            raise ValueError(f"{self.name}: unknown module {module!r}; the sites are {MODULES}")
         if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
             raise ValueError(f"{self.name}: layer {layer!r} outside 0..{self.num_layers - 1}")
 
@@ -184,7 +183,9 @@ class TracedModel(NNsight):
         carries no prediction). Called inside a trace, the forward is intercepted as usual.
         """
         out = self._module(input_ids=input_ids, **self._forward_kwargs)
-        logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
+        logits = (
+            out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
+        )
         if self.backbone.shifted:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
@@ -303,7 +304,9 @@ def load_model(
     if (path / "tie_tracing.json").is_file():
         info = json.loads((path / "tie_tracing.json").read_text())
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
     except ValueError as error:
         if not trust_remote_code and "trust_remote_code" in str(error):
             raise UnsupportedModelError(
@@ -330,7 +333,7 @@ def load_model(
     if module is None:
         raise UnsupportedModelError(f"could not load {path}: " + "; ".join(errors))
     if device is not None and device_map is None:
-        module = module.to(device)
+        module = module.to(device)  # type: ignore[arg-type]
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -154,7 +154,9 @@ def embedding_std(model, queries: Sequence[Query]) -> float:
     with torch.inference_mode():
         values = []
         for q in queries:
-            ids = torch.tensor([q.prompt_ids[p] for p in q.subject_positions], device=model.param_device)
+            ids = torch.tensor(
+                [q.prompt_ids[p] for p in q.subject_positions], device=model.param_device
+            )
             values.append(hidden_of(embedding(ids[None]))[0].float().reshape(-1))
         return float(torch.cat(values).std())
 
@@ -205,14 +207,20 @@ class PatchedRun:
     capture_steps: dict = field(default_factory=dict)
 
 
-def _check_positions(positions: Sequence[int], length: int, what: str, fact_id: str) -> torch.Tensor:
+def _check_positions(
+    positions: Sequence[int], length: int, what: str, fact_id: str
+) -> torch.Tensor:
     for p in positions:
         if not 0 <= int(p) < length:
-            raise IndexError(f"fact {fact_id!r}: {what} position {p} outside the sequence 0..{length - 1}")
+            raise IndexError(
+                f"fact {fact_id!r}: {what} position {p} outside the sequence 0..{length - 1}"
+            )
     return torch.tensor([int(p) for p in positions], dtype=torch.long)
 
 
-def apply_noise(model, noise: torch.Tensor | None, positions: torch.Tensor, replace: bool, rows=None) -> None:
+def apply_noise(
+    model, noise: torch.Tensor | None, positions: torch.Tensor, replace: bool, rows=None
+) -> None:
     """Inside a trace step: add (or write) ``noise`` ``[rows, |S|, d]`` at the embedding output."""
     if noise is None:
         return
@@ -273,7 +281,11 @@ def run_patched(
         nu = corruption.resolve_nu(model, [query]) if nu is None else nu
         draws = corruption.draws(query.fact, len(subject), model.hidden_size, nu)
         noise = draws[torch.arange(rows) % corruption.n_noise]
-    noisy = None if noise_rows is None else _check_positions(noise_rows, rows, "noise row", fid).to(device)
+    noisy = (
+        None
+        if noise_rows is None
+        else _check_positions(noise_rows, rows, "noise row", fid).to(device)
+    )
     if noise is not None:
         n_noisy = rows if noisy is None else len(noisy)
         if tuple(noise.shape) != (n_noisy, len(subject), model.hidden_size):
@@ -297,7 +309,9 @@ def run_patched(
                 f"fact {fid!r}: patch value must be [{len(pos)}, d] or [{len(prow)}, {len(pos)}, d] "
                 f"with d={model.hidden_size}, got {tuple(p.value.shape)}"
             )
-        plan.setdefault((p.step, p.layer, p.module), []).append((prow.to(device), pos.to(device), value.to(device)))
+        plan.setdefault((p.step, p.layer, p.module), []).append(
+            (prow.to(device), pos.to(device), value.to(device))
+        )
     wanted: dict[tuple[int, str], tuple[set, torch.Tensor]] = {}
     for c in capture:
         model.check_site(c.layer, c.module)
@@ -314,7 +328,13 @@ def run_patched(
     x = query.input_ids(model.mask_token_id, rows).to(device)
     targets = query.targets(rows).to(device)
     with torch.inference_mode():
-        with model.denoise(x, answer_start=query.answer_start, steps=steps, block_length=block_length, targets=targets) as tracer:
+        with model.denoise(
+            x,
+            answer_start=query.answer_start,
+            steps=steps,
+            block_length=block_length,
+            targets=targets,
+        ) as tracer:
             store = nnsight.save({})
             for k in tracer.iter[:steps]:
                 apply_noise(model, noise, subject_d, replace, rows=noisy)
@@ -329,7 +349,7 @@ def run_patched(
                     if cap and k in cap[0]:
                         store[(layer, m, k)] = out[:, cap[1]].detach().clone()
             result = tracer.result.save()
-    assert isinstance(result, LoopOutput)
+    assert isinstance(result, LoopOutput) and result.target_logprobs is not None
     check_finite(result.target_logprobs, f"log-probs of fact {fid!r}")
     captures, capture_steps = {}, {}
     for site, (cs, _) in wanted.items():
@@ -339,7 +359,9 @@ def run_patched(
     return PatchedRun(result.target_logprobs, result.states, captures, capture_steps)
 
 
-def all_sites(model, modules: Sequence[str] = MODULES, layers: Sequence[int] | None = None) -> list[tuple[int, str]]:
+def all_sites(
+    model, modules: Sequence[str] = MODULES, layers: Sequence[int] | None = None
+) -> list[tuple[int, str]]:
     """``(layer, module)`` pairs in execution order, checked against the backbone."""
     for m in modules:
         if m not in MODULES:

@@ -105,7 +105,9 @@ class PositionalConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.modules if m not in MODULES]
         if unknown or not self.modules:
-            raise ValueError(f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}")
+            raise ValueError(
+                f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}"
+            )
         object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
         if not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an integer ≥ 1, got {self.window!r}")
@@ -265,10 +267,17 @@ def _trace_one(
     source = {s: v[0] for s, v in clean.items()} if restore_from is None else restore_from
     lp_clean = _first_token_lp(clean_logits, p, tok)[0]
     known = int(clean_logits[0, p].argmax()) == tok
-    corrupt_logits = _restore_forward(model, x1.expand(n_draws, -1), noise, subject, corruption.replace, {}, sites)
+    corrupt_logits = _restore_forward(
+        model, x1.expand(n_draws, -1), noise, subject, corruption.replace, {}, sites
+    )
     lp_corrupt = _mean_prob_lp(_first_token_lp(corrupt_logits, p, tok))
 
-    cells = [(li, pos, mi) for li in range(len(layers)) for pos in pq.positions for mi in range(len(config.modules))]
+    cells = [
+        (li, pos, mi)
+        for li in range(len(layers))
+        for pos in pq.positions
+        for mi in range(len(config.modules))
+    ]
     n_rows = n_draws * len(cells)
     lp_rows = torch.empty(n_rows)
     for start in range(0, n_rows, config.batch_size):
@@ -285,18 +294,34 @@ def _trace_one(
         writes = {}
         for site, (rows, positions) in plan.items():
             pos_t = torch.tensor(positions, device=device)
-            writes[site] = (torch.tensor(rows, device=device), pos_t, source[site].to(device)[pos_t])
+            writes[site] = (
+                torch.tensor(rows, device=device),
+                pos_t,
+                source[site].to(device)[pos_t],
+            )
         logits = _restore_forward(
-            model, x1.expand(stop - start, -1), noise[draw_of_row], subject, corruption.replace, writes, sites
+            model,
+            x1.expand(stop - start, -1),
+            noise[draw_of_row],
+            subject,
+            corruption.replace,
+            writes,
+            sites,
         )
         if not torch.isfinite(logits[:, p]).all():
-            raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the positional sweep")
+            raise NonFiniteActivationError(
+                f"fact {fid!r}: non-finite logits in the positional sweep"
+            )
         lp_rows[start:stop] = _first_token_lp(logits, p, tok)
-    lp = _mean_prob_lp(lp_rows.reshape(n_draws, len(layers), len(pq.positions), len(config.modules)))
+    lp = _mean_prob_lp(
+        lp_rows.reshape(n_draws, len(layers), len(pq.positions), len(config.modules))
+    )
     return dict(lp=lp, lp_clean=lp_clean, lp_corrupt=lp_corrupt, known=known)
 
 
-def _to_result(model, pq: PositionalQuery, tensors: dict, config: PositionalConfig, nu: float, layers) -> PositionalResult:
+def _to_result(
+    model, pq: PositionalQuery, tensors: dict, config: PositionalConfig, nu: float, layers
+) -> PositionalResult:
     fact = pq.query.fact
     lp = tensors["lp"][None].contiguous()
     return PositionalResult(
@@ -314,7 +339,8 @@ def _to_result(model, pq: PositionalQuery, tensors: dict, config: PositionalConf
         answers=(fact.answer,),
         layers=tuple(layers),
         modules=config.modules,
-        config=config.to_dict() | {"nu": nu, "causal": bool(model.is_causal), "shifted": bool(model.backbone.shifted)},
+        config=config.to_dict()
+        | {"nu": nu, "causal": bool(model.is_causal), "shifted": bool(model.backbone.shifted)},
         seeds=(config.seed,),
         model_id=str(model.name),
         version=__version__,
@@ -459,8 +485,10 @@ def reference_positional(
     pairs = []
     for layer in range(n_layers):
         for m in modules:
+
             def rec(_mod, _inp, out, key=(layer, m)):
                 clean[key] = hidden_of(out)[0].detach().clone()
+
             pairs.append((model.site_module(layer, m), rec))
     with torch.inference_mode(), _hooks(pairs):
         lp_clean = read(model.forward_logits(x))
@@ -472,6 +500,7 @@ def reference_positional(
     lp = torch.empty(n_noise, n_layers, n_pos, len(modules), dtype=torch.float64)
     lp_corrupt = torch.empty(n_noise, dtype=torch.float64)
     for n in range(n_noise):
+
         def add_noise(_mod, _inp, out, eps=draws[n]):
             h = hidden_of(out)
             for j, s in enumerate(subject):
@@ -489,11 +518,17 @@ def reference_positional(
                     if m == "resid" or window == 1:
                         span = [layer]
                     else:
-                        span = [j for j in range(layer - window // 2, layer + window - window // 2) if 0 <= j < n_layers]
+                        span = [
+                            j
+                            for j in range(layer - window // 2, layer + window - window // 2)
+                            if 0 <= j < n_layers
+                        ]
                     pairs = list(noise_hook)
                     for j in span:
+
                         def write(_mod, _inp, out, key=(j, m), pos=pos):
                             hidden_of(out)[0, pos] = clean[key][pos]
+
                         pairs.append((model.site_module(j, m), write))
                     with torch.inference_mode(), _hooks(pairs):
                         lp[n, layer, pos, mi] = read(model.forward_logits(x))

@@ -30,7 +30,9 @@ def _hooks(pairs):
             h.remove()
 
 
-def _trajectory(model, query: Query, steps: int, *, noise=None, replace=False, patch=None, record=None):
+def _trajectory(
+    model, query: Query, steps: int, *, noise=None, replace=False, patch=None, record=None
+):
     """One batch-1 trajectory; returns ``LP(k)`` per step. ``patch = (module, step, value)``."""
     subject = torch.tensor(query.subject_positions)
     state = {"step": 0}
@@ -51,9 +53,16 @@ def _trajectory(model, query: Query, steps: int, *, noise=None, replace=False, p
         pairs.append((model.embedding_module(), add_noise))
     if patch is not None:
         pairs.append((patch[0], write))
+    record_out: dict = {key: [] for key in (record or {})}
+
+    def recorder(key):
+        def hook(_module, _inputs, output):
+            record_out[key].append(hidden_of(output)[0, subject].clone())
+
+        return hook
+
     for key, module in (record or {}).items():
-        pairs.append((module, lambda _m, _i, o, key=key: record_out[key].append(hidden_of(o)[0, subject].clone())))
-    record_out = {key: [] for key in (record or {})}
+        pairs.append((module, recorder(key)))
     x = query.input_ids(model.mask_token_id)
     targets = query.targets()
     p = query.answer_start
@@ -63,7 +72,15 @@ def _trajectory(model, query: Query, steps: int, *, noise=None, replace=False, p
             state["step"] = k
             logits = model.forward_logits(x)[:, p:]
             lps.append(float(target_logprob(logits, targets).sum()))
-            x = commit(x, logits, answer_start=p, block=(lo, hi), n_commit=n, mask_id=model.mask_token_id, step=k)
+            x = commit(
+                x,
+                logits,
+                answer_start=p,
+                block=(lo, hi),
+                n_commit=n,
+                mask_id=model.mask_token_id,
+                step=k,
+            )
     return torch.tensor(lps), record_out
 
 
@@ -95,7 +112,9 @@ def reference_ie(
             for k in range(steps):
                 for mi, m in enumerate(modules):
                     patch = (sites[(layer, m)], k, clean[(layer, m)][k])
-                    lp, _ = _trajectory(model, query, steps, noise=draws[n], replace=replace, patch=patch)
+                    lp, _ = _trajectory(
+                        model, query, steps, noise=draws[n], replace=replace, patch=patch
+                    )
                     ie[n, li, k, mi, k:] = lp[k:] - lp_corrupt[n, k:]
     return {"ie": ie.mean(0), "lp_clean": lp_clean, "lp_corrupt": lp_corrupt.mean(0)}
 

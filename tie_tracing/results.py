@@ -550,7 +550,9 @@ class TIEResult(_ResultBase):
         if include_unknown or bool(keep.all()):
             return torch.nanmean(self.tie, dim=0)
         if not bool(keep.any()):
-            warnings.warn("no traced fact is known to the model: averaging all of them", stacklevel=2)
+            warnings.warn(
+                "no traced fact is known to the model: averaging all of them", stacklevel=2
+            )
             return torch.nanmean(self.tie, dim=0)
         return torch.nanmean(self.tie[keep], dim=0)
 

@@ -104,7 +104,13 @@ def commit(
             raise ValueError("temperature > 0 needs per-row seeds")
         gumbel = torch.stack(
             [
-                -torch.log(-torch.log(torch.rand(logits.shape[1:], generator=step_noise_generator(s, step)).clamp_min(1e-20)))
+                -torch.log(
+                    -torch.log(
+                        torch.rand(
+                            logits.shape[1:], generator=step_noise_generator(s, step)
+                        ).clamp_min(1e-20)
+                    )
+                )
                 for s in seeds
             ]
         ).to(logits.device)
@@ -257,7 +263,9 @@ def _queries(model, items, answer_length):
             rows.append((prompt, answer))
         elif isinstance(item, str):
             if answer_length is None:
-                raise ValueError(f"prompt {i} is a plain string: give answer_length=<number of answer slots>")
+                raise ValueError(
+                    f"prompt {i} is a plain string: give answer_length=<number of answer slots>"
+                )
             rows.append((encode_prompt(model.tokenizer, item, template=model.template), None))
         else:
             raise TypeError(f"item {i}: expected a Fact or a str, got {type(item).__name__}")
@@ -298,7 +306,9 @@ def diffuse(
         >>> tt.diffuse(model, facts[:2]).answers                  # doctest: +SKIP
         ['Lisbon', '1962']
     """
-    items = [facts_or_prompts] if isinstance(facts_or_prompts, (Fact, str)) else list(facts_or_prompts)
+    items = (
+        [facts_or_prompts] if isinstance(facts_or_prompts, (Fact, str)) else list(facts_or_prompts)
+    )
     if not items:
         raise ValueError("diffuse needs at least one fact or prompt")
     if not isinstance(steps, int) or steps < 1:
@@ -306,7 +316,7 @@ def diffuse(
     if model.is_causal:
         raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
     rows = _queries(model, items, answer_length)
-    shapes = [(p, a if a is not None else [0] * answer_length) for p, a in rows]
+    shapes = [(p, a if a is not None else [0] * int(answer_length or 0)) for p, a in rows]
     groups = group_by_shape(shapes)
     device = model.param_device
     seq_max = max(len(p) + len(a) for p, a in shapes)

@@ -93,7 +93,9 @@ class TraceConfig:
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
         unknown = [m for m in self.modules if m not in MODULES]
         if unknown or not self.modules:
-            raise ValueError(f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}")
+            raise ValueError(
+                f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}"
+            )
         object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must lie in (0, 1], got {self.decay}")
@@ -131,7 +133,9 @@ class _Node:
 class _Sweep:
     """Bookkeeping of the patch sweep of one fact: memoised trajectory nodes."""
 
-    def __init__(self, corrupt_states: torch.Tensor, query_ids: torch.Tensor, lp_corrupt: torch.Tensor):
+    def __init__(
+        self, corrupt_states: torch.Tensor, query_ids: torch.Tensor, lp_corrupt: torch.Tensor
+    ):
         self.nodes: list[_Node] = []
         self.memo: dict[tuple[int, int, bytes], int] = {}
         n_draws, steps, _ = corrupt_states.shape
@@ -164,9 +168,12 @@ class _Sweep:
         return self._add(draw, step, state)
 
     def chain(self, node: int | None) -> list[float]:
-        lps = []
+        """``LP`` of each step from ``node`` to the end of its trajectory."""
+        lps: list[float] = []
         while node is not None:
-            lps.append(self.nodes[node].lp)
+            lp = self.nodes[node].lp
+            assert lp is not None, "a trajectory node was never run"
+            lps.append(lp)
             node = self.nodes[node].next
         return lps
 
@@ -192,7 +199,9 @@ def _sweep_forward(model, x, noise, subject, replace, patches, row_steps):
     return logits
 
 
-def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats: dict, max_rows: int) -> dict:
+def _trace_one(
+    model, query: Query, config: TraceConfig, nu: float, sites, stats: dict, max_rows: int
+) -> dict:
     """All tensors of one fact's trace (see :class:`~tie_tracing.results.TIEResult`)."""
     fid = query.fact.id or query.fact.question
     steps, n_draws = config.steps, config.n_noise
@@ -231,7 +240,15 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
 
     def forward_rows(x, draws, row_steps, patches):
         """One traced forward of rows at (possibly different) steps; returns LP and new states."""
-        logits = _sweep_forward(model, x.to(device), noise[draws.to(device)], subject, corruption.replace, patches, row_steps)
+        logits = _sweep_forward(
+            model,
+            x.to(device),
+            noise[draws.to(device)],
+            subject,
+            corruption.replace,
+            patches,
+            row_steps,
+        )
         logits = logits[:, p:]
         if not torch.isfinite(logits).all():
             raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep")
@@ -261,7 +278,9 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
     row_step = torch.arange(steps).repeat_interleave(n_draws * n_sites)
     row_draw = torch.arange(n_draws).repeat_interleave(n_sites).repeat(steps)
     row_site = torch.arange(n_sites).repeat(steps * n_draws)
-    before = torch.cat([query_ids.expand(n_draws, 1, -1), corrupt_states[:, :-1]], dim=1)  # [N, T, seq]
+    before = torch.cat(
+        [query_ids.expand(n_draws, 1, -1), corrupt_states[:, :-1]], dim=1
+    )  # [N, T, seq]
     clean_by_site = [clean_h[site] for site in sites]  # each [T, |S|, d]
     patch_lp = torch.empty(len(row_step))
     patch_new = torch.empty(len(row_step), query.length, dtype=torch.long)
@@ -285,12 +304,14 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
         live = sweep.live.pop(j, [])
         for lo in range(0, len(live), max_rows):
             nodes = live[lo : lo + max_rows]
-            x = torch.stack([sweep.nodes[i].state for i in nodes])
+            x = torch.stack([sweep.nodes[i].state for i in nodes])  # type: ignore[misc]
             draws = torch.tensor([sweep.nodes[i].draw for i in nodes])
             lp, new = forward_rows(x, draws, torch.full((len(nodes),), j), {})
-            for i, node in enumerate(nodes):
-                sweep.nodes[node].lp = float(lp[i])
-                sweep.nodes[node].next = sweep.successor(sweep.nodes[node].draw, j + 1, new[i])
+            for i, node_id in enumerate(nodes):
+                sweep.nodes[node_id].lp = float(lp[i])
+                sweep.nodes[node_id].next = sweep.successor(
+                    sweep.nodes[node_id].draw, j + 1, new[i]
+                )
     stats["divergent_continuations"] += len(sweep.nodes) - n_draws * steps
     # IE: the patched step itself; 0 after it for runs that kept the corrupted commits; the
     # memoised futures for runs that diverged
@@ -317,7 +338,9 @@ def _trace_one(model, query: Query, config: TraceConfig, nu: float, sites, stats
     )
 
 
-def _to_result(model, query: Query, tensors: dict, config: TraceConfig, nu: float, sites, layers) -> TIEResult:
+def _to_result(
+    model, query: Query, tensors: dict, config: TraceConfig, nu: float, sites, layers
+) -> TIEResult:
     """Arrange one fact's tensors as a one-fact :class:`TIEResult`."""
     modules = config.modules
     n_l, n_m, steps = len(layers), len(modules), config.steps
@@ -423,7 +446,9 @@ def trace_tie(
         torch.Size([6, 8, 3])
     """
     if model.is_causal:
-        raise ValueError(f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing")
+        raise ValueError(
+            f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing"
+        )
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValueError(f"batch_rows must be an integer ≥ 1, got {batch_rows!r}")
     facts = [facts] if isinstance(facts, Fact) else list(facts)

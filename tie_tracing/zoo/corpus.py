@@ -30,6 +30,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..facts import Fact
 
@@ -482,7 +483,7 @@ def generate(seed: int = SEED) -> dict:
             deck += chunk
         assignment[rel.name] = deck[:n_people]
 
-    facts = []
+    facts: list[dict[str, Any]] = []
     for p, name in enumerate(names):
         for rel in relations:
             obj = assignment[rel.name][p]

@@ -118,6 +118,7 @@ def plain_metrics(
         probs, pred = ar_answer_stats(model, pairs)
         em = [p == list(a) for p, (_, a) in zip(pred, pairs)]
         return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
+    assert mask_id is not None, "an MDLM needs its mask id"
     pred, probs = greedy_diffuse(model, pairs, mask_id, steps=steps)
     em = [p == list(a) for p, (_, a) in zip(pred, pairs)]
     return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
@@ -132,6 +133,7 @@ def _package_metrics(lm, facts, *, steps: int, paraphrase: bool) -> dict:
     if paraphrase:
         facts = [dataclasses.replace(f, question=f.paraphrased_question) for f in facts]
     res = tt.diffuse(lm, facts, steps=steps)
+    assert res.target_logprobs is not None
     em, probs = [], []
     for r, f in enumerate(facts):
         _, answer_ids = lm.encode(f.question, f.answer)

@@ -32,6 +32,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,13 +54,14 @@ DEFAULT_STEPS = 8
 def make_config(tok, family: str):
     from transformers import LlamaConfig
 
-    kwargs = {"is_causal": False} if family != "tiny-ar" else {}
-    cfg = LlamaConfig(
+    kwargs: dict[str, Any] = {"is_causal": False} if family != "tiny-ar" else {}
+    settings: dict[str, Any] = dict(
         vocab_size=len(tok), max_position_embeddings=128, rms_norm_eps=1e-5,
         rope_theta=10000.0, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, **ARCH, **kwargs,
     )  # fmt: skip
+    cfg = LlamaConfig(**settings)
     cfg.tie_tracing_family = family
     if family != "tiny-ar":
         cfg.mask_token_id = tok.mask_token_id
