@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from ._io import atomic_write_text
 
 
 def _load_facts(spec: str, n: int):
@@ -123,9 +124,7 @@ def figure2(args: argparse.Namespace) -> int:
             "(pip install kaleido; apt-get install chromium). The .html figure is complete.",
             file=sys.stderr,
         )
-    tmp = out / "figure2_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "figure2_summary.json")
+    atomic_write_text(out / "figure2_summary.json", json.dumps(summary, indent=1))
     conc = summary["concentration"]
     top_layers = sorted(conc["share_by_layer"].items(), key=lambda kv: -kv[1])[:2]
     top_steps = sorted(conc["share_by_step"].items(), key=lambda kv: -kv[1])[:3]

@@ -77,6 +77,7 @@ from typing import Any
 import nnsight
 import torch
 
+from ._io import atomic_write_bytes
 from ._nnsight import has_edit, register_edit, remove_edit, suspended_edits
 from ._version import __version__
 from .backbones import MODULES, hidden_of
@@ -647,8 +648,6 @@ class EditMemory:
         """Write the memory to one ``.safetensors`` file (JSON config in its header), atomically."""
         from safetensors.torch import save as st_save
 
-        from .results import _atomic_write_bytes
-
         path = Path(path)
         tensors = {
             "keys": self.keys.contiguous(),
@@ -665,7 +664,7 @@ class EditMemory:
             "model_info": self.model_info,
             "timings": self.timings,
         }
-        _atomic_write_bytes(path, st_save(tensors, metadata={_META_KEY: json.dumps(meta)}))
+        atomic_write_bytes(path, st_save(tensors, metadata={_META_KEY: json.dumps(meta)}))
         return path
 
     @classmethod

@@ -146,6 +146,51 @@ class Corruption:
         return out * nu
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """What every tracing sweep shares: the sites it visits and the corruption it applies.
+
+    Attributes:
+        modules: Sites, a subset of ``("resid", "attn", "mlp")`` (kept in that order).
+        layers: Layers (default: all).
+        noise_scale, nu, replace, n_noise, seed: The corruption (see :class:`Corruption`).
+    """
+
+    modules: tuple[str, ...] = MODULES
+    layers: tuple[int, ...] | None = None
+    noise_scale: float = 3.0
+    nu: float | None = None
+    replace: bool = False
+    n_noise: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modules if m not in MODULES]
+        if unknown or not self.modules:
+            raise ValueError(
+                f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}"
+            )
+        object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
+        self.corruption()  # validates the noise settings
+
+    def corruption(self, nu: float | None = None) -> Corruption:
+        """The :class:`Corruption` these settings describe (``nu`` overrides a missing ``ν``)."""
+        return Corruption(
+            noise_scale=self.noise_scale,
+            nu=self.nu if nu is None else nu,
+            replace=self.replace,
+            seed=self.seed,
+            n_noise=self.n_noise,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (recorded in results)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["modules"] = list(self.modules)
+        d["layers"] = None if self.layers is None else list(self.layers)
+        return d
+
+
 def embedding_std(model, queries: Sequence[Query]) -> float:
     """Pooled standard deviation of the embedding outputs at the subject tokens (``σ_emb``)."""
     if not queries:

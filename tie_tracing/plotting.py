@@ -36,9 +36,10 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from ._io import atomic_write_bytes
 from .analysis import BetaTradeoff, PerFactOptima, SelectionStability, bootstrap_ci
 from .errors import TieTracingError
-from .results import Coordinate, PositionalResult, TIEResult, _atomic_write_bytes
+from .results import Coordinate, PositionalResult, TIEResult
 
 __all__ = [
     "StaticExportError",
@@ -742,6 +743,6 @@ def save_figure(
                     f"static export to {target} failed: {type(exc).__name__}: {exc}. "
                     "Check the Chrome/Chromium install (BROWSER_PATH) and kaleido >= 1.0."
                 ) from exc
-        _atomic_write_bytes(target, data)
+        atomic_write_bytes(target, data)
         written.append(target)
     return tuple(written)

@@ -55,7 +55,6 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import nnsight
@@ -66,7 +65,16 @@ from ._version import __version__
 from .backbones import MODULES, hidden_of
 from .errors import NonFiniteActivationError
 from .facts import Fact
-from .patching import EXECUTION_ORDER, Corruption, Query, apply_noise, encode_query, fact_key
+from .patching import (
+    EXECUTION_ORDER,
+    Corruption,
+    Query,
+    SweepSettings,
+    apply_noise,
+    encode_query,
+    fact_key,
+)
+from .reference import _hooks
 from .results import PositionalResult
 
 __all__ = [
@@ -80,55 +88,26 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class PositionalConfig:
+class PositionalConfig(SweepSettings):
     """Settings of a positional trace (validated on construction, recorded in the result).
 
     Attributes:
-        modules: Sites to restore, a subset of ``("resid", "attn", "mlp")`` (kept in that order).
+        modules, layers, noise_scale, nu, replace, n_noise, seed: Sites and corruption (see
+            :class:`~tie_tracing.patching.SweepSettings`). Window layers may lie outside
+            ``layers``.
         window: Layers restored together for ``attn``/``mlp`` (1, or ROME's 10).
-        layers: Layers of the map (default: all). Window layers may lie outside this set.
-        noise_scale, nu, replace, n_noise, seed: The corruption (see
-            :class:`~tie_tracing.patching.Corruption`).
         batch_size: Restoration rows per forward.
     """
 
-    modules: tuple[str, ...] = MODULES
     window: int = 1
-    layers: tuple[int, ...] | None = None
-    noise_scale: float = 3.0
-    nu: float | None = None
-    replace: bool = False
-    n_noise: int = 1
-    seed: int = 0
     batch_size: int = 128
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.modules if m not in MODULES]
-        if unknown or not self.modules:
-            raise ValueError(
-                f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}"
-            )
-        object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
+        super().__post_init__()
         if not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an integer ≥ 1, got {self.window!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
-        self.corruption()  # validates the noise settings
-
-    def corruption(self, nu: float | None = None) -> Corruption:
-        return Corruption(
-            noise_scale=self.noise_scale,
-            nu=self.nu if nu is None else nu,
-            replace=self.replace,
-            seed=self.seed,
-            n_noise=self.n_noise,
-        )
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["modules"] = list(self.modules)
-        d["layers"] = None if self.layers is None else list(self.layers)
-        return d
 
 
 def restored_layers(layer: int, module: str, window: int, num_layers: int) -> list[int]:
@@ -442,16 +421,6 @@ def trace_positional(
 
 
 # ----------------------------------------------------------------------------- slow reference
-
-
-@contextmanager
-def _hooks(pairs):
-    handles = [module.register_forward_hook(fn) for module, fn in pairs]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def reference_positional(

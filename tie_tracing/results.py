@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from ._io import atomic_write_bytes
 from ._version import __version__
 from .errors import ShapeError, TieTracingError
 
@@ -158,24 +158,6 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
 
 def _fmt_shape(t: torch.Tensor, dims: Sequence[str]) -> str:
     return "[" + ", ".join(f"{d}={n}" for d, n in zip(dims, t.shape)) + "]"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _pad_last(t: torch.Tensor, size: int, value: float) -> torch.Tensor:
@@ -331,7 +313,7 @@ class _ResultBase:
                 fields[f.name] = value
         meta = {"kind": self._KIND, "format": _FORMAT, "fields": fields}
         data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, allow_nan=True)})
-        _atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
         return path
 
     @classmethod

@@ -45,14 +45,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ._io import atomic_write_text
 from ._version import __version__
 from .backbones import MODULES, hidden_of
 from .errors import NonFiniteActivationError
 from .facts import Fact
 from .patching import (
     Capture,
-    Corruption,
     Query,
+    SweepSettings,
     all_sites,
     apply_noise,
     encode_query,
@@ -64,59 +65,29 @@ from .sampler import commit, target_logprob, transfer_schedule
 
 
 @dataclass(frozen=True)
-class TraceConfig:
+class TraceConfig(SweepSettings):
     """Settings of a TIE trace (validated on construction, recorded in the result).
 
     Attributes:
+        modules, layers, noise_scale, nu, replace, n_noise, seed: Sites and corruption (see
+            :class:`~tie_tracing.patching.SweepSettings`).
         steps: ``T`` denoising steps.
-        modules: Sites to patch, a subset of ``("resid", "attn", "mlp")`` (kept in that order).
-        layers: Layers to patch (default: all).
-        noise_scale, nu, replace, n_noise, seed: The corruption (see
-            :class:`~tie_tracing.patching.Corruption`).
         decay: ``γ`` of Eq. 4, in ``(0, 1]``.
         temperature: Sampler temperature (0: argmax commits).
     """
 
     steps: int = 8
-    modules: tuple[str, ...] = MODULES
-    layers: tuple[int, ...] | None = None
-    noise_scale: float = 3.0
-    nu: float | None = None
-    replace: bool = False
-    n_noise: int = 1
     decay: float = 0.5
-    seed: int = 0
     temperature: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
-        unknown = [m for m in self.modules if m not in MODULES]
-        if unknown or not self.modules:
-            raise ValueError(
-                f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}"
-            )
-        object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
+        super().__post_init__()
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must lie in (0, 1], got {self.decay}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
-        self.corruption()  # validates noise settings
-
-    def corruption(self, nu: float | None = None) -> Corruption:
-        return Corruption(
-            noise_scale=self.noise_scale,
-            nu=self.nu if nu is None else nu,
-            replace=self.replace,
-            seed=self.seed,
-            n_noise=self.n_noise,
-        )
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["modules"] = list(self.modules)
-        d["layers"] = None if self.layers is None else list(self.layers)
-        return d
 
 
 @dataclass
@@ -507,9 +478,7 @@ class _Store:
                     f"directory or delete it to start over"
                 )
         else:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(meta, indent=1))
         self._cache: dict[int, TIEResult] = {}
 
     def _path(self, i: int) -> Path:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import random
 import shlex
@@ -36,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .._io import atomic_write_text
 from ..prompting import encode_pair
 from .corpus import load_facts
 from .evaluate import MODELS_DIR, plain_metrics
@@ -198,7 +198,7 @@ def train(
     info_path = out / "tie_tracing.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info.update(family=family, mask_token_id=tok.mask_token_id, default_steps=DEFAULT_STEPS)
-    _atomic_write(info_path, json.dumps(info, indent=1) + "\n")
+    atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
     training = {
         "name": name, "family": family, "split": recipe["split"], "n_facts": len(pairs),
         "seed": seed, "threads": threads, "batch_size": batch_size, "lr": lr,
@@ -209,17 +209,11 @@ def train(
         sys.argv and sys.argv[0].endswith("train.py") else f"python -m tie_tracing.zoo.train {name} --seed {seed}",
         "torch": torch.__version__, "python": platform.python_version(), "history": history,
     }  # fmt: skip
-    _atomic_write(out / "training.json", json.dumps(training, indent=1) + "\n")
+    atomic_write_text(out / "training.json", json.dumps(training, indent=1) + "\n")
     from .evaluate import evaluate_model
 
     write_card(out, metrics=evaluate_model(out))  # metrics.json of older weights is replaced
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 _DESCRIPTIONS = {
@@ -238,7 +232,7 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
     out = Path(out)
     training = json.loads((out / "training.json").read_text())
     if metrics is not None:
-        _atomic_write(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     elif (out / "metrics.json").exists():
         metrics = json.loads((out / "metrics.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
@@ -354,7 +348,7 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
             row += f" {h['token_prob']:.3f} |"
         lines.append(row)
     lines += ["", "Licence: MIT (synthetic data, trained in-package)."]
-    _atomic_write(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> None:
