@@ -309,3 +309,28 @@ def test_engine_equals_reference_on_the_embedded_model():
         assert torch.nan_to_num(result.ie).abs().max() > 0.1  # a real effect was compared
     finally:
         torch.set_num_threads(threads)
+
+
+def test_capture_sees_the_patched_value_and_the_hook_value():
+    """A capture equals a plain hook's view of the site, and shows a patch made at the same site and step."""
+    m = model("llada")
+    q = encode_query(m, FACTS[0])
+    seen = []
+    handle = m.site_module(1, "attn").register_forward_hook(
+        lambda _m, _i, o: seen.append(o[:, list(q.subject_positions)].clone())
+    )
+    try:
+        run = run_patched(m, q, steps=3, capture=[Capture(layer=1, module="attn")])
+    finally:
+        handle.remove()
+    assert torch.equal(run.captures[(1, "attn")][0], torch.stack([s[0] for s in seen]))
+    value = torch.full((len(q.subject_positions), m.hidden_size), 0.25)
+    patched = run_patched(
+        m,
+        q,
+        steps=3,
+        patches=[Patch(layer=1, module="attn", step=1, value=value)],
+        capture=[Capture(layer=1, module="attn", steps=(1, 2))],
+    )
+    assert patched.capture_steps[(1, "attn")] == (1, 2)
+    assert torch.equal(patched.captures[(1, "attn")][0, 0], value)
