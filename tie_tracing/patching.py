@@ -399,6 +399,7 @@ def run_patched(
     check_finite(result.target_logprobs, f"log-probs of fact {fid!r}")
     captures, capture_steps = {}, {}
     for site, (cs, pos) in wanted.items():
+        assert cache is not None
         view = cache[capture_paths[site]]
         visits = view.output if len(view) > 1 else [view.output]
         if len(visits) != steps:  # pragma: no cover - a backbone calling a site twice per step
