@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import tie_tracing as tt  # noqa: E402
+from tie_tracing._io import atomic_write_text  # noqa: E402
 
 FIGURES = ROOT / "figures"
 MODEL = os.environ.get("TT_EDIT_MODEL", "tiny-mdlm")
@@ -79,19 +80,11 @@ def logprobs(model, facts) -> torch.Tensor:
 
 
 def write_json(path: Path, data) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
 
 
 def write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def save_plot(fig, name: str) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -148,9 +147,7 @@ def main() -> None:
     info_path = model_dir / "tie_tracing.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info["operating_point"] = op
-    tmp = info_path.with_name(info_path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, info_path)
+    C.write_text(info_path, json.dumps(info, indent=1) + "\n")
 
     C.write_json(C.FIGURES / "edit_tune.json", {
         "operating_point": op, "grid": rows, "tie_scores_resid": coord.scores[..., 0].tolist(),
