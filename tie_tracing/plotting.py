@@ -244,12 +244,12 @@ def plot_tie_heatmaps(
                 direction="down",
                 x=1.0,
                 xanchor="right",
-                y=1.18,
-                yanchor="top",
+                y=1.3,
+                yanchor="bottom",
                 showactive=True,
             )
         ],
-        margin=dict(t=110),
+        margin=dict(t=130),
     )
     return fig
 
