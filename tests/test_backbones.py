@@ -300,6 +300,16 @@ def test_trust_remote_code_defaults_false(saved_mdlm, monkeypatch):
     for name, kwargs in calls:
         assert kwargs.get("trust_remote_code") is False, name
         assert kwargs.get("local_files_only") is True, name
+    model_kwargs = [kw for n, kw in calls if n == "AutoModelForCausalLM"]
+    assert all(kw.get("use_safetensors") is True for kw in model_kwargs)
     calls.clear()
     tt.load_model(path, trust_remote_code=True)
     assert calls and all(kw.get("trust_remote_code") is True for _, kw in calls)
+
+
+def test_load_model_refuses_pickled_weights(tmp_path, mdlm):
+    """A checkpoint with only pickled weights is refused with a message naming safetensors."""
+    mdlm._module.config.save_pretrained(tmp_path)
+    torch.save(mdlm._module.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(tt.CheckpointNotFoundError, match="safetensors"):
+        tt.load_model(tmp_path)

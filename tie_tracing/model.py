@@ -317,7 +317,14 @@ def load_model(
     family = family or info.get("family") or detect_family(config)
     if family not in BACKBONES:
         raise UnsupportedModelError(f"unknown family {family!r}; known: {sorted(BACKBONES)}")
-    kwargs: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    if not any(path.glob("*.safetensors")):
+        raise CheckpointNotFoundError(
+            f"{path} has no .safetensors weights; tie_tracing loads safetensors only (never "
+            f"pickled .bin/.pt files). Convert the checkpoint first."
+        )
+    kwargs: dict[str, Any] = dict(
+        local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
+    )
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
