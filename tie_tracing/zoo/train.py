@@ -335,6 +335,22 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
             "evaluator); run `python -m tie_tracing.zoo.evaluate "
             f"{name} --write-card` for the split table."
         )
+    info_path = out / "tie_tracing.json"
+    op = json.loads(info_path.read_text()).get("operating_point") if info_path.exists() else None
+    if op:
+        measured = op.get("measured", {})
+        lines += [
+            "",
+            "## Edit operating point",
+            "",
+            f"`tt.EditMemory.build(model, facts)` defaults (stored in `tie_tracing.json`): layer "
+            f"{op['layer']}, {op['module']}, α = {op['alpha']}, λ = {op['lam']}, q = {op['q']}, "
+            f"steps {op.get('steps') or 'all'}; tuned by `{op.get('command', '?')}` on "
+            f"{op.get('tuned_on', {}).get('forget', 'the validation split')}. Measured there: "
+            f"ΔForgetLP {measured.get('d_forget_lp', float('nan')):.2f}, ΔRetainLP "
+            f"{measured.get('d_retain_lp', float('nan')):.2f} nats ({measured.get('estimator', '?')} "
+            f"estimator). Rule: {op.get('rule', '?')}.",
+        ]
     lines += [
         "",
         "## Training curve (training split, plain evaluator)",
