@@ -278,10 +278,10 @@ def test_unknown_facts_are_left_out_of_the_mean_and_the_selection():
 
 
 def test_chunked_sweep_equals_one_batch():
-    """Splitting the patch rows into small forwards changes nothing (batch_rows is speed only)."""
+    """Splitting the patch rows into small forwards changes nothing (batch_size is speed only)."""
     m = model("tiny-mdlm")
     whole = trace(m, FACTS[:2], steps=4, nu=2.0, n_noise=2)
-    chunked = trace(m, FACTS[:2], steps=4, nu=2.0, n_noise=2, batch_rows=7)
+    chunked = trace(m, FACTS[:2], steps=4, nu=2.0, n_noise=2, batch_size=7)
     assert torch.equal(whole.ie.nan_to_num(), chunked.ie.nan_to_num())
     assert torch.equal(whole.diverged, chunked.diverged)
     assert chunked.config["engine_stats"]["forwards"] > whole.config["engine_stats"]["forwards"]
@@ -334,3 +334,42 @@ def test_capture_sees_the_patched_value_and_the_hook_value():
     )
     assert patched.capture_steps[(1, "attn")] == (1, 2)
     assert torch.equal(patched.captures[(1, "attn")][0, 0], value)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(temperature=2.0, steps=4), dict(block_length=1, steps=6)],
+    ids=["temperature", "blocks"],
+)
+def test_engine_equals_reference_when_sampling_or_in_blocks(kwargs):
+    """With Gumbel sampling (noise keyed by seed and step) or semi-AR blocks the engine still equals the reference."""
+    m = model("tiny-mdlm")
+    result = trace(m, FACTS[:1], nu=2.0, n_noise=2, seed=4, **kwargs)
+    ref = reference_ie(m, FACTS[0], nu=2.0, n_noise=2, seed=4, **kwargs)
+    torch.testing.assert_close(
+        torch.nan_to_num(result.ie[0]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(result.lp_clean[0], ref["lp_clean"], atol=1e-5, rtol=0)
+    assert result.config["temperature"] == kwargs.get("temperature", 0.0)
+
+
+def test_sampled_clean_run_is_the_sampler_s_sample():
+    """At temperature > 0 the traced clean trajectory is what tt.diffuse samples with the same seed."""
+    m = model("tiny-mdlm")
+    result = trace(m, FACTS[:1], steps=4, nu=2.0, seed=7, temperature=50.0)
+    q = encode_query(m, FACTS[0])
+    out = m.denoise(
+        q.input_ids(m.mask_token_id),
+        answer_start=q.answer_start,
+        steps=4,
+        temperature=50.0,
+        seeds=[7],
+    )
+    p = q.answer_start
+    assert torch.equal(result.clean_tokens[0], out.states[0, :, p : p + len(q.answer_ids)])
+
+
+def test_string_module_and_int_layer_are_accepted():
+    """modules="mlp" and layers=1 mean one module and one layer."""
+    r = trace(model("tiny-mdlm"), FACTS[:1], steps=2, nu=2.0, modules="mlp", layers=1)
+    assert r.modules == ("mlp",) and r.layers == (1,)

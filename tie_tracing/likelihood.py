@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .facts import Fact
-from .prompting import group_by_shape
+from .prompting import chunks_by_shape
 from .sampler import check_finite, target_logprob
 
 ESTIMATORS = ("masked", "elbo")
@@ -84,11 +84,7 @@ def answer_logprob(
     device = model.param_device
     with torch.inference_mode():
         if model.is_causal or estimator == "masked":
-            chunks = [
-                idx[i : i + batch_size]
-                for idx in group_by_shape(pairs).values()
-                for i in range(0, len(idx), batch_size)
-            ]
+            chunks = chunks_by_shape(pairs, batch_size)
             for chunk in tqdm(chunks, desc="answer_logprob", disable=not progress):
                 p_len = len(pairs[chunk[0]][0])
                 answers = torch.tensor([pairs[i][1] for i in chunk], device=device)

@@ -164,6 +164,16 @@ class SweepSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.modules, str):  # modules="resid" means ("resid",)
+            object.__setattr__(self, "modules", (self.modules,))
+        if isinstance(self.layers, int):
+            object.__setattr__(self, "layers", (self.layers,))
+        if self.layers is not None:
+            if not all(
+                isinstance(layer, int) and not isinstance(layer, bool) for layer in self.layers
+            ):
+                raise ValueError(f"layers must be integers, got {self.layers!r}")
+            object.__setattr__(self, "layers", tuple(self.layers))
         unknown = [m for m in self.modules if m not in MODULES]
         if unknown or not self.modules:
             raise ValueError(
@@ -250,6 +260,13 @@ class PatchedRun:
     captures: dict = field(default_factory=dict)
     capture_steps: dict = field(default_factory=dict)
 
+    dims = ("row", "step")
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``target_logprobs`` ``[row, step]``."""
+        return self.target_logprobs
+
 
 def _check_positions(
     positions: Sequence[int], length: int, what: str, fact_id: str
@@ -292,6 +309,8 @@ def run_patched(
     patches: Sequence[Patch] = (),
     capture: Sequence[Capture] = (),
     block_length: int | None = None,
+    temperature: float = 0.0,
+    seeds: Sequence[int] | None = None,
 ) -> PatchedRun:
     """One traced diffusion run with corruption, patches and captures at chosen steps.
 
@@ -309,13 +328,17 @@ def run_patched(
         nu: ``ν`` for ``corruption`` (default: resolved on this one fact).
         patches: :class:`Patch` es, applied after the noise.
         capture: :class:`Capture` s, recorded after any patch at the same site.
+        block_length: Semi-autoregressive block size (default: one block).
+        temperature: Sampler temperature (0: argmax commits).
+        seeds: Per-row seeds of the Gumbel noise (default ``0, 1, …``); rows with the same
+            seed draw the same noise at each step.
 
     Returns:
         A :class:`PatchedRun`.
     """
     if isinstance(query, Fact):
         query = encode_query(model, query)
-    fid = query.fact.id or query.fact.question
+    fid = fact_key(query.fact)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
     subject = _check_positions(query.subject_positions, query.answer_start, "subject", fid)
@@ -378,6 +401,8 @@ def run_patched(
             answer_start=query.answer_start,
             steps=steps,
             block_length=block_length,
+            temperature=temperature,
+            seeds=seeds,
             targets=targets,
         ) as tracer:
             # captures ride on nnsight's cache (a post-intervention observer, far cheaper

@@ -51,3 +51,16 @@ def group_by_shape(
     for i, (p, a) in enumerate(pairs):
         groups.setdefault((len(p), len(a)), []).append(i)
     return groups
+
+
+def chunks_by_shape(
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int
+) -> list[list[int]]:
+    """Indices of ``pairs`` in batches of at most ``batch_size`` rows of one shape each."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+    return [
+        idx[i : i + batch_size]
+        for idx in group_by_shape(pairs).values()
+        for i in range(0, len(idx), batch_size)
+    ]

@@ -12,6 +12,7 @@ and the noise draws (common random numbers make the two comparable draw for draw
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -31,9 +32,22 @@ def _hooks(pairs):
 
 
 def _trajectory(
-    model, query: Query, steps: int, *, noise=None, replace=False, patch=None, record=None
+    model,
+    query: Query,
+    steps: int,
+    *,
+    noise=None,
+    replace=False,
+    patch=None,
+    record=None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    block_length: int | None = None,
 ):
-    """One batch-1 trajectory; returns ``LP(k)`` per step. ``patch = (module, step, value)``."""
+    """One batch-1 trajectory; returns ``LP(k)`` per step. ``patch = (module, step, value)``.
+
+    With ``temperature > 0`` the commit draws its Gumbel noise from ``(seed, step)``.
+    """
     subject = torch.tensor(query.subject_positions)
     state = {"step": 0}
 
@@ -68,7 +82,8 @@ def _trajectory(
     p = query.answer_start
     lps = []
     with torch.inference_mode(), _hooks(pairs):
-        for k, (lo, hi, n) in enumerate(transfer_schedule(len(query.answer_ids), steps)):
+        schedule = transfer_schedule(len(query.answer_ids), steps, block_length)
+        for k, (lo, hi, n) in enumerate(schedule):
             state["step"] = k
             logits = model.forward_logits(x)[:, p:]
             lps.append(float(target_logprob(logits, targets).sum()))
@@ -79,6 +94,8 @@ def _trajectory(
                 block=(lo, hi),
                 n_commit=n,
                 mask_id=model.mask_token_id,
+                temperature=temperature,
+                seeds=[seed],
                 step=k,
             )
     return torch.tensor(lps), record_out
@@ -95,25 +112,28 @@ def reference_ie(
     n_noise: int = 1,
     seed: int = 0,
     replace: bool = False,
+    temperature: float = 0.0,
+    block_length: int | None = None,
 ) -> dict:
     """``IE`` ``[layer, step, module, later_step]`` (mean over draws), ``LP_clean``, ``LP_corrupt``."""
+    run: dict[str, Any] = dict(temperature=temperature, seed=seed, block_length=block_length)
     query = encode_query(model, fact)
     layers = list(range(model.num_layers)) if layers is None else list(layers)
     modules = [m for m in MODULES if m in modules]
     sites = {(layer, m): model.site_module(layer, m) for layer in layers for m in modules}
-    lp_clean, clean = _trajectory(model, query, steps, record=sites)
+    lp_clean, clean = _trajectory(model, query, steps, record=sites, **run)
     corruption = Corruption(nu=nu, n_noise=n_noise, seed=seed, replace=replace)
     draws = corruption.draws(query.fact, len(query.subject_positions), model.hidden_size, nu)
     ie = torch.full((n_noise, len(layers), steps, len(modules), steps), float("nan"))
     lp_corrupt = torch.empty(n_noise, steps)
     for n in range(n_noise):
-        lp_corrupt[n], _ = _trajectory(model, query, steps, noise=draws[n], replace=replace)
+        lp_corrupt[n], _ = _trajectory(model, query, steps, noise=draws[n], replace=replace, **run)
         for li, layer in enumerate(layers):
             for k in range(steps):
                 for mi, m in enumerate(modules):
                     patch = (sites[(layer, m)], k, clean[(layer, m)][k])
                     lp, _ = _trajectory(
-                        model, query, steps, noise=draws[n], replace=replace, patch=patch
+                        model, query, steps, noise=draws[n], replace=replace, patch=patch, **run
                     )
                     ie[n, li, k, mi, k:] = lp[k:] - lp_corrupt[n, k:]
     return {"ie": ie.mean(0), "lp_clean": lp_clean, "lp_corrupt": lp_corrupt.mean(0)}

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import NonFiniteActivationError
 from .facts import Fact
-from .prompting import encode_prompt, group_by_shape
+from .prompting import chunks_by_shape, encode_prompt
 
 
 def transfer_schedule(
@@ -80,6 +80,7 @@ def commit(
     temperature: float = 0.0,
     seeds: Sequence[int] | None = None,
     step: int = 0,
+    logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One low-confidence-remasking update; returns the new state (``x`` is not modified).
 
@@ -88,6 +89,7 @@ def commit(
         logits: ``[batch, answer_len, vocab]`` aligned logits of the answer span.
         block: ``(lo, hi)`` offsets of the current block within the answer span.
         n_commit: How many masked positions of the block each row commits.
+        logprobs: ``log_softmax(logits)`` when the caller already has it (saves a pass).
 
     The mask token is excluded from the choice, so a commit always writes a real token.
     """
@@ -95,10 +97,9 @@ def commit(
     if n_commit == 0:
         return x
     logits = logits.float()
-    probs = torch.softmax(logits, dim=-1)
+    logprobs = torch.log_softmax(logits, dim=-1) if logprobs is None else logprobs
     # Never commit the mask token itself: that would be a silent re-mask (and break the
     # schedule's counts). Confidences still come from the full softmax.
-    logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), -math.inf)
     if temperature > 0:
         if seeds is None:
             raise ValueError("temperature > 0 needs per-row seeds")
@@ -114,10 +115,17 @@ def commit(
                 for s in seeds
             ]
         ).to(logits.device)
-        choice = (logits / temperature + gumbel).argmax(-1)
+        scores = logits / temperature + gumbel
+        scores[..., mask_id] = -math.inf
+        choice = scores.argmax(-1)
     else:
-        choice = logits.argmax(-1)
-    confidence = probs.gather(-1, choice[..., None])[..., 0]
+        choice = logprobs.argmax(-1)
+        wrong = choice == mask_id
+        if bool(wrong.any()):  # rare: take the runner-up where the mask token won
+            alternatives = logprobs[wrong].clone()
+            alternatives[..., mask_id] = -math.inf
+            choice[wrong] = alternatives.argmax(-1)
+    confidence = logprobs.gather(-1, choice[..., None])[..., 0].exp()
     answer = x[:, answer_start:]
     eligible = answer == mask_id
     in_block = torch.zeros_like(eligible)
@@ -151,10 +159,16 @@ class LoopOutput:
     token_logprobs: torch.Tensor | None
 
 
-def target_logprob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-position ``log softmax(logits)[target]`` in float32: ``[batch, answer_len]``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, targets[..., None].to(logp.device))[..., 0]
+def target_logprob(
+    logits: torch.Tensor, targets: torch.Tensor, logprobs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-position ``log softmax(logits)[target]`` in float32: ``[batch, answer_len]``.
+
+    ``logprobs`` (``log_softmax(logits)``) may be passed in to share it with :func:`commit`.
+    """
+    if logprobs is None:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return logprobs.gather(-1, targets[..., None].to(logprobs.device))[..., 0]
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
@@ -193,8 +207,9 @@ def run_loop(
         finally:
             model.current_step = None
         check_finite(logits, f"{model.name} logits at step {k}")
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         if targets is not None:
-            per_token = target_logprob(logits, targets)
+            per_token = target_logprob(logits, targets, logprobs)
             token_lps.append(per_token)
             lps.append(per_token.sum(-1))
         x = commit(
@@ -207,6 +222,7 @@ def run_loop(
             temperature=temperature,
             seeds=seeds,
             step=k,
+            logprobs=logprobs,
         )
         states.append(x)
     return LoopOutput(
@@ -317,15 +333,12 @@ def diffuse(
         raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
     rows = _queries(model, items, answer_length)
     shapes = [(p, a if a is not None else [0] * int(answer_length or 0)) for p, a in rows]
-    groups = group_by_shape(shapes)
     device = model.param_device
     seq_max = max(len(p) + len(a) for p, a in shapes)
     tokens = torch.full((len(items), steps, seq_max), -1, dtype=torch.long)
     have_targets = all(a is not None for _, a in rows)
     lps = torch.zeros(len(items), steps) if have_targets else None
-    chunks = [
-        idx[i : i + batch_size] for idx in groups.values() for i in range(0, len(idx), batch_size)
-    ]
+    chunks = chunks_by_shape(shapes, batch_size)
     with torch.inference_mode():
         for chunk in tqdm(chunks, desc="diffuse", disable=not progress):
             p_len, a_len = len(shapes[chunk[0]][0]), len(shapes[chunk[0]][1])

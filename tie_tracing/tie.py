@@ -3,29 +3,32 @@
 For each fact the engine runs, as nnsight interventions:
 
 1. one traced ``model.denoise`` loop whose row 0 is the **clean** trajectory (every site's
-   output captured at the subject positions at every step, and ``LP_clean(k)``) and whose
-   rows ``1 … N`` are the **corrupted** trajectories, one per noise draw, with the same draws
-   ``ε`` added to the subject embeddings at every step (``LP_corrupt(k)`` and the state
-   before each step);
-3. the **patch sweep**, one traced forward per denoising step ``k``. Its rows are every patch
-   ``(draw, layer, module)`` of step ``k`` — they all start from the corrupted state before
-   ``k`` (a patch at ``k`` shares the corrupted trajectory up to ``k``) — plus the
-   continuation rows of earlier patch runs that are still running.
+   output at the subject positions captured at every step through nnsight's cache, and
+   ``LP_clean(k)``) and whose rows ``1 … N`` are the **corrupted** trajectories, one per noise
+   draw, with the same draws ``ε`` added to the subject embeddings at every step
+   (``LP_corrupt(k)`` and the state before each step);
+2. the **patch forwards**: every patch ``(step k, draw, layer, module)`` starts from the
+   corrupted state before ``k`` (a patch at ``k`` shares the corrupted trajectory up to
+   ``k``), so all ``T·N·L·M`` of them run as rows of batched traced forwards (``batch_size``
+   rows each; rows of different steps in one forward, ``model.current_step`` per row);
+3. the **futures** of the patch runs whose commits at their step differ from the corrupted
+   run's, step by step, batched.
 
-Two facts keep the sweep close to the floor of bare forwards. Patch runs of a step share
-one batched forward. And an MDLM carries nothing between steps but its committed tokens: a
-patch run whose commits at step ``k`` equal the corrupted run's has exactly the corrupted
-future (its later IE is 0, computed, not assumed: it *is* the corrupted run's node), and runs
-that reach the same state at the same step with the same noise share one future. The engine
-memoises trajectories by ``(draw, step, state)``, so each distinct future is computed once.
+An MDLM carries nothing between steps but its committed tokens, so a patch run whose commits
+at step ``k`` equal the corrupted run's has exactly the corrupted future (its later IE is 0:
+it *is* the corrupted run's trajectory), and runs that reach the same state at the same step
+with the same noise share one future. The engine memoises trajectories by
+``(draw, step, state)``, so each distinct future is computed once.
 
 Semantics are the paper's free-running ones: after the patched forward the run commits
-autonomously with the noise still on. With temperature > 0 the Gumbel noise is keyed by
-``(seed, step)``, shared by every run of the fact, so memoisation stays exact.
+autonomously with the noise still on. With temperature > 0 every run of the fact (clean,
+corrupted, patched, continued) draws its Gumbel noise from ``(seed, step)``, so runs in the
+same state at the same step commit identically and memoisation stays exact.
 
-Cost per fact: ``T`` forwards of ``1 + N`` rows for the clean and corrupted runs plus ``T`` batched
-forwards holding ``L·M·T`` patch rows and the distinct divergent continuations, against the
-naive ``L·M·T`` full trajectories (``L·M·T²`` forwards).
+Cost per fact: ``T`` forwards of ``1 + N`` rows for the clean and corrupted runs, about
+``T·N·L·M / batch_size`` patch forwards and one small forward per step that still has
+divergent runs — against ``N·L·M·T`` full trajectories (``N·L·M·T²`` forwards) for the naive
+protocol (``tie_tracing.reference``).
 
 Limits: facts are traced one at a time (rows of a forward share one prompt); a fact whose
 clean sample is wrong is traced, warned about and flagged (``known``), since tracing a model
@@ -73,16 +76,25 @@ class TraceConfig(SweepSettings):
             :class:`~tie_tracing.patching.SweepSettings`).
         steps: ``T`` denoising steps.
         decay: ``γ`` of Eq. 4, in ``(0, 1]``.
-        temperature: Sampler temperature (0: argmax commits).
+        temperature: Sampler temperature (0: argmax commits; > 0: Gumbel noise from
+            ``(seed, step)``, the same for every run of a fact).
+        block_length: Semi-autoregressive block size of the sampler (default: one block).
     """
 
     steps: int = 8
     decay: float = 0.5
     temperature: float = 0.0
+    block_length: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
+        if self.block_length is not None and (
+            not isinstance(self.block_length, int) or self.block_length < 1
+        ):
+            raise ValueError(
+                f"block_length must be an integer ≥ 1 or None, got {self.block_length!r}"
+            )
         super().__post_init__()
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must lie in (0, 1], got {self.decay}")
@@ -171,10 +183,10 @@ def _sweep_forward(model, x, noise, subject, replace, patches, row_steps):
 
 
 def _trace_one(
-    model, query: Query, config: TraceConfig, nu: float, sites, stats: dict, max_rows: int
+    model, query: Query, config: TraceConfig, nu: float, sites, stats: dict, batch_size: int
 ) -> dict:
     """All tensors of one fact's trace (see :class:`~tie_tracing.results.TIEResult`)."""
-    fid = query.fact.id or query.fact.question
+    fid = fact_key(query.fact)
     steps, n_draws = config.steps, config.n_noise
     device = model.param_device
     p = query.answer_start
@@ -192,6 +204,9 @@ def _trace_one(
             noise=noise,
             noise_rows=range(1, 1 + n_draws),
             capture=[Capture(layer=layer, module=m) for layer, m in sites],
+            block_length=config.block_length,
+            temperature=config.temperature,
+            seeds=[config.seed] * (1 + n_draws),
         )
     except NonFiniteActivationError as error:
         raise NonFiniteActivationError(f"fact {fid!r}: {error}") from error
@@ -203,9 +218,8 @@ def _trace_one(
     lp_corrupt = both.target_logprobs[1:].cpu()  # [N, T]
     corrupt_states = both.states[1:].cpu()  # [N, T, seq]
     query_ids = query.input_ids(model.mask_token_id)[0]
-    targets = torch.tensor(query.answer_ids, device=device)
     sweep = _Sweep(corrupt_states, query_ids, lp_corrupt)
-    schedule = transfer_schedule(len(query.answer_ids), steps)
+    schedule = transfer_schedule(len(query.answer_ids), steps, config.block_length)
     targets = torch.tensor(query.answer_ids, device=device)
     n_sites = len(sites)
 
@@ -226,7 +240,8 @@ def _trace_one(
         stats["forwards"] += 1
         stats["rows"] += x.shape[0]
         stats["shapes"].append(list(x.shape))
-        lp = target_logprob(logits, targets.expand(x.shape[0], -1)).sum(-1).cpu()
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        lp = target_logprob(logits, targets.expand(x.shape[0], -1), logprobs).sum(-1).cpu()
         new = torch.empty_like(x)
         for k in row_steps.unique().tolist():  # each step has its own commit count and block
             rows = (row_steps == k).nonzero().flatten()
@@ -241,11 +256,12 @@ def _trace_one(
                 temperature=config.temperature,
                 seeds=[config.seed] * len(rows),
                 step=k,
+                logprobs=logprobs[rows.to(device)],
             ).cpu()
         return lp, new
 
     # 2. every patch (step, draw, site) is a row: it starts from the corrupted state before
-    # its step, so all of them run as rows of batched forwards (chunks of `max_rows`)
+    # its step, so all of them run as rows of batched forwards (chunks of `batch_size`)
     row_step = torch.arange(steps).repeat_interleave(n_draws * n_sites)
     row_draw = torch.arange(n_draws).repeat_interleave(n_sites).repeat(steps)
     row_site = torch.arange(n_sites).repeat(steps * n_draws)
@@ -255,8 +271,8 @@ def _trace_one(
     clean_by_site = [clean_h[site] for site in sites]  # each [T, |S|, d]
     patch_lp = torch.empty(len(row_step))
     patch_new = torch.empty(len(row_step), query.length, dtype=torch.long)
-    for lo in range(0, len(row_step), max_rows):
-        chunk = slice(lo, lo + max_rows)
+    for lo in range(0, len(row_step), batch_size):
+        chunk = slice(lo, lo + batch_size)
         k_, d_, s_ = row_step[chunk], row_draw[chunk], row_site[chunk]
         patches = {}
         for si, site in enumerate(sites):
@@ -273,8 +289,8 @@ def _trace_one(
     # 3. the distinct futures of diverged runs, step by step (runs reaching one state share it)
     for j in range(1, steps):
         live = sweep.live.pop(j, [])
-        for lo in range(0, len(live), max_rows):
-            nodes = live[lo : lo + max_rows]
+        for lo in range(0, len(live), batch_size):
+            nodes = live[lo : lo + batch_size]
             x = torch.stack([sweep.nodes[i].state for i in nodes])  # type: ignore[misc]
             draws = torch.tensor([sweep.nodes[i].draw for i in nodes])
             lp, new = forward_rows(x, draws, torch.full((len(nodes),), j), {})
@@ -365,8 +381,8 @@ def trace_tie(
     facts: Sequence[Fact] | Fact,
     *,
     steps: int = 8,
-    modules: Sequence[str] = MODULES,
-    layers: Sequence[int] | None = None,
+    modules: Sequence[str] | str = MODULES,
+    layers: Sequence[int] | int | None = None,
     noise_scale: float = 3.0,
     nu: float | None = None,
     replace: bool = False,
@@ -374,9 +390,10 @@ def trace_tie(
     decay: float = 0.5,
     seed: int = 0,
     temperature: float = 0.0,
+    block_length: int | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
-    batch_rows: int = 256,
+    batch_size: int = 256,
 ) -> TIEResult:
     """Diffusion-time causal tracing: TIE of every ``(layer, step, module)`` for each fact.
 
@@ -393,11 +410,13 @@ def trace_tie(
         n_noise: Noise draws per fact (their IE is averaged).
         decay: ``γ`` of Eq. 4.
         seed: Seed of the noise (and of the Gumbel noise when ``temperature > 0``).
-        temperature: Sampler temperature.
+        temperature: Sampler temperature (> 0: every run of a fact draws the same Gumbel
+            noise at a step, keyed by ``(seed, step)``).
+        block_length: Semi-autoregressive block size (LLaDA-Instruct style sampling).
         out: Directory for a resumable sweep: each finished fact is written there as it
             completes; rerunning with the same ``out`` and settings skips finished facts.
         progress: Show a progress bar over facts.
-        batch_rows: Most rows per forward of the patch sweep (lower it for big models on a
+        batch_size: Most rows per forward of the patch sweep (lower it for big models on a
             small GPU); it changes speed and memory, not results.
 
     Returns:
@@ -420,8 +439,8 @@ def trace_tie(
         raise ValueError(
             f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing"
         )
-    if not isinstance(batch_rows, int) or batch_rows < 1:
-        raise ValueError(f"batch_rows must be an integer ≥ 1, got {batch_rows!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     facts = [facts] if isinstance(facts, Fact) else list(facts)
     if not facts:
         raise ValueError("trace_tie needs at least one fact")
@@ -430,8 +449,10 @@ def trace_tie(
         raise ValueError(f"duplicate fact ids: {sorted({i for i in ids if ids.count(i) > 1})}")
     config = TraceConfig(
         steps=steps,
-        modules=tuple(modules),
-        layers=None if layers is None else tuple(int(x) for x in layers),
+        modules=(modules,) if isinstance(modules, str) else tuple(modules),
+        layers=None
+        if layers is None
+        else ((layers,) if isinstance(layers, int) else tuple(layers)),
         noise_scale=noise_scale,
         nu=nu,
         replace=replace,
@@ -439,6 +460,7 @@ def trace_tie(
         decay=decay,
         seed=seed,
         temperature=temperature,
+        block_length=block_length,
     )
     layer_list = list(range(model.num_layers)) if config.layers is None else list(config.layers)
     sites = all_sites(model, config.modules, layer_list)
@@ -450,7 +472,7 @@ def trace_tie(
     for i, query in enumerate(tqdm(queries, desc="trace_tie", unit="fact", disable=not progress)):
         done = store.get(i, ids[i]) if store else None
         if done is None:
-            tensors = _trace_one(model, query, config, nu_value, sites, stats, batch_rows)
+            tensors = _trace_one(model, query, config, nu_value, sites, stats, batch_size)
             done = _to_result(model, query, tensors, config, nu_value, sites, layer_list)
             if store:
                 store.put(i, done)
