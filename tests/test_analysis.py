@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -170,3 +171,28 @@ def test_localisation_stats_positional_and_results():
         localisation_stats(torch.zeros(2, 3), ("layer",))
     with pytest.raises(ValueError, match="dims"):
         localisation_stats(torch.zeros(2, 3))
+
+
+def test_per_fact_optima_ids_follow_the_known_facts():
+    """Unknown facts are left out and fact_ids name exactly the analysed rows."""
+    r = TIEResult.synthetic(n_facts=3)
+    r = dataclasses.replace(r, config=dict(r.config, unknown_facts=["f1"]))
+    o = per_fact_optima(r)
+    assert o.fact_ids == ("f0", "f2") and o.indices.shape == (2, 3)
+    assert len(o.coordinates) == len(o.at_own) == len(o.at_global) == 2
+    ref = per_fact_optima(r.tie[[0, 2]])
+    assert torch.equal(o.indices, ref.indices) and torch.equal(o.at_own, ref.at_own)
+
+
+def test_analyses_accept_bf16_input():
+    """bootstrap_ci and the selection studies run on bf16 tensors (CUDA/bf16 traces)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, 3, 3, generator=g).to(torch.bfloat16)
+    low, high = bootstrap_ci(x, n_resamples=200)
+    assert low.dtype == torch.bfloat16 and bool((low <= high).all())
+    one_low, one_high = bootstrap_ci(x[:1])  # one fact: the degenerate interval (v, v)
+    assert torch.equal(one_low, x[0]) and torch.equal(one_high, x[0])
+    s = selection_stability(x, n_boot=20, beta=0.5, neighbours=x)
+    assert float(s.frequencies.sum()) == pytest.approx(1.0)
+    assert per_fact_optima(x).indices.shape == (5, 3)
+    assert len(beta_tradeoff(x, x, [0.0, 1.0]).coordinates) == 2

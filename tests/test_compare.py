@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,42 @@ def test_rare_category_cannot_decide_the_peak():
     t = dataclasses.replace(t, fact_ids=tuple(f"f{i}" for i in range(5)))
     fig = plot_ar_vs_diffusion(r, r, t, module="resid")
     assert not any(x.startswith("further tokens") for x in fig.data[0].x)
+
+
+def test_summaries_leave_unknown_facts_out():
+    """TIE and positional summaries use known_only(): n_facts known of n_traced."""
+    t = TIEResult.synthetic(n_facts=3, n_layers=3)
+    tie = torch.zeros_like(t.tie)
+    tie[:2, 2, 1, 0] = 4.0
+    tie[2, 0, 3, 2] = 100.0  # the unknown fact would decide the peak
+    t = dataclasses.replace(t, tie=tie, config=dict(t.config, unknown_facts=["f2"]))
+    s = localisation_summary(t)
+    assert s.peak == {"layer": 2, "step": 1, "module": "resid"} and s.peak_value == 4.0
+    assert (s.n_facts, s.n_traced) == (2, 3)
+    assert s.clean_baseline == pytest.approx(float(t.lp_clean[:2, 0].mean()))
+    row = s.as_row()
+    assert row["n_facts"] == 2 and row["n_traced"] == 3
+    p = PositionalResult.synthetic(n_facts=3)
+    p = dataclasses.replace(p, config=dict(p.config, unknown_facts=["f0"]))
+    sp = localisation_summary(p, module="resid")
+    assert (sp.n_facts, sp.n_traced) == (2, 3) and len(sp.peak_relative_position) == 2
+    fig = plot_ar_vs_diffusion(p, p, t, module="resid")
+    np.testing.assert_allclose(
+        np.asarray(fig.data[2].z, dtype=float), tie[:2, :, :, 0].mean(0).numpy()
+    )
+    assert "2 known of 3 facts" in fig.layout.annotations[2].text
+
+
+def test_bf16_results_compare_and_plot():
+    """bf16 results (as a bf16 or CUDA trace gives) summarise and plot (no bare .numpy())."""
+    ar, md = PositionalResult.synthetic(n_facts=3), PositionalResult.synthetic(n_facts=3, seed=1)
+    t = TIEResult.synthetic(n_facts=3)
+    bf = torch.bfloat16
+    ar_b = dataclasses.replace(ar, prob=ar.prob.to(bf), lp=ar.lp.to(bf))
+    t_b = dataclasses.replace(t, tie=t.tie.to(bf), ie=t.ie.to(bf))
+    fig = plot_ar_vs_diffusion(ar_b, md, t_b, module="resid")
+    np.testing.assert_allclose(
+        np.asarray(fig.data[2].z, dtype=float), t.tie[..., 0].mean(0).numpy(), atol=0.02
+    )
+    rows = compare_paradigms(ar_b, md, t_b, module="resid")
+    assert rows[0]["peak_at"] == compare_paradigms(ar, md, t, module="resid")[0]["peak_at"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+import torch
 
 from tie_tracing import plotting
 from tie_tracing.analysis import beta_tradeoff, per_fact_optima, selection_stability
@@ -149,3 +151,54 @@ def test_static_export_writes_png_when_available(tmp_path):
         pytest.skip(plotting._static_export_problem())
     out = save_figure(go.Figure(go.Heatmap(z=[[1, 2]])), tmp_path / "f.png", width=200, height=150)
     assert out[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def partly_known(result) -> TIEResult:
+    """``result`` with fact f1 marked as not known to the model."""
+    return dataclasses.replace(result, config=dict(result.config, unknown_facts=["f1"]))
+
+
+def test_tie_heatmaps_average_only_known_facts(partly_known):
+    """Mean, CI and hover values cover the known facts; title and hover say '2 known of 3'."""
+    r = partly_known
+    fig = plot_tie_heatmaps(r, n_resamples=200)
+    z = np.asarray(fig.data[0].z, dtype=float)
+    np.testing.assert_allclose(z, r.tie[[0, 2], :, :, 0].mean(0).numpy(), rtol=1e-6)
+    text = fig.data[2].text[1][3]
+    assert "over 2 known of 3 facts" in text
+    assert f"f0: {float(r.tie[0, 1, 3, 2]):.4g}" in text and "f1:" not in text
+    assert "2 known of 3 facts" in fig.layout.title.text
+    buttons = fig.layout.updatemenus[0].buttons
+    assert len(buttons) == 1 + r.n_facts  # the dropdown still lists every fact …
+    assert "(unknown)" in buttons[2].label and "(unknown)" not in buttons[1].label
+    unknown_z = np.asarray(buttons[2].args[0]["z"][0], dtype=float)
+    np.testing.assert_allclose(unknown_z, r.tie[1, :, :, 0].numpy(), rtol=1e-6)
+    assert "not known to the model" in buttons[2].args[0]["text"][0][0][0]  # … marked
+
+
+def test_ie_by_later_step_mean_over_known_facts(partly_known):
+    """The mean line and band average the known facts; the unknown fact's line is dotted."""
+    r = partly_known
+    fig = plot_ie_by_later_step(r, 2, 1, "attn", n_resamples=100)
+    assert len(fig.data) == r.n_facts + 2
+    li, si, mi = 2, 1, 1
+    np.testing.assert_allclose(
+        np.asarray(fig.data[-1].y, dtype=float),
+        r.ie[[0, 2], li, si, mi, 1:].mean(0).numpy(),
+        rtol=1e-6,
+    )
+    assert fig.data[1].line.dash == "dot" and "(unknown)" in fig.data[1].name
+    assert "2 known of 3 facts" in fig.layout.title.text
+
+
+def test_tie_heatmaps_of_a_bf16_result(result):
+    """A bf16 result (a bf16 trace) plots: NumPy conversion goes through float64 on the CPU."""
+    rb = dataclasses.replace(
+        result, tie=result.tie.to(torch.bfloat16), ie=result.ie.to(torch.bfloat16)
+    )
+    fig = plot_tie_heatmaps(rb, n_resamples=100)
+    np.testing.assert_allclose(
+        np.asarray(fig.data[0].z, dtype=float), result.tie.mean(0)[:, :, 0].numpy(), atol=0.02
+    )
+    assert len(plot_ie_by_later_step(rb, 2, 0, "resid", n_resamples=50).data) == rb.n_facts + 2

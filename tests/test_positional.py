@@ -148,3 +148,14 @@ def test_bad_settings(mdlm):
         _trace(mdlm, window=0)
     with pytest.raises(ValueError, match="modules"):
         _trace(mdlm, modules=("ffn",))
+
+
+def test_sites_are_patching_all_sites_in_execution_order(mdlm):
+    """_sites delegates to patching.all_sites: every layer, attn, mlp, resid within a layer."""
+    from tie_tracing.patching import EXECUTION_ORDER, all_sites
+    from tie_tracing.positional import _sites
+
+    sites = _sites(mdlm, ("resid", "attn", "mlp"))
+    assert sites == all_sites(mdlm, ("resid", "attn", "mlp"))
+    assert sites == [(layer, m) for layer in range(mdlm.num_layers) for m in EXECUTION_ORDER]
+    assert _sites(mdlm, ("mlp",)) == [(layer, "mlp") for layer in range(mdlm.num_layers)]

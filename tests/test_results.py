@@ -310,3 +310,44 @@ def test_coordinate_labels_and_index():
     with pytest.raises(ValueError):
         dataclasses.replace(c, layer=3)
     assert "layer=10" in repr(c) and not math.isnan(c.score)
+
+
+def _with_unknown(r, unknown):
+    return dataclasses.replace(r, config=dict(r.config, unknown_facts=list(unknown)))
+
+
+def test_known_only_filters_unknown_facts_and_mean_uses_it():
+    """known_only() = select_facts(known); mean() averages it unless include_unknown=True."""
+    r = _with_unknown(TIEResult.synthetic(n_facts=3, n_layers=2, n_steps=3), ["f1"])
+    assert r.known.tolist() == [True, False, True] and r.n_known == 2
+    k = r.known_only()
+    assert k.fact_ids == ("f0", "f2") and torch.equal(k.tie, r.tie[[0, 2]])
+    assert torch.equal(k.lp_clean, r.lp_clean[[0, 2]])
+    assert k.known.all() and k.known_only() is k
+    torch.testing.assert_close(r.mean(), r.tie[[0, 2]].mean(0))
+    torch.testing.assert_close(r.mean(include_unknown=True), r.tie.mean(0))
+    assert torch.equal(r.mean_over_facts(), r.mean())
+    plain = TIEResult.synthetic(n_facts=2)
+    assert plain.known_only() is plain  # every fact known: nothing to filter
+
+
+def test_known_only_with_no_known_fact_keeps_all_and_warns():
+    """When the model knows none of the facts, all are used, with a warning."""
+    r = _with_unknown(TIEResult.synthetic(n_facts=2, n_layers=2, n_steps=3), ["f0", "f1"])
+    with pytest.warns(UserWarning, match="does not know any of the 2"):
+        assert r.known_only() is r
+    with pytest.warns(UserWarning, match="does not know any"):
+        torch.testing.assert_close(r.mean(), r.tie.mean(0))
+
+
+def test_positional_result_known_only_and_mean():
+    """PositionalResult shares known/known_only with TIEResult; its mean() leaves unknown out."""
+    p = PositionalResult.synthetic(n_facts=3, n_layers=2)
+    p = dataclasses.replace(p, config=dict(p.config, unknown_facts=["f0"]))
+    assert p.known.tolist() == [False, True, True]
+    k = p.known_only()
+    assert k.fact_ids == ("f1", "f2") and k.tokens == p.tokens[1:]
+    torch.testing.assert_close(p.mean(), torch.nanmean(p.prob[1:], 0), equal_nan=True)
+    torch.testing.assert_close(
+        p.mean(include_unknown=True), torch.nanmean(p.prob, 0), equal_nan=True
+    )

@@ -130,3 +130,33 @@ def test_errors_on_data():
         select_coordinate(torch.ones(1, 2, 2, 2, 3))
     with pytest.raises(TypeError):
         select_coordinate([[1.0]])
+
+
+def test_unknown_facts_are_left_out_of_eq5():
+    """A fact the model does not know (config['unknown_facts']) cannot move the choice."""
+    r = TIEResult.synthetic(n_facts=3, n_layers=3, n_steps=4)
+    tie = torch.zeros_like(r.tie)
+    tie[:2, 1, 2, 0] = 1.0
+    tie[2, 0, 0, 2] = 100.0  # the unknown fact's huge effect elsewhere
+    r = dataclasses.replace(r, tie=tie, config=dict(r.config, unknown_facts=["f2"]))
+    c = select_coordinate(r)
+    assert (c.layer, c.step, c.module) == (1, 2, "resid") and c.score == pytest.approx(1.0)
+
+
+def test_half_precision_tensor_input_runs_on_a_cpu_float_copy():
+    """bf16 heatmaps (as a bf16/CUDA trace gives) select like float32; float64 keeps its dtype."""
+    from tie_tracing.selection import _as_heatmaps
+
+    g = torch.Generator().manual_seed(0)
+    tie = torch.randn(4, 3, 5, 3, generator=g)
+    x = tie.to(torch.bfloat16)
+    got = _as_heatmaps(x, "heatmaps")[0]
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    assert _as_heatmaps(tie.double(), "heatmaps")[0].dtype == torch.float64
+    c, ref = select_coordinate(x, modules="resid", steps=[1, 3]), select_coordinate(x.float())
+    assert c.scores.dtype == torch.float32
+    assert c.index == select_coordinate(x.float(), modules="resid", steps=[1, 3]).index
+    assert select_coordinate(x).index == ref.index
+    r = TIEResult.synthetic(n_facts=2)
+    rb = dataclasses.replace(r, tie=r.tie.to(torch.bfloat16), ie=r.ie.to(torch.bfloat16))
+    assert select_coordinate(rb, beta=0.5, neighbours=rb).module in r.modules

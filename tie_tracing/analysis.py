@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A float64 NumPy copy of any tensor: detached, on the CPU (CUDA, bf16 and fp16 work)."""
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
 # ----------------------------------------------------------------------------- bootstrap
 
 
@@ -55,9 +60,14 @@ def bootstrap_ci(
     """Percentile-bootstrap confidence interval of the mean over facts, per cell.
 
     Resamples the leading ``fact`` axis with replacement (``scipy.stats.bootstrap``,
-    vectorised over all cells, ``method="percentile"``). The statistic is the NaN-aware mean
-    (a fact's NaN cell is left out of that cell's mean, as in ``TIEResult.mean``); an all-NaN
-    cell gets a NaN interval. With one fact the interval is ``(value, value)``.
+    vectorised over all cells, ``method="percentile"``; needs SciPy >= 1.15 for its ``rng=``
+    argument). The statistic is the NaN-aware mean (a fact's NaN cell is left out of that
+    cell's mean, as in ``TIEResult.mean``); an all-NaN cell gets a NaN interval, and a cell
+    whose facts all hold the same value gets exactly ``(value, value)``.
+
+    **One fact.** A single fact has no spread to resample: the interval is degenerate,
+    ``low == high == per_fact[0]`` (no error, no warning, no SciPy call). Callers that report
+    intervals should say that ``n = 1`` (the interval then carries no uncertainty).
 
     Args:
         per_fact: ``[fact, ...]`` float tensor.
@@ -66,7 +76,12 @@ def bootstrap_ci(
         seed: seed of the resampling generator.
 
     Returns:
-        ``(low, high)``, each ``per_fact.shape[1:]``, dtype of ``per_fact``.
+        ``(low, high)``, each ``per_fact.shape[1:]``, dtype of ``per_fact`` (float64 for an
+        integer input), on the CPU; ``(per_fact[0], per_fact[0].clone())`` for one fact.
+
+    Raises:
+        ShapeError: ``per_fact`` is not a tensor with a leading fact axis.
+        ValueError: no facts, or ``confidence`` outside ``(0, 1)``.
 
     Example:
         >>> x = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])
@@ -83,7 +98,7 @@ def bootstrap_ci(
     if per_fact.shape[0] == 0:
         raise ValueError("bootstrap_ci over an empty fact axis")
     dtype = per_fact.dtype if per_fact.is_floating_point() else torch.float64
-    data = per_fact.detach().to("cpu", torch.float64).numpy()
+    data = _np(per_fact)
     cell_shape = data.shape[1:]
     if data.shape[0] == 1:
         value = torch.from_numpy(data[0].copy()).to(dtype)
@@ -393,6 +408,10 @@ def per_fact_optima(
 ) -> PerFactOptima:
     """Per-fact coordinate selection (SPEC §11, paper §VI.4) against the global choice.
 
+    For a :class:`~tie_tracing.results.TIEResult` only the facts the model knows are
+    analysed (:meth:`~tie_tracing.results.TIEResult.known_only`, as in Eq. 5 selection);
+    ``fact_ids`` names them, one per row of ``indices``.
+
     Example:
         >>> tie = torch.zeros(3, 2, 2, 1); tie[:2, 0, 0, 0] = 1.0; tie[2, 1, 1, 0] = 2.0
         >>> o = per_fact_optima(tie)
@@ -411,11 +430,14 @@ def per_fact_optima(
     mi = best % cell_shape[2]
     indices = torch.stack([li, si, mi], dim=1)
     g = glob.index
+    # the facts of ``x``: a TIEResult contributes its known facts only (as _as_heatmaps does)
     ids = (
-        heatmaps.fact_ids
+        heatmaps.known_only().fact_ids
         if isinstance(heatmaps, TIEResult)
         else tuple(str(i) for i in range(a.shape[0]))
     )
+    if len(ids) != a.shape[0]:  # pragma: no cover - guards the invariant above
+        raise ShapeError(f"{len(ids)} fact ids for {a.shape[0]} per-fact maps")
     return PerFactOptima(
         global_coordinate=glob,
         indices=indices,

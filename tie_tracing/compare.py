@@ -24,6 +24,12 @@ The toolkit takes no side in the AR-versus-diffusion debate (the paper: the AR p
 hot-spot disappears in MDLMs; Park & Jo 2026: an early-to-mid-layer MLP hot-spot at the last
 subject token in LLaDA and Dream): these functions measure.
 
+Facts the model does not know (``config["unknown_facts"]``, listed by both tracers) measure
+nothing: every summary, peak and panel here uses ``result.known_only()`` of each result (all
+facts, with a warning, when the model knows none), so each paradigm is summarised over the
+facts *its* model knows; :class:`LocalisationSummary` reports ``n_facts`` used of ``n_traced``.
+:func:`aligned_positional` and :func:`category_support` themselves keep every fact.
+
 Limits: statistics are over facts as given (no noise-draw resampling); the positional effect is
 the one of ``result.metric`` (probability by default, as ROME), the TIE effect is Eq. 4 in nats
 (or both normalised with ``normalized=True``), so compare shapes and shares, not magnitudes.
@@ -42,8 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .analysis import LocalisationStats, localisation_stats
+from .analysis import LocalisationStats, _np, localisation_stats
 from .results import PositionalResult, TIEResult
+from .selection import _analysis_tensor
 
 __all__ = [
     "CATEGORIES",
@@ -125,7 +132,7 @@ def aligned_positional(result: PositionalResult, *, normalized: bool = False) ->
         >>> tuple(x.shape), bool(torch.isnan(x[:, :, CATEGORIES.index("first [MASK]")]).all())
         ((2, 3, 9, 3), True)
     """
-    eff = result.effect(normalized=normalized)
+    eff = _analysis_tensor(result.effect(normalized=normalized))  # CPU, float32 for bf16/fp16
     n_f, n_l, _, n_m = eff.shape
     out = torch.full((n_f, n_l, len(CATEGORIES), n_m), math.nan, dtype=eff.dtype)
     for f in range(n_f):
@@ -158,6 +165,7 @@ def _aligned_mean(
 
     A category that fewer than a quarter of the facts have (e.g. "further tokens" of one long
     question) would let one fact decide the peak; it is NaN here. Also returns the support.
+    Averages every fact of ``result``: callers pass ``result.known_only()``.
     """
     support = category_support(result)
     mean = torch.nanmean(aligned_positional(result, normalized=normalized)[..., mi], 0)
@@ -173,7 +181,7 @@ class LocalisationSummary:
     Attributes:
         paradigm: ``"positional"`` or ``"diffusion-time"``.
         model_id: The traced model.
-        n_facts: Facts summarised.
+        n_facts: Facts summarised: those the model knows (all, when it knows none).
         module: The module summarised (``None``: all modules of the result).
         peak: Peak cell of the fact-mean map: ``{layer, category|step, module}``.
         peak_value: The signed fact-mean effect there.
@@ -185,6 +193,7 @@ class LocalisationSummary:
             of the share of Σ|effect| at that position (all layers and modules of the map).
         clean_baseline, corrupt_baseline: Mean clean / corrupted baseline: ``p`` of the first
             answer token (positional) or ``LP(answer)`` at step 0 in nats (TIE).
+        n_traced: Facts in the result, known or not (``None``: not recorded).
     """
 
     paradigm: str
@@ -202,13 +211,14 @@ class LocalisationSummary:
     share_prediction: float | None = None
     clean_baseline: float | None = None
     corrupt_baseline: float | None = None
+    n_traced: int | None = None
 
     def as_row(self, label: str | None = None) -> dict[str, Any]:
         """A flat dict for a table (one row per paradigm)."""
         d = asdict(self)
         peak = d.pop("peak")
         row: dict[str, Any] = {"paradigm": label or self.paradigm}
-        row.update({k: d[k] for k in ("model_id", "n_facts", "module")})
+        row.update({k: d[k] for k in ("model_id", "n_facts", "n_traced", "module")})
         row["peak_layer"] = peak.get("layer")
         row["peak_at"] = peak.get("category", peak.get("step"))
         row["peak_module"] = peak.get("module", self.module)
@@ -272,7 +282,8 @@ def localisation_summary(
     positional map cropped to the fact's tokens) and are averaged over facts; the peak is the
     one of the fact-mean map (category-aligned for positional results, see
     :func:`aligned_positional`; categories fewer than a quarter of the facts have are left
-    out of the peak, so one long question cannot decide it).
+    out of the peak, so one long question cannot decide it). Only the facts the model knows
+    are summarised (``result.known_only()``; all, with a warning, when it knows none).
 
     Args:
         result: A :class:`PositionalResult` (effect of its ``metric``) or a :class:`TIEResult`.
@@ -285,10 +296,12 @@ def localisation_summary(
         >>> s.paradigm, s.peak["category"], s.peak_relative_position
         ('positional', 'last subject', (0, 0))
     """
+    n_traced = result.n_facts
     if isinstance(result, TIEResult):
-        view = result.normalized() if normalized else result
+        known = result.known_only()
+        view = known.normalized() if normalized else known
         mi = _module_slice(view.modules, module)
-        tie = view.tie[..., mi]  # [fact, layer, step, module']
+        tie = _analysis_tensor(view.tie[..., mi])  # [fact, layer, step, module'], CPU
         mods = tuple(view.modules[i] for i in mi)
         per = [
             _stats(tie[f], ("layer", "step", "module"), top_k=top_k) for f in range(view.n_facts)
@@ -307,14 +320,16 @@ def localisation_summary(
                 int(k): float(np.nanmean([s.top_share[int(k)] for s in per])) for k in top_k
             },
             entropy=float(np.nanmean([s.entropy for s in per])),
-            clean_baseline=float(result.lp_clean[:, 0].mean()),
-            corrupt_baseline=float(result.lp_corrupt[:, 0].mean()),
+            clean_baseline=float(known.lp_clean[:, 0].float().mean()),
+            corrupt_baseline=float(known.lp_corrupt[:, 0].float().mean()),
+            n_traced=n_traced,
         )
     if not isinstance(result, PositionalResult):
         raise TypeError(f"expected a PositionalResult or a TIEResult, got {type(result).__name__}")
+    result = result.known_only()
     mi = _module_slice(result.modules, module)
     mods = tuple(result.modules[i] for i in mi)
-    eff = result.effect(normalized=normalized)[..., mi]
+    eff = _analysis_tensor(result.effect(normalized=normalized)[..., mi])
     per, rel, s_subj, s_prompt, s_pred = [], [], [], [], []
     for f in range(result.n_facts):
         n_tok = len(result.tokens[f])
@@ -348,8 +363,11 @@ def localisation_summary(
         share_last_subject=float(np.nanmean(s_subj)),
         share_last_prompt=float(np.nanmean(s_prompt)),
         share_prediction=float(np.nanmean(s_pred)),
-        clean_baseline=float((result.lp_clean.exp() if probs else result.lp_clean).mean()),
-        corrupt_baseline=float((result.lp_corrupt.exp() if probs else result.lp_corrupt).mean()),
+        clean_baseline=float((result.lp_clean.exp() if probs else result.lp_clean).float().mean()),
+        corrupt_baseline=float(
+            (result.lp_corrupt.exp() if probs else result.lp_corrupt).float().mean()
+        ),
+        n_traced=n_traced,
     )
 
 
@@ -408,7 +426,9 @@ def plot_ar_vs_diffusion(
     Panels: AR positional and MDLM positional (fact-mean effect per token category × layer,
     see :func:`aligned_positional`; categories fewer than a quarter of the facts have are
     dropped, partial ones are labelled with their fact count) and MDLM TIE (fact-mean
-    Eq. 4 per denoising step × layer). Each panel has its own colour scale (the units differ
+    Eq. 4 per denoising step × layer). Each panel averages the facts its model knows
+    (``known_only()``, as :func:`localisation_summary`); a panel title says "n of N facts"
+    when some are left out. Each panel has its own colour scale (the units differ
     unless ``normalized``). Returns a ``plotly.graph_objects.Figure``; shows and writes nothing.
 
     Example:
@@ -426,7 +446,7 @@ def plot_ar_vs_diffusion(
     names = ("AR positional", "MDLM positional", "MDLM TIE")
     unit = "normalised effect" if normalized else None
     panels = []
-    for r in (ar_positional, mdlm_positional):
+    for r in (ar_positional.known_only(), mdlm_positional.known_only()):
         mi = _module_slice(r.modules, module)[0]
         m, support = _aligned_mean(r, normalized, [mi])
         m = m[..., 0]  # [layer, category]
@@ -438,12 +458,13 @@ def plot_ar_vs_diffusion(
         label = unit or (
             "Δp (first answer token)" if r.metric == "prob" else "Δlog p (first answer token)"
         )
-        panels.append((m[:, keep].numpy(), cats, list(r.layers), label))
-    view = mdlm_tie.normalized() if normalized else mdlm_tie
+        panels.append((_np(m[:, keep]), cats, list(r.layers), label))
+    known_tie = mdlm_tie.known_only()
+    view = known_tie.normalized() if normalized else known_tie
     mi = _module_slice(view.modules, module)[0]
     panels.append(
         (
-            torch.nanmean(view.tie[..., mi], 0).numpy(),
+            _np(torch.nanmean(_analysis_tensor(view.tie[..., mi]), 0)),
             [f"step {k}" for k in view.steps],
             list(view.layers),
             unit or "TIE (nats)",
@@ -453,9 +474,14 @@ def plot_ar_vs_diffusion(
     def subtitle(name: str, s: LocalisationSummary) -> str:
         where = s.peak.get("category", s.peak.get("step"))
         where = f"step {where}" if "step" in s.peak else where
+        facts = (
+            f", {s.n_facts} known of {s.n_traced} facts"
+            if s.n_traced is not None and s.n_facts < s.n_traced
+            else ""
+        )
         return (
-            f"{name} ({html.escape(s.model_id)})<br>peak L{s.peak['layer']} @ {html.escape(str(where))}; "
-            f"top-1 {s.top_share.get(1, math.nan):.0%}, H={s.entropy:.2f}"
+            f"{name} ({html.escape(s.model_id)}{facts})<br>peak L{s.peak['layer']} @ "
+            f"{html.escape(str(where))}; top-1 {s.top_share.get(1, math.nan):.0%}, H={s.entropy:.2f}"
         )
 
     fig = make_subplots(
@@ -534,15 +560,18 @@ def pick_layers(
       ``|effect|`` map of ``module`` (``resid`` by default, where the memory is installed);
     * ``"random"`` — a seeded uniform draw among the other layers (any layer if none is left).
 
+    Both traces contribute the facts their model knows (``known_only()``).
+
     Example:
         >>> pick_layers(PositionalResult.synthetic(n_layers=4), TIEResult.synthetic(n_layers=4), 4)  # doctest: +SKIP
     """
     from .selection import select_coordinate
 
-    tie_layer = int(select_coordinate(mdlm_tie, modules=module).layer)
-    mi = _module_slice(ar_positional.modules, module)[0]
-    m, _ = _aligned_mean(ar_positional, False, [mi])
-    peak, _ = _peak(m[..., 0], {"layer": ar_positional.layers, "category": CATEGORIES})
+    tie_layer = int(select_coordinate(mdlm_tie, modules=module).layer)  # known facts (Eq. 5)
+    ar = ar_positional.known_only()
+    mi = _module_slice(ar.modules, module)[0]
+    m, _ = _aligned_mean(ar, False, [mi])
+    peak, _ = _peak(m[..., 0], {"layer": ar.layers, "category": CATEGORIES})
     ar_layer = int(peak["layer"])
     others = [layer for layer in range(num_layers) if layer not in (tie_layer, ar_layer)]
     rand = random.Random(seed).choice(others or list(range(num_layers)))

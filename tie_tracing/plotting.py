@@ -37,7 +37,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ._io import atomic_write_bytes
-from .analysis import BetaTradeoff, PerFactOptima, SelectionStability, bootstrap_ci
+from .analysis import BetaTradeoff, PerFactOptima, SelectionStability, _np, bootstrap_ci
 from .errors import TieTracingError
 from .results import Coordinate, PositionalResult, TIEResult
 
@@ -91,8 +91,11 @@ def _label_index(labels: Sequence[Any], value: Any, what: str) -> int:
         raise ValueError(f"{what} {value!r} not among {list(labels)}") from None
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()
+def _facts_phrase(n_used: int, n_all: int, any_known: bool) -> str:
+    """``"3 facts"``, ``"2 known of 3 facts"`` or ``"3 facts (none known to the model)"``."""
+    if n_used < n_all:
+        return f"{n_used} known of {n_all} facts"
+    return f"{n_all} facts" + ("" if any_known else " (none known to the model)")
 
 
 # ----------------------------------------------------------------------------- Figure 2
@@ -111,9 +114,13 @@ def plot_tie_heatmaps(
     """TIE heatmaps, one panel per module over (layer rows × step columns) — Figure 2.
 
     The default view is the NaN-aware mean over facts; the hover of each cell gives the
-    value, the percentile-bootstrap 95% CI over facts and the per-fact values. A dropdown
-    ("mean" plus one entry per fact) switches every panel to that fact's own map. All panels
-    share one diverging colour axis centred at 0 (it rescales with the view).
+    value, the percentile-bootstrap 95% CI over facts and the per-fact values. Mean, CI and
+    hover values cover the same facts, those the model knows
+    (:meth:`~tie_tracing.results.TIEResult.known_only`); when some are left out, the title,
+    the hover and the "mean" entry say "n known of N facts". A dropdown ("mean" plus one
+    entry per fact, unknown facts included and marked "(unknown)") switches every panel to
+    that fact's own map. All panels share one diverging colour axis centred at 0 (it
+    rescales with the view).
 
     Raw and normalised views are chosen by the ``normalized`` argument (one view per figure,
     so the dropdown stays ``1 + n_facts`` entries): ``normalized=True`` plots
@@ -140,13 +147,19 @@ def plot_tie_heatmaps(
         raise TypeError(f"plot_tie_heatmaps needs a TIEResult, got {type(result).__name__}")
     if result.n_facts == 0:
         raise ValueError("plot_tie_heatmaps: the result holds no facts")
-    r = result.normalized() if normalized else result
+    r_all = result.normalized() if normalized else result
+    r = r_all.known_only()  # mean, CI and hover values: the facts the model knows
+    known = r_all.known.tolist()
+    n_all, n_f = r_all.n_facts, r.n_facts
+    kept = [i for i in range(n_all) if known[i]] if n_f < n_all else list(range(n_all))
+    facts_phrase = _facts_phrase(n_f, n_all, any(known))
     mods = _module_indices(r.modules, modules)
-    per_fact = _np(r.tie)  # [fact, layer, step, module]
-    mean = _np(r.mean())
+    per_fact_all = _np(r_all.tie)  # [fact, layer, step, module], every fact (dropdown)
+    per_fact = per_fact_all[kept]  # the averaged facts (hover)
+    mean = _np(r.mean(include_unknown=True))  # r holds the known facts already
     low, high = (_np(t) for t in bootstrap_ci(r.tie, n_resamples=n_resamples, seed=seed))
-    n_f = r.n_facts
-    names = [r.fact_ids[i] or f"#{i}" for i in range(n_f)]
+    names_all = [r_all.fact_ids[i] or f"#{i}" for i in range(n_all)]
+    names = [names_all[i] for i in kept]
     unit = "normalised TIE" if r.is_normalized else "TIE (nats)"
     steps, layers = list(r.steps), list(r.layers)
 
@@ -163,19 +176,22 @@ def plot_tie_heatmaps(
                 row.append(
                     f"layer {layer}, step {step}, {r.modules[mi]}<br>"
                     f"mean {unit}: {_fmt(mean[li, si, mi])}<br>"
-                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over {n_f} facts<br>"
+                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over {facts_phrase}<br>"
                     f"per fact:<br>{facts}{more}"
                 )
             rows.append(row)
         return rows
 
     def fact_text(f: int, mi: int) -> list[list[str]]:
-        head = html.escape(f"fact {names[f]}: {r.subjects[f]} → {r.answers[f]}")
+        """Hover of fact ``f`` (an index into all facts of ``r_all``)."""
+        head = html.escape(f"fact {names_all[f]}: {r_all.subjects[f]} → {r_all.answers[f]}")
+        if not known[f]:
+            head += " (not known to the model" + ("; left out of the mean)" if n_f < n_all else ")")
         return [
             [
                 f"{head}<br>layer {layer}, step {step}, {r.modules[mi]}<br>"
-                f"{unit}: {_fmt(per_fact[f, li, si, mi])}<br>"
-                f"mean over facts: {_fmt(mean[li, si, mi])} "
+                f"{unit}: {_fmt(per_fact_all[f, li, si, mi])}<br>"
+                f"mean over {facts_phrase}: {_fmt(mean[li, si, mi])} "
                 f"(95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}])"
                 for si, step in enumerate(steps)
             ]
@@ -206,11 +222,11 @@ def plot_tie_heatmaps(
         fig.update_xaxes(title_text="denoising step", dtick=1, row=1, col=col)
     fig.update_yaxes(title_text="layer", dtick=1, row=1, col=1)
     default_title = title or (
-        f"{unit}, mean over {n_f} facts — {r.model_id} (γ={r.config.get('decay')})"
+        f"{unit}, mean over {facts_phrase} — {r.model_id} (γ={r.config.get('decay')})"
     )
     buttons = [
         dict(
-            label=f"mean ({n_f} facts)",
+            label=f"mean ({facts_phrase})",
             method="update",
             args=[
                 {"z": [mean[:, :, mi] for mi in mods], "text": [mean_text(mi) for mi in mods]},
@@ -218,19 +234,21 @@ def plot_tie_heatmaps(
             ],
         )
     ]
-    for f in range(n_f):
+    for f in range(n_all):
+        mark = "" if known[f] else " (unknown)"
         buttons.append(
             dict(
-                label=f"{names[f]}: {r.subjects[f]}"[:60],
+                label=f"{names_all[f]}{mark}: {r_all.subjects[f]}"[:60],
                 method="update",
                 args=[
                     {
-                        "z": [per_fact[f, :, :, mi] for mi in mods],
+                        "z": [per_fact_all[f, :, :, mi] for mi in mods],
                         "text": [fact_text(f, mi) for mi in mods],
                     },
                     {
                         "title.text": title
-                        or f"{unit}, fact {names[f]} ({r.subjects[f]} → {r.answers[f]}) — {r.model_id}"
+                        or f"{unit}, fact {names_all[f]}{mark} ({r_all.subjects[f]} → "
+                        f"{r_all.answers[f]}) — {r.model_id}"
                     },
                 ],
             )
@@ -266,7 +284,10 @@ def plot_ie_by_later_step(
     """How a patch at ``(layer, step, module)`` acts on later steps: ``IE_{k'}`` (Eq. 3).
 
     One thin line per fact, the mean over facts with its bootstrap 95% band, and the mean
-    TIE (Eq. 4, the decay-weighted aggregate) as a dashed horizontal line. Arguments are
+    TIE (Eq. 4, the decay-weighted aggregate) as a dashed horizontal line. Mean, band and
+    mean TIE cover the facts the model knows
+    (:meth:`~tie_tracing.results.TIEResult.known_only`); unknown facts keep their thin line,
+    dotted and marked "(unknown)". Arguments are
     labels (a layer number, a denoising step, a module name), e.g. those of a
     :class:`~tie_tracing.results.Coordinate`.
 
@@ -282,14 +303,18 @@ def plot_ie_by_later_step(
     si = _label_index(result.steps, step, "step")
     mi = _label_index(result.modules, module, "module")
     later = list(range(step, result.n_later_steps))
-    ie = result.ie[:, li, si, mi, step:]  # [fact, later]
-    ie_np = _np(ie)
-    mean = _np(torch.nanmean(ie, dim=0))
+    used = result.known_only()  # mean, band and mean TIE: the facts the model knows
+    known = result.known.tolist()
+    facts_phrase = _facts_phrase(used.n_facts, result.n_facts, any(known))
+    ie_all = result.ie[:, li, si, mi, step:]  # [fact, later], every fact (thin lines)
+    ie = used.ie[:, li, si, mi, step:]
+    ie_np = _np(ie_all)
+    mean = _np(torch.nanmean(ie.float(), dim=0))
     low, high = (_np(t) for t in bootstrap_ci(ie, n_resamples=n_resamples, seed=seed))
     unit = "normalised IE" if result.is_normalized else "IE (nats)"
     fig = go.Figure()
     for f in range(result.n_facts):
-        name = result.fact_ids[f] or f"#{f}"
+        name = (result.fact_ids[f] or f"#{f}") + ("" if known[f] else " (unknown)")
         fig.add_trace(
             go.Scatter(
                 x=later,
@@ -297,7 +322,7 @@ def plot_ie_by_later_step(
                 mode="lines+markers",
                 name=name,
                 legendgroup="facts",
-                line=dict(width=1),
+                line=dict(width=1, dash="solid" if known[f] else "dot"),
                 opacity=0.5,
                 hovertemplate=f"{html.escape(name)}: {html.escape(result.subjects[f])}<br>"
                 "later step %{x}: %{y:.4g}<extra></extra>",
@@ -322,17 +347,19 @@ def plot_ie_by_later_step(
             mode="lines+markers",
             name="mean",
             line=dict(width=3, color="rgb(31,119,180)"),
-            hovertemplate="mean at later step %{x}: %{y:.4g}<extra></extra>",
+            hovertemplate=f"mean over {facts_phrase} at later step "
+            "%{x}: %{y:.4g}<extra></extra>",
         )
     )
-    tie_mean = float(torch.nanmean(result.tie[:, li, si, mi]))
+    tie_mean = float(torch.nanmean(used.tie[:, li, si, mi].float()))
     fig.add_hline(
         y=tie_mean,
         line_dash="dash",
         annotation_text=f"mean TIE = {_fmt(tie_mean)} (γ={result.config.get('decay')})",
     )
     fig.update_layout(
-        title=f"{unit} of a patch at layer {layer}, step {step}, {module} — {result.model_id}",
+        title=f"{unit} of a patch at layer {layer}, step {step}, {module}, mean over "
+        f"{facts_phrase} — {result.model_id}",
         xaxis_title="later step k'",
         yaxis_title=unit,
     )

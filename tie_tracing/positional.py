@@ -66,10 +66,10 @@ from .backbones import MODULES, hidden_of
 from .errors import NonFiniteActivationError
 from .facts import Fact
 from .patching import (
-    EXECUTION_ORDER,
     Corruption,
     Query,
     SweepSettings,
+    all_sites,
     apply_noise,
     encode_query,
     fact_key,
@@ -174,9 +174,13 @@ def positional_query(model, fact: Fact) -> PositionalQuery:
 
 
 def _sites(model, modules: Sequence[str]) -> list[tuple[int, str]]:
-    """Every ``(layer, module)`` in execution order."""
-    sites = [(layer, m) for layer in range(model.num_layers) for m in modules]
-    return sorted(sites, key=lambda lm: (lm[0], EXECUTION_ORDER.index(lm[1])))
+    """Every ``(layer, module)`` of every layer, in execution order (``attn, mlp, resid``).
+
+    All layers, not only the traced ones: a window restores layers outside ``layers``.
+    :func:`~tie_tracing.patching.all_sites` returns them sorted by ``(layer,
+    EXECUTION_ORDER)``, the order nnsight must be asked in within one forward.
+    """
+    return all_sites(model, modules)
 
 
 def _first_token_lp(logits: torch.Tensor, index: int, token: int) -> torch.Tensor:

@@ -293,6 +293,47 @@ class _ResultBase:
             changes[name] = tuple(value[i] for i in idx)
         return dataclasses.replace(self, **changes)
 
+    # -- facts the model knows ---------------------------------------------------------
+    @property
+    def known(self) -> torch.Tensor:
+        """``[fact]`` bool: the model knows the fact (its id is not in ``config["unknown_facts"]``).
+
+        The tracers list a fact as unknown when the clean model does not produce its answer
+        (TIE: the clean sample; positional: the top-1 first answer token).
+        """
+        unknown = set(self.config.get("unknown_facts", ()) or ())  # type: ignore[attr-defined]
+        ids = self.fact_ids  # type: ignore[attr-defined]
+        return torch.tensor([fid not in unknown for fid in ids], dtype=torch.bool)
+
+    @property
+    def n_known(self) -> int:
+        """Number of facts the model knows (``int(known.sum())``)."""
+        return int(self.known.sum())
+
+    def known_only(self: R) -> R:
+        """The result restricted to the facts the model knows: ``select_facts(known)``.
+
+        This is the fact set every average and per-fact analysis of the package uses
+        (``mean``, Eq. 5 selection, the analyses, the figures, the AR-versus-diffusion
+        comparison). Returns ``self`` when every fact is known; when none is, returns ``self``
+        too (all facts) with a warning, so that an analysis still has something to average.
+        """
+        return self._known_only(stacklevel=3)
+
+    def _known_only(self: R, *, stacklevel: int) -> R:
+        keep = self.known
+        if bool(keep.all()):
+            return self
+        if not bool(keep.any()):
+            model_id = self.model_id  # type: ignore[attr-defined]
+            warnings.warn(
+                f"{type(self).__name__} ({model_id!r}): the model does not know any of the "
+                f"{self.n_facts} traced facts (config['unknown_facts']): using all of them",
+                stacklevel=stacklevel,
+            )
+            return self
+        return self.select_facts(keep)
+
     # -- save / load -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to one ``.safetensors`` file, atomically; returns the path.
@@ -512,31 +553,19 @@ class TIEResult(_ResultBase):
         """``T``, the number of denoising steps covered by ``later_step`` and the baselines."""
         return int(self.ie.shape[-1])
 
-    @property
-    def known(self) -> torch.Tensor:
-        """``[fact]`` bool: the model's clean sample was the answer (not in ``config["unknown_facts"]``)."""
-        unknown = set(self.config.get("unknown_facts", ()))
-        return torch.tensor([fid not in unknown for fid in self.fact_ids], dtype=torch.bool)
-
     def mean(self, *, include_unknown: bool = False) -> torch.Tensor:
         """Mean of ``tie`` over facts, ``[layer, step, module]`` (NaN-aware: ``torch.nanmean``).
 
-        Facts the model does not know (``config["unknown_facts"]``, warned about by
-        :func:`~tie_tracing.tie.trace_tie`) are left out unless ``include_unknown=True``;
-        when no fact is known, all are averaged (with a warning). A cell that is NaN for some
-        facts averages the others; NaN for all facts stays NaN.
+        Averages over :meth:`known_only` (facts the model does not know,
+        ``config["unknown_facts"]``, warned about by :func:`~tie_tracing.tie.trace_tie`, are
+        left out; when no fact is known all are averaged, with a warning) unless
+        ``include_unknown=True``. A cell that is NaN for some facts averages the others; NaN
+        for all facts stays NaN.
         """
         if self.n_facts == 0:
             raise ValueError("mean over facts of an empty TIEResult")
-        keep = self.known
-        if include_unknown or bool(keep.all()):
-            return torch.nanmean(self.tie, dim=0)
-        if not bool(keep.any()):
-            warnings.warn(
-                "no traced fact is known to the model: averaging all of them", stacklevel=2
-            )
-            return torch.nanmean(self.tie, dim=0)
-        return torch.nanmean(self.tie[keep], dim=0)
+        r = self if include_unknown else self._known_only(stacklevel=3)
+        return torch.nanmean(r.tie, dim=0)
 
     def mean_over_facts(self) -> torch.Tensor:
         """Alias of :meth:`mean` (``[layer, step, module]``)."""
@@ -827,15 +856,19 @@ class PositionalResult(_ResultBase):
             eff = eff / (clean - corrupt)[:, None, None, None]
         return eff
 
-    def mean(self) -> torch.Tensor:
+    def mean(self, *, include_unknown: bool = False) -> torch.Tensor:
         """NaN-aware mean over facts, ``[layer, position, module]``.
 
+        Like :meth:`TIEResult.mean`, averages over :meth:`known_only` (facts whose first
+        answer token the clean model does not predict, ``config["unknown_facts"]``, are left
+        out; all facts, with a warning, when none is known) unless ``include_unknown=True``.
         Positions are absolute, so facts whose prompts differ in length or subject position
-        are not aligned; prefer per-fact maps (or ``analysis.localisation_stats``) then.
+        are not aligned; prefer per-fact maps (or ``compare.aligned_positional``) then.
         """
         if self.n_facts == 0:
             raise ValueError("mean over facts of an empty PositionalResult")
-        return torch.nanmean(self.values, dim=0)
+        r = self if include_unknown else self._known_only(stacklevel=3)
+        return torch.nanmean(r.values, dim=0)
 
     def mean_over_facts(self) -> torch.Tensor:
         """Alias of :meth:`mean`."""

@@ -26,13 +26,28 @@ from .results import MODULE_ORDER, Coordinate, TIEResult
 __all__ = ["select_coordinate"]
 
 
+def _analysis_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A detached CPU copy for analysis; half precisions (bf16, fp16) become float32.
+
+    Heatmaps are small, so the analyses run on CPU whatever device and dtype the trace used
+    (masks and generators here are CPU ones). float32/float64 keep their dtype.
+    """
+    x = x.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return x.cpu()
+
+
 def _as_heatmaps(x: Any, what: str) -> tuple[torch.Tensor, tuple, tuple, tuple]:
-    """``(tensor [fact, layer, step, module], layers, steps, modules)`` from a result or tensor."""
+    """``(tensor [fact, layer, step, module], layers, steps, modules)`` from a result or tensor.
+
+    A :class:`TIEResult` contributes its known facts only (:meth:`TIEResult.known_only`: a
+    fact the model does not know measures nothing). The tensor is a detached CPU copy,
+    float32 for half-precision input (see :func:`_analysis_tensor`).
+    """
     if isinstance(x, TIEResult):
-        known = x.known
-        # facts the model does not know measure nothing: leave them out (trace_tie warned)
-        tie = x.tie[known] if bool(known.any()) else x.tie
-        return tie.detach(), x.layers, x.steps, x.modules
+        r = x.known_only()
+        return _analysis_tensor(r.tie), r.layers, r.steps, r.modules
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a TIEResult or a tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -48,7 +63,7 @@ def _as_heatmaps(x: Any, what: str) -> tuple[torch.Tensor, tuple, tuple, tuple]:
         raise TypeError(f"{what} must be a float tensor, got {x.dtype}")
     n_m = x.shape[3]
     modules = MODULE_ORDER if n_m == len(MODULE_ORDER) else tuple(f"m{i}" for i in range(n_m))
-    return x.detach(), tuple(range(x.shape[1])), tuple(range(x.shape[2])), modules
+    return _analysis_tensor(x), tuple(range(x.shape[1])), tuple(range(x.shape[2])), modules
 
 
 def _restriction_mask(
