@@ -296,6 +296,40 @@ def apply_noise(
         emb[index] += noise.to(emb.dtype)
 
 
+def patched_forward(
+    model,
+    x: torch.Tensor,
+    *,
+    noise: torch.Tensor | None,
+    subject: torch.Tensor,
+    replace: bool,
+    writes: dict,
+    step: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One traced forward (``model.logits``) with per-row writes: the sweeps' building block.
+
+    Noise goes on every row's subject embeddings; then, site by site in execution order,
+    ``writes[(layer, module)] = (index, values)`` does ``output[index] = values`` (``index`` an
+    advanced-indexing tuple of rows and positions). ``step`` (an int, a ``[rows]`` tensor of
+    per-row steps, or ``None``) is exposed as ``model.current_step`` for step-set
+    interventions such as the edit memory. Returns aligned logits ``[rows, seq, vocab]``.
+    """
+    order = sorted(writes, key=lambda site: (site[0], EXECUTION_ORDER.index(site[1])))
+    model.current_step = step
+    try:
+        with torch.inference_mode():
+            with model.logits(x) as tracer:
+                apply_noise(model, noise, subject, replace)
+                for site in order:
+                    index, values = writes[site]
+                    out = hidden_of(model.site(*site).output)
+                    out[index] = values.to(out.dtype)
+                logits = tracer.result.save()
+    finally:
+        model.current_step = None
+    return logits
+
+
 def run_patched(
     model,
     query: Query | Fact,

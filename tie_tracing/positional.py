@@ -73,6 +73,7 @@ from .patching import (
     apply_noise,
     encode_query,
     fact_key,
+    patched_forward,
 )
 from .reference import _hooks
 from .results import PositionalResult
@@ -200,21 +201,6 @@ def _capture(model, x, noise, subject, replace, sites) -> tuple[torch.Tensor, di
     return logits, dict(store)
 
 
-def _restore_forward(model, x, noise, subject, replace, writes, sites) -> torch.Tensor:
-    """One traced forward: noise on every row; ``writes[site] = (rows, positions, values)``."""
-    with torch.inference_mode():
-        with model.logits(x) as tracer:
-            apply_noise(model, noise, subject, replace)
-            for site in sites:
-                if site not in writes:
-                    continue
-                rows, pos, values = writes[site]
-                out = hidden_of(model.site(*site).output)
-                out[rows, pos] = values.to(out.dtype)
-            logits = tracer.result.save()
-    return logits
-
-
 def _mean_prob_lp(lp_draws: torch.Tensor) -> torch.Tensor:
     """``log mean_n exp(lp_n)`` over the leading draw axis (``lp`` itself for one draw)."""
     if lp_draws.shape[0] == 1:
@@ -250,8 +236,13 @@ def _trace_one(
     source = {s: v[0] for s, v in clean.items()} if restore_from is None else restore_from
     lp_clean = _first_token_lp(clean_logits, p, tok)[0]
     known = int(clean_logits[0, p].argmax()) == tok
-    corrupt_logits = _restore_forward(
-        model, x1.expand(n_draws, -1), noise, subject, corruption.replace, {}, sites
+    corrupt_logits = patched_forward(
+        model,
+        x1.expand(n_draws, -1),
+        noise=noise,
+        subject=subject,
+        replace=corruption.replace,
+        writes={},
     )
     lp_corrupt = _mean_prob_lp(_first_token_lp(corrupt_logits, p, tok))
 
@@ -278,18 +269,16 @@ def _trace_one(
         for site, (rows, positions) in plan.items():
             pos_t = torch.tensor(positions, device=device)
             writes[site] = (
-                torch.tensor(rows, device=device),
-                pos_t,
+                (torch.tensor(rows, device=device), pos_t),
                 source[site].to(device)[pos_t],
             )
-        logits = _restore_forward(
+        logits = patched_forward(
             model,
             x1.expand(stop - start, -1),
-            noise[draw_of_row],
-            subject,
-            corruption.replace,
-            writes,
-            sites,
+            noise=noise[draw_of_row],
+            subject=subject,
+            replace=corruption.replace,
+            writes=writes,
         )
         if not torch.isfinite(logits[:, p]).all():
             raise NonFiniteActivationError(

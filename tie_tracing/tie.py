@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_write_text
 from ._version import __version__
-from .backbones import MODULES, hidden_of
+from .backbones import MODULES
 from .errors import NonFiniteActivationError
 from .facts import Fact
 from .patching import (
@@ -58,9 +58,9 @@ from .patching import (
     Query,
     SweepSettings,
     all_sites,
-    apply_noise,
     encode_query,
     fact_key,
+    patched_forward,
     run_patched,
 )
 from .results import TIEResult, tie_from_ie
@@ -161,27 +161,6 @@ class _Sweep:
         return lps
 
 
-def _sweep_forward(model, x, noise, subject, replace, patches, row_steps):
-    """One traced forward of sweep rows: noise on every row, each site's patch rows written.
-
-    ``row_steps`` (``[rows]``) is each row's denoising step; it is exposed as
-    ``model.current_step`` so step-set interventions (the edit memory) act per row.
-    """
-    steps = row_steps.unique()
-    model.current_step = int(steps[0]) if len(steps) == 1 else row_steps.to(x.device)
-    try:
-        with torch.inference_mode():
-            with model.logits(x) as tracer:
-                apply_noise(model, noise, subject, replace)
-                for site, (rows, values) in patches.items():
-                    out = hidden_of(model.site(*site).output)
-                    out[rows[:, None], subject[None, :]] = values.to(out.dtype)
-                logits = tracer.result.save()
-    finally:
-        model.current_step = None
-    return logits
-
-
 def _trace_one(
     model, query: Query, config: TraceConfig, nu: float, sites, stats: dict, batch_size: int
 ) -> dict:
@@ -225,14 +204,18 @@ def _trace_one(
 
     def forward_rows(x, draws, row_steps, patches):
         """One traced forward of rows at (possibly different) steps; returns LP and new states."""
-        logits = _sweep_forward(
+        unique = row_steps.unique()
+        logits = patched_forward(
             model,
             x.to(device),
-            noise[draws.to(device)],
-            subject,
-            corruption.replace,
-            patches,
-            row_steps,
+            noise=noise[draws.to(device)],
+            subject=subject,
+            replace=corruption.replace,
+            writes={
+                site: ((rows[:, None], subject[None, :]), values)
+                for site, (rows, values) in patches.items()
+            },
+            step=int(unique[0]) if len(unique) == 1 else row_steps.to(device),
         )
         logits = logits[:, p:]
         if not torch.isfinite(logits).all():
