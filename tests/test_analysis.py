@@ -196,3 +196,9 @@ def test_analyses_accept_bf16_input():
     assert float(s.frequencies.sum()) == pytest.approx(1.0)
     assert per_fact_optima(x).indices.shape == (5, 3)
     assert len(beta_tradeoff(x, x, [0.0, 1.0]).coordinates) == 2
+
+
+def test_bootstrap_ci_of_one_scalar_fact():
+    """A 1-D tensor with a single fact gives (v, v) as 0-d tensors, not an error."""
+    low, high = bootstrap_ci(torch.tensor([3.0]))
+    assert low.shape == () and float(low) == float(high) == 3.0

@@ -410,3 +410,45 @@ def test_per_row_steps_match_per_step_application(memory, mdlm):
         EditHandle(restricted, mdlm)(alone, k)
         torch.testing.assert_close(mixed[i : i + 1], alone)
     assert torch.equal(mixed[1], hidden[1])  # step 1 is outside the step set
+
+
+def test_handle_counts_forwards_per_step_not_rows(memory, mdlm):
+    """fired/skipped count a mixed-step forward once per distinct step, however many rows."""
+    from tie_tracing.editing import EditHandle
+
+    restricted = memory.with_config(steps=(0, 2))
+    handle = EditHandle(restricted, mdlm)
+    steps = torch.tensor([0, 0, 0, 1, 1, 2])  # one forward: rows at steps {0, 1, 2}
+    handle(torch.randn(6, 5, mdlm.hidden_size), steps)
+    assert dict(handle.fired) == {0: 1, 2: 1} and dict(handle.skipped) == {1: 1}
+    handle(torch.randn(6, 5, mdlm.hidden_size), steps)  # a second such forward
+    assert dict(handle.fired) == {0: 2, 2: 2} and dict(handle.skipped) == {1: 2}
+    everywhere = EditHandle(memory, mdlm)  # step set "all": same per-forward counting
+    everywhere(torch.randn(4, 5, mdlm.hidden_size), torch.tensor([3, 3, 5, 5]))
+    assert dict(everywhere.fired) == {3: 1, 5: 1} and not everywhere.skipped
+
+
+def test_build_accepts_an_int_step_and_refuses_bad_steps(mdlm):
+    """steps=3 is the one-step set {3}; negative, non-integer or empty steps raise ValueError."""
+    mem = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps=3)
+    assert mem.config.steps == (3,)
+    assert tt.EditMemory.build(
+        mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps=[2, 0, 2]
+    ).config.steps == (0, 2)
+    assert mem.with_config(steps=1).config.steps == (1,)
+    assert EditConfig(layer=0, steps=torch.tensor([1, 0])).steps == (0, 1)
+    x, p = _query_x(mdlm, FACTS[0])
+    with mem.install(mdlm) as handle:
+        mdlm.denoise(x, answer_start=p, steps=5)
+    assert dict(handle.fired) == {3: 1} and dict(handle.skipped) == {0: 1, 1: 1, 2: 1, 4: 1}
+    for bad, match in (
+        (-1, "≥ 0"),
+        ([0, -2], "≥ 0"),
+        (1.5, "integer"),
+        ([0, 1.0], "integer"),
+        (True, "integer"),
+        ("3", "integer"),
+        ([], "non-empty"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps=bad)

@@ -81,8 +81,21 @@ def test_mean_ci_contains_mean_and_is_seeded():
     _, lo50, hi50 = mean_ci(vals, confidence=0.5)
     assert lo <= lo50 and hi50 <= hi
     assert mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
-    m1, lo1, hi1 = mean_ci([3.0])
-    assert m1 == 3.0 and math.isnan(lo1) and math.isnan(hi1)
+    assert mean_ci([3.0]) == (3.0, 3.0, 3.0)  # one value: no spread (bootstrap_ci's policy)
+    assert mean_ci([3.0, math.nan, math.inf]) == (3.0, 3.0, 3.0)  # non-finite dropped
+    assert all(math.isnan(v) for v in mean_ci([math.nan]))
+
+
+def test_mean_ci_is_bootstrap_ci_in_one_dimension():
+    """mean_ci and analysis.bootstrap_ci give the same interval for the same sample and seed."""
+    vals = [0.1, 0.5, 0.2, 0.9, 0.4, 0.3, 0.8, 0.6]
+    x = torch.tensor(vals, dtype=torch.float64)
+    for confidence, seed in ((0.95, 0), (0.8, 7)):
+        m, lo, hi = mean_ci(vals, n_resamples=500, confidence=confidence, seed=seed)
+        low, high = tt.bootstrap_ci(x[:, None], n_resamples=500, confidence=confidence, seed=seed)
+        assert (lo, hi) == (float(low[0]), float(high[0])) and m == pytest.approx(float(x.mean()))
+    low1, high1 = tt.bootstrap_ci(torch.tensor([[3.0]]))
+    assert mean_ci([3.0]) == (3.0, float(low1[0]), float(high1[0]))
 
 
 def test_paired_ttest_sign_and_markers():
@@ -248,6 +261,21 @@ def test_evaluate_with_fake_model(fake_api):
     assert all(c[3:] == (4, 3) for c in fake_api)
 
 
+def test_evaluate_fact_keys_refuse_comparing_different_idless_facts(fake_api):
+    """fact_ids hold fact_key (the question when a fact has no id), so evaluations of
+    different id-less facts do not compare, while the same id-less facts do."""
+    a = [Fact("Ada", "Where was Ada born?", "true answer"), Fact("Bo", "Who is Bo?", "true")]
+    b = [Fact("Cy", "Where was Cy born?", "true answer"), Fact("Di", "Who is Di?", "true")]
+    ev_a = evaluate(_fake_model(), {"forget": a}, generate=False, n_resamples=50)
+    ev_b = evaluate(_fake_model(), {"forget": b}, generate=False, n_resamples=50)
+    assert ev_a.fact_ids["forget"] == ("Where was Ada born?", "Who is Bo?")
+    with pytest.raises(ValueError, match="different facts"):
+        ev_b.compare(ev_a)
+    again = evaluate(_fake_model(shift=-1.0), {"forget": a}, generate=False, n_resamples=50)
+    rows = {r["metric"]: r for r in again.compare(ev_a)}
+    assert rows["logprob"]["delta"] == pytest.approx(-1.0)
+
+
 def test_evaluate_forget_quality_and_compare(fake_api, tmp_path):
     """A reference model adds forget quality (1.0 for the same model) on the forget split."""
     facts = _facts()[:4]
@@ -313,3 +341,23 @@ def test_evaluate_on_causal_model_skips_generation(replicas):
     torch.testing.assert_close(
         ev["retain"]["logprob"].per_fact, tt.answer_logprob(model, facts).double()
     )
+
+
+def test_public_names_importable_from_top_level():
+    """SPEC §12: the evaluation metrics and a few helpers are importable from ``tt``."""
+    import tie_tracing.evaluation as ev_mod
+    import tie_tracing.patching as patching
+    import tie_tracing.positional as positional
+
+    for name in (
+        "forget_quality",
+        "forget_tr_score",
+        "retain_tr_score",
+        "exact_match",
+        "rouge_l_recall",
+        "PairedTest",
+        "mean_ci",
+    ):
+        assert getattr(tt, name) is getattr(ev_mod, name)
+    assert tt.reference_positional is positional.reference_positional
+    assert tt.SweepSettings is patching.SweepSettings

@@ -222,3 +222,28 @@ def test_retain_model_does_not_know_forget_people():
     forget = plain_metrics(model, tok, tt.load_facts("tiny", "forget10"), **kw)
     retain = plain_metrics(model, tok, tt.load_facts("tiny", "retain_eval")[:40], **kw)
     assert forget["em"] <= 0.2 and retain["em"] >= 0.9, (forget, retain)
+
+
+def test_plain_greedy_sampler_never_commits_the_mask_token():
+    """Where the mask token has the top logit, greedy_diffuse commits the runner-up, exactly as
+    tt.diffuse's commit does; it matches commit step by step on a model favouring the mask."""
+    from types import SimpleNamespace
+
+    from tie_tracing.sampler import commit
+    from tie_tracing.zoo.evaluate import greedy_diffuse, step_counts
+
+    vocab, mask_id = 11, 10
+    table = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0))
+    table[:, mask_id] += 4.0  # the mask token wins the argmax almost everywhere
+
+    def fake(input_ids):
+        mixed = table[input_ids] + 0.3 * table[input_ids.sum(-1) % vocab][:, None]
+        return SimpleNamespace(logits=mixed)
+
+    pairs = [([1, 2, 3], [4, 5, 6, 7, 8]), ([2, 2, 9], [1, 1, 1, 1, 1])]
+    pred, _ = greedy_diffuse(fake, pairs, mask_id, steps=3)
+    assert all(mask_id not in p for p in pred)
+    x = torch.tensor([p + [mask_id] * len(a) for p, a in pairs])
+    for n_k in step_counts(5, 3):
+        x = commit(x, fake(x).logits[:, 3:], answer_start=3, block=(0, 5), n_commit=n_k, mask_id=mask_id)  # fmt: skip
+    assert pred == x[:, 3:].tolist()

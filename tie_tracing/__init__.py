@@ -37,11 +37,33 @@ from .errors import (
     TieTracingError,
     UnsupportedModelError,
 )
-from .evaluation import Evaluation, Metric, evaluate, mean_ci, paired_ttest, truth_ratio
+from .evaluation import (
+    Evaluation,
+    Metric,
+    PairedTest,
+    evaluate,
+    exact_match,
+    forget_quality,
+    forget_tr_score,
+    mean_ci,
+    paired_ttest,
+    retain_tr_score,
+    rouge_l_recall,
+    truth_ratio,
+)
 from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
 from .likelihood import answer_logprob
 from .model import TracedModel, load_model
-from .patching import Capture, Corruption, Patch, PatchedRun, Query, encode_query, run_patched
+from .patching import (
+    Capture,
+    Corruption,
+    Patch,
+    PatchedRun,
+    Query,
+    SweepSettings,
+    encode_query,
+    run_patched,
+)
 from .plotting import (
     StaticExportError,
     plot_beta_tradeoff,
@@ -54,7 +76,7 @@ from .plotting import (
     save_figure,
     static_export_available,
 )
-from .positional import PositionalConfig, trace_positional
+from .positional import PositionalConfig, reference_positional, trace_positional
 from .reference import reference_ie
 from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
 from .sampler import DiffusionResult, diffuse

@@ -101,7 +101,7 @@ def bootstrap_ci(
     data = _np(per_fact)
     cell_shape = data.shape[1:]
     if data.shape[0] == 1:
-        value = torch.from_numpy(data[0].copy()).to(dtype)
+        value = torch.as_tensor(np.array(data[0], copy=True)).to(dtype)
         return value, value.clone()
     flat = data.reshape(data.shape[0], -1)
 

@@ -27,8 +27,12 @@ whose ``model.current_step`` is in the step set (:class:`EditConfig` ``mode``):
 * ``"steer"`` (the ``act_steer`` baseline of SPEC §10.4): ``h_i ← h_i + α · mean_f δ_f`` at
   every position — one fixed direction, no gate, no ridge.
 
-**Step set.** ``steps=None`` (default) fires on every forward. With a step set, a forward
-of the diffusion loop fires when its ``model.current_step`` is in the set. A *stand-alone*
+**Step set.** ``steps=None`` (default) fires on every forward. With a step set — a *set of
+denoising steps* (an int is a one-step set), not a step count as in ``trace_tie(steps=T)`` —
+a forward of the diffusion loop fires when its ``model.current_step`` is in the set; a
+``T``-step sampler numbers its forwards ``0 … T-1``, so steps ``≥ T`` never fire. A TIE-sweep
+forward that mixes rows of several steps edits exactly the rows whose step is in the set
+(:attr:`EditHandle.fired` counts forwards per step, not rows). A *stand-alone*
 forward (``current_step is None``: ``tt.answer_logprob``, a user's ``model.logits(x)``)
 always fires, whatever the step set, so likelihood evaluation sees the edit; set
 ``model.current_step`` yourself to evaluate one forward as a particular step.
@@ -55,16 +59,21 @@ than a rank-1 update, because the scale-free ``λ_abs`` moves with every insert.
 facts); otherwise a :class:`EditMemoryError` says so — no jitter is added silently.
 
 Example:
+    >>> import tie_tracing as tt                                              # doctest: +SKIP
     >>> model = tt.load_model("tiny-mdlm")                                   # doctest: +SKIP
-    >>> memory = tt.EditMemory.build(model, tt.load_facts("tiny", "forget01"))  # doctest: +SKIP
+    >>> facts = tt.load_facts("tiny", split="forget01")                      # doctest: +SKIP
+    >>> memory = tt.EditMemory.build(model, facts)                           # doctest: +SKIP
+    >>> before = tt.answer_logprob(model, facts)                             # doctest: +SKIP
     >>> with memory.install(model):                                          # doctest: +SKIP
     ...     edited = tt.answer_logprob(model, facts)
+    >>> early = tt.EditMemory.build(model, facts, steps={0, 1})  # steps 0, 1  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 import zlib
@@ -127,8 +136,10 @@ class EditConfig:
         alpha: Strength ``α``.
         lam: Scale-free ridge ``λ`` (``λ_abs = λ · mean(diag(K Kᵀ))``).
         q: Coefficients kept per token by ``top_q`` (``None``: all, dense).
-        steps: Denoising steps the edit fires at (``None``: every forward). Stand-alone
-            forwards (``model.current_step is None``) always fire.
+        steps: The set of denoising steps the edit fires at, a sorted tuple of distinct ints
+            ``≥ 0`` (an int given here is a one-step set; ``None``: every forward). Steps are
+            numbered ``0 … T-1`` for a ``T``-step sampler; a step ``≥ T`` never fires.
+            Stand-alone forwards (``model.current_step is None``) always fire.
         kappa: Gate cap ``κ`` of the ``"gated"`` mode (Eq. 10).
         mode: ``"ridge"`` (Eq. 11–12), ``"gated"`` (Eq. 10 per fact, summed) or ``"steer"``.
         cap_q: ``q`` came from an operating point: use ``min(q, N)`` instead of refusing
@@ -171,12 +182,7 @@ class EditConfig:
                     f"q must be an integer ≥ 1 (or None for dense), got {self.q!r}"
                 )
         if self.steps is not None:
-            steps = tuple(sorted({int(s) for s in self.steps}))
-            if not steps or steps[0] < 0:
-                raise ValueError(
-                    f"steps must be a non-empty set of steps ≥ 0 (or None), got {self.steps!r}"
-                )
-            object.__setattr__(self, "steps", steps)
+            object.__setattr__(self, "steps", _normalize_steps(self.steps))
 
     def fires_at(self, step: int | None) -> bool:
         """Whether the edit acts on a forward at denoising ``step`` (``None``: stand-alone)."""
@@ -193,6 +199,39 @@ class EditConfig:
         if d.get("steps") is not None:
             d["steps"] = tuple(d["steps"])
         return cls(**d)
+
+
+def _normalize_steps(steps: Any) -> tuple[int, ...]:
+    """A step set as a sorted tuple of distinct integers ``≥ 0``; one integer is a one-step set.
+
+    Raises:
+        ValueError: a negative step, a non-integer (``1.5``, ``True``, a string), or an empty set.
+    """
+
+    def as_step(s: Any) -> int:
+        if isinstance(s, torch.Tensor) and s.numel() == 1 and not s.is_floating_point():
+            s = s.item()
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise ValueError(
+                f"steps must be denoising steps (integers ≥ 0), got {s!r} in steps={steps!r}"
+            )
+        if s < 0:
+            raise ValueError(f"steps must be ≥ 0, got {int(s)} in steps={steps!r}")
+        return int(s)
+
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, (numbers.Integral, Iterable)):
+        raise ValueError(
+            f"steps must be a denoising step (an integer ≥ 0), a set of them or None, got "
+            f"{type(steps).__name__} {steps!r}"
+        )
+    if isinstance(steps, numbers.Integral) or (isinstance(steps, torch.Tensor) and steps.ndim == 0):
+        items = [steps]
+    else:
+        items = list(steps)
+    out = tuple(sorted({as_step(s) for s in items}))
+    if not out:
+        raise ValueError(f"steps must be a non-empty set of steps ≥ 0 (or None), got {steps!r}")
+    return out
 
 
 # ---------------------------------------------------------------------------- the memory
@@ -291,7 +330,7 @@ class EditMemory:
         alpha: float | None = None,
         lam: float | None = None,
         q: int | None = None,
-        steps: Iterable[int] | None = None,
+        steps: Iterable[int] | int | None = None,
         kappa: float | None = None,
         mode: str = "ridge",
         targets: str | Sequence[str] = "auto",
@@ -310,7 +349,12 @@ class EditMemory:
             facts: The facts to forget or edit (unique ids; subjects must occur in questions).
             layer, module: The site ``(l*, m*)``.
             alpha, lam, q, kappa: Hyper-parameters (see :class:`EditConfig`).
-            steps: Denoising steps the edit fires at (``None``: all).
+            steps: The *set of denoising steps* the edit fires at — an int is a one-step set
+                (``steps=3`` is ``{3}``), an iterable of ints a set, ``None`` every step. It is
+                not a step count, unlike ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
+                sampler's forwards are numbered ``0 … T-1``, so the set should lie within that
+                range — a step ``≥ T`` never fires (nothing checks this, since ``T`` is chosen
+                later, per run). Stand-alone forwards (``current_step is None``) always fire.
             mode: ``"ridge"``, ``"gated"`` or ``"steer"``.
             targets: ``"auto"`` (the fact's ``target`` when set — editing —, else a refusal —
                 unlearning), ``"refusal"`` (a line of TOFU's ``idontknow.jsonl``, chosen by a
@@ -324,6 +368,7 @@ class EditMemory:
         Raises:
             EditMemoryError: no layer for a model without an operating point, duplicate ids,
                 a bad ``q``, a fact lacking the requested target, a singular ``G``.
+            ValueError: a negative, non-integer or empty ``steps``.
             SubjectNotFoundError: a fact's subject is not in its question.
         """
         start = time.perf_counter()
@@ -757,9 +802,15 @@ class EditHandle:
     Attributes:
         memory: The memory (live: inserts and removals act at once).
         model: The model it is installed on.
-        fired: How many forwards the edit modified, by ``current_step`` (``None`` =
-            stand-alone forward).
-        skipped: Forwards seen but outside the step set, by step.
+        fired: How many forwards the edit modified, per ``current_step`` (``None`` =
+            stand-alone forward). Counts are *forwards per step*, not rows: a forward whose
+            rows sit at several steps (the TIE sweep passes a ``[rows]`` tensor of steps as
+            ``model.current_step``) counts once for each distinct step among its rows — a
+            forward with rows at steps ``{0, 2}`` adds one to step 0 and one to step 2,
+            however many rows each has. So ``sum(fired.values())`` equals the number of
+            forwards only when every forward has a single step.
+        skipped: Forwards seen but not modified (outside the step set, or an empty memory),
+            per step, counted the same way.
     """
 
     memory: EditMemory
@@ -780,19 +831,16 @@ class EditHandle:
         """
         memory = self.memory
         if isinstance(step, torch.Tensor):
-            if memory.config.steps is not None:
-                rows = torch.tensor(
-                    [memory.config.fires_at(int(k)) for k in step.tolist()], device=hidden.device
-                )
-                if len(memory) and bool(rows.any()):
-                    hidden[rows] += memory.update(hidden[rows]).to(hidden.dtype)
-                for k, fired in zip(step.tolist(), rows.tolist()):
-                    (self.fired if fired and len(memory) else self.skipped)[k] += 1
-                return
-            for k in step.tolist():
-                (self.fired if len(memory) else self.skipped)[k] += 1
-            if len(memory):
-                hidden += memory.update(hidden).to(hidden.dtype)
+            row_steps = [int(k) for k in step.reshape(-1).tolist()]
+            firing = {k for k in row_steps if len(memory) and memory.config.fires_at(k)}
+            if len(firing) == len(set(row_steps)):  # every row fires (or the step set is all)
+                if firing:
+                    hidden += memory.update(hidden).to(hidden.dtype)
+            elif firing:
+                rows = torch.tensor([k in firing for k in row_steps], device=hidden.device)
+                hidden[rows] += memory.update(hidden[rows]).to(hidden.dtype)
+            for k in sorted(set(row_steps)):  # once per forward and step, not per row
+                (self.fired if k in firing else self.skipped)[k] += 1
             return
         if not len(memory) or not memory.config.fires_at(step):
             self.skipped[step] += 1
@@ -938,7 +986,7 @@ def _resolve_config(
         alpha=float(alpha if alpha is not None else op.get("alpha", PACKAGE_DEFAULTS["alpha"])),
         lam=float(lam if lam is not None else op.get("lam", PACKAGE_DEFAULTS["lam"])),
         q=q,
-        steps=None if steps is None else tuple(steps),
+        steps=None if steps is None else _normalize_steps(steps),
         kappa=float(kappa if kappa is not None else op.get("kappa", PACKAGE_DEFAULTS["kappa"])),
         mode=mode,
         cap_q=cap_q,

@@ -12,7 +12,8 @@ The metrics are pure functions on tensors and strings, so each can be checked by
 * :func:`forget_quality`: KS-test p-value between two samples of truth ratios (edited model
   versus the retain-only model on the forget set).
 * :func:`exact_match` and :func:`rouge_l_recall` on sampled answers.
-* :func:`mean_ci` (percentile bootstrap over facts or seeds) and :func:`paired_ttest`.
+* :func:`mean_ci` (percentile bootstrap over facts or seeds; a 1-D wrapper of
+  :func:`tie_tracing.analysis.bootstrap_ci`) and :func:`paired_ttest`.
 
 :func:`evaluate` runs all of them on a dict of named splits and returns an
 :class:`Evaluation` (frozen; ``.table()``, ``.compare(baseline)``, ``save``/``load``).
@@ -43,7 +44,9 @@ from scipy import stats
 
 from ._io import atomic_write_text
 from ._version import __version__
+from .analysis import bootstrap_ci
 from .facts import Fact
+from .patching import fact_key
 
 __all__ = [
     "Evaluation",
@@ -178,12 +181,18 @@ def mean_ci(
 ) -> tuple[float, float, float]:
     """Mean of a 1-D sample and its percentile-bootstrap confidence interval.
 
-    Resamples the values (facts or seeds) with replacement ``n_resamples`` times
-    (``scipy.stats.bootstrap``, percentile method, fixed ``seed``). Non-finite values are
-    dropped. A single value gives ``(v, nan, nan)``; a constant sample gives ``(v, v, v)``.
+    A thin 1-D wrapper around :func:`tie_tracing.analysis.bootstrap_ci` (resampling the
+    values — facts or seeds — with replacement ``n_resamples`` times, percentile method,
+    fixed ``seed``), so both helpers give the same interval for the same sample. Non-finite
+    values are dropped first. As in ``bootstrap_ci``, a single value gives ``(v, v, v)``
+    (the bootstrap of one value has no spread), and so does a constant sample; an empty (or
+    all non-finite) sample gives ``(nan, nan, nan)``.
 
     Args:
         values: ``[n]`` numbers.
+        n_resamples: Bootstrap resamples (SPEC §9: 2000).
+        confidence: Confidence level in ``(0, 1)``.
+        seed: Seed of the resampling generator.
 
     Returns:
         ``(mean, low, high)``.
@@ -192,24 +201,15 @@ def mean_ci(
         >>> m, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0])
         >>> m, lo <= m <= hi
         (2.5, True)
+        >>> mean_ci([3.0])
+        (3.0, 3.0, 3.0)
     """
-    x = _finite(values).numpy()
-    if len(x) == 0:
+    x = _finite(values)
+    if x.numel() == 0:
         return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) == 1:
-        return mean, math.nan, math.nan
-    if np.all(x == x[0]):
-        return mean, mean, mean
-    res = stats.bootstrap(
-        (x,),
-        np.mean,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    # One cell ([n, 1]): bootstrap_ci's bookkeeping assumes a cell axis.
+    low, high = bootstrap_ci(x[:, None], n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return float(x.mean()), float(low[0]), float(high[0])
 
 
 def significance_marker(p: float) -> str:
@@ -370,7 +370,9 @@ class Evaluation:
             ``rouge_l_recall`` (when generating), ``truth_ratio``, ``tr_forget_score``,
             ``tr_retain_score`` (when facts carry perturbed answers), ``forget_quality``
             (on the forget split, when a reference model was given).
-        fact_ids: ``split -> ids`` aligned with every ``per_fact`` tensor of that split.
+        fact_ids: ``split -> fact keys`` (each fact's id, or its question when it has no id:
+            :func:`tie_tracing.patching.fact_key`) aligned with every ``per_fact`` tensor of
+            that split; :meth:`compare` refuses splits whose keys differ.
         answers: ``split -> sampled answers`` (empty when not generating).
         config: Estimator, steps, seed, mc, model label, package version.
 
@@ -691,7 +693,7 @@ def evaluate(
         facts = list(facts)
         if not facts:
             raise ValueError(f"split {name!r} has no facts")
-        fact_ids[name] = tuple(f.id for f in facts)
+        fact_ids[name] = tuple(fact_key(f) for f in facts)
         per: dict[str, Metric] = {}
         lp = _as_float64(answer_logprob(model, facts, estimator=estimator, mc=mc, seed=seed))
         if lp.shape != (len(facts),):

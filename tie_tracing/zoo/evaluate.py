@@ -10,7 +10,8 @@ Two implementations of the same measurements:
 
 Sampler semantics (SPEC §4, default): query = prompt + ``len(answer)`` masks; for each of
 ``steps`` steps commit the ``n_k`` most confident masked positions (argmax token, temperature 0),
-``n_k`` splitting the masked count evenly with the remainder to the first steps.
+``n_k`` splitting the masked count evenly with the remainder to the first steps; the mask token
+is never committed (excluded from the argmax, as in ``tt.diffuse``).
 Exact match (EM) = every answer token equals the reference token.
 
 ``python -m tie_tracing.zoo.evaluate <name> [--write-card]`` measures one shipped model.
@@ -51,9 +52,12 @@ def greedy_diffuse(
 
     Returns the sampled answer token ids, one list per pair, and the ``masked`` estimate of
     the reference answer's per-token probability (step 0, whole answer masked; geometric
-    mean over the answer's tokens).
+    mean over the answer's tokens). As in ``tt.diffuse``, the mask token is excluded from the
+    argmax (a committed position always gets a real token; its confidence is the chosen
+    token's probability under the full softmax).
     """
     out: list[list[int] | None] = [None] * len(pairs)
+    mask_ids = torch.tensor([mask_id])
     probs_out: list[float | None] = [None] * len(pairs)
     for (lp, la), idx in group_by_shape(pairs).items():
         for s in range(0, len(idx), batch_size):
@@ -67,7 +71,9 @@ def greedy_diffuse(
                     p0 = probs.gather(-1, ref[..., None])[..., 0].log().mean(-1).exp()
                 if n_k == 0:
                     continue
-                conf, tokens = probs.max(-1)
+                # As tt.diffuse's commit: never commit the mask token (a silent re-mask);
+                # the confidence is still the chosen token's probability under the full softmax.
+                conf, tokens = probs.index_fill(-1, mask_ids, -math.inf).max(-1)
                 masked = x[:, lp:] == mask_id
                 conf = torch.where(masked, conf, torch.full_like(conf, -math.inf))
                 pick = conf.topk(n_k, dim=-1).indices
