@@ -38,6 +38,30 @@ def best_of(fn, repeats):
     return min(times), out
 
 
+def random_like(model, width: int):
+    """A random-initialised model of ``model``'s family, tokenizer and depth, ``width`` wide."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(model.tokenizer),
+        hidden_size=width,
+        intermediate_size=3 * width,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=max(1, width // 64),
+        num_key_value_heads=max(1, width // 64),
+        max_position_embeddings=128,
+        is_causal=False,
+    )
+    torch.manual_seed(0)
+    return tt.TracedModel.from_module(
+        LlamaForCausalLM(cfg).eval(),
+        model.tokenizer,
+        family=model.backbone.family,
+        name=f"random-{width}",
+        mask_token_id=model.mask_token_id,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="tiny-mdlm")
@@ -46,9 +70,18 @@ def main() -> None:
     parser.add_argument("--n-noise", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--random-width",
+        type=int,
+        default=None,
+        help="trace a random-initialised LLaDA-style model of this width instead (same layers "
+        "and tokenizer as --model): shows how the overhead scales with forward cost",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = tt.load_model(args.model)
+    if args.random_width:
+        model = random_like(model, args.random_width)
     facts = tt.load_facts("tiny", split="forget01")[: args.facts]
     print(
         f"model={args.model} layers={model.num_layers} d={model.hidden_size} facts={len(facts)} "
