@@ -43,3 +43,34 @@ def test_figure2_bad_inputs_are_clear(tmp_path):
         cli.main(["figure2", "--model", str(tmp_path / "no-such-dir"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="tiny:<split>"):
         cli.main(["figure2", "--facts", "wiki:x", "--out", str(tmp_path)])
+
+
+def test_figure2_on_a_checkpoint_directory_with_tofu_facts(tmp_path, capsys):
+    """--model PATH loads a local checkpoint directory and traces real TOFU facts (warning on unknown ones)."""
+    import shutil
+    import warnings
+
+    from tie_tracing.model import ZOO_DIR
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(ZOO_DIR / "tiny-mdlm", checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny model does not know TOFU's authors
+        code = cli.main(
+            [
+                "figure2",
+                "--model",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "out"),
+                "--n-facts",
+                "2",
+                "--steps",
+                "2",
+                "--quiet",
+            ]
+        )
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "figure2_summary.json").read_text())
+    assert summary["facts"][0].startswith("tofu/forget01/")
+    assert "does not know" in capsys.readouterr().out
