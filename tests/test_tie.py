@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,6 +286,135 @@ def test_chunked_sweep_equals_one_batch():
     assert torch.equal(whole.ie.nan_to_num(), chunked.ie.nan_to_num())
     assert torch.equal(whole.diverged, chunked.diverged)
     assert chunked.config["engine_stats"]["forwards"] > whole.config["engine_stats"]["forwards"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(lp="frozen", temperature=0.7),
+        dict(lp="frozen", block_length=2),
+        dict(lp="raw"),
+        dict(lp="raw", temperature=0.7),
+    ],
+    ids=["frozen-sampled", "frozen-blocks", "raw", "raw-sampled"],
+)
+def test_engine_equals_reference_under_each_reading(kwargs):
+    """Frozen and raw readings, argmax and sampled commits, semi-AR blocks: engine = reference within 1e-5."""
+    m = model("tiny-mdlm")
+    result = trace(m, FACTS[:2], steps=4, nu=2.0, n_noise=2, seed=3, **kwargs)
+    assert result.config["lp"] == kwargs["lp"]
+    for i, fact in enumerate(FACTS[:2]):
+        ref = reference_ie(m, fact, steps=4, nu=2.0, n_noise=2, seed=3, **kwargs)
+        assert torch.equal(torch.isnan(ref["ie"]), torch.isnan(result.ie[i]))
+        torch.testing.assert_close(
+            torch.nan_to_num(result.ie[i]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(result.lp_clean[i], ref["lp_clean"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(result.lp_corrupt[i], ref["lp_corrupt"], atol=1e-5, rtol=0)
+
+
+def test_raw_reading_reproduces_the_previous_release():
+    """lp='raw' gives the numbers of the release before frozen log-probabilities existed.
+
+    ``tests/data/release_raw_tie.safetensors`` was written by that release's ``trace_tie`` on
+    the same replica (argmax, sampled and semi-AR settings).
+    """
+    from safetensors.torch import load_file
+
+    stored = load_file(str(Path(__file__).parent / "data" / "release_raw_tie.safetensors"))
+    m = model("tiny-mdlm")
+    settings = {"t0": {}, "t07": {"temperature": 0.7}, "blocks": {"block_length": 2}}
+    for name, kw in settings.items():
+        r = trace(m, FACTS[:2], steps=4, nu=2.0, n_noise=2, seed=3, lp="raw", **kw)
+        for key in ("ie", "tie", "lp_clean", "lp_corrupt"):
+            torch.testing.assert_close(
+                getattr(r, key).nan_to_num(), stored[f"{name}.{key}"].nan_to_num(),
+                atol=1e-6, rtol=0,
+            )  # fmt: skip
+
+
+def test_frozen_effects_differ_from_raw_even_on_shared_futures():
+    """Under lp='frozen' a patch that commits as the corrupted run did still has later effects
+    (its committed positions keep the patched forward's values), and the frozen map is not the raw one."""
+    m = model("tiny-mdlm")
+    frozen = trace(m, FACTS[:1], steps=4, nu=2.0, n_noise=1, seed=3)
+    raw = trace(m, FACTS[:1], steps=4, nu=2.0, n_noise=1, seed=3, lp="raw")
+    same = frozen.diverged[0] == 0  # [layer, step, module]
+    later = frozen.ie[0, ..., 1:].nan_to_num().abs().sum(-1)  # effects at k' > k (and k' = k ≥ 1)
+    assert bool((same & (later > 0)).any())
+    assert not torch.equal(frozen.tie, raw.tie)
+
+
+def test_idle_steps_have_exactly_zero_effect_and_constant_lp():
+    """A step whose input holds no masked target position has TIE = 0 exactly; LP is constant after the last commit."""
+    m = model("tiny-mdlm")
+    with pytest.warns(UserWarning, match="no answer position left"):
+        result = tt.trace_tie(m, FACTS[1:2], steps=4, nu=2.0, n_noise=2, progress=False)
+    idle = result.idle_steps[0]  # one-token answer: committed at step 0
+    assert idle.tolist() == [False, True, True, True]
+    assert torch.equal(result.tie[0][:, idle], torch.zeros_like(result.tie[0][:, idle]))
+    last = int(result.clean_commits[0].max())
+    tail = result.lp_clean[0, last:]
+    assert torch.equal(tail, tail[:1].expand_as(tail))
+
+
+def test_target_object_sums_over_the_object_only():
+    """target='object' reads LP at the object's tokens only and matches the reference."""
+    m = model("tiny-mdlm")
+    fact = tt.Fact("ada vell", "where was ada vell born", "lisbon porto paris", object="porto", id="o0")
+    q = encode_query(m, fact)
+    assert q.object_offsets == (1,)
+    result = trace(m, [fact], steps=4, nu=2.0, n_noise=2, target="object")
+    assert result.target_mask[0].tolist() == [False, True, False]
+    assert result.object_mask[0].tolist() == [False, True, False]
+    ref = reference_ie(m, fact, steps=4, nu=2.0, n_noise=2, target="object")
+    torch.testing.assert_close(
+        torch.nan_to_num(result.ie[0]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0
+    )
+    run = run_patched(m, q, steps=4, target="object", lp="raw")
+    assert run.token_logprobs is not None
+    torch.testing.assert_close(run.target_logprobs[0], run.token_logprobs[0, :, 1])
+
+
+def test_commit_maps_agree_with_the_states():
+    """Each answer position is masked before its commit step and keeps its token from then on."""
+    m = model("tiny-mdlm")
+    result = trace(m, FACTS[:2], steps=4, nu=2.0, n_noise=2, temperature=0.7)
+    mask = result.config["mask_token_id"]
+    for tokens, commits in (
+        (result.clean_tokens, result.clean_commits),
+        (result.corrupt_tokens, result.corrupt_commits),
+    ):
+        steps = torch.arange(tokens.shape[-2])[:, None]
+        present = tokens[..., -1:, :] >= 0
+        before = steps < commits[..., None, :]
+        assert bool(((tokens == mask) == (before & present)).all())
+        assert bool((tokens == tokens[..., -1:, :]).logical_or(before).logical_or(~present).all())
+    rows = result.commit_map(0)
+    assert [r["step"] for r in rows] == result.clean_commits[0, : len(rows)].tolist()
+    q = encode_query(m, FACTS[0])
+    run = run_patched(m, q, steps=4, temperature=0.7, seeds=[3])
+    assert run.commits is not None and int(run.commits.min()) >= 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lp="stale"), r"lp must be one of \('frozen', 'raw'\)"),
+        (dict(target="subject"), r"target must be one of \('answer', 'object'\)"),
+        (dict(target="object"), r"target='object' needs facts .*'f0'"),
+    ],
+)
+def test_bad_reading_and_target_are_named(kwargs, message):
+    """Unknown lp/target values list the choices; target='object' names the facts without an object."""
+    with pytest.raises(ValueError, match=message):
+        trace(model("tiny-mdlm"), FACTS[:1], steps=2, **kwargs)
+
+
+def test_object_not_in_answer_is_an_error():
+    """An object that is not part of the answer is refused when the fact is made, naming it."""
+    with pytest.raises(ValueError, match="'x1'.*not a substring"):
+        tt.Fact("ada vell", "where was ada vell born", "lisbon", object="Paris", id="x1")
 
 
 def test_engine_equals_reference_on_the_embedded_model():

@@ -25,3 +25,7 @@ class ShapeError(TieTracingError, ValueError):
 
 class NonFiniteActivationError(TieTracingError, FloatingPointError):
     """NaN or inf appeared in activations or log-probabilities during a run."""
+
+
+class ObjectNotFoundError(TieTracingError, ValueError):
+    """A fact's object is not found among its answer's tokens."""

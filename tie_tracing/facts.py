@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import SubjectNotFoundError
+from .errors import ObjectNotFoundError, SubjectNotFoundError
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,10 @@ class Fact:
         subject: The entity whose token span is corrupted by tracing (must occur in
             ``question`` for tracing; evaluation-only facts may set ``traceable=False``).
         question: The prompt.
-        answer: The object span ``O``.
+        answer: The answer: the target positions of ``target="answer"`` (SPEC §5).
+        object: The fact's object, a substring of ``answer`` (``"Gdansk"`` in ``"Ada Vell was
+            born in Gdansk, a port on the Baltic."``); ``None`` means the whole answer. Its
+            tokens are the target positions of ``target="object"``.
         target: What an edit should make the model say instead (``None``: use a default).
         paraphrased_question: The question reworded (generalisation checks).
         paraphrased_answer: The answer reworded (TOFU truth ratio's denominator).
@@ -53,6 +56,7 @@ class Fact:
     subject: str
     question: str
     answer: str
+    object: str | None = None
     target: str | None = None
     paraphrased_question: str | None = None
     paraphrased_answer: str | None = None
@@ -68,6 +72,18 @@ class Fact:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(
                     f"Fact {self.id!r}: {name} must be a non-empty string, got {value!r}"
+                )
+        if self.object is not None:
+            if not isinstance(self.object, str) or not self.object.strip():
+                raise ValueError(
+                    f"Fact {self.id!r}: object must be None or a non-empty string, "
+                    f"got {self.object!r}"
+                )
+            if self.object not in self.answer:
+                raise ValueError(
+                    f"Fact {self.id!r}: object {self.object!r} is not a substring of its "
+                    f"answer {self.answer!r}; give the object exactly as the answer spells it "
+                    "(or object=None for the whole answer)"
                 )
 
     def __repr__(self) -> str:
@@ -643,3 +659,38 @@ def locate_subject(
         f"fact {fact_id!r}: subject {subject!r} not found in prompt {text!r} "
         f"(neither as tokens nor as characters)"
     )
+
+
+def locate_object(tokenizer, answer_ids: Sequence[int], fact: Fact) -> list[int]:
+    """Offsets, within the answer span, of the tokens that spell ``fact.object``.
+
+    The answer's tokens are decoded one at a time; the object's first whole-word occurrence
+    in the decoded text is found (a plain substring only when it never stands as a word of
+    its own) and every token whose characters overlap it is returned. A fact
+    without an object (``object=None``) targets its whole answer: ``[0 … |answer| − 1]``.
+
+    Raises:
+        ObjectNotFoundError: the object does not occur in the decoded answer (names the fact).
+
+    Example:
+        >>> ids = tok(" Ada Vell was born in Gdansk.", add_special_tokens=False).input_ids  # doctest: +SKIP
+        >>> locate_object(tok, ids, fact)   # fact.object == "Gdansk"         # doctest: +SKIP
+        [5]
+    """
+    if fact.object is None:
+        return list(range(len(answer_ids)))
+    text, offsets = _decoded_offsets(tokenizer, answer_ids)
+    # first whole-word occurrence ("ten" is not the "ten" inside "written"); a plain substring
+    # only when the object never stands as a word of its own (e.g. scripts without spaces)
+    match = re.search(rf"(?<!\w){re.escape(fact.object)}(?!\w)", text)
+    start = match.start() if match else text.find(fact.object)
+    if start < 0:
+        raise ObjectNotFoundError(
+            f"fact {fact.id or fact.question!r}: its object {fact.object!r} is not among the "
+            f"tokens of its encoded answer ({text!r}); check Fact.object against the answer"
+        )
+    end = start + len(fact.object)
+    hits = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+    if not hits:  # pragma: no cover - a found substring always overlaps some token
+        raise ObjectNotFoundError(f"fact {fact.id!r}: object {fact.object!r} spans no token")
+    return hits

@@ -211,6 +211,8 @@ class TracedModel(NNsight):
         temperature: float = 0.0,
         seeds: Sequence[int] | None = None,
         targets: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
+        lp: str = "frozen",
     ):
         """The diffusion loop (SPEC §4): exactly ``steps`` backbone forwards.
 
@@ -218,7 +220,7 @@ class TracedModel(NNsight):
         steps through ``tracer.iter``; called directly it simply runs. ``input_ids`` is
         ``[batch, seq]`` with mask tokens from ``answer_start`` on. Returns a
         :class:`~tie_tracing.sampler.LoopOutput` (states after each step, target
-        log-probs per step).
+        log-probs per step in mode ``lp`` over ``target_mask``).
         """
         from .sampler import run_loop
 
@@ -231,6 +233,8 @@ class TracedModel(NNsight):
             temperature=temperature,
             seeds=seeds,
             targets=targets,
+            target_mask=target_mask,
+            lp=lp,
         )
 
     def __repr__(self) -> str:

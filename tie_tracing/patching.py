@@ -38,8 +38,8 @@ import torch
 
 from .backbones import MODULES, hidden_of
 from .errors import ShapeError, SubjectNotFoundError
-from .facts import Fact, locate_subject
-from .sampler import LoopOutput, check_finite
+from .facts import Fact, locate_object, locate_subject
+from .sampler import LoopOutput, check_finite, check_lp_mode, check_target, commit_steps
 
 #: Order in which a block's sites run (nnsight must be asked in execution order).
 EXECUTION_ORDER: tuple[str, ...] = ("attn", "mlp", "resid")
@@ -53,12 +53,35 @@ class Query:
         fact: The fact.
         prompt_ids, answer_ids: Token ids (see :mod:`tie_tracing.prompting`).
         subject_positions: Token positions ``S`` of the subject in the prompt.
+        object_offsets: Offsets within the answer span of the object's tokens (the whole
+            answer for a fact without an object).
     """
 
     fact: Fact
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]
     subject_positions: tuple[int, ...]
+    object_offsets: tuple[int, ...] = ()
+
+    def target_mask(self, target: str = "answer") -> torch.Tensor:
+        """``[answer_len]`` bool: the target positions ``O`` of ``target`` (SPEC §5).
+
+        Raises:
+            ValueError: ``target="object"`` on a fact that records no object (names it).
+        """
+        check_target(target)
+        mask = torch.zeros(len(self.answer_ids), dtype=torch.bool)
+        if target == "answer":
+            mask[:] = True
+            return mask
+        if self.fact.object is None:
+            raise ValueError(
+                f"target='object' needs facts with an object; fact {fact_key(self.fact)!r} has "
+                "none (Fact.object is None): use target='answer'"
+            )
+        offsets = self.object_offsets or tuple(range(len(self.answer_ids)))
+        mask[list(offsets)] = True
+        return mask
 
     @property
     def answer_start(self) -> int:
@@ -82,6 +105,7 @@ def encode_query(model, fact: Fact) -> Query:
 
     Raises:
         SubjectNotFoundError: the subject is not in the prompt (names the fact).
+        ObjectNotFoundError: the fact's object is not in its encoded answer (names the fact).
     """
     if not fact.traceable:
         raise SubjectNotFoundError(
@@ -96,7 +120,10 @@ def encode_query(model, fact: Fact) -> Query:
         text=model.template.format(question=fact.question),
         fact_id=fact.id or fact.question,
     )
-    return Query(fact, tuple(prompt), tuple(answer), tuple(int(p) for p in positions))
+    objects = locate_object(model.tokenizer, answer, fact)
+    return Query(
+        fact, tuple(prompt), tuple(answer), tuple(int(p) for p in positions), tuple(objects)
+    )
 
 
 def fact_key(fact: Fact) -> str:
@@ -249,16 +276,24 @@ class PatchedRun:
     """What :func:`run_patched` returns.
 
     Attributes:
-        target_logprobs: ``[rows, steps]`` ``LP(k)`` of the fact's answer.
+        target_logprobs: ``[rows, steps]`` ``LP(k)`` of the fact's answer over the target
+            positions, in the run's ``lp`` mode.
         states: ``[rows, steps, seq]`` tokens after each step.
         captures: ``(layer, module) → [rows, n_captured_steps, n_positions, d]``.
         capture_steps: ``(layer, module) → the steps captured, in order``.
+        token_logprobs: ``[rows, steps, answer_len]`` the raw per-position terms.
+        masked: ``[rows, steps, answer_len]`` bool, answer position masked in step ``k``'s input.
+        commits: ``[rows, answer_len]`` the commit map: the step each answer position was
+            committed at (``-1``: never).
     """
 
     target_logprobs: torch.Tensor
     states: torch.Tensor
     captures: dict = field(default_factory=dict)
     capture_steps: dict = field(default_factory=dict)
+    token_logprobs: torch.Tensor | None = None
+    masked: torch.Tensor | None = None
+    commits: torch.Tensor | None = None
 
     dims = ("row", "step")
 
@@ -345,6 +380,8 @@ def run_patched(
     block_length: int | None = None,
     temperature: float = 0.0,
     seeds: Sequence[int] | None = None,
+    lp: str = "frozen",
+    target: str = "answer",
 ) -> PatchedRun:
     """One traced diffusion run with corruption, patches and captures at chosen steps.
 
@@ -366,13 +403,19 @@ def run_patched(
         temperature: Sampler temperature (0: argmax commits).
         seeds: Per-row seeds of the Gumbel noise (default ``0, 1, …``); rows with the same
             seed draw the same noise at each step.
+        lp: ``"frozen"`` (default: a committed position keeps the log-probability of the
+            forward that decided it) or ``"raw"`` (SPEC §4).
+        target: Positions ``LP`` sums over: ``"answer"`` (default) or ``"object"`` (SPEC §5).
 
     Returns:
         A :class:`PatchedRun`.
     """
+    check_lp_mode(lp)
+    check_target(target)
     if isinstance(query, Fact):
         query = encode_query(model, query)
     fid = fact_key(query.fact)
+    target_mask = query.target_mask(target)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
     subject = _check_positions(query.subject_positions, query.answer_start, "subject", fid)
@@ -438,6 +481,8 @@ def run_patched(
             temperature=temperature,
             seeds=seeds,
             targets=targets,
+            target_mask=target_mask,
+            lp=lp,
         ) as tracer:
             # captures ride on nnsight's cache (a post-intervention observer, far cheaper
             # than one read per site and step); it keeps the live tensors, sliced below
@@ -466,7 +511,16 @@ def run_patched(
         order = sorted(cs)
         captures[site] = torch.stack([hidden_of(visits[k])[:, pos] for k in order], dim=1)
         capture_steps[site] = tuple(order)
-    return PatchedRun(result.target_logprobs, result.states, captures, capture_steps)
+    p = query.answer_start
+    return PatchedRun(
+        result.target_logprobs,
+        result.states,
+        captures,
+        capture_steps,
+        token_logprobs=result.token_logprobs,
+        masked=result.masked,
+        commits=commit_steps(result.states[:, :, p:].cpu(), model.mask_token_id),
+    )
 
 
 def all_sites(

@@ -43,10 +43,14 @@ def _trajectory(
     temperature: float = 0.0,
     seed: int = 0,
     block_length: int | None = None,
+    lp: str = "frozen",
+    target: str = "answer",
 ):
     """One batch-1 trajectory; returns ``LP(k)`` per step. ``patch = (module, step, value)``.
 
     With ``temperature > 0`` the commit draws its Gumbel noise from ``(seed, step)``.
+    ``lp="frozen"``: a target position committed at step ``c`` contributes, at every later
+    step, the log-probability it had at ``c`` (recorded here position by position).
     """
     subject = torch.tensor(query.subject_positions)
     state = {"step": 0}
@@ -80,13 +84,23 @@ def _trajectory(
     x = query.input_ids(model.mask_token_id)
     targets = query.targets()
     p = query.answer_start
+    positions = [i for i, t in enumerate(query.target_mask(target).tolist()) if t]
+    decided: dict[int, float] = {}  # target position -> log-prob of the forward that committed it
     lps = []
     with torch.inference_mode(), _hooks(pairs):
         schedule = transfer_schedule(len(query.answer_ids), steps, block_length)
         for k, (lo, hi, n) in enumerate(schedule):
             state["step"] = k
             logits = model.forward_logits(x)[:, p:]
-            lps.append(float(target_logprob(logits, targets).sum()))
+            per_position = target_logprob(logits, targets)[0].tolist()
+            was_masked = [int(x[0, p + i]) == model.mask_token_id for i in positions]
+            total = 0.0
+            for i, masked in zip(positions, was_masked):
+                if lp == "raw" or masked:
+                    total += per_position[i]
+                else:
+                    total += decided[i]
+            lps.append(total)
             x = commit(
                 x,
                 logits,
@@ -98,6 +112,9 @@ def _trajectory(
                 seeds=[seed],
                 step=k,
             )
+            for i, masked in zip(positions, was_masked):
+                if masked and int(x[0, p + i]) != model.mask_token_id:
+                    decided[i] = per_position[i]
     return torch.tensor(lps), record_out
 
 
@@ -114,9 +131,13 @@ def reference_ie(
     replace: bool = False,
     temperature: float = 0.0,
     block_length: int | None = None,
+    lp: str = "frozen",
+    target: str = "answer",
 ) -> dict:
     """``IE`` ``[layer, step, module, later_step]`` (mean over draws), ``LP_clean``, ``LP_corrupt``."""
-    run: dict[str, Any] = dict(temperature=temperature, seed=seed, block_length=block_length)
+    run: dict[str, Any] = dict(
+        temperature=temperature, seed=seed, block_length=block_length, lp=lp, target=target
+    )
     query = encode_query(model, fact)
     layers = list(range(model.num_layers)) if layers is None else list(layers)
     modules = [m for m in MODULES if m in modules]

@@ -13,9 +13,17 @@ Each row commits independently: confidences, top-k and the Gumbel noise are per 
 ``r`` draws its noise from seed ``seeds[r]``), so a batch equals its rows run alone.
 
 Limits: one block by default (``block_length=None``); semi-autoregressive blocks need ``T``
-divisible by the number of blocks. Per-step log-probs of given targets are
-``LP(k) = Σ_{i∈O} log softmax(logits_k)_i[a_i]`` in nats, at every object position whatever
-its commit state.
+divisible by the number of blocks.
+
+Per-step log-probabilities of given target tokens ``a`` over target positions ``O`` (SPEC §4),
+in nats: ``LP(k) = Σ_{i∈O} ℓ_i(k)``. With ``lp="frozen"`` (the default) ``ℓ_i(k)`` is
+``log softmax(logits_k)_i[a_i]`` while ``i`` is masked in step ``k``'s input and, once ``i``
+was committed at step ``c_i < k``, the value it had in the forward that decided it, ``ℓ_i(c_i)``:
+an MDLM is trained on masked positions only, so its output at a visible position says nothing
+about the fact. ``lp="raw"`` reads ``log softmax(logits_k)_i[a_i]`` at every target position
+whatever its commit state (the literal reading, kept for comparison). Every trajectory also
+has a **commit map**: the step at which each answer position was committed
+(:func:`commit_steps`).
 """
 
 from __future__ import annotations
@@ -28,8 +36,80 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import NonFiniteActivationError
-from .facts import Fact
+from .facts import Fact, locate_object
 from .prompting import chunks_by_shape, encode_prompt
+
+#: How ``LP(k)`` reads a committed position (SPEC §4).
+LP_MODES: tuple[str, ...] = ("frozen", "raw")
+#: Which answer positions ``LP`` sums over (SPEC §5).
+TARGETS: tuple[str, ...] = ("answer", "object")
+
+
+def check_lp_mode(lp: str) -> str:
+    """``lp`` if it is one of :data:`LP_MODES`, else a ``ValueError`` listing them."""
+    if lp not in LP_MODES:
+        raise ValueError(f"lp must be one of {LP_MODES}, got {lp!r}")
+    return lp
+
+
+def check_target(target: str) -> str:
+    """``target`` if it is one of :data:`TARGETS`, else a ``ValueError`` listing them."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    return target
+
+
+def step_logprobs(
+    token_logprobs: torch.Tensor,
+    masked: torch.Tensor,
+    target_mask: torch.Tensor | None = None,
+    *,
+    lp: str = "frozen",
+    frozen: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LP`` of consecutive steps of trajectories from their per-position terms.
+
+    Args:
+        token_logprobs: ``[..., steps, answer_len]`` ``log softmax(logits_k)_i[a_i]``.
+        masked: ``[..., steps, answer_len]`` bool, position ``i`` masked in step ``k``'s input.
+        target_mask: ``[..., answer_len]`` bool target positions ``O`` (default: all).
+        lp: ``"frozen"`` or ``"raw"`` (see the module docstring).
+        frozen: ``[..., answer_len]`` the frozen terms before the first of these steps (a
+            trajectory continued from the middle); default: the first step's own terms.
+
+    Returns:
+        ``(LP [..., steps], frozen terms after the last step [..., answer_len])``.
+    """
+    check_lp_mode(lp)
+    steps = token_logprobs.shape[-2]
+    f = token_logprobs[..., 0, :] if frozen is None else frozen.to(token_logprobs.dtype)
+    if target_mask is None:
+        weight = torch.ones_like(token_logprobs[..., 0, :])
+    else:
+        weight = target_mask.to(token_logprobs.dtype)
+    out = []
+    for k in range(steps):
+        term = token_logprobs[..., k, :]
+        if lp == "frozen":
+            f = torch.where(masked[..., k, :], term, f)
+            term = f
+        out.append((term * weight).sum(-1))
+    return torch.stack(out, -1), f
+
+
+def commit_steps(tokens: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Commit map: the step at which each position was committed (``-1``: never, or padding).
+
+    Args:
+        tokens: ``[..., steps, answer_len]`` the answer tokens after each step (``-1`` pads).
+        mask_id: The mask token id.
+
+    Returns:
+        ``[..., answer_len]`` long: the first step after which the position holds a token.
+    """
+    done = (tokens != mask_id) & (tokens >= 0)
+    first = done.float().argmax(-2)
+    return torch.where(done.any(-2), first, torch.full_like(first, -1))
 
 
 def transfer_schedule(
@@ -150,13 +230,17 @@ class LoopOutput:
 
     Attributes:
         states: ``[batch, steps, seq]`` tokens after each step's commits.
-        target_logprobs: ``[batch, steps]`` ``LP(k)`` of the targets, or ``None``.
-        token_logprobs: ``[batch, steps, answer_len]`` per-position terms of ``LP(k)``.
+        target_logprobs: ``[batch, steps]`` ``LP(k)`` of the targets (``lp`` mode, over the
+            target positions), or ``None``.
+        token_logprobs: ``[batch, steps, answer_len]`` ``log softmax(logits_k)_i[a_i]`` at
+            every answer position (the raw terms ``LP`` is built from).
+        masked: ``[batch, steps, answer_len]`` bool, answer position masked in step ``k``'s input.
     """
 
     states: torch.Tensor
     target_logprobs: torch.Tensor | None
     token_logprobs: torch.Tensor | None
+    masked: torch.Tensor | None = None
 
 
 def target_logprob(
@@ -186,11 +270,16 @@ def run_loop(
     temperature: float = 0.0,
     seeds: Sequence[int] | None = None,
     targets: torch.Tensor | None = None,
+    target_mask: torch.Tensor | None = None,
+    lp: str = "frozen",
 ) -> LoopOutput:
     """Run the diffusion loop on ``model`` (a :class:`~tie_tracing.model.TracedModel`).
 
     Exactly ``steps`` calls of ``model.forward_logits``; see the module docstring.
+    ``targets`` ``[batch, answer_len]`` are scored at the positions of ``target_mask``
+    (``[answer_len]`` or ``[batch, answer_len]`` bool; default all) in mode ``lp``.
     """
+    check_lp_mode(lp)
     if model.is_causal:
         raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
     x = input_ids.clone()
@@ -199,8 +288,9 @@ def run_loop(
     schedule = transfer_schedule(answer_length, steps, block_length)
     if seeds is None:
         seeds = list(range(batch))
-    states, lps, token_lps = [], [], []
+    states, token_lps, masked = [], [], []
     for k, (lo, hi, n) in enumerate(schedule):
+        masked.append(x[:, answer_start:] == model.mask_token_id)
         model.current_step = k
         try:
             logits = model.forward_logits(x)[:, answer_start:]
@@ -209,9 +299,7 @@ def run_loop(
         check_finite(logits, f"{model.name} logits at step {k}")
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         if targets is not None:
-            per_token = target_logprob(logits, targets, logprobs)
-            token_lps.append(per_token)
-            lps.append(per_token.sum(-1))
+            token_lps.append(target_logprob(logits, targets, logprobs))
         x = commit(
             x,
             logits,
@@ -225,11 +313,16 @@ def run_loop(
             logprobs=logprobs,
         )
         states.append(x)
-    return LoopOutput(
-        states=torch.stack(states, 1),
-        target_logprobs=torch.stack(lps, 1) if targets is not None else None,
-        token_logprobs=torch.stack(token_lps, 1) if targets is not None else None,
-    )
+    masked_t = torch.stack(masked, 1)
+    if targets is None:
+        return LoopOutput(torch.stack(states, 1), None, None, masked_t)
+    token_t = torch.stack(token_lps, 1)
+    if target_mask is not None:
+        target_mask = target_mask.to(token_t.device)
+        if target_mask.ndim == 1:
+            target_mask = target_mask.expand(batch, -1)
+    lps, _ = step_logprobs(token_t, masked_t, target_mask, lp=lp)
+    return LoopOutput(torch.stack(states, 1), lps, token_t, masked_t)
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,7 +336,9 @@ class DiffusionResult:
         target_logprobs: ``[batch, step]`` ``LP(k)`` of the facts' answers (``None`` for plain
             prompts).
         prompt_lengths, answer_lengths: Per row.
-        config: Sampler settings.
+        config: Sampler settings (``lp``, ``target`` and ``mask_token_id`` included).
+        object_offsets: Per row, the offsets within the answer of the object's tokens (the
+            whole answer for facts without an object; empty for plain prompts).
     """
 
     answers: list[str]
@@ -252,12 +347,25 @@ class DiffusionResult:
     prompt_lengths: tuple[int, ...]
     answer_lengths: tuple[int, ...]
     config: dict = field(default_factory=dict)
+    object_offsets: tuple[tuple[int, ...], ...] = ()
 
     dims = ("batch", "step", "position")
 
     @property
     def values(self) -> torch.Tensor:
         return self.tokens
+
+    def commits(self, row: int) -> torch.Tensor:
+        """``[answer_len]`` the commit map of one row: the step each answer position was
+        committed at (``-1``: never)."""
+        return commit_steps(self.answer_tokens(row), int(self.config["mask_token_id"]))
+
+    def object_commit_step(self, row: int) -> int:
+        """The step at which row ``row`` committed its object's first token (``-1``: never)."""
+        offsets = self.object_offsets[row] if self.object_offsets else ()
+        if not offsets:
+            raise ValueError(f"row {row} is a plain prompt: it has no object")
+        return int(self.commits(row)[offsets[0]])
 
     def answer_tokens(self, row: int) -> torch.Tensor:
         """``[step, answer_len]`` committed answer tokens of one row after each step."""
@@ -299,6 +407,8 @@ def diffuse(
     answer_length: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    lp: str = "frozen",
+    target: str = "answer",
 ) -> DiffusionResult:
     """Sample answers with the diffusion loop (SPEC §4).
 
@@ -313,9 +423,13 @@ def diffuse(
         answer_length: Number of answer slots for plain prompts.
         batch_size: Rows per forward.
         progress: Show a progress bar over batches.
+        lp: How ``.target_logprobs`` reads committed positions: ``"frozen"`` (default, the
+            value of the forward that committed them) or ``"raw"`` (SPEC §4).
+        target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over.
 
     Returns:
-        A :class:`DiffusionResult` (``.answers``, ``.tokens``, ``.target_logprobs``).
+        A :class:`DiffusionResult` (``.answers``, ``.tokens``, ``.target_logprobs``, the
+        commit maps through ``.commits(row)``).
 
     Example:
         >>> facts = tt.load_facts("tiny", split="forget01")      # doctest: +SKIP
@@ -331,7 +445,20 @@ def diffuse(
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
     if model.is_causal:
         raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
+    check_lp_mode(lp)
+    check_target(target)
+    if target == "object":
+        missing = [f.id or f.question for f in items if not isinstance(f, Fact) or f.object is None]
+        if missing:
+            raise ValueError(
+                f"target='object' needs facts that record an object; {len(missing)} items do "
+                f"not: {missing[:10]}. Use target='answer'"
+            )
     rows = _queries(model, items, answer_length)
+    objects: list[tuple[int, ...]] = [
+        tuple(locate_object(model.tokenizer, a, item)) if isinstance(item, Fact) else ()
+        for item, (_, a) in zip(items, rows)
+    ]
     shapes = [(p, a if a is not None else [0] * int(answer_length or 0)) for p, a in rows]
     device = model.param_device
     seq_max = max(len(p) + len(a) for p, a in shapes)
@@ -348,6 +475,9 @@ def diffuse(
             targets = (
                 torch.tensor([rows[i][1] for i in chunk], device=device) if have_targets else None
             )
+            target_mask = torch.zeros(len(chunk), a_len, dtype=torch.bool)
+            for r, i in enumerate(chunk):
+                target_mask[r, list(objects[i]) if target == "object" else slice(None)] = True
             out = model.denoise(
                 x,
                 answer_start=p_len,
@@ -356,6 +486,8 @@ def diffuse(
                 temperature=temperature,
                 seeds=[seed + i for i in chunk],
                 targets=targets,
+                target_mask=target_mask.to(device),
+                lp=lp,
             )
             tokens[chunk, :, : p_len + a_len] = out.states.cpu()
             if lps is not None:
@@ -370,5 +502,14 @@ def diffuse(
         target_logprobs=lps,
         prompt_lengths=tuple(len(p) for p, _ in shapes),
         answer_lengths=tuple(len(a) for _, a in shapes),
-        config=dict(steps=steps, block_length=block_length, temperature=temperature, seed=seed),
+        config=dict(
+            steps=steps,
+            block_length=block_length,
+            temperature=temperature,
+            seed=seed,
+            lp=lp,
+            target=target,
+            mask_token_id=int(model.mask_token_id),
+        ),
+        object_offsets=tuple(objects),
     )

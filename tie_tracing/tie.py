@@ -64,7 +64,7 @@ from .patching import (
     run_patched,
 )
 from .results import TIEResult, tie_from_ie
-from .sampler import commit, target_logprob, transfer_schedule
+from .sampler import check_lp_mode, check_target, commit, target_logprob, transfer_schedule
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,16 @@ class TraceConfig(SweepSettings):
         temperature: Sampler temperature (0: argmax commits; > 0: Gumbel noise from
             ``(seed, step)``, the same for every run of a fact).
         block_length: Semi-autoregressive block size of the sampler (default: one block).
+        lp: ``"frozen"`` (default) or ``"raw"``: how ``LP`` reads committed positions (SPEC §4).
+        target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over (SPEC §5).
     """
 
     steps: int = 8
     decay: float = 0.5
     temperature: float = 0.0
     block_length: int | None = None
+    lp: str = "frozen"
+    target: str = "answer"
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -100,27 +104,46 @@ class TraceConfig(SweepSettings):
             raise ValueError(f"decay must lie in (0, 1], got {self.decay}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
+        check_lp_mode(self.lp)
+        check_target(self.target)
 
 
 @dataclass
 class _Node:
-    """One forward of one trajectory: its ``LP`` at ``step`` and the node of the next step."""
+    """One forward of one trajectory: its input ``state`` before ``step``, the raw
+    per-position terms ``tl`` of that forward and the node of the next step."""
 
     draw: int
     step: int
     state: torch.Tensor | None
-    lp: float | None = None
+    tl: torch.Tensor | None = None
     next: int | None = None
 
 
 class _Sweep:
-    """Bookkeeping of the patch sweep of one fact: memoised trajectory nodes."""
+    """Bookkeeping of the patch sweep of one fact: memoised trajectory nodes.
+
+    A node is keyed by ``(draw, step, state)``: the forward it stands for, and so its raw
+    terms and its commits, depend on nothing else. Its ``LP`` may: with ``lp="frozen"`` a
+    committed position reads the value of the forward that committed it, which depends on
+    how the trajectory reached the state. :meth:`walk` therefore carries the frozen terms
+    along a chain instead of memoising ``LP`` per node.
+    """
 
     def __init__(
-        self, corrupt_states: torch.Tensor, query_ids: torch.Tensor, lp_corrupt: torch.Tensor
+        self,
+        corrupt_states: torch.Tensor,
+        query_ids: torch.Tensor,
+        corrupt_terms: torch.Tensor,
+        *,
+        answer_start: int,
+        mask_id: int,
+        weight: torch.Tensor,
+        lp: str,
     ):
         self.nodes: list[_Node] = []
         self.memo: dict[tuple[int, int, bytes], int] = {}
+        self.p, self.mask_id, self.weight, self.lp = answer_start, mask_id, weight, lp
         n_draws, steps, _ = corrupt_states.shape
         self.steps = steps
         self.corrupt: list[list[int]] = []
@@ -128,19 +151,21 @@ class _Sweep:
             ids = []
             for j in range(steps):
                 before = query_ids if j == 0 else corrupt_states[n, j - 1]
-                ids.append(self._add(n, j, before, lp=float(lp_corrupt[n, j])))
+                ids.append(self._add(n, j, before, tl=corrupt_terms[n, j]))
             for j in range(steps - 1):
                 self.nodes[ids[j]].next = ids[j + 1]
             self.corrupt.append(ids)
         self.live: dict[int, list[int]] = {}
 
-    def _add(self, draw: int, step: int, state: torch.Tensor, lp: float | None = None) -> int:
+    def _add(
+        self, draw: int, step: int, state: torch.Tensor, tl: torch.Tensor | None = None
+    ) -> int:
         key = (draw, step, state.numpy().tobytes())
         if key in self.memo:
             return self.memo[key]
-        self.nodes.append(_Node(draw, step, state.clone(), lp))
+        self.nodes.append(_Node(draw, step, state.clone(), tl))
         self.memo[key] = len(self.nodes) - 1
-        if lp is None:
+        if tl is None:
             self.live.setdefault(step, []).append(len(self.nodes) - 1)
         return len(self.nodes) - 1
 
@@ -150,15 +175,41 @@ class _Sweep:
             return None
         return self._add(draw, step, state)
 
-    def chain(self, node: int | None) -> list[float]:
-        """``LP`` of each step from ``node`` to the end of its trajectory."""
+    def step_lp(
+        self, tl: torch.Tensor, state: torch.Tensor, frozen: torch.Tensor | None
+    ) -> tuple[float, torch.Tensor]:
+        """``LP`` of one forward and the frozen terms after it (SPEC §4).
+
+        Every ``LP`` of a fact's sweep (clean, corrupted, patched, continued) goes through
+        here, so equal inputs give bit-equal values and an effect that is zero is exactly 0.
+        """
+        if self.lp == "frozen":
+            masked = state[self.p :] == self.mask_id
+            frozen = tl if frozen is None else torch.where(masked, tl, frozen)
+            return float((frozen * self.weight).sum()), frozen
+        return float((tl * self.weight).sum()), tl
+
+    def walk(self, node: int | None, frozen: torch.Tensor | None) -> list[float]:
+        """``LP`` of each step from ``node`` to the end of its trajectory, starting from the
+        frozen terms ``frozen`` of the steps before it."""
         lps: list[float] = []
         while node is not None:
-            lp = self.nodes[node].lp
-            assert lp is not None, "a trajectory node was never run"
+            n = self.nodes[node]
+            assert n.tl is not None and n.state is not None, "a trajectory node was never run"
+            lp, frozen = self.step_lp(n.tl, n.state, frozen)
             lps.append(lp)
-            node = self.nodes[node].next
+            node = n.next
         return lps
+
+    def corrupt_frozen(self, draw: int) -> list[torch.Tensor | None]:
+        """Frozen terms of draw ``draw``'s corrupted run before each step (None before 0)."""
+        out: list[torch.Tensor | None] = [None]
+        frozen = None
+        for node in self.corrupt[draw][:-1]:
+            n = self.nodes[node]
+            _, frozen = self.step_lp(n.tl, n.state, frozen)  # type: ignore[arg-type]
+            out.append(frozen)
+        return out
 
 
 def _trace_one(
@@ -186,24 +237,50 @@ def _trace_one(
             block_length=config.block_length,
             temperature=config.temperature,
             seeds=[config.seed] * (1 + n_draws),
+            lp=config.lp,
+            target=config.target,
         )
     except NonFiniteActivationError as error:
         raise NonFiniteActivationError(f"fact {fid!r}: {error}") from error
     stats["forwards"] += steps
     stats["rows"] += steps * (1 + n_draws)
     stats["shapes"] += [[1 + n_draws, query.length]] * steps
-    clean_lp, clean_states = both.target_logprobs[0].cpu(), both.states[0].cpu()
+    assert both.token_logprobs is not None
+    terms = both.token_logprobs.float().cpu()  # [1 + N, T, A]
+    clean_states = both.states[0].cpu()
     clean_h = {site: h[0] for site, h in both.captures.items()}  # [steps, |S|, d]
-    lp_corrupt = both.target_logprobs[1:].cpu()  # [N, T]
     corrupt_states = both.states[1:].cpu()  # [N, T, seq]
     query_ids = query.input_ids(model.mask_token_id)[0]
-    sweep = _Sweep(corrupt_states, query_ids, lp_corrupt)
+    weight = query.target_mask(config.target).float()
+    sweep = _Sweep(
+        corrupt_states,
+        query_ids,
+        terms[1:],
+        answer_start=p,
+        mask_id=model.mask_token_id,
+        weight=weight,
+        lp=config.lp,
+    )
+    clean_lp = torch.tensor(
+        _Sweep(
+            clean_states[None],
+            query_ids,
+            terms[:1],
+            answer_start=p,
+            mask_id=model.mask_token_id,
+            weight=weight,
+            lp=config.lp,
+        ).walk(0, None)
+    )
+    lp_corrupt = torch.tensor([sweep.walk(sweep.corrupt[n][0], None) for n in range(n_draws)])
+    frozen_before = [sweep.corrupt_frozen(n) for n in range(n_draws)]  # [N][T]
     schedule = transfer_schedule(len(query.answer_ids), steps, config.block_length)
     targets = torch.tensor(query.answer_ids, device=device)
     n_sites = len(sites)
 
     def forward_rows(x, draws, row_steps, patches):
-        """One traced forward of rows at (possibly different) steps; returns LP and new states."""
+        """One traced forward of rows at (possibly different) steps; returns the raw
+        per-position terms ``[rows, A]`` and the new states."""
         unique = row_steps.unique()
         logits = patched_forward(
             model,
@@ -224,7 +301,7 @@ def _trace_one(
         stats["rows"] += x.shape[0]
         stats["shapes"].append(list(x.shape))
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        lp = target_logprob(logits, targets.expand(x.shape[0], -1), logprobs).sum(-1).cpu()
+        tl = target_logprob(logits, targets.expand(x.shape[0], -1), logprobs).float().cpu()
         new = torch.empty_like(x)
         for k in row_steps.unique().tolist():  # each step has its own commit count and block
             rows = (row_steps == k).nonzero().flatten()
@@ -241,7 +318,7 @@ def _trace_one(
                 step=k,
                 logprobs=logprobs[rows.to(device)],
             ).cpu()
-        return lp, new
+        return tl, new
 
     # 2. every patch (step, draw, site) is a row: it starts from the corrupted state before
     # its step, so all of them run as rows of batched forwards (chunks of `batch_size`)
@@ -252,7 +329,7 @@ def _trace_one(
         [query_ids.expand(n_draws, 1, -1), corrupt_states[:, :-1]], dim=1
     )  # [N, T, seq]
     clean_by_site = [clean_h[site] for site in sites]  # each [T, |S|, d]
-    patch_lp = torch.empty(len(row_step))
+    patch_tl = torch.empty(len(row_step), len(query.answer_ids))
     patch_new = torch.empty(len(row_step), query.length, dtype=torch.long)
     for lo in range(0, len(row_step), batch_size):
         chunk = slice(lo, lo + batch_size)
@@ -262,13 +339,14 @@ def _trace_one(
             rows = (s_ == si).nonzero().flatten()
             if len(rows):
                 patches[site] = (rows.to(device), clean_by_site[si][k_[rows].to(device)])
-        patch_lp[chunk], patch_new[chunk] = forward_rows(before[d_, k_], d_, k_, patches)
-    # a patch run whose commits equal the corrupted run's has exactly the corrupted future
+        patch_tl[chunk], patch_new[chunk] = forward_rows(before[d_, k_], d_, k_, patches)
+    # a patch run whose commits equal the corrupted run's continues on the corrupted nodes
+    # (memoised by state); the others open new trajectories
     same = (patch_new == corrupt_states[row_draw, row_step]).all(-1)
-    patch_next: dict[tuple[int, int, int], int | None] = {}  # diverged patch runs only
-    for r in (~same & (row_step + 1 < steps)).nonzero().flatten().tolist():
-        n, k, s = int(row_draw[r]), int(row_step[r]), int(row_site[r])
-        patch_next[(n, s, k)] = sweep.successor(n, k + 1, patch_new[r])
+    patch_next: list[int | None] = [
+        sweep.successor(int(row_draw[r]), int(row_step[r]) + 1, patch_new[r])
+        for r in range(len(row_step))
+    ]
     # 3. the distinct futures of diverged runs, step by step (runs reaching one state share it)
     for j in range(1, steps):
         live = sweep.live.pop(j, [])
@@ -276,25 +354,25 @@ def _trace_one(
             nodes = live[lo : lo + batch_size]
             x = torch.stack([sweep.nodes[i].state for i in nodes])  # type: ignore[misc]
             draws = torch.tensor([sweep.nodes[i].draw for i in nodes])
-            lp, new = forward_rows(x, draws, torch.full((len(nodes),), j), {})
+            tl, new = forward_rows(x, draws, torch.full((len(nodes),), j), {})
             for i, node_id in enumerate(nodes):
-                sweep.nodes[node_id].lp = float(lp[i])
+                sweep.nodes[node_id].tl = tl[i]
                 sweep.nodes[node_id].next = sweep.successor(
                     sweep.nodes[node_id].draw, j + 1, new[i]
                 )
     stats["divergent_continuations"] += len(sweep.nodes) - n_draws * steps
-    # IE: the patched step itself; 0 after it for runs that kept the corrupted commits; the
-    # memoised futures for runs that diverged
-    shape = (steps, n_draws, n_sites)
-    step_lp = patch_lp.view(shape).permute(1, 2, 0)  # [N, site, T]
-    diverged = (~same).view(shape).permute(1, 2, 0).float()
+    # IE(k, k') = LP_patched(k') - LP_corrupt(k'): the patched forward at k, then its future
+    # (the corrupted nodes when it committed as the corrupted run did) with the frozen terms
+    # it carries: under lp="frozen" a position committed in the patched forward keeps that
+    # forward's value, so even a shared future can have a non-zero effect
     ie_draws = torch.full((n_draws, n_sites, steps, steps), float("nan"))
-    for k in range(steps):
-        ie_draws[:, :, k, k] = step_lp[:, :, k] - lp_corrupt[:, None, k]
-        ie_draws[:, :, k, k + 1 :] = 0.0
-    for (n, s, k), node in patch_next.items():
-        future = torch.tensor(sweep.chain(node))
-        ie_draws[n, s, k, k + 1 :] = future - lp_corrupt[n, k + 1 :]
+    for r in range(len(row_step)):
+        n, k, s = int(row_draw[r]), int(row_step[r]), int(row_site[r])
+        lp_k, frozen = sweep.step_lp(patch_tl[r], before[n, k], frozen_before[n][k])
+        lps = [lp_k] + sweep.walk(patch_next[r], frozen)
+        ie_draws[n, s, k, k:] = torch.tensor(lps) - lp_corrupt[n, k:]
+    shape = (steps, n_draws, n_sites)
+    diverged = (~same).view(shape).permute(1, 2, 0).float()
     ie = ie_draws.mean(0)
     answer_slice = slice(p, p + len(query.answer_ids))
     return dict(
@@ -305,6 +383,8 @@ def _trace_one(
         lp_corrupt_draws=lp_corrupt,
         clean_tokens=clean_states[:, answer_slice],
         corrupt_tokens=corrupt_states[:, :, answer_slice],
+        target_mask=weight.bool(),
+        object_mask=query.target_mask("answer" if query.fact.object is None else "object"),
     )
 
 
@@ -319,7 +399,11 @@ def _to_result(
     ie = tensors["ie"][order].reshape(n_l, n_m, steps, steps).permute(0, 2, 1, 3)  # [l, k, m, k']
     diverged = tensors["diverged"][order].reshape(n_l, n_m, steps).permute(0, 2, 1)
     ie = ie[None].contiguous()
-    cfg = config.to_dict() | {"nu": nu, "normalized": False}
+    cfg = config.to_dict() | {
+        "nu": nu,
+        "normalized": False,
+        "mask_token_id": int(model.mask_token_id),
+    }
     fact = query.fact
     return TIEResult(
         tie=tie_from_ie(ie, config.decay),
@@ -330,6 +414,8 @@ def _to_result(
         clean_tokens=tensors["clean_tokens"][None].long(),
         corrupt_tokens=tensors["corrupt_tokens"][None].long(),
         diverged=diverged[None].contiguous(),
+        target_mask=tensors["target_mask"][None],
+        object_mask=tensors["object_mask"][None],
         fact_ids=(fact_key(fact),),
         subjects=(fact.subject,),
         questions=(fact.question,),
@@ -374,6 +460,8 @@ def trace_tie(
     seed: int = 0,
     temperature: float = 0.0,
     block_length: int | None = None,
+    lp: str = "frozen",
+    target: str = "answer",
     out: str | os.PathLike | None = None,
     progress: bool = True,
     batch_size: int = 256,
@@ -396,6 +484,13 @@ def trace_tie(
         temperature: Sampler temperature (> 0: every run of a fact draws the same Gumbel
             noise at a step, keyed by ``(seed, step)``).
         block_length: Semi-autoregressive block size (LLaDA-Instruct style sampling).
+        lp: ``"frozen"`` (default): a committed answer position keeps the log-probability of
+            the forward that committed it, so ``LP`` measures only what the trajectory still
+            has to decide and a step with no masked target position left has ``TIE = 0``
+            exactly. ``"raw"``: the literal reading at every position whatever its commit
+            state (an MDLM's output at a visible position is untrained; for comparison).
+        target: ``"answer"`` (default): ``LP`` sums over the whole answer span; ``"object"``:
+            over the object's tokens only (facts must record ``Fact.object``).
         out: Directory for a resumable sweep: each finished fact is written there as it
             completes; rerunning with the same ``out`` and settings skips finished facts.
         progress: Show a progress bar over facts.
@@ -406,10 +501,17 @@ def trace_tie(
         A :class:`~tie_tracing.results.TIEResult`: ``.tie`` ``[fact, layer, step, module]``,
         ``.ie`` ``[fact, layer, step, module, later_step]``, baselines, tokens, config.
 
+    Warns:
+        UserWarning: when ``steps`` exceeds the answer length of some facts, naming how many
+            steps have nothing to decide (their TIE is 0 under ``lp="frozen"``), and for every
+            fact the model does not know.
+
     Raises:
         SubjectNotFoundError: a fact's subject is not in its prompt (names the fact).
+        ObjectNotFoundError: a fact's object is not in its encoded answer (names the fact).
         NonFiniteActivationError: NaN/inf appeared (names the fact).
-        ValueError: bad ``steps``, ``modules``, ``layers``, ``decay`` or noise settings.
+        ValueError: bad ``steps``, ``modules``, ``layers``, ``decay``, ``lp``, ``target`` or
+            noise settings; ``target="object"`` with facts that record no object (names them).
 
     Example:
         >>> model = tt.load_model("tiny-mdlm")                              # doctest: +SKIP
@@ -444,10 +546,21 @@ def trace_tie(
         seed=seed,
         temperature=temperature,
         block_length=block_length,
+        lp=lp,
+        target=target,
     )
+    if target == "object":
+        missing = [fact_key(f) for f in facts if f.object is None]
+        if missing:
+            raise ValueError(
+                f"target='object' needs facts that record an object (Fact.object); "
+                f"{len(missing)} do not: {missing[:10]}{' …' if len(missing) > 10 else ''}. "
+                "Use target='answer' for them"
+            )
     layer_list = list(range(model.num_layers)) if config.layers is None else list(config.layers)
     sites = all_sites(model, config.modules, layer_list)
     queries = [encode_query(model, f) for f in facts]
+    _warn_idle(queries, config)
     nu_value = config.corruption().resolve_nu(model, queries)
     store = _Store(out, config, nu_value, model) if out is not None else None
     stats: dict = {"forwards": 0, "rows": 0, "divergent_continuations": 0, "shapes": []}
@@ -465,6 +578,30 @@ def trace_tie(
     result = TIEResult.concat(results)
     extra = {"unknown_facts": unknown, "engine_stats": stats}
     return dataclasses.replace(result, config=result.config | extra)
+
+
+def _warn_idle(queries: Sequence[Query], config: TraceConfig) -> None:
+    """Warn when the schedule leaves steps with no answer position to commit (SPEC §4)."""
+    idle = []
+    for q in queries:
+        schedule = transfer_schedule(len(q.answer_ids), config.steps, config.block_length)
+        done, n_idle = 0, 0
+        for lo, hi, n in schedule:
+            n_idle += done >= len(q.answer_ids)
+            done += n
+        if n_idle:
+            idle.append((fact_key(q.fact), n_idle, len(q.answer_ids)))
+    if not idle:
+        return
+    worst = max(idle, key=lambda t: t[1])
+    warnings.warn(
+        f"steps={config.steps} exceeds the answer length of {len(idle)} of {len(queries)} facts: "
+        f"up to {worst[1]} of the {config.steps} steps have no answer position left to decide "
+        f"(fact {worst[0]!r}: {worst[2]} answer tokens). Under lp='frozen' their TIE is 0 "
+        f"exactly (greyed in Figure 2); under lp='raw' they read the model's untrained output "
+        f"at visible positions. Use steps ≤ the answer length to give every step a decision.",
+        stacklevel=3,
+    )
 
 
 class _Store:
