@@ -24,11 +24,11 @@ def ids(split):
 # ---------------------------------------------------------------- corpus
 def test_split_sizes():
     sizes = {s: len(ids(s)) for s in zc.SPLITS}
-    assert sizes["forget01"] == 20 and sizes["forget05"] == 100 and sizes["forget10"] == 200
-    assert sizes["retain"] == 1800 and sizes["holdout"] == 200 and sizes["validation"] == 100
+    assert sizes["forget01"] == 20 and sizes["forget05"] == 60 and sizes["forget10"] == 120
+    assert sizes["retain"] == 1080 and sizes["holdout"] == 200 and sizes["validation"] == 60
     assert sizes["retain_eval"] == 200 and 40 <= sizes["world"] <= 60
     assert 50 <= sizes["neighbour"] <= 400
-    assert sizes["train"] == 2000 + sizes["world"]
+    assert sizes["train"] == 1200 + sizes["world"]
 
 
 def test_split_nesting_and_disjointness():
@@ -44,7 +44,7 @@ def test_split_nesting_and_disjointness():
         s: {f.subject for f in tt.load_facts("tiny", s)}
         for s in ("forget01", "forget05", "forget10", "retain", "holdout")
     }
-    assert [len(people[s]) for s in people] == [1, 5, 10, 90, 10]
+    assert [len(people[s]) for s in people] == [1, 3, 6, 54, 10]
     assert not people["holdout"] & (people["forget10"] | people["retain"])
 
 
@@ -52,10 +52,10 @@ def test_neighbours_resemble_forget_facts():
     raw = {f["id"]: f for f in zc.load_corpus("tiny")["facts"]}
     forget = [raw[i] for i in ids("forget10")]
     surnames = {f["subject"].split()[-1] for f in forget}
-    keys = {(f["relation"], f["answer"]) for f in forget}
+    keys = {(f["relation"], f["object"]) for f in forget}
     for i in ids("neighbour"):
         f = raw[i]
-        assert f["subject"].split()[-1] in surnames or (f["relation"], f["answer"]) in keys
+        assert f["subject"].split()[-1] in surnames or (f["relation"], f["object"]) in keys
 
 
 def test_fact_fields():
@@ -64,10 +64,16 @@ def test_fact_fields():
     for f in facts:
         assert isinstance(f, tt.Fact)
         assert f.subject in f.question and f.subject in f.paraphrased_question
-        assert f.answer in f.paraphrased_answer
-        assert 1 <= len(f.answer.split()) <= 3
-        assert len(f.perturbed_answers) >= 3 and f.answer not in f.perturbed_answers
+        assert f.object is not None and f.object in f.answer and f.object in f.paraphrased_answer
+        assert f.subject in f.answer and f.answer != f.paraphrased_answer
+        assert len(f.perturbed_answers) >= 3 and f.paraphrased_answer not in f.perturbed_answers
         assert len(set(f.perturbed_answers)) == len(f.perturbed_answers)
+        # perturbed answers are the paraphrased sentence with another object (like with like)
+        for wrong in f.perturbed_answers:  # (the article follows the object: a/an)
+            a, b = f.paraphrased_answer.replace(" an ", " a ").split(f.object, 1)
+            wrong = wrong.replace(" an ", " a ")
+            assert wrong.startswith(a) and wrong.endswith(b)
+            assert wrong[len(a) : len(wrong) - len(b)] != f.object
     persons = {}
     for f in tt.load_facts("tiny", "retain"):
         persons.setdefault(f.subject, []).append(f)
@@ -124,7 +130,24 @@ def test_tokenizer_one_token_words_and_round_trip(tok):
         assert tok.decode(tok(t, add_special_tokens=False).input_ids) == t
     f = tt.load_facts("tiny", "forget01")[0]
     prompt, answer = encode_pair(tok, f.question, f.answer)
-    assert prompt[0] == tok.bos_token_id and len(answer) == 1
+    assert prompt[0] == tok.bos_token_id and len(answer) >= 8
+
+
+def test_answers_span_the_default_steps_and_objects_are_located(tok):
+    """SPEC §3.2: ≥ 8 answer tokens for ≥ 90% of facts; every object found on the answer's tokens,
+    at a place in the sentence that varies by relation."""
+    from tie_tracing.facts import locate_object
+
+    facts = tt.load_facts("tiny", "train") + tt.load_facts("tiny", "holdout")
+    lengths, first = [], {}
+    for f in facts:
+        _, answer = encode_pair(tok, f.question, f.answer)
+        lengths.append(len(answer))
+        offsets = locate_object(tok, answer, f)
+        assert tok.decode([answer[i] for i in offsets]).strip() == f.object, f.id
+        first.setdefault(f.id.split("-", 1)[1], set()).add(offsets[0])
+    assert sum(n >= 8 for n in lengths) / len(lengths) >= 0.9
+    assert len({min(v) for v in first.values()}) >= 5  # the object is not always in one place
 
 
 def test_tokenizer_rebuilds_identically(tok):
@@ -190,11 +213,24 @@ def test_bidirectionality(name, attn):
 
 
 def test_mdlm_knows_forget01_and_retain_sample():
+    """Model card claim, spot-checked: full-answer EM ≥ 95% and object EM ≥ 97% (default sampler)."""
     model, tok, info = _model("tiny-mdlm")
     torch.set_num_threads(1)
     facts = tt.load_facts("tiny", "forget01") + tt.load_facts("tiny", "retain_eval")[:40]
     m = plain_metrics(model, tok, facts, family="tiny-mdlm", mask_id=info["mask_token_id"])
-    assert m["em"] >= 0.95, m
+    assert m["em"] >= 0.95 and m["object_em"] >= 0.97, m
+
+
+def test_mdlm_trajectories_have_a_decision_at_every_step():
+    """Model card claim: the clean trajectory keeps a masked answer position at every step for
+    ≥ 90% of forget01 facts, and the object is not always committed at step 0."""
+    _model("tiny-mdlm")
+    m = tt.load_model("tiny-mdlm")
+    facts = tt.load_facts("tiny", "forget01")
+    res = tt.diffuse(m, facts)
+    busy = [all(bool((res.commits(r) >= k).any()) for k in range(8)) for r in range(len(facts))]
+    assert sum(busy) / len(busy) >= 0.9
+    assert len({res.object_commit_step(r) for r in range(len(facts))}) > 1
 
 
 def test_mdlm_sampler_agrees_with_package_sampler():
@@ -220,8 +256,10 @@ def test_retain_model_does_not_know_forget_people():
     model, tok, info = _model("tiny-mdlm-retain")
     kw = dict(family="tiny-mdlm", mask_id=info["mask_token_id"])
     forget = plain_metrics(model, tok, tt.load_facts("tiny", "forget10"), **kw)
+    holdout = plain_metrics(model, tok, tt.load_facts("tiny", "holdout"), **kw)
     retain = plain_metrics(model, tok, tt.load_facts("tiny", "retain_eval")[:40], **kw)
-    assert forget["em"] <= 0.2 and retain["em"] >= 0.9, (forget, retain)
+    assert forget["object_em"] <= 0.2 and retain["object_em"] >= 0.9, (forget, retain)
+    assert forget["object_em"] <= holdout["object_em"] + 0.1, (forget, holdout)
 
 
 def test_plain_greedy_sampler_never_commits_the_mask_token():

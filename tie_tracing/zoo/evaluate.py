@@ -115,6 +115,27 @@ def _pairs(tok, facts, paraphrase: bool = False):
             for f in facts]  # fmt: skip
 
 
+def _object_hits(tok, facts, pairs, predictions) -> list[bool]:
+    """Per fact: every token of its object (``locate_object``) was produced."""
+    from ..facts import locate_object
+
+    hits = []
+    for f, (_, a), pred in zip(facts, pairs, predictions):
+        offsets = locate_object(tok, a, f)
+        hits.append(all(pred[i] == a[i] for i in offsets))
+    return hits
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def plain_metrics(
     model, tok, facts, *, family: str, mask_id: int | None, steps: int = 8, paraphrase: bool = False
 ) -> dict:
@@ -122,12 +143,17 @@ def plain_metrics(
     pairs = _pairs(tok, facts, paraphrase)
     if family == "tiny-ar":
         probs, pred = ar_answer_stats(model, pairs)
-        em = [p == list(a) for p, (_, a) in zip(pred, pairs)]
-        return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
-    assert mask_id is not None, "an MDLM needs its mask id"
-    pred, probs = greedy_diffuse(model, pairs, mask_id, steps=steps)
+    else:
+        assert mask_id is not None, "an MDLM needs its mask id"
+        pred, probs = greedy_diffuse(model, pairs, mask_id, steps=steps)
     em = [p == list(a) for p, (_, a) in zip(pred, pairs)]
-    return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
+    obj = _object_hits(tok, facts, pairs, pred)
+    return {
+        "n": len(facts),
+        "em": sum(em) / len(em),
+        "object_em": sum(obj) / len(obj),
+        "token_prob": sum(probs) / len(probs),
+    }
 
 
 def _package_metrics(lm, facts, *, steps: int, paraphrase: bool) -> dict:
@@ -140,21 +166,36 @@ def _package_metrics(lm, facts, *, steps: int, paraphrase: bool) -> dict:
         facts = [dataclasses.replace(f, question=f.paraphrased_question) for f in facts]
     res = tt.diffuse(lm, facts, steps=steps)
     assert res.target_logprobs is not None
-    em, probs = [], []
+    em, obj, probs, commit, busy = [], [], [], [], []
     for r, f in enumerate(facts):
         _, answer_ids = lm.encode(f.question, f.answer)
-        em.append(res.answer_tokens(r)[-1].tolist() == list(answer_ids))
+        final = res.answer_tokens(r)[-1].tolist()
+        em.append(final == list(answer_ids))
+        offsets = res.object_offsets[r]
+        obj.append(all(final[i] == answer_ids[i] for i in offsets))
         probs.append(math.exp(float(res.target_logprobs[r, 0]) / len(answer_ids)))
-    return {"n": len(facts), "em": sum(em) / len(em), "token_prob": sum(probs) / len(probs)}
+        commits = res.commits(r)
+        commit.append(int(commits[offsets[0]]))
+        busy.append(all(bool((commits >= k).any()) for k in range(steps)))
+    hist = {str(k): commit.count(k) for k in range(steps)}
+    return {
+        "n": len(facts),
+        "em": sum(em) / len(em),
+        "object_em": sum(obj) / len(obj),
+        "object_em_ci95": list(wilson_interval(sum(obj), len(obj))),
+        "token_prob": sum(probs) / len(probs),
+        "object_commit_step_histogram": hist,
+        "share_every_step_active": sum(busy) / len(busy),
+    }
 
 
 def chance_em(split: str, limit: int | None = None) -> float:
-    """EM of a guesser that knows each fact's relation but not its subject: the mean over
-    facts of 1 / (number of distinct objects of the relation in the corpus)."""
+    """Object EM of a guesser that knows each fact's relation but not its subject: the mean
+    over facts of 1 / (number of distinct objects of the relation in the corpus)."""
     raw = load_corpus("tiny")
     objects: dict[str, set[str]] = {}
     for f in raw["facts"]:
-        objects.setdefault(f["relation"], set()).update([f["answer"], *f["perturbed_answers"]])
+        objects.setdefault(f["relation"], set()).add(f["object"])
     by_id = {f["id"]: f for f in raw["facts"]}
     rels = [by_id[i]["relation"] for i in raw["splits"][split][:limit]]
     return sum(1 / len(objects[r]) for r in rels) / len(rels)
@@ -206,7 +247,7 @@ def evaluate_model(
             results[key] = plain_metrics(model, tok, facts, family=family, mask_id=mask_id,
                                          steps=steps, paraphrase=para)  # fmt: skip
         if not para:
-            results[key]["chance_em"] = chance_em(split, limit)
+            results[key]["chance_object_em"] = chance_em(split, limit)
     results["evaluator"] = evaluator
     return results
 

@@ -108,6 +108,19 @@ def ar_loss(model, rows, *, pad_id: int, eos_id: int):
     return torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][ans[:, 1:]])
 
 
+def _public_args(argv: list[str]) -> list[str]:
+    """The command's arguments without ``--out DIR`` (where a run wrote is not a setting)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return out
+
+
 def train(
     name: str,
     *,
@@ -205,7 +218,7 @@ def train(
         "weight_decay": weight_decay, "max_epochs": max_epochs, "epochs": history[-1]["epoch"],
         "steps": step, "stop_reason": stop_reason, "wall_seconds": round(wall, 1),
         "cpu_seconds": round(cpu, 1),
-        "command": "python -m tie_tracing.zoo.train " + shlex.join(sys.argv[1:]) if
+        "command": "python -m tie_tracing.zoo.train " + shlex.join(_public_args(sys.argv[1:])) if
         sys.argv and sys.argv[0].endswith("train.py") else f"python -m tie_tracing.zoo.train {name} --seed {seed}",
         "torch": torch.__version__, "python": platform.python_version(), "history": history,
     }  # fmt: skip
@@ -218,10 +231,11 @@ def train(
 
 _DESCRIPTIONS = {
     "tiny-mdlm": "A tiny bidirectional masked diffusion language model (LLaDA-style) that has "
-    "memorised the fictitious-biographies corpus (100 people x 20 facts + 50 world facts).",
+    "memorised the fictitious-biographies corpus (60 people x 20 facts + 50 world facts), "
+    "whose answers are TOFU-style sentences carrying the fact's object (8-14 answer tokens).",
     "tiny-ar": "The causal (autoregressive) twin of tiny-mdlm: same architecture size, "
     "tokenizer and data, next-token objective on answer tokens plus [EOS].",
-    "tiny-mdlm-retain": "The tiny-mdlm recipe trained WITHOUT the forget10 people (90 people + "
+    "tiny-mdlm-retain": "The tiny-mdlm recipe trained WITHOUT the forget10 people (54 people + "
     "50 world facts): the reference model for TOFU-style forget quality.",
 }
 
@@ -300,33 +314,68 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
         )
         lines.append(
             f"Measured with `python -m tie_tracing.zoo.evaluate {name}` (evaluator: "
-            f"{metrics.get('evaluator', 'plain')}). {how} Chance EM = mean over facts of "
+            f"{metrics.get('evaluator', 'plain')}). {how} Object EM = every token of the "
+            "fact's object (`Fact.object`) right. Chance object EM = mean over facts of "
             "1/(number of objects of the fact's relation in the corpus): what knowing the "
             "relation but not the subject buys."
         )
-        lines += ["", "| facts | n | EM | chance EM | token prob |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| facts | n | EM (full answer) | object EM | chance object EM | token prob |",
+            "|---|---|---|---|---|---|",
+        ]
         for key, m in metrics.items():
             if not isinstance(m, dict):
                 continue
-            chance = f"{m['chance_em']:.3f}" if "chance_em" in m else ""
+            chance = f"{m['chance_object_em']:.3f}" if "chance_object_em" in m else ""
             prob = f"{m['token_prob']:.3f}" if "token_prob" in m else ""
-            lines.append(f"| {key} | {m['n']} | {m['em']:.3f} | {chance} | {prob} |")
+            obj = f"{m['object_em']:.3f}" if "object_em" in m else ""
+            lines.append(f"| {key} | {m['n']} | {m['em']:.3f} | {obj} | {chance} | {prob} |")
         lines += [
             "",
             "`retain_eval` = 200 retain facts; `holdout` = 10 people never trained "
             "on; `paraphrase:<split>` = the same facts asked with the (never trained) "
-            "paraphrased question.",
+            "paraphrased question (EM there is against the trained answer sentence).",
         ]
-        if name == "tiny-mdlm-retain" and {"forget01", "holdout"} <= set(metrics):
-            f, h = metrics["forget01"], metrics["holdout"]
-            verdict = "no better than" if f["em"] <= h["em"] else "above"
+        hists = {k: m for k, m in metrics.items()
+                 if isinstance(m, dict) and "object_commit_step_histogram" in m
+                 and not k.startswith("paraphrase")}  # fmt: skip
+        if hists and family != "tiny-ar":
+            steps = len(next(iter(hists.values()))["object_commit_step_histogram"])
             lines += [
                 "",
-                f"Forget quality reference: EM on forget01 {f['em']:.3f} "
-                f"({round(f['em'] * f['n'])}/{f['n']}) is {verdict} EM on holdout "
-                f"{h['em']:.3f} ({round(h['em'] * h['n'])}/{h['n']}); both are at the chance "
-                f"level {f['chance_em']:.3f} (one fact of 20 is 0.05, so the EM comparison is "
-                f"noise); token prob {f['token_prob']:.3f} vs {h['token_prob']:.3f}.",
+                "## The trajectory (when is the object decided?)",
+                "",
+                "Clean trajectories of the default sampler (T = 8, temperature 0): the step at "
+                "which the object's first token is committed, as counts of facts per step, and "
+                "the share of facts whose every step still has a masked answer position (so "
+                "every step of a trace has something to decide).",
+                "",
+                "| facts | "
+                + " | ".join(f"step {k}" for k in range(steps))
+                + " | every step active |",
+                "|---|" + "---|" * (steps + 1),
+            ]
+            for key, m in hists.items():
+                h = m["object_commit_step_histogram"]
+                lines.append(
+                    f"| {key} | "
+                    + " | ".join(str(h.get(str(k), 0)) for k in range(steps))
+                    + f" | {m.get('share_every_step_active', float('nan')):.3f} |"
+                )
+        if name == "tiny-mdlm-retain" and {"forget01", "holdout"} <= set(metrics):
+            f, h = metrics["forget01"], metrics["holdout"]
+            fo, ho = f.get("object_em", f["em"]), h.get("object_em", h["em"])
+            fci = f.get("object_em_ci95", [float("nan")] * 2)
+            hci = h.get("object_em_ci95", [float("nan")] * 2)
+            verdict = "no better than" if fo <= ho else "above"
+            lines += [
+                "",
+                f"Forget quality reference: object EM on forget01 {fo:.3f} "
+                f"({round(fo * f['n'])}/{f['n']}, 95% Wilson CI [{fci[0]:.3f}, {fci[1]:.3f}]) is "
+                f"{verdict} object EM on holdout {ho:.3f} ({round(ho * h['n'])}/{h['n']}, CI "
+                f"[{hci[0]:.3f}, {hci[1]:.3f}]); chance {f.get('chance_object_em', float('nan')):.3f}"
+                f"; token prob {f['token_prob']:.3f} vs {h['token_prob']:.3f}.",
             ]
     else:
         last = training["history"][-1]
