@@ -32,15 +32,16 @@ from tie_tracing.facts import Fact
 
 
 def test_truth_ratio_hand_computed():
-    """R = mean_j p_j^(1/len_j) / p_par^(1/len_par) on known probabilities."""
-    # fact 0: perturbed per-token probs 0.2 and 0.4 (mean 0.3), paraphrase per-token prob 0.6
+    """R = geomean_j p_j^(1/len_j) / p_par^(1/len_par) on known probabilities (open-unlearning's form)."""
+    # fact 0: perturbed per-token probs 0.2 and 0.4 (geometric mean √0.08), paraphrase 0.6
     lp_p = [[2 * math.log(0.2), 3 * math.log(0.4)], [math.log(0.5), math.log(0.5)]]
     len_p = [[2, 3], [1, 1]]
     lp_a = [4 * math.log(0.6), 2 * math.log(0.25)]
     len_a = [4, 2]
     r = truth_ratio(lp_p, len_p, lp_a, len_a)
     assert r.dtype == torch.float64 and r.shape == (2,)
-    torch.testing.assert_close(r, torch.tensor([0.3 / 0.6, 0.5 / 0.25], dtype=torch.float64))
+    expected = [math.sqrt(0.2 * 0.4) / 0.6, 0.5 / 0.25]
+    torch.testing.assert_close(r, torch.tensor(expected, dtype=torch.float64))
 
 
 def test_truth_ratio_log_space_and_ragged():
@@ -248,8 +249,8 @@ def test_evaluate_with_fake_model(fake_api):
     assert m["logprob"].value == pytest.approx(-0.9)
     assert m["logprob_per_token"].value == pytest.approx((4 * -0.5 + -0.5) / 5)
     assert m["exact_match"].per_fact.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
-    # R = mean(exp(-1.5/1), exp(-2.5/3)) / exp(-1.5/3); the fact without perturbations is NaN
-    expected = (math.exp(-1.5) + math.exp(-2.5 / 3)) / 2 / math.exp(-1.5 / 3)
+    # R = geomean(exp(-1.5/1), exp(-2.5/3)) / exp(-1.5/3); the fact without perturbations is NaN
+    expected = math.exp((-1.5 - 2.5 / 3) / 2) / math.exp(-1.5 / 3)
     r = m["truth_ratio"].per_fact
     assert torch.isnan(r[4]) and m["truth_ratio"].n == 4
     torch.testing.assert_close(r[:4], torch.full((4,), expected, dtype=torch.float64))

@@ -78,10 +78,14 @@ def _as_float64(x) -> torch.Tensor:
 
 
 def truth_ratio(lp_perturbed, len_perturbed, lp_paraphrased, len_paraphrased) -> torch.Tensor:
-    """TOFU truth ratio per fact, ``R = mean_j P(â_j)^{1/|â_j|} / P(ã)^{1/|ã|}``.
+    """TOFU truth ratio per fact, as open-unlearning and TOFU's code compute it (SPEC §9).
 
-    Computed in log space: ``log R = logmeanexp_j(lp_j / len_j) - lp_ã / len_ã``. ``R < 1``
-    means the model prefers the (paraphrased) true answer over the perturbed ones.
+    With ``p̄(a) = P(a)^{1/|a|}`` the per-token geometric-mean probability of an answer,
+    ``R = (Π_j p̄(â_j))^{1/n} / p̄(ã)``: the geometric mean over the perturbed answers ``â_j``,
+    over the paraphrased answer ``ã``. In log space ``log R = mean_j(lp_j / len_j) − lp_ã /
+    len_ã``. (The TOFU paper writes an arithmetic mean over ``j``; the codebases use the
+    geometric one, and results are compared with theirs.) ``R < 1`` means the model prefers
+    the (paraphrased) true answer over the perturbed ones.
 
     Args:
         lp_perturbed: ``[fact, n_perturbed]`` total log-probabilities (nats) of the
@@ -98,6 +102,9 @@ def truth_ratio(lp_perturbed, len_perturbed, lp_paraphrased, len_paraphrased) ->
         >>> r = truth_ratio([[math.log(0.25) * 2]], [[2]], [math.log(0.5)], [1])
         >>> round(float(r[0]), 6)  # 0.25 / 0.5
         0.5
+        >>> r = truth_ratio([[math.log(0.1), math.log(0.4)]], [[1, 1]], [math.log(0.5)], [1])
+        >>> round(float(r[0]), 6)  # sqrt(0.1 · 0.4) / 0.5
+        0.4
     """
     lp_p = _as_float64(lp_perturbed)
     len_p = _as_float64(len_perturbed)
@@ -115,9 +122,9 @@ def truth_ratio(lp_perturbed, len_perturbed, lp_paraphrased, len_paraphrased) ->
         )
     per_token = lp_p / len_p
     present = ~torch.isnan(per_token)
-    filled = torch.where(present, per_token, torch.full_like(per_token, -math.inf))
+    filled = torch.where(present, per_token, torch.zeros_like(per_token))
     count = present.sum(dim=1).to(torch.float64)
-    log_num = torch.logsumexp(filled, dim=1) - torch.log(count)
+    log_num = filled.sum(dim=1) / count.clamp_min(1)
     log_r = log_num - lp_a / len_a
     return torch.where(count > 0, torch.exp(log_r), torch.full_like(log_r, math.nan))
 
@@ -606,8 +613,8 @@ def _truth_ratios(
     alts: list[Fact] = []
     for i in idx:
         f = facts[i]
-        alts.append(dataclasses.replace(f, answer=f.paraphrased_answer or f.answer))
-        alts.extend(dataclasses.replace(f, answer=a) for a in f.perturbed_answers)
+        alts.append(dataclasses.replace(f, answer=f.paraphrased_answer or f.answer, object=None))
+        alts.extend(dataclasses.replace(f, answer=a, object=None) for a in f.perturbed_answers)
     lp = _as_float64(_api("answer_logprob")(model, alts, estimator=estimator, mc=mc, seed=seed))
     lens = torch.tensor([_n_tokens(model, f.answer) for f in alts], dtype=torch.float64)
     lp_p = torch.full((len(idx), width), math.nan, dtype=torch.float64)
