@@ -23,12 +23,26 @@ from tie_tracing.results import PositionalResult, TIEResult
 
 
 def _positional(
-    lp: torch.Tensor, *, subject=(2, 3), n_prompt=6, shifted=True, model_id="m"
+    lp: torch.Tensor,
+    *,
+    subject=(2, 3),
+    n_prompt=6,
+    shifted=True,
+    model_id="m",
+    object_offset: int | None = None,
 ) -> PositionalResult:
-    """One-fact result whose ``lp`` map ``[layer, position, module]`` is given; corrupt lp = -5."""
+    """One-fact result whose ``lp`` map ``[layer, position, module]`` is given; corrupt lp = -5.
+
+    ``object_offset`` records the layout as ``trace_positional`` does (``config["prompt_length"]``,
+    the object's first token at ``n_prompt + object_offset``); ``None`` leaves it out (older results).
+    """
     n_l, n_p, n_m = lp.shape
     tokens = tuple(f"t{i}" for i in range(n_p))
-    pred = n_prompt - 1 if shifted else n_prompt
+    k = object_offset or 0
+    pred = n_prompt + k - 1 if shifted else n_prompt + k
+    config: dict = {"shifted": shifted}
+    if object_offset is not None:
+        config["prompt_length"] = {"f0": n_prompt}
     base = PositionalResult.synthetic(
         n_facts=1, n_layers=n_l, modules=("resid", "attn", "mlp")[:n_m]
     )
@@ -41,7 +55,7 @@ def _positional(
         tokens=(tokens,),
         subject_positions=(tuple(subject),),
         prediction_position=(pred,),
-        config={"shifted": shifted},
+        config=config,
         model_id=model_id,
         metric="lp",
     )
@@ -67,9 +81,49 @@ def test_token_categories_ar_and_mdlm():
         "first subsequent",
         "further tokens",
         "last prompt",
-        "first [MASK]",
+        "object [MASK]",
         "later [MASK]s",
     )
+
+
+def test_token_categories_with_an_answer_prefix():
+    """AR with an object mid-answer: the teacher-forced prefix after the prompt, its last token
+    (the prediction position) apart; MDLM: slots before the object, the object's slot, later."""
+    ar = _positional(torch.zeros(1, 9, 1), subject=(2, 3), n_prompt=6, object_offset=3)
+    assert ar.prediction_position == (8,)
+    assert token_categories(ar)[4:] == (
+        "first subsequent",
+        "last prompt",
+        "answer prefix",
+        "answer prefix",
+        "last prefix",
+    )
+    md = _positional(
+        torch.zeros(1, 11, 1), subject=(2, 3), n_prompt=6, shifted=False, object_offset=2
+    )
+    assert md.prediction_position == (8,)
+    assert token_categories(md)[6:] == (
+        "[MASK]s before object",
+        "[MASK]s before object",
+        "object [MASK]",
+        "later [MASK]s",
+        "later [MASK]s",
+    )
+    dream = _positional(torch.zeros(1, 11, 1), n_prompt=6, shifted=True, object_offset=2)
+    assert dream.prediction_position == (7,) and token_categories(dream)[8] == "object [MASK]"
+    assert token_categories(dream)[5:8] == ("last prompt",) + ("[MASK]s before object",) * 2
+
+
+def test_summary_with_an_answer_prefix_reads_at_the_prediction_position():
+    """AR with a prefix: the prediction position is the last prefix token, not the last prompt
+    token; the relative peak position counts from the question's last subject token."""
+    lp = torch.full((2, 9, 1), -5.0)
+    lp[1, 8, 0] = -1.0  # prediction position (last prefix token)
+    lp[0, 5, 0] = -4.0  # last prompt token
+    s = localisation_summary(_positional(lp, subject=(2, 3), n_prompt=6, object_offset=3))
+    assert s.peak == {"layer": 1, "category": "last prefix", "module": "resid"}
+    assert s.share_prediction == pytest.approx(0.8) and s.share_last_prompt == pytest.approx(0.2)
+    assert s.share_last_subject == 0.0 and s.peak_relative_position == (8 - 3,)
 
 
 def test_aligned_positional_means_within_categories():
@@ -83,7 +137,7 @@ def test_aligned_positional_means_within_categories():
     assert get("before subject") == pytest.approx(1.0)
     assert get("first subsequent") == pytest.approx(1.0)
     assert get("further tokens") == pytest.approx(2.0)
-    assert math.isnan(get("first [MASK]"))
+    assert math.isnan(get("object [MASK]")) and math.isnan(get("answer prefix"))
 
 
 def test_summary_of_a_last_subject_hotspot():
@@ -156,7 +210,7 @@ def test_plot_has_three_panels_and_statistics(tmp_path, monkeypatch):
     ar, md = PositionalResult.synthetic(n_facts=3), PositionalResult.synthetic(n_facts=3, seed=1)
     fig = plot_ar_vs_diffusion(ar, md, TIEResult.synthetic(n_facts=3), module="mlp")
     assert [d.type for d in fig.data] == ["heatmap"] * 3
-    assert "first [MASK]" not in list(fig.data[0].x)
+    assert "object [MASK]" not in list(fig.data[0].x)
     assert all("peak L" in a.text for a in fig.layout.annotations[:3])
     assert len(fig.layout.meta["rows"]) == 3
     assert list(tmp_path.iterdir()) == []
@@ -184,9 +238,38 @@ def test_end_to_end_on_replicas(replicas):
     tie = tt.trace_tie(replicas["tiny-mdlm"], [fact], steps=1, nu=0.5, progress=False)
     rows = compare_paradigms(ar, md, tie, module="mlp")
     assert rows[0]["model_id"] == "llama" and rows[1]["share_prediction"] is not None
-    assert md.tokens[0][-1] == "[MASK]" and "first [MASK]" in token_categories(md)
+    assert md.tokens[0][-1] == "[MASK]" and "object [MASK]" in token_categories(md)
     fig = plot_ar_vs_diffusion(ar, md, tie, module="mlp")
-    assert "first [MASK]" in list(fig.data[1].x)
+    assert "object [MASK]" in list(fig.data[1].x)
+
+
+@pytest.mark.filterwarnings("ignore:.*top-1 prediction is not the answer", "ignore:.*does not know")
+def test_end_to_end_with_an_object_mid_answer(replicas):
+    """Real traces of a fact whose object sits mid-answer and whose answer names the subject:
+    categories follow the recorded layout, the subject is the question's mention only."""
+    fact = tt.Fact(
+        subject="ada vell",
+        question="where was ada vell born",
+        answer="ada vell was born in lisbon city",
+        object="lisbon",
+        id="f0",
+    )
+    ar = tt.trace_positional(replicas["llama"], [fact], nu=0.5, progress=False)
+    md = tt.trace_positional(replicas["tiny-mdlm"], [fact], nu=0.5, progress=False)
+    n_prompt = ar.config["prompt_length"]["f0"]
+    cats = token_categories(ar)
+    assert cats[n_prompt - 1] == "last prompt" and cats[-1] == "last prefix"
+    assert cats[n_prompt:-1] == ("answer prefix",) * 4  # "ada vell was born": not the subject
+    assert cats.count("last subject") == 1 and cats.index("last subject") < n_prompt
+    mcats = token_categories(md)
+    assert mcats[n_prompt + 5] == "object [MASK]" == mcats[md.prediction_position[0]]
+    assert mcats[n_prompt : n_prompt + 5] == ("[MASK]s before object",) * 5
+    tie = tt.trace_tie(replicas["tiny-mdlm"], [fact], steps=1, nu=0.5, progress=False)
+    rows = compare_paradigms(ar, md, tie, module="mlp")
+    a = ar.effect()[0, :, :, 2].abs()
+    assert rows[0]["share_prediction"] == pytest.approx(float(a[:, -1].sum() / a.sum()), rel=1e-5)
+    fig = plot_ar_vs_diffusion(ar, md, tie, module="mlp")
+    assert "last prefix" in list(fig.data[0].x) and "object [MASK]" in list(fig.data[1].x)
 
 
 def test_edit_efficacy_rows(replicas):

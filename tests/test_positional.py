@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import tie_tracing as tt
+from tie_tracing.errors import ObjectNotFoundError
 from tie_tracing.positional import (
     _trace_one,
     positional_query,
@@ -19,6 +22,15 @@ FACT = tt.Fact(
 FACT2 = tt.Fact(
     subject="mara", question="what book was mara the writer of", answer="orion", id="f1"
 )
+# the object mid-answer, the subject named again in the answer prefix
+OBJ = tt.Fact(
+    subject="ada vell",
+    question="where was ada vell born",
+    answer="ada vell was born in lisbon city",
+    object="lisbon",
+    id="f2",
+)
+PREFIX = ("ada", "vell", "was", "born", "in")  # the answer's tokens before the object
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*top-1 prediction is not the answer")
 
@@ -61,7 +73,7 @@ def test_window_changes_attn_mlp_only(mdlm):
 
 
 def test_query_layout_causal_vs_mdlm(replicas):
-    """Causal: prompt positions, read at the last prompt token; MDLM: prompt + masks, read at the first mask."""
+    """No object: causal reads the prompt at its last token; MDLM prompt + masks at the first mask."""
     ar = positional_query(replicas["llama"], FACT)
     md = positional_query(replicas["tiny-mdlm"], FACT)
     n_prompt = len(ar.query.prompt_ids)
@@ -159,3 +171,149 @@ def test_sites_are_patching_all_sites_in_execution_order(mdlm):
     assert sites == all_sites(mdlm, ("resid", "attn", "mlp"))
     assert sites == [(layer, m) for layer in range(mdlm.num_layers) for m in EXECUTION_ORDER]
     assert _sites(mdlm, ("mlp",)) == [(layer, "mlp") for layer in range(mdlm.num_layers)]
+
+
+# ----------------------------------------------------------------------- the object (SPEC §6)
+
+
+def _aligned_lp(model, ids, index, token) -> float:
+    """``log softmax`` of the aligned logits of one clean forward of ``ids`` at ``index``."""
+    with torch.inference_mode():
+        logits = model.forward_logits(torch.tensor(ids)[None])
+    return float(torch.log_softmax(logits[0, index].float(), -1)[token])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_ar_query_is_question_plus_answer_prefix(replicas, family):
+    """AR, object mid-answer: the traced query is the question + the answer's tokens before the
+    object, predicted at its last token; only the question's subject mention is corrupted."""
+    model = replicas[family]
+    pq = positional_query(model, OBJ)
+    q = pq.query
+    n_prompt = len(q.prompt_ids)
+    assert pq.prompt_length == n_prompt and pq.object_offset == len(PREFIX)
+    assert pq.positions == tuple(range(n_prompt + len(PREFIX)))
+    assert pq.prediction_position == pq.positions[-1] == n_prompt + len(PREFIX) - 1
+    assert pq.tokens[n_prompt:] == PREFIX
+    assert pq.input_ids[: len(pq.positions)] == q.prompt_ids + q.answer_ids[: len(PREFIX)]
+    assert model.tokenizer.decode([pq.target_token]) == "lisbon"
+    assert all(p < n_prompt for p in q.subject_positions)  # not the prefix's "ada vell"
+    r = _trace(model, facts=(OBJ,), modules=("resid",))
+    assert r.tokens[0] == pq.tokens and r.prediction_position == (pq.prediction_position,)
+    assert r.subject_positions == (q.subject_positions,)
+    assert r.config["prompt_length"] == {"f2": n_prompt}
+
+
+@pytest.mark.parametrize("family", ["llama", "tiny-mdlm", "dream"])
+def test_measured_token_is_the_objects_first_token(replicas, family):
+    """The clean baseline is log p(object's first token) at its aligned index of a plain forward,
+    and restoring the last block's output at the prediction position gives it back."""
+    model = replicas[family]
+    pq = positional_query(model, OBJ)
+    q = pq.query
+    lisbon = model.tokenizer.convert_tokens_to_ids("lisbon")
+    assert pq.target_token == lisbon == q.answer_ids[len(PREFIX)]
+    index = len(q.prompt_ids) + len(PREFIX)
+    if model.is_causal:
+        ids = list(q.prompt_ids) + list(q.answer_ids[: len(PREFIX) + 1])
+    else:
+        ids = list(q.prompt_ids) + [model.mask_token_id] * len(q.answer_ids)
+    r = _trace(model, facts=(OBJ,), modules=("resid",))
+    assert float(r.lp_clean[0]) == pytest.approx(_aligned_lp(model, ids, index, lisbon), abs=1e-5)
+    lp = r.lp[0, -1, r.prediction_position[0], 0]
+    assert abs(float(lp) - float(r.lp_clean[0])) < 1e-5
+
+
+def test_mdlm_reads_at_the_objects_first_slot(replicas):
+    """MDLM, object mid-answer: the whole answer masked, every position traced, read at the
+    object's first slot (one slot earlier for shifted Dream)."""
+    for family, shift in (("tiny-mdlm", 0), ("dream", 1)):
+        model = replicas[family]
+        pq = positional_query(model, OBJ)
+        n_prompt, n_answer = len(pq.query.prompt_ids), len(pq.query.answer_ids)
+        assert pq.positions == tuple(range(n_prompt + n_answer))
+        assert pq.tokens[n_prompt:] == ("[MASK]",) * n_answer
+        assert pq.object_start == n_prompt + len(PREFIX)
+        assert pq.prediction_position == n_prompt + len(PREFIX) - shift
+
+
+@pytest.mark.parametrize("family", ["llama", "tiny-mdlm", "dream"])
+def test_object_sweep_equals_slow_reference(replicas, family):
+    """With an object mid-answer the batched sweep equals the slow reference within 1e-6,
+    layout included (the reference feeds an AR model only the prefix and the object token)."""
+    model = replicas[family]
+    r = _trace(model, facts=(OBJ,), window=2, n_noise=2, batch_size=11)
+    ref = reference_positional(model, OBJ, window=2, nu=0.5, n_noise=2)
+    assert (
+        ref["positions"] == len(r.tokens[0])
+        and ref["prediction_position"] == (r.prediction_position[0])
+    )
+    assert model.tokenizer.decode([ref["token"]]) == "lisbon"
+    torch.testing.assert_close(r.lp[0], ref["lp"].float(), atol=1e-6, rtol=0)
+    assert abs(float(r.lp_clean[0]) - ref["lp_clean"]) < 1e-6
+    assert abs(float(r.lp_corrupt[0]) - ref["lp_corrupt"]) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["llama", "tiny-mdlm"])
+def test_fact_without_object_keeps_rome_protocol(replicas, family):
+    """object=None scores the answer's first token on the question alone (AR) or at the first
+    slot (MDLM): bit-identical to an object that starts the answer, and equal to the reference."""
+    model = replicas[family]
+    none = dataclasses.replace(OBJ, object=None)
+    first = dataclasses.replace(OBJ, object="ada")  # the object starts the answer
+    pq = positional_query(model, none)
+    n_prompt = len(pq.query.prompt_ids)
+    assert pq.object_start == n_prompt and pq.target_token == pq.query.answer_ids[0]
+    if model.is_causal:
+        assert pq.positions == tuple(range(n_prompt))
+        assert pq.prediction_position == n_prompt - 1
+    a, b = _trace(model, facts=(none,), n_noise=2), _trace(model, facts=(first,), n_noise=2)
+    assert torch.equal(a.lp, b.lp) and torch.equal(a.lp_clean, b.lp_clean)
+    assert torch.equal(a.lp_corrupt, b.lp_corrupt) and a.tokens == b.tokens
+    with_obj = _trace(model, facts=(OBJ,), n_noise=2)
+    assert not torch.equal(with_obj.lp_clean, a.lp_clean)
+    ref = reference_positional(model, none, nu=0.5, n_noise=2)
+    torch.testing.assert_close(a.lp[0], ref["lp"].float(), atol=1e-6, rtol=0)
+
+
+def test_object_not_found_is_a_clear_error(replicas):
+    """An object the answer's tokens do not spell raises ObjectNotFoundError naming the fact."""
+    bad = tt.Fact(
+        subject="ada vell",
+        question="where was ada vell born",
+        answer="ada vell was born in zurich",  # "zurich" is [UNK] to the replicas' tokenizer
+        object="zurich",
+        id="bad-object",
+    )
+    for family in ("llama", "tiny-mdlm"):
+        with pytest.raises(ObjectNotFoundError, match="bad-object.*zurich"):
+            _trace(replicas[family], facts=(bad,))
+        with pytest.raises(ObjectNotFoundError, match="bad-object"):
+            reference_positional(replicas[family], bad, nu=0.5)
+
+
+def test_prompt_length_survives_selection_and_save(mdlm, tmp_path):
+    """config["prompt_length"] (by fact id) travels through select_facts, concat of parts and save/load."""
+    r = _trace(mdlm, facts=(FACT, OBJ), modules=("resid",))
+    n = {f.id: len(tt.encode_query(mdlm, f).prompt_ids) for f in (FACT, OBJ)}
+    assert r.config["prompt_length"] == n
+    assert r.select_facts("f2").config["prompt_length"]["f2"] == n["f2"]
+    back = tt.PositionalResult.concat([r.select_facts([1]), r.select_facts([0])])
+    assert back.config["prompt_length"] == n
+    loaded = tt.PositionalResult.load(r.save(tmp_path / "p.safetensors"))
+    assert loaded.config["prompt_length"] == n
+
+
+def test_embedded_ar_twin_predicts_the_object_after_the_prefix():
+    """The embedded AR twin, on a corpus fact: the query ends with the answer prefix, the scored
+    token is the object's first one and the twin predicts it (the fact is known)."""
+    ar = tt.load_model("tiny-ar")
+    fact = next(f for f in tt.load_facts("tiny", "forget01") if f.object is not None)
+    pq = positional_query(ar, fact)
+    prefix = ar.tokenizer.decode(list(pq.query.answer_ids[: pq.object_offset]))
+    assert pq.object_offset > 0 and fact.answer.startswith(prefix.strip())
+    first = ar.tokenizer.decode([pq.target_token]).strip()
+    assert first and fact.object.startswith(first)
+    r = tt.trace_positional(ar, [fact], modules=("resid",), progress=False)
+    assert r.config["unknown_facts"] == []
+    assert r.prediction_position[0] == len(r.tokens[0]) - 1

@@ -361,7 +361,9 @@ def test_idle_steps_have_exactly_zero_effect_and_constant_lp():
 def test_target_object_sums_over_the_object_only():
     """target='object' reads LP at the object's tokens only and matches the reference."""
     m = model("tiny-mdlm")
-    fact = tt.Fact("ada vell", "where was ada vell born", "lisbon porto paris", object="porto", id="o0")
+    fact = tt.Fact(
+        "ada vell", "where was ada vell born", "lisbon porto paris", object="porto", id="o0"
+    )
     q = encode_query(m, fact)
     assert q.object_offsets == (1,)
     result = trace(m, [fact], steps=4, nu=2.0, n_noise=2, target="object")

@@ -10,12 +10,14 @@ from .analysis import (
     BetaTradeoff,
     LocalisationStats,
     PerFactOptima,
+    SeedStability,
     SelectionStability,
     beta_tradeoff,
     bootstrap_ci,
     localisation_stats,
     per_fact_optima,
     score_landscape,
+    seed_stability,
     selection_stability,
 )
 from .backbones import BACKBONES, MODULES, Backbone
@@ -32,6 +34,7 @@ from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
 from .errors import (
     CheckpointNotFoundError,
     NonFiniteActivationError,
+    ObjectNotFoundError,
     ShapeError,
     SubjectNotFoundError,
     TieTracingError,
@@ -73,8 +76,10 @@ from .plotting import (
     plot_selection_landscape,
     plot_selection_stability,
     plot_tie_heatmaps,
+    plot_trajectory,
     save_figure,
     static_export_available,
+    trajectory_table,
 )
 from .positional import PositionalConfig, reference_positional, trace_positional
 from .reference import reference_ie
@@ -82,4 +87,5 @@ from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, t
 from .sampler import DiffusionResult, diffuse
 from .selection import select_coordinate
 from .tie import TraceConfig, trace_tie
+from .unlearning import LoraSpec, UnlearnConfig, UnlearningError, UnlearnLog, unlearn
 from .zoo.corpus import load_facts

@@ -5,13 +5,19 @@
   :func:`per_fact_optima` — study the Eq. 5 choice: the whole landscape, how β trades forget
   strength for neighbour damage, how often each cell wins when facts are resampled, and
   whether facts agree on their own best coordinate.
+* :func:`seed_stability` — whether a Figure 2 survives a change of noise seed: traces of
+  the same facts under different seeds, the seed-to-seed Pearson correlation of their mean
+  maps and whether every seed selects the same Eq. 5 cell as the pooled trace
+  (:meth:`~tie_tracing.results.TIEResult.pool_seeds`).
 * :func:`localisation_stats` — how concentrated an effect map is (peak, top-k share,
   normalised entropy), and for positional maps where the peak sits relative to the subject.
 
 Everything is plain tensor arithmetic on ``[fact, layer, step, module]`` heatmaps (tensors
 or :class:`~tie_tracing.results.TIEResult`); nothing here runs a model. Limits: bootstrap
-resamples facts only (noise draws and seeds are taken as given); with a handful of facts the
-percentile CI is narrow and optimistic, and with one fact it collapses to the value itself.
+CIs resample facts only (the noise draws of a trace are taken as given; ``selection_stability``
+can resample noise seeds too, from per-seed traces, and ``seed_stability`` compares seeds);
+with a handful of facts the percentile CI is narrow and optimistic, and with one fact it
+collapses to the value itself.
 """
 
 from __future__ import annotations
@@ -27,18 +33,20 @@ import torch
 
 from .errors import ShapeError
 from .results import Coordinate, PositionalResult, TIEResult
-from .selection import _as_heatmaps, _restriction_mask, select_coordinate
+from .selection import _as_heatmaps, _check_finite, _restriction_mask, select_coordinate
 
 __all__ = [
     "BetaTradeoff",
     "LocalisationStats",
     "PerFactOptima",
+    "SeedStability",
     "SelectionStability",
     "beta_tradeoff",
     "bootstrap_ci",
     "localisation_stats",
     "per_fact_optima",
     "score_landscape",
+    "seed_stability",
     "selection_stability",
 ]
 
@@ -237,7 +245,7 @@ def beta_tradeoff(
 
 @dataclass(frozen=True, eq=False)
 class SelectionStability:
-    """How often each cell wins Eq. 5 when facts are resampled with replacement.
+    """How often each cell wins Eq. 5 when facts (and optionally noise seeds) are resampled.
 
     Attributes:
         frequencies: ``[layer, step, module]`` share of bootstrap resamples each cell won
@@ -246,6 +254,8 @@ class SelectionStability:
         top: up to 5 ``(layer, step, module, frequency)`` label tuples, most frequent first.
         n_boot: number of resamples.
         layers, steps, modules: labels of ``frequencies``.
+        n_seeds: number of per-seed traces resampled along with the facts (1: facts only,
+            the traces' noise taken as given).
     """
 
     frequencies: torch.Tensor
@@ -255,6 +265,7 @@ class SelectionStability:
     layers: tuple[int, ...]
     steps: tuple[int, ...]
     modules: tuple[str, ...]
+    n_seeds: int = 1
 
     dims: ClassVar[tuple[str, ...]] = ("layer", "step", "module")
 
@@ -270,9 +281,52 @@ class SelectionStability:
 
     def __repr__(self) -> str:
         top = ", ".join(f"({la},{k},{m}):{p:.2f}" for la, k, m, p in self.top)
+        seeds = f", n_seeds={self.n_seeds}" if self.n_seeds > 1 else ""
         return (
-            f"SelectionStability(n_boot={self.n_boot}, agreement={self.agreement:.2f}, top=[{top}])"
+            f"SelectionStability(n_boot={self.n_boot}{seeds}, agreement={self.agreement:.2f}, "
+            f"top=[{top}])"
         )
+
+
+def _seed_maps(
+    seeds: Sequence[TIEResult | torch.Tensor],
+    heatmaps: TIEResult | torch.Tensor,
+    shape: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([seed, fact, layer, step, module] float64, [seed] draw weights)`` of per-seed traces.
+
+    TIEResults are checked to be traces of one experiment under different seeds
+    (:meth:`TIEResult.pool_seeds` raises otherwise) and of ``heatmaps``' facts; each weighs
+    its number of noise draws, as in the pool. Tensors weigh 1 each and must have ``shape``.
+    """
+    parts = list(seeds)
+    if not parts:
+        raise ValueError("seeds= is empty: pass per-seed traces of the heatmaps' facts")
+    if all(isinstance(p, TIEResult) for p in parts):
+        results = [p for p in parts if isinstance(p, TIEResult)]
+        TIEResult.pool_seeds(results)  # validates: same facts and settings, distinct seeds
+        if isinstance(heatmaps, TIEResult):
+            for name in ("fact_ids", "layers", "steps", "modules"):
+                if getattr(results[0], name) != getattr(heatmaps, name):
+                    raise ValueError(
+                        f"seeds= are traces of other {name} than heatmaps: "
+                        f"{getattr(results[0], name)!r} versus {getattr(heatmaps, name)!r}"
+                    )
+        weights = [float(r.lp_corrupt_draws.shape[1]) for r in results]
+    elif all(isinstance(p, torch.Tensor) for p in parts):
+        weights = [1.0] * len(parts)
+    else:
+        raise TypeError("seeds= must be all TIEResults or all tensors [fact, layer, step, module]")
+    maps = []
+    for i, p in enumerate(parts):
+        t = _as_heatmaps(p, f"seeds[{i}]")[0]
+        if tuple(t.shape) != shape:
+            raise ShapeError(
+                f"seeds[{i}] has per-fact maps of shape {tuple(t.shape)}, heatmaps {shape} "
+                "(the same facts, known to the model, are needed)"
+            )
+        maps.append(t.to(torch.float64))
+    return torch.stack(maps), torch.tensor(weights, dtype=torch.float64)
 
 
 def selection_stability(
@@ -284,6 +338,7 @@ def selection_stability(
     *,
     modules: Sequence[str] | str | None = None,
     steps: Sequence[int] | int | None = None,
+    seeds: Sequence[TIEResult | torch.Tensor] | None = None,
 ) -> SelectionStability:
     """Bootstrap stability of the Eq. 5 choice.
 
@@ -292,17 +347,40 @@ def selection_stability(
     ties, as in ``select_coordinate``). Vectorised: one ``[n_boot, fact] @ [fact, cells]``
     product per fact set.
 
+    **Noise seeds too** (``seeds=``): given per-seed traces of the same facts (e.g. the parts
+    that :meth:`~tie_tracing.results.TIEResult.pool_seeds` pooled into ``heatmaps``), each
+    resample also draws the seeds with replacement: per fact, the resampled seeds' TIE maps
+    are pooled (draw-weighted mean, as ``pool_seeds`` does; a seed drawn twice counts twice)
+    and Eq. 5 scores the mean over the resampled facts of ``|pooled TIE|``. The frequencies
+    then reflect the variability of the noise as well as of the fact sample; with very few
+    seeds (2–3) the seed part of the resampling is coarse. Neighbours are still resampled
+    over facts only. ``coordinate`` stays the choice on ``heatmaps``, so pass the pooled
+    trace there.
+
     Args:
         heatmaps, beta, neighbours, modules, steps: as in
             :func:`~tie_tracing.selection.select_coordinate`.
         n_boot: number of resamples.
         seed: seed of the resampling generator.
+        seeds: optional per-seed traces of ``heatmaps``' facts: TIEResults of one experiment
+            under different noise seeds (each weighted by its noise draws), or tensors
+            ``[fact, layer, step, module]`` shaped like ``heatmaps`` (equal weights).
+            ``None`` (default): resample facts only.
+
+    Raises:
+        ValueError: ``n_boot < 1``; ``seeds`` empty, of other facts or settings than
+            ``heatmaps``, or repeating a seed.
+        ShapeError: a per-seed map does not match ``heatmaps``.
 
     Example:
         >>> tie = torch.zeros(4, 2, 2, 1); tie[:, 1, 1, 0] = 1.0
         >>> s = selection_stability(tie, n_boot=50)
         >>> s.agreement, float(s.frequencies.sum())
         (1.0, 1.0)
+        >>> other = torch.zeros(4, 2, 2, 1); other[:, 0, 0, 0] = 3.0  # a seed that disagrees
+        >>> both = selection_stability((tie + other) / 2, n_boot=400, seeds=[tie, other])
+        >>> 0.5 < float(both.frequencies[0, 0, 0]) < 1.0 and both.n_seeds
+        2
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -311,7 +389,13 @@ def selection_stability(
     )
     x, layers, step_labels, module_labels = _as_heatmaps(heatmaps, "heatmaps")
     cell_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
-    allowed = _restriction_mask(cell_shape, step_labels, module_labels, modules, steps).flatten()
+    allowed = _restriction_mask(cell_shape, step_labels, module_labels, modules, steps)
+    per_seed = weights = None
+    if seeds is not None:
+        per_seed, weights = _seed_maps(seeds, heatmaps, tuple(x.shape))
+        for i in range(per_seed.shape[0]):
+            _check_finite(per_seed[i], allowed, f"seeds[{i}]")
+    allowed = allowed.flatten()
     gen = torch.Generator().manual_seed(seed)
 
     def resampled_mean(t: torch.Tensor) -> torch.Tensor:  # [n_boot, cells]
@@ -322,7 +406,10 @@ def selection_stability(
         )
         return counts @ t.abs().reshape(n, -1).to(torch.float64) / n
 
-    score = resampled_mean(x)
+    if per_seed is None or weights is None:
+        score = resampled_mean(x)
+    else:
+        score = _resampled_seed_score(per_seed, weights, n_boot, gen)
     if neighbours is not None and beta > 0:
         score = score - beta * resampled_mean(_as_heatmaps(neighbours, "neighbours")[0])
     score = score.masked_fill(~allowed, -math.inf)
@@ -346,7 +433,39 @@ def selection_stability(
         layers=layers,
         steps=step_labels,
         modules=module_labels,
+        n_seeds=1 if per_seed is None else int(per_seed.shape[0]),
     )
+
+
+def _resampled_seed_score(
+    per_seed: torch.Tensor, weights: torch.Tensor, n_boot: int, gen: torch.Generator
+) -> torch.Tensor:
+    """``[n_boot, cells]`` Eq. 5 scores with seeds and facts resampled with replacement.
+
+    ``per_seed`` is ``[seed, fact, layer, step, module]``; a resample pools its drawn seeds
+    per fact (weights × multiplicity, normalised) and averages ``|pooled|`` over its drawn
+    facts. Worked in chunks of resamples so that ``[chunk, fact, cells]`` stays small.
+    """
+    n_s, n_f = int(per_seed.shape[0]), int(per_seed.shape[1])
+    flat = per_seed.reshape(n_s, n_f, -1)
+    n_cells = int(flat.shape[-1])
+
+    def counts(n: int) -> torch.Tensor:
+        idx = torch.randint(0, n, (n_boot, n), generator=gen)
+        return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+            1, idx, torch.ones(n_boot, n, dtype=torch.float64)
+        )
+
+    fact_w = counts(n_f) / n_f  # [n_boot, fact]; drawn first, as in the facts-only bootstrap
+    seed_w = counts(n_s) * weights[None, :]
+    seed_w = seed_w / seed_w.sum(1, keepdim=True)  # [n_boot, seed]
+    score = torch.empty(n_boot, n_cells, dtype=torch.float64)
+    chunk = max(1, (1 << 22) // max(1, n_f * n_cells))
+    for lo in range(0, n_boot, chunk):
+        hi = min(n_boot, lo + chunk)
+        pooled = torch.einsum("bs,sfc->bfc", seed_w[lo:hi], flat)
+        score[lo:hi] = torch.einsum("bf,bfc->bc", fact_w[lo:hi], pooled.abs())
+    return score
 
 
 @dataclass(frozen=True, eq=False)
@@ -447,6 +566,241 @@ def per_fact_optima(
         at_own=flat.gather(1, best[:, None]).squeeze(1),
         at_global=a[:, g[0], g[1], g[2]],
         fact_ids=tuple(ids),
+    )
+
+
+# ----------------------------------------------------------------------------- seed stability
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
+    """Pearson correlation of two maps over their informative cells, and how many there were.
+
+    A cell counts when it is finite in both maps and non-zero in at least one: cells that
+    are exactly 0 in both (steps with nothing left to decide under ``lp="frozen"``) agree
+    by construction and would inflate ``r``. NaN when fewer than 2 cells count or a map
+    is constant over them.
+    """
+    x, y = (
+        a.detach().to("cpu", torch.float64).flatten(),
+        b.detach().to("cpu", torch.float64).flatten(),
+    )
+    keep = torch.isfinite(x) & torch.isfinite(y) & ((x != 0) | (y != 0))
+    n = int(keep.sum())
+    if n < 2:
+        return math.nan, n
+    x, y = x[keep] - x[keep].mean(), y[keep] - y[keep].mean()
+    denom = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
+    if denom == 0.0:
+        return math.nan, n
+    return max(-1.0, min(1.0, float((x * y).sum()) / denom)), n
+
+
+def _correlation_matrix(maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([seed, seed] Pearson r, [seed, seed] cells used)``; the diagonal is 1 by definition."""
+    n = len(maps)
+    r = torch.eye(n, dtype=torch.float64)
+    cells = torch.zeros(n, n, dtype=torch.long)
+    for i in range(n):
+        for j in range(i, n):
+            value, used = _pearson(maps[i], maps[j])
+            if i != j:
+                r[i, j] = r[j, i] = value
+            cells[i, j] = cells[j, i] = used
+    return r, cells
+
+
+def _off_diagonal_mean(m: torch.Tensor) -> float:
+    n = m.shape[0]
+    off = m[~torch.eye(n, dtype=torch.bool)]
+    off = off[~torch.isnan(off)]
+    return float(off.mean()) if off.numel() else math.nan
+
+
+def _cell(c: Coordinate) -> tuple[int, int, str]:
+    return (c.layer, c.step, c.module)
+
+
+@dataclass(frozen=True, eq=False)
+class SeedStability:
+    """Does a trace survive a change of noise seed? (see :func:`seed_stability`)
+
+    Compares traces of the same facts under different noise seeds: how well their mean TIE
+    maps (``TIEResult.mean()``, ``[layer, step, module]``) correlate, and whether each seed
+    picks the same Eq. 5 coordinate as the pooled trace (all seeds' draws together).
+
+    Attributes:
+        correlation: ``[seed, other_seed]`` Pearson ``r`` between the seeds' mean maps on
+            ``module`` (flattened ``[layer, step]``; all modules when ``module`` is None);
+            the diagonal is 1, an undefined pair (see :func:`seed_stability`) NaN.
+        correlation_all: ``[seed, other_seed]`` the same over all modules.
+        n_cells: ``[seed, other_seed]`` cells each ``correlation`` used (finite, and non-zero
+            in at least one map: cells that are exactly 0 in both agree by construction).
+        coordinates: each seed's Eq. 5 choice (β = 0) restricted to ``module``.
+        pooled: the pooled trace's choice restricted to ``module``.
+        coordinates_all: each seed's Eq. 5 choice over all modules.
+        pooled_all: the pooled trace's choice over all modules.
+        seeds: per trace, its seeds (a trace may itself be a pool).
+        n_noise: per trace, its number of noise draws.
+        module: the module of ``correlation`` and ``coordinates`` (None: all).
+        fact_ids: the traced facts.
+    """
+
+    correlation: torch.Tensor
+    correlation_all: torch.Tensor
+    n_cells: torch.Tensor
+    coordinates: tuple[Coordinate, ...]
+    pooled: Coordinate
+    coordinates_all: tuple[Coordinate, ...]
+    pooled_all: Coordinate
+    seeds: tuple[tuple[int, ...], ...]
+    n_noise: tuple[int, ...]
+    module: str | None
+    fact_ids: tuple[str, ...]
+
+    dims: ClassVar[tuple[str, ...]] = ("seed", "other_seed")
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``correlation`` ``[seed, other_seed]``."""
+        return self.correlation
+
+    @property
+    def n_seeds(self) -> int:
+        """Number of traces compared."""
+        return len(self.seeds)
+
+    @property
+    def mean_correlation(self) -> float:
+        """Mean of the off-diagonal ``correlation`` (NaN pairs left out)."""
+        return _off_diagonal_mean(self.correlation)
+
+    @property
+    def mean_correlation_all(self) -> float:
+        """Mean of the off-diagonal ``correlation_all``."""
+        return _off_diagonal_mean(self.correlation_all)
+
+    @property
+    def same_cell(self) -> tuple[bool, ...]:
+        """Per seed: does it select the pooled coordinate (restricted to ``module``)?"""
+        return tuple(_cell(c) == _cell(self.pooled) for c in self.coordinates)
+
+    @property
+    def same_cell_all(self) -> tuple[bool, ...]:
+        """Per seed: does it select the pooled coordinate over all modules?"""
+        return tuple(_cell(c) == _cell(self.pooled_all) for c in self.coordinates_all)
+
+    @property
+    def agreement(self) -> float:
+        """Share of seeds that select the pooled coordinate (restricted to ``module``)."""
+        return sum(self.same_cell) / len(self.same_cell)
+
+    @property
+    def agreement_all(self) -> float:
+        """Share of seeds that select the pooled coordinate over all modules."""
+        return sum(self.same_cell_all) / len(self.same_cell_all)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (NaN correlations become ``None``)."""
+
+        def num(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        def matrix(m: torch.Tensor) -> list[list[float | None]]:
+            return [[num(float(v)) for v in row] for row in m]
+
+        return {
+            "module": self.module,
+            "seeds": [list(s) for s in self.seeds],
+            "n_noise": list(self.n_noise),
+            "n_facts": len(self.fact_ids),
+            "correlation": matrix(self.correlation),
+            "mean_correlation": num(self.mean_correlation),
+            "correlation_all_modules": matrix(self.correlation_all),
+            "mean_correlation_all_modules": num(self.mean_correlation_all),
+            "n_cells": self.n_cells.tolist(),
+            "coordinates": [c.to_dict() for c in self.coordinates],
+            "pooled": self.pooled.to_dict(),
+            "same_cell": list(self.same_cell),
+            "agreement": self.agreement,
+            "coordinates_all_modules": [c.to_dict() for c in self.coordinates_all],
+            "pooled_all_modules": self.pooled_all.to_dict(),
+            "same_cell_all_modules": list(self.same_cell_all),
+            "agreement_all_modules": self.agreement_all,
+        }
+
+    def __repr__(self) -> str:
+        where = self.module or "all modules"
+        seeds = ", ".join(str(s[0]) if len(s) == 1 else str(s) for s in self.seeds)
+        cells = ", ".join(f"({c.layer},{c.step},{c.module})" for c in self.coordinates)
+        p = self.pooled
+        return (
+            f"SeedStability(seeds=[{seeds}], n_noise={list(self.n_noise)}, "
+            f"n_facts={len(self.fact_ids)}, r[{where}]={self.mean_correlation:.3f}, "
+            f"r[all]={self.mean_correlation_all:.3f}, cells[{where}]=[{cells}], "
+            f"pooled=({p.layer},{p.step},{p.module}), agreement={self.agreement:.2f})"
+        )
+
+
+def seed_stability(results: Sequence[TIEResult], *, module: str | None = "resid") -> SeedStability:
+    """Compare traces of the same facts under different noise seeds (a Figure 2 robustness check).
+
+    Noise draws are keyed by ``(seed, fact id, draw index)``, so ``trace_tie(..., seed=s)``
+    and ``trace_tie(..., seed=s')`` are independent noise samples over the same facts. A map
+    worth reporting should not depend on which sample was drawn: this computes the pairwise
+    Pearson correlation of the traces' mean maps (``TIEResult.mean()``, the facts the model
+    knows) on ``module`` and over all modules, each trace's Eq. 5 coordinate
+    (:func:`~tie_tracing.selection.select_coordinate`, β = 0) and whether it matches the
+    coordinate of the pooled trace (:meth:`~tie_tracing.results.TIEResult.pool_seeds`).
+
+    Cells that are exactly 0 in both maps of a pair are left out of its correlation (under
+    ``lp="frozen"`` the steps with nothing left to decide are 0 by construction, whatever the
+    seed, and would inflate ``r``); a pair with a constant map, or fewer than 2 cells, has
+    ``r = NaN``. ``r`` says whether the *shape* of the map is reproducible, not its scale.
+
+    Args:
+        results: At least two traces of the same facts and settings under different seeds
+            (checked as in ``pool_seeds``: same fact ids and order, labels, ``T``, ``lp``,
+            ``target``, ``decay`` and other settings, disjoint seeds).
+        module: The module the headline correlation and selection are restricted to
+            (default ``"resid"``, where the paper installs the edit); None for all modules.
+
+    Returns:
+        A :class:`SeedStability`.
+
+    Raises:
+        ValueError: fewer than two traces; traces of different facts or settings, or a seed
+            repeated (as ``pool_seeds``); a ``module`` the traces do not hold.
+
+    Example:
+        >>> import dataclasses
+        >>> a = TIEResult.synthetic(n_facts=3, seed=0)
+        >>> b = dataclasses.replace(a, seeds=(1,), ie=2 * a.ie, tie=2 * a.tie)  # same shape
+        >>> s = seed_stability([a, b])
+        >>> round(s.mean_correlation, 6), s.same_cell, s.agreement
+        (1.0, (True, True), 1.0)
+    """
+    traces = list(results)
+    if len(traces) < 2:
+        raise ValueError(f"seed_stability needs traces under at least 2 seeds, got {len(traces)}")
+    pooled = TIEResult.pool_seeds(traces)  # validates facts, settings and seeds
+    if module is not None and module not in pooled.modules:
+        raise ValueError(f"module {module!r} is not traced; the traces hold {list(pooled.modules)}")
+    maps = [t.mean() for t in traces]
+    on_module = maps if module is None else [m[..., pooled.modules.index(module)] for m in maps]
+    correlation, cells = _correlation_matrix(on_module)
+    correlation_all, _ = _correlation_matrix(maps)
+    return SeedStability(
+        correlation=correlation,
+        correlation_all=correlation_all,
+        n_cells=cells,
+        coordinates=tuple(select_coordinate(t, modules=module) for t in traces),
+        pooled=select_coordinate(pooled, modules=module),
+        coordinates_all=tuple(select_coordinate(t) for t in traces),
+        pooled_all=select_coordinate(pooled),
+        seeds=tuple(tuple(t.seeds) for t in traces),
+        n_noise=tuple(int(t.lp_corrupt_draws.shape[1]) for t in traces),
+        module=module,
+        fact_ids=tuple(pooled.fact_ids),
     )
 
 

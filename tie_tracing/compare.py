@@ -7,13 +7,17 @@ answer slots masked), and the MDLM's diffusion-time TIE (``[fact, layer, step, m
 * :func:`aligned_positional` — positions differ from fact to fact, so positional maps are
   averaged over facts through ROME's token categories (first / middle / last subject token,
   first subsequent token, further tokens, last prompt token), plus the tokens before the
-  subject and, for MDLMs, the first and the later masked answer slots.
+  subject and the answer positions: for AR traces the teacher-forced answer prefix before
+  the object (its last token, the prediction position, apart), for MDLM traces the masked
+  slots before the object, the object's first slot and the later slots (see
+  :func:`token_categories`).
 * :func:`localisation_summary` — how concentrated a map is: the peak (of the fact-mean map),
   the share of total ``|effect|`` in the top-1/3/5 cells and the normalised entropy (each
   computed per fact with :func:`~tie_tracing.analysis.localisation_stats`, then averaged), and
   for positional maps where each fact's peak lies relative to its last subject token and the
   shares of ``|effect|`` at the last subject token, the last prompt token and the prediction
-  position.
+  position (the same token for an AR trace of a fact without an object, not when the AR
+  query carries an answer prefix).
 * :func:`compare_paradigms` — the three summaries as table rows; :func:`plot_ar_vs_diffusion`
   the three maps side by side (a Plotly figure; nothing is shown or written).
 * :func:`edit_efficacy` — the edit memory installed at the TIE layer, the AR-positional layer
@@ -23,6 +27,17 @@ answer slots masked), and the MDLM's diffusion-time TIE (``[fact, layer, step, m
 The toolkit takes no side in the AR-versus-diffusion debate (the paper: the AR positional
 hot-spot disappears in MDLMs; Park & Jo 2026: an early-to-mid-layer MLP hot-spot at the last
 subject token in LLaDA and Dream): these functions measure.
+
+**Positions.** A positional trace scores the object's first token at its prediction position
+(SPEC §6, :mod:`~tie_tracing.positional`): the AR query is the question followed by the
+answer's tokens before the object, so its prediction position is the last answer-prefix
+token, not the last prompt token; an MDLM reads at the object's first masked slot, which is
+the first answer slot only when the object starts the answer. Each fact's prompt length
+comes from ``result.config["prompt_length"]`` (older results without it: the prediction
+position + 1 for shifted/causal models, itself for unshifted ones), its object slot is
+``prediction_position + shifted``. The subject positions are those of the question's
+mention, the only one corrupted; a mention of the subject in an AR answer prefix counts as
+an answer-prefix token.
 
 Facts the model does not know (``config["unknown_facts"]``, listed by both tracers) measure
 nothing: every summary, peak and panel here uses ``result.known_only()`` of each result (all
@@ -49,6 +64,7 @@ import numpy as np
 import torch
 
 from .analysis import LocalisationStats, _np, localisation_stats
+from .plotting import DIVERGING
 from .results import PositionalResult, TIEResult
 from .selection import _analysis_tensor
 
@@ -74,22 +90,50 @@ CATEGORIES: tuple[str, ...] = (
     "first subsequent",
     "further tokens",
     "last prompt",
-    "first [MASK]",
+    "answer prefix",
+    "last prefix",
+    "[MASK]s before object",
+    "object [MASK]",
     "later [MASK]s",
 )
 
 
-def _prompt_length(result: PositionalResult, f: int) -> int:
-    """Prompt length of fact ``f``: the prediction position + 1 for shifted/causal models."""
+def _object_position(result: PositionalResult, f: int) -> int:
+    """Position of fact ``f``'s object's first token: the prediction position, + 1 when the
+    model is shifted or causal (``config["shifted"]``, assumed when not recorded)."""
     shifted = bool(result.config.get("shifted", True))
     return int(result.prediction_position[f]) + int(shifted)
+
+
+def _prompt_length(result: PositionalResult, f: int) -> int:
+    """Prompt length of fact ``f``: ``config["prompt_length"][fact_id]``, as
+    :func:`~tie_tracing.positional.trace_positional` records it; for results without it
+    (older traces, hand-made results) the object's position, i.e. the object is taken to
+    start the answer (the only layout those traces had)."""
+    lengths = result.config.get("prompt_length")
+    fid = result.fact_ids[f]
+    if isinstance(lengths, Mapping) and fid in lengths:
+        return int(lengths[fid])
+    return _object_position(result, f)
 
 
 def token_categories(result: PositionalResult, fact: int = 0) -> tuple[str, ...]:
     """The :data:`CATEGORIES` label of each traced position of one fact.
 
-    Precedence: answer slots, then the subject (a one-token subject is its *last* token), then
-    the last prompt token, then the others by their place relative to the subject.
+    Prompt positions get ROME's categories; precedence: the subject (a one-token subject is
+    its *last* token; only the question's mention, the corrupted one), then the last prompt
+    token, then the others by their place relative to the subject. Answer positions (from
+    the fact's prompt length on):
+
+    * when the object's first slot is among the traced positions (an MDLM trace: every slot
+      is traced) — ``"[MASK]s before object"``, ``"object [MASK]"`` (the object's first slot,
+      where an unshifted MDLM reads; the first slot for a fact without an object) and
+      ``"later [MASK]s"``;
+    * otherwise (an AR trace, which stops at the prediction position) — ``"answer prefix"``
+      for the teacher-forced answer tokens before the object and ``"last prefix"`` for the
+      last of them, the prediction position (ROME's "last token"). An AR trace of a fact
+      without an object has no answer positions: its prediction position is the last prompt
+      token.
 
     Example:
         >>> r = PositionalResult.synthetic(n_facts=1)
@@ -100,10 +144,19 @@ def token_categories(result: PositionalResult, fact: int = 0) -> tuple[str, ...]
     subj = sorted(result.subject_positions[fact])
     s0, s1 = subj[0], subj[-1]
     n_prompt = min(_prompt_length(result, fact), n_tok)
+    pred = int(result.prediction_position[fact])
+    obj = _object_position(result, fact)
+    masked = obj < n_tok  # the object's slot is traced: an MDLM's masked answer span
     out = []
     for i in range(n_tok):
-        if i >= n_prompt:
-            out.append("first [MASK]" if i == n_prompt else "later [MASK]s")
+        if i >= n_prompt and masked:
+            out.append(
+                "object [MASK]"
+                if i == obj
+                else ("[MASK]s before object" if i < obj else "later [MASK]s")
+            )
+        elif i >= n_prompt:
+            out.append("last prefix" if i == pred else "answer prefix")
         elif i == s1:
             out.append("last subject")
         elif i == s0:
@@ -124,13 +177,15 @@ def token_categories(result: PositionalResult, fact: int = 0) -> tuple[str, ...]
 def aligned_positional(result: PositionalResult, *, normalized: bool = False) -> torch.Tensor:
     """Effect averaged within token categories: ``[fact, layer, category, module]``.
 
-    The category axis follows :data:`CATEGORIES`; a category a fact lacks is NaN (e.g. the
-    mask categories of an AR trace). Take ``torch.nanmean(x, 0)`` for the fact-mean map.
+    The category axis follows :data:`CATEGORIES` (see :func:`token_categories`); a category a
+    fact lacks is NaN (e.g. the mask categories of an AR trace, the answer-prefix categories
+    of an MDLM trace or of a fact without an object). Take ``torch.nanmean(x, 0)`` for the
+    fact-mean map.
 
     Example:
         >>> x = aligned_positional(PositionalResult.synthetic(n_facts=2, n_layers=3))
-        >>> tuple(x.shape), bool(torch.isnan(x[:, :, CATEGORIES.index("first [MASK]")]).all())
-        ((2, 3, 9, 3), True)
+        >>> tuple(x.shape), bool(torch.isnan(x[:, :, CATEGORIES.index("object [MASK]")]).all())
+        ((2, 3, 12, 3), True)
     """
     eff = _analysis_tensor(result.effect(normalized=normalized))  # CPU, float32 for bf16/fp16
     n_f, n_l, _, n_m = eff.shape
@@ -149,7 +204,7 @@ def category_support(result: PositionalResult) -> torch.Tensor:
 
     Example:
         >>> category_support(PositionalResult.synthetic(n_facts=2)).tolist()
-        [2, 2, 0, 2, 2, 1, 2, 0, 0]
+        [2, 2, 0, 2, 2, 1, 2, 0, 0, 0, 0, 0]
     """
     counts = torch.zeros(len(CATEGORIES), dtype=torch.long)
     for f in range(result.n_facts):
@@ -190,9 +245,11 @@ class LocalisationSummary:
         peak_relative_position: Positional only: per fact, peak position − last subject position.
         frac_peak_at_last_subject: Positional only: share of facts whose peak is there.
         share_last_subject, share_last_prompt, share_prediction: Positional only: mean over facts
-            of the share of Σ|effect| at that position (all layers and modules of the map).
-        clean_baseline, corrupt_baseline: Mean clean / corrupted baseline: ``p`` of the first
-            answer token (positional) or ``LP(answer)`` at step 0 in nats (TIE).
+            of the share of Σ|effect| at that position (all layers and modules of the map):
+            the question's last subject token, the last prompt token, the prediction position
+            (where the object's first token is scored).
+        clean_baseline, corrupt_baseline: Mean clean / corrupted baseline: ``p`` of the
+            object's first token (positional) or ``LP`` at step 0 in nats (TIE).
         n_traced: Facts in the result, known or not (``None``: not recorded).
     """
 
@@ -344,7 +401,7 @@ def localisation_summary(
         rel.append(int(st.peak_relative_position or 0))
         a = eff[f, :, :n_tok].abs().to(torch.float64)
         s_subj.append(_share(a, last_subj))
-        s_prompt.append(_share(a, _prompt_length(result, f) - 1))
+        s_prompt.append(_share(a, min(_prompt_length(result, f), n_tok) - 1))
         s_pred.append(_share(a, min(int(result.prediction_position[f]), n_tok - 1)))
     aligned, _ = _aligned_mean(result, normalized, mi)
     peak, value = _peak(aligned, {"layer": result.layers, "category": CATEGORIES, "module": mods})
@@ -456,7 +513,7 @@ def plot_ar_vs_diffusion(
             for c in keep
         ]
         label = unit or (
-            "Δp (first answer token)" if r.metric == "prob" else "Δlog p (first answer token)"
+            "Δp (object's first token)" if r.metric == "prob" else "Δlog p (object's first token)"
         )
         panels.append((_np(m[:, keep]), cats, list(r.layers), label))
     known_tie = mdlm_tie.known_only()
@@ -496,7 +553,7 @@ def plot_ar_vs_diffusion(
                 z=z,
                 x=x,
                 y=y,
-                colorscale="RdBu",
+                colorscale=DIVERGING,
                 zmid=0.0,
                 name=names[col - 1],
                 colorbar=dict(
@@ -514,7 +571,8 @@ def plot_ar_vs_diffusion(
     pos_sums = sums[:2]
     note = "<br>".join(
         f"{n}: |effect| share at last subject {s.share_last_subject:.0%}, at last prompt token "
-        f"{s.share_last_prompt:.0%}, peak at last subject for {s.frac_peak_at_last_subject:.0%} of facts"
+        f"{s.share_last_prompt:.0%}, at the prediction position {s.share_prediction:.0%}; "
+        f"peak at last subject for {s.frac_peak_at_last_subject:.0%} of facts"
         for n, s in zip(names[:2], pos_sums)
     )
     fig.add_annotation(

@@ -9,16 +9,26 @@ installed, so callers can skip static export with a message.
 
 * :func:`plot_tie_heatmaps` — Figure 2: one panel per module over (layer × step), shared
   diverging colour scale centred at 0, mean over facts with a hover giving the bootstrap 95%
-  CI and the per-fact values, and a dropdown switching to each fact's own map.
+  CI and the per-fact values, cells whose CI crosses 0 marked, and a dropdown switching to
+  each fact's own map. Commit-aware: idle steps (nothing left to decide) are greyed and the
+  step that committed the object is outlined.
 * :func:`plot_ie_by_later_step` — how one patch's effect unfolds over later steps (Eq. 3).
+* :func:`trajectory_table`, :func:`plot_trajectory` — one trajectory's commit map (which
+  answer token was decided at which step, the object highlighted), from a traced
+  :class:`~tie_tracing.results.TIEResult` or a plain :func:`tt.diffuse` run.
 * :func:`plot_positional` — ROME-style positional map of one fact, tokens labelled, subject
   marked.
 * :func:`plot_selection_landscape`, :func:`plot_beta_tradeoff`,
   :func:`plot_selection_stability`, :func:`plot_per_fact_optima` — the selection studies of
   :mod:`tie_tracing.analysis`.
 
+Colours: one convention for every signed quantity, :data:`DIVERGING` (red positive, blue
+negative) centred at 0; never-negative quantities use :data:`SEQUENTIAL`.
+
 Limits: the heatmap dropdown embeds one map per fact, so figures of hundreds of facts grow
 large (use ``result.select_facts``); hovers list at most ``max_hover_facts`` per-fact values.
+The dropdown's views are plotly ``update`` calls checked here for their content, not
+clicked in a browser by the tests.
 """
 
 from __future__ import annotations
@@ -27,7 +37,9 @@ import html
 import math
 import os
 import shutil
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +52,7 @@ from ._io import atomic_write_bytes
 from .analysis import BetaTradeoff, PerFactOptima, SelectionStability, _np, bootstrap_ci
 from .errors import TieTracingError
 from .results import Coordinate, PositionalResult, TIEResult
+from .sampler import DiffusionResult
 
 __all__ = [
     "StaticExportError",
@@ -50,12 +63,37 @@ __all__ = [
     "plot_selection_landscape",
     "plot_selection_stability",
     "plot_tie_heatmaps",
+    "plot_trajectory",
     "save_figure",
     "static_export_available",
+    "trajectory_table",
 ]
 
+#: The one colour scale of every signed quantity (TIE, IE, indirect effects, signed scores):
+#: ColorBrewer RdBu reversed, so that **red is positive and blue negative**; figures centre
+#: it at 0 (``cmid=0``). Plotly's plain ``"RdBu"`` runs the other way (red low).
 DIVERGING = "RdBu_r"
+#: The colour scale of never-negative quantities (probabilities, frequencies, ``|TIE|``
+#: scores): light for small, dark for large.
 SEQUENTIAL = "Purples"
+#: Colours taken from the ends of :data:`DIVERGING`, for lines and markers coloured by sign.
+POSITIVE_COLOUR = "rgb(178,24,43)"
+NEGATIVE_COLOUR = "rgb(33,102,172)"
+#: Grey of idle steps (no masked target position left, SPEC §5).
+IDLE_GREY = "rgb(160,160,160)"
+#: Object tokens in a trajectory view, and the other committed tokens.
+OBJECT_COLOUR = "rgb(241,163,64)"
+COMMITTED_COLOUR = "rgb(254,235,200)"
+MASKED_COLOUR = "rgb(238,238,238)"
+COMMIT_LINE = "rgb(30,30,30)"
+FACT_LINE = "rgb(120,120,120)"
+MEAN_LINE = "rgb(40,40,40)"
+#: Panel titles of the modules (``resid``, ``attn``, ``mlp``); other names are shown as they are.
+MODULE_TITLES: dict[str, str] = {
+    "resid": "residual stream",
+    "attn": "attention output",
+    "mlp": "MLP output",
+}
 _STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "jpg", "webp")
 
 
@@ -68,6 +106,19 @@ class StaticExportError(TieTracingError, RuntimeError):
 
 def _fmt(v: float) -> str:
     return "NaN" if v != v else f"{v:.4g}"
+
+
+def _panel_title(module: str) -> str:
+    return MODULE_TITLES.get(module, module)
+
+
+def _sign_colour(v: float) -> str:
+    """:data:`POSITIVE_COLOUR` for ``v > 0``, :data:`NEGATIVE_COLOUR` for ``v < 0``, else grey."""
+    if v > 0:
+        return POSITIVE_COLOUR
+    if v < 0:
+        return NEGATIVE_COLOUR
+    return "grey"
 
 
 def _module_indices(names: Sequence[str], wanted: Sequence[str] | str | None) -> list[int]:
@@ -101,6 +152,72 @@ def _facts_phrase(n_used: int, n_all: int, any_known: bool) -> str:
 # ----------------------------------------------------------------------------- Figure 2
 
 
+def _commit_info(result: TIEResult) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(idle [fact, T] bool, object_commit_step [fact] int)``, or ``None`` for a result
+    without commit maps (no ``config["mask_token_id"]``: made before commit maps existed)."""
+    if "mask_token_id" not in result.config:
+        return None
+    return result.idle_steps.cpu().numpy(), result.object_commit_step.cpu().numpy()
+
+
+def _provenance(result: TIEResult, facts_phrase: str) -> str:
+    """The facts that define a TIE figure: facts, noise draws, seeds, lp, target, γ, model."""
+    n_noise = int(result.lp_corrupt_draws.shape[1])
+    seeds = ", ".join(str(s) for s in result.seeds) or "unrecorded"
+    cfg = result.config
+    return html.escape(
+        f"{facts_phrase} · {n_noise} noise draw{'' if n_noise == 1 else 's'} · "
+        f"seed{'s' if len(result.seeds) > 1 else ''} {seeds} · "
+        f"lp={cfg.get('lp', 'unrecorded')} · target={cfg.get('target', 'unrecorded')} · "
+        f"γ={cfg.get('decay')} · {result.model_id}"
+    )
+
+
+def _commit_counts(steps: Sequence[int]) -> str:
+    """``"step 2 ×3, step 5 ×1"`` (``-1`` reads "never")."""
+    counts = Counter(int(s) for s in steps)
+    return ", ".join(
+        f"{'never' if s < 0 else f'step {s}'} ×{n}"
+        for s, n in sorted(counts.items(), key=lambda kv: (kv[0] < 0, kv[0]))
+    )
+
+
+def _axis_refs(col: int) -> tuple[str, str]:
+    """``(xref, yref domain)`` of subplot column ``col`` (1-based) in a one-row grid."""
+    suffix = "" if col == 1 else str(col)
+    return f"x{suffix}", f"y{suffix} domain"
+
+
+def _commit_shapes(step_counts: dict[int, int], n_cols: int) -> list[dict[str, Any]]:
+    """A dashed outline of each object-commit step's column in every panel.
+
+    The line width grows with the share of facts that committed their object at that step.
+    """
+    total = sum(step_counts.values()) or 1
+    shapes = []
+    for col in range(1, n_cols + 1):
+        xref, yref = _axis_refs(col)
+        for step, n in sorted(step_counts.items()):
+            if step < 0:
+                continue
+            shapes.append(
+                dict(
+                    type="rect",
+                    name="object commit",
+                    xref=xref,
+                    yref=yref,
+                    x0=step - 0.5,
+                    x1=step + 0.5,
+                    y0=0,
+                    y1=1,
+                    line=dict(color=COMMIT_LINE, width=1.0 + 2.0 * n / total, dash="dash"),
+                    fillcolor="rgba(0,0,0,0)",
+                    layer="above",
+                )
+            )
+    return shapes
+
+
 def plot_tie_heatmaps(
     result: TIEResult,
     *,
@@ -113,14 +230,37 @@ def plot_tie_heatmaps(
 ) -> go.Figure:
     """TIE heatmaps, one panel per module over (layer rows × step columns) — Figure 2.
 
-    The default view is the NaN-aware mean over facts; the hover of each cell gives the
-    value, the percentile-bootstrap 95% CI over facts and the per-fact values. Mean, CI and
-    hover values cover the same facts, those the model knows
-    (:meth:`~tie_tracing.results.TIEResult.known_only`); when some are left out, the title,
-    the hover and the "mean" entry say "n known of N facts". A dropdown ("mean" plus one
-    entry per fact, unknown facts included and marked "(unknown)") switches every panel to
-    that fact's own map. All panels share one diverging colour axis centred at 0 (it
-    rescales with the view).
+    Panels are titled "residual stream", "attention output" and "MLP output" (``resid``,
+    ``attn``, ``mlp``) and share one diverging colour axis, :data:`DIVERGING` centred at 0
+    (red positive, blue negative; it rescales with the view).
+
+    **Mean view** (the default): the NaN-aware mean over facts. The hover of each cell
+    gives the value, the percentile-bootstrap 95% CI over facts and the per-fact values;
+    cells whose CI contains 0 (``low < 0 < high``) carry a small open circle (legend entry
+    "95% CI crosses 0"). Mean, CI and hover values cover the same facts, those the model
+    knows (:meth:`~tie_tracing.results.TIEResult.known_only`); when some are left out, the
+    title, the hover and the "mean" entry say "n known of N facts".
+
+    **Per-fact views**: a dropdown ("mean" plus one entry per fact, unknown facts included
+    and marked "(unknown)") switches every panel to that fact's own map.
+
+    **Commit-aware marks** (SPEC §4–§5, from the result's commit maps):
+
+    * idle steps — steps where no corrupted trajectory has a masked target position left
+      (:attr:`~tie_tracing.results.TIEResult.idle_steps`), so nothing is decided there and,
+      under ``lp="frozen"``, TIE is 0 exactly — are greyed: one grey overlay heatmap per
+      panel (legend entry "idle step"), NaN where the step is not idle. Per-fact views grey
+      that fact's idle steps; the mean view greys the steps idle for every averaged fact;
+    * the object-commit step (the step whose forward committed the object's first token in
+      the clean run) is outlined by a dashed column in every panel; the mean view outlines
+      each step at which some averaged fact committed its object (thicker for more facts)
+      and lists the distribution in the subtitle ("object committed (clean run): step 2 ×3,
+      step 5 ×1"). A result without commit maps (no ``config["mask_token_id"]``) plots
+      without these marks.
+
+    The title names the view; the subtitle always states the facts (known of total), noise
+    draws, seed(s), ``lp``, ``target``, ``γ`` and the model id, also under a caller's
+    ``title``.
 
     Raw and normalised views are chosen by the ``normalized`` argument (one view per figure,
     so the dropdown stays ``1 + n_facts`` entries): ``normalized=True`` plots
@@ -131,17 +271,28 @@ def plot_tie_heatmaps(
         result: a :class:`~tie_tracing.results.TIEResult`.
         normalized: plot the normalised view.
         modules: module names to show (default: all, in the result's order).
-        title: figure title (default: names the view, fact count and model).
+        title: figure title (default: names the view and the fact count); the provenance
+            subtitle is kept either way.
         n_resamples, seed: of the bootstrap CI.
         max_hover_facts: per-fact values listed in a hover at most.
 
     Returns:
-        A figure with one heatmap trace per module (``coloraxis="coloraxis"``).
+        A figure whose traces are, for ``M`` panels: ``M`` TIE heatmaps
+        (``coloraxis="coloraxis"``, named by module), ``M`` grey idle overlays (named
+        "idle step") and ``M`` scatter traces of the CI-crosses-0 cells (named "95% CI
+        crosses 0", visible in the mean view only). Dropdown button ``0`` is the mean view,
+        button ``1 + f`` fact ``f``; each sets ``z`` and ``text`` of the heatmaps and
+        overlays, the traces' ``visible``, the title, subtitle and commit outlines (``shapes``
+        named "object commit").
 
     Example:
         >>> fig = plot_tie_heatmaps(TIEResult.synthetic(n_facts=2), n_resamples=200)
-        >>> len(fig.data), len(fig.layout.updatemenus[0].buttons)
-        (3, 3)
+        >>> [t.name for t in fig.data][:4], len(fig.layout.updatemenus[0].buttons)
+        (['resid', 'attn', 'mlp', 'idle step'], 3)
+        >>> [a.text for a in fig.layout.annotations]
+        ['residual stream', 'attention output', 'MLP output']
+        >>> "lp=frozen · target=answer" in fig.layout.title.subtitle.text
+        True
     """
     if not isinstance(result, TIEResult):
         raise TypeError(f"plot_tie_heatmaps needs a TIEResult, got {type(result).__name__}")
@@ -154,14 +305,33 @@ def plot_tie_heatmaps(
     kept = [i for i in range(n_all) if known[i]] if n_f < n_all else list(range(n_all))
     facts_phrase = _facts_phrase(n_f, n_all, any(known))
     mods = _module_indices(r.modules, modules)
+    n_cols = len(mods)
     per_fact_all = _np(r_all.tie)  # [fact, layer, step, module], every fact (dropdown)
     per_fact = per_fact_all[kept]  # the averaged facts (hover)
     mean = _np(r.mean(include_unknown=True))  # r holds the known facts already
     low, high = (_np(t) for t in bootstrap_ci(r.tie, n_resamples=n_resamples, seed=seed))
+    crosses = (low < 0) & (high > 0)  # [layer, step, module]; NaN compares False
     names_all = [r_all.fact_ids[i] or f"#{i}" for i in range(n_all)]
     names = [names_all[i] for i in kept]
     unit = "normalised TIE" if r.is_normalized else "TIE (nats)"
     steps, layers = list(r.steps), list(r.layers)
+    provenance = _provenance(r_all, facts_phrase)
+
+    info = _commit_info(r_all)
+    if info is not None:
+        idle_all = info[0][:, steps]  # [fact, step column]
+        idle_mean = np.asarray(idle_all[kept].all(0), dtype=bool)
+        object_step: list[int] | None = [int(s) for s in info[1]]
+    else:
+        idle_all = np.zeros((n_all, len(steps)), dtype=bool)
+        idle_mean = np.zeros(len(steps), dtype=bool)
+        object_step = None
+    lp_mode = r_all.config.get("lp", "unrecorded")
+    idle_why = "no corrupted trajectory has a masked target position in this step's input" + (
+        "; TIE is 0 exactly (lp='frozen')"
+        if lp_mode == "frozen"
+        else f"; under lp={lp_mode!r} the value only re-scores committed tokens"
+    )
 
     def mean_text(mi: int) -> list[list[str]]:
         rows = []
@@ -187,6 +357,9 @@ def plot_tie_heatmaps(
         head = html.escape(f"fact {names_all[f]}: {r_all.subjects[f]} → {r_all.answers[f]}")
         if not known[f]:
             head += " (not known to the model" + ("; left out of the mean)" if n_f < n_all else ")")
+        if object_step is not None:
+            c = object_step[f]
+            head += f"<br>object committed at step {c}" if c >= 0 else "<br>object never committed"
         return [
             [
                 f"{head}<br>layer {layer}, step {step}, {r.modules[mi]}<br>"
@@ -198,11 +371,24 @@ def plot_tie_heatmaps(
             for li, layer in enumerate(layers)
         ]
 
+    def overlay(idle: np.ndarray, text: list[list[str]], who: str) -> tuple[np.ndarray, list]:
+        """Grey overlay ``z`` (1 at idle columns, NaN elsewhere) and its hover text."""
+        z = np.where(idle[None, :], 1.0, np.nan).repeat(len(layers), axis=0)
+        hover = [
+            [
+                f"{cell}<br><i>idle step ({who}): {idle_why}</i>" if idle[si] else ""
+                for si, cell in enumerate(row)
+            ]
+            for row in text
+        ]
+        return z, hover
+
+    mean_texts = {mi: mean_text(mi) for mi in mods}
     fig = make_subplots(
         rows=1,
-        cols=len(mods),
+        cols=n_cols,
         shared_yaxes=True,
-        subplot_titles=[r.modules[m] for m in mods],
+        subplot_titles=[_panel_title(r.modules[m]) for m in mods],
         horizontal_spacing=0.03,
     )
     for col, mi in enumerate(mods, start=1):
@@ -211,7 +397,7 @@ def plot_tie_heatmaps(
                 z=mean[:, :, mi],
                 x=steps,
                 y=layers,
-                text=mean_text(mi),
+                text=mean_texts[mi],
                 hovertemplate="%{text}<extra></extra>",
                 coloraxis="coloraxis",
                 name=r.modules[mi],
@@ -220,54 +406,153 @@ def plot_tie_heatmaps(
             col=col,
         )
         fig.update_xaxes(title_text="denoising step", dtick=1, row=1, col=col)
+    mean_overlays = {mi: overlay(idle_mean, mean_texts[mi], "every averaged fact") for mi in mods}
+    for col, mi in enumerate(mods, start=1):
+        z, hover = mean_overlays[mi]
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=steps,
+                y=layers,
+                text=hover,
+                hovertemplate="%{text}<extra></extra>",
+                hoverongaps=False,
+                colorscale=[[0.0, IDLE_GREY], [1.0, IDLE_GREY]],
+                zmin=0.0,
+                zmax=1.0,
+                showscale=False,
+                opacity=0.75,
+                name="idle step",
+                legendgroup="idle",
+                showlegend=col == 1,
+            ),
+            row=1,
+            col=col,
+        )
+    ci_text: list[list[str]] = []
+    for col, mi in enumerate(mods, start=1):
+        li_idx, si_idx = np.nonzero(crosses[:, :, mi])
+        ci_text.append(
+            [
+                f"layer {layers[la]}, step {steps[s]}, {r.modules[mi]}: 95% CI "
+                f"[{_fmt(low[la, s, mi])}, {_fmt(high[la, s, mi])}] crosses 0"
+                for la, s in zip(li_idx, si_idx)
+            ]
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[steps[s] for s in si_idx],
+                y=[layers[la] for la in li_idx],
+                mode="markers",
+                marker=dict(symbol="circle-open", size=7, color="black", line=dict(width=1)),
+                name="95% CI crosses 0",
+                legendgroup="ci",
+                # one legend entry: on the first panel that has such cells
+                showlegend=len(li_idx) > 0 and not any(ci_text[:-1]),
+                text=ci_text[-1],
+                hovertemplate="%{text}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
     fig.update_yaxes(title_text="layer", dtick=1, row=1, col=1)
-    default_title = title or (
-        f"{unit}, mean over {facts_phrase} — {r.model_id} (γ={r.config.get('decay')})"
-    )
+
+    def view(
+        maps: dict[int, np.ndarray],
+        texts: dict[int, list[list[str]]],
+        overlays: dict[int, tuple[np.ndarray, list]],
+        is_mean: bool,
+    ) -> dict[str, list]:
+        """Restyle of one dropdown view, one entry per trace (heatmaps, overlays, CI marks).
+
+        The CI traces get ``z = None`` (plotly.js deletes the attribute, which a scatter
+        does not have) and keep their text; they are visible in the mean view only.
+        """
+        return {
+            "z": [maps[mi] for mi in mods] + [overlays[mi][0] for mi in mods] + [None] * n_cols,
+            "text": [texts[mi] for mi in mods] + [overlays[mi][1] for mi in mods] + ci_text,
+            "visible": [True] * (2 * n_cols) + [is_mean] * n_cols,
+        }
+
+    if object_step is not None:
+        kept_steps = [object_step[i] for i in kept]
+        mean_commit = f"object committed (clean run): {_commit_counts(kept_steps)}"
+        mean_shapes = _commit_shapes(dict(Counter(kept_steps)), n_cols)
+    else:
+        mean_commit, mean_shapes = "no commit maps recorded (config['mask_token_id'])", []
+    mean_title = title or f"{unit}, mean over {facts_phrase}"
+    mean_subtitle = f"{provenance}<br>{mean_commit}"
     buttons = [
         dict(
             label=f"mean ({facts_phrase})",
             method="update",
             args=[
-                {"z": [mean[:, :, mi] for mi in mods], "text": [mean_text(mi) for mi in mods]},
-                {"title.text": default_title},
+                view({mi: mean[:, :, mi] for mi in mods}, mean_texts, mean_overlays, True),
+                {
+                    "title.text": mean_title,
+                    "title.subtitle.text": mean_subtitle,
+                    "shapes": mean_shapes,
+                },
             ],
         )
     ]
     for f in range(n_all):
         mark = "" if known[f] else " (unknown)"
+        texts = {mi: fact_text(f, mi) for mi in mods}
+        if object_step is not None:
+            c = object_step[f]
+            commit = (
+                f"object committed at step {c} (clean run)"
+                if c >= 0
+                else "object never committed in the clean run"
+            )
+            shapes = _commit_shapes({c: 1}, n_cols)
+        else:
+            commit, shapes = "no commit maps recorded (config['mask_token_id'])", []
+        overlays = {mi: overlay(idle_all[f], texts[mi], "this fact") for mi in mods}
         buttons.append(
             dict(
                 label=f"{names_all[f]}{mark}: {r_all.subjects[f]}"[:60],
                 method="update",
                 args=[
-                    {
-                        "z": [per_fact_all[f, :, :, mi] for mi in mods],
-                        "text": [fact_text(f, mi) for mi in mods],
-                    },
+                    view({mi: per_fact_all[f, :, :, mi] for mi in mods}, texts, overlays, False),
                     {
                         "title.text": title
-                        or f"{unit}, fact {names_all[f]}{mark} ({r_all.subjects[f]} → "
-                        f"{r_all.answers[f]}) — {r.model_id}"
+                        or html.escape(
+                            f"{unit}, fact {names_all[f]}{mark}: {r_all.subjects[f]} → "
+                            f"{r_all.answers[f]}"
+                        ),
+                        "title.subtitle.text": f"{provenance}<br>{commit}",
+                        "shapes": shapes,
                     },
                 ],
             )
         )
     fig.update_layout(
-        title=dict(text=default_title),
+        title=dict(
+            text=mean_title,
+            subtitle=dict(text=mean_subtitle),
+            x=0.01,
+            xanchor="left",
+            y=0.98,
+            yanchor="top",
+        ),
         coloraxis=dict(colorscale=DIVERGING, cmid=0.0, colorbar=dict(title=dict(text=unit))),
+        shapes=mean_shapes,
         updatemenus=[
             dict(
                 buttons=buttons,
                 direction="down",
-                x=1.0,
-                xanchor="right",
-                y=1.3,
+                x=0.0,
+                xanchor="left",
+                y=1.16,
                 yanchor="bottom",
                 showactive=True,
             )
         ],
-        margin=dict(t=130),
+        legend=dict(orientation="h", x=0.0, xanchor="left", y=-0.2, yanchor="top"),
+        height=600,
+        margin=dict(t=170, b=110),
     )
     return fig
 
@@ -283,21 +568,24 @@ def plot_ie_by_later_step(
 ) -> go.Figure:
     """How a patch at ``(layer, step, module)`` acts on later steps: ``IE_{k'}`` (Eq. 3).
 
-    One thin line per fact, the mean over facts with its bootstrap 95% band, and the mean
-    TIE (Eq. 4, the decay-weighted aggregate) as a dashed horizontal line. Mean, band and
-    mean TIE cover the facts the model knows
+    One thin grey line per fact, the mean over facts with its bootstrap 95% band, and the
+    mean TIE (Eq. 4, the decay-weighted aggregate) as a dashed horizontal line. Signs follow
+    the package's one convention (:data:`DIVERGING`): the mean's markers are coloured by
+    value, red positive, blue negative, centred at 0, and the mean-TIE line is red or blue
+    by its sign. Later steps idle for every averaged fact (no masked target position left
+    in any corrupted trajectory, :attr:`~tie_tracing.results.TIEResult.idle_steps`) are
+    shaded grey. Mean, band and mean TIE cover the facts the model knows
     (:meth:`~tie_tracing.results.TIEResult.known_only`); unknown facts keep their thin line,
-    dotted and marked "(unknown)". Arguments are
-    labels (a layer number, a denoising step, a module name), e.g. those of a
-    :class:`~tie_tracing.results.Coordinate`.
+    dotted and marked "(unknown)". Arguments are labels (a layer number, a denoising step, a
+    module name), e.g. those of a :class:`~tie_tracing.results.Coordinate`.
 
     Returns:
         A figure with ``n_facts + 2`` traces (facts, CI band, mean).
 
     Example:
         >>> fig = plot_ie_by_later_step(TIEResult.synthetic(n_facts=2), 2, 0, "resid", n_resamples=100)
-        >>> len(fig.data)
-        4
+        >>> len(fig.data), fig.data[-1].marker.cmid
+        (4, 0.0)
     """
     li = _label_index(result.layers, layer, "layer")
     si = _label_index(result.steps, step, "step")
@@ -322,8 +610,9 @@ def plot_ie_by_later_step(
                 mode="lines+markers",
                 name=name,
                 legendgroup="facts",
-                line=dict(width=1, dash="solid" if known[f] else "dot"),
-                opacity=0.5,
+                line=dict(width=1, color=FACT_LINE, dash="solid" if known[f] else "dot"),
+                marker=dict(size=4, color=FACT_LINE),
+                opacity=0.6,
                 hovertemplate=f"{html.escape(name)}: {html.escape(result.subjects[f])}<br>"
                 "later step %{x}: %{y:.4g}<extra></extra>",
             )
@@ -335,7 +624,7 @@ def plot_ie_by_later_step(
             fill="toself",
             mode="lines",
             line=dict(width=0),
-            fillcolor="rgba(31,119,180,0.2)",
+            fillcolor="rgba(0,0,0,0.12)",
             name="95% CI",
             hoverinfo="skip",
         )
@@ -346,22 +635,383 @@ def plot_ie_by_later_step(
             y=mean,
             mode="lines+markers",
             name="mean",
-            line=dict(width=3, color="rgb(31,119,180)"),
+            line=dict(width=3, color=MEAN_LINE),
+            marker=dict(
+                size=10,
+                color=mean,
+                colorscale=DIVERGING,
+                cmid=0.0,
+                line=dict(color=MEAN_LINE, width=1),
+            ),
             hovertemplate=f"mean over {facts_phrase} at later step "
             "%{x}: %{y:.4g}<extra></extra>",
         )
     )
+    fig.add_hline(y=0.0, line=dict(color="grey", width=1))
     tie_mean = float(torch.nanmean(used.tie[:, li, si, mi].float()))
     fig.add_hline(
         y=tie_mean,
         line_dash="dash",
+        line_color=_sign_colour(tie_mean),
         annotation_text=f"mean TIE = {_fmt(tie_mean)} (γ={result.config.get('decay')})",
     )
+    info = _commit_info(used)
+    if info is not None:
+        idle = np.asarray(info[0].all(0), dtype=bool)  # [T]: idle for every averaged fact
+        for k in later:
+            if idle[k]:
+                fig.add_vrect(
+                    x0=k - 0.5,
+                    x1=k + 0.5,
+                    fillcolor=IDLE_GREY,
+                    opacity=0.35,
+                    line_width=0,
+                    layer="below",
+                    name="idle step",
+                )
     fig.update_layout(
-        title=f"{unit} of a patch at layer {layer}, step {step}, {module}, mean over "
-        f"{facts_phrase} — {result.model_id}",
+        title=dict(
+            text=f"{unit} of a patch at layer {layer}, step {step}, {module}, mean over "
+            f"{facts_phrase} — {result.model_id}",
+            subtitle=dict(
+                text=_provenance(result, facts_phrase) + "; grey: idle later steps"
+                if info is not None
+                else _provenance(result, facts_phrase)
+            ),
+        ),
         xaxis_title="later step k'",
         yaxis_title=unit,
+        margin=dict(t=110),
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+@dataclass(frozen=True)
+class _Trajectory:
+    """One trajectory's answer span, read from a TIEResult or a DiffusionResult."""
+
+    states: np.ndarray  # [T, answer_pos] token ids after each step (-1 padding)
+    rows: list[dict[str, Any]]  # commit map: position, step, token, object, target
+    label: str  # "fact f0" / "row 0"
+    which: str  # "clean trajectory" / "corrupted trajectory, noise draw 1" / …
+    question: str | None
+    answer: str | None
+
+
+def _decoder(tokenizer: Any) -> Any:
+    """A tokenizer with ``decode`` (a model wrapper's ``.tokenizer`` is taken), or ``None``."""
+    if tokenizer is None or hasattr(tokenizer, "decode"):
+        return tokenizer
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and hasattr(inner, "decode"):
+        return inner
+    raise TypeError(
+        f"tokenizer must have a decode method (a Hugging Face tokenizer, or a model that "
+        f"carries one as .tokenizer), got {type(tokenizer).__name__}"
+    )
+
+
+def _trajectory(
+    result: TIEResult | DiffusionResult, fact: int | str, trajectory: str | int, tok: Any
+) -> _Trajectory:
+    if isinstance(result, TIEResult):
+        i = _fact_index(result, fact)
+        n_noise = int(result.corrupt_tokens.shape[1])
+        if trajectory == "clean":
+            states, which = result.clean_tokens[i], "clean trajectory"
+        elif (
+            isinstance(trajectory, int)
+            and not isinstance(trajectory, bool)
+            and 0 <= trajectory < n_noise
+        ):
+            states = result.corrupt_tokens[i, trajectory]
+            which = f"corrupted trajectory, noise draw {trajectory}"
+        else:
+            raise ValueError(
+                f"trajectory must be 'clean' or a noise draw index 0 … {n_noise - 1}, "
+                f"got {trajectory!r}"
+            )
+        return _Trajectory(
+            states=states.cpu().numpy(),
+            rows=result.commit_map(i, trajectory),
+            label=f"fact {result.fact_ids[i] or f'#{i}'}",
+            which=which,
+            question=result.questions[i],
+            answer=result.answers[i],
+        )
+    if isinstance(result, DiffusionResult):
+        n_rows = len(result.answers)
+        if isinstance(fact, bool) or not isinstance(fact, int):
+            raise TypeError(
+                f"select a DiffusionResult's row by int index (0 … {n_rows - 1}), got {fact!r}"
+            )
+        if not -n_rows <= fact < n_rows:
+            raise IndexError(f"row {fact} out of range for a DiffusionResult of {n_rows} rows")
+        row = fact % n_rows
+        if trajectory != "clean":
+            raise ValueError(
+                "a DiffusionResult holds one sampled trajectory per row: choose it with "
+                f"fact=<row> and leave trajectory='clean', got trajectory={trajectory!r}"
+            )
+        if "mask_token_id" not in result.config:
+            raise KeyError("this DiffusionResult does not record config['mask_token_id']")
+        states = result.answer_tokens(row)
+        commits = result.commits(row).tolist()
+        offsets = set(result.object_offsets[row]) if result.object_offsets else set()
+        object_target = result.config.get("target") == "object"
+        rows = [
+            {
+                "position": p,
+                "step": int(commits[p]),
+                "token": int(states[-1, p]),
+                "object": p in offsets,
+                "target": (p in offsets) if object_target else True,
+            }
+            for p in range(states.shape[-1])
+            if int(states[-1, p]) >= 0
+        ]
+        question = None
+        if tok is not None:
+            prompt = result.tokens[row, -1, : result.prompt_lengths[row]].tolist()
+            question = tok.decode(prompt, skip_special_tokens=True).strip()
+        return _Trajectory(
+            states=states.cpu().numpy(),
+            rows=rows,
+            label=f"row {row}",
+            which="sampled trajectory",
+            question=question,
+            answer=result.answers[row],
+        )
+    raise TypeError(f"expected a TIEResult or a DiffusionResult, got {type(result).__name__}")
+
+
+def _token_text(tok: Any, token: int) -> str:
+    return str(token) if tok is None else str(tok.decode([token]))
+
+
+def trajectory_table(
+    result: TIEResult | DiffusionResult,
+    fact: int | str = 0,
+    trajectory: str | int = "clean",
+    tokenizer: Any = None,
+    *,
+    as_frame: bool = False,
+) -> Any:
+    """One trajectory's commit map as a table: which answer token was decided at which step.
+
+    One row per answer position (padding left out), in answer order, with the keys of
+    :meth:`~tie_tracing.results.TIEResult.commit_map` plus the decoded token:
+
+    * ``position`` — offset within the answer span;
+    * ``token`` — the token id after the last step;
+    * ``text`` — the decoded token (``tokenizer.decode([id])``), or the id as a string
+      without a tokenizer;
+    * ``step`` — the step whose forward committed it (``-1``: never committed);
+    * ``object`` — the position holds one of the object's tokens;
+    * ``target`` — the position counts in ``LP`` (``config["target"]``).
+
+    Args:
+        result: a :class:`~tie_tracing.results.TIEResult`, or the
+            :class:`~tie_tracing.sampler.DiffusionResult` of a plain :func:`tt.diffuse` run.
+        fact: for a TIEResult a fact index or id; for a DiffusionResult the row index.
+        trajectory: ``"clean"`` or (TIEResult only) the index of a corrupted noise draw.
+        tokenizer: decodes token ids (a Hugging Face tokenizer, or a model wrapper whose
+            ``.tokenizer`` is one); optional.
+        as_frame: return a ``pandas.DataFrame`` (needs pandas) instead of a list of dicts.
+
+    Returns:
+        A list of dicts (or a DataFrame with those columns).
+
+    Raises:
+        IndexError, KeyError: no such fact index / id (row index for a DiffusionResult).
+        ValueError: ``trajectory`` is neither ``"clean"`` nor a noise draw of the result.
+        TypeError: ``result`` is of another kind, or a DiffusionResult row is not an int.
+        ImportError: ``as_frame=True`` without pandas.
+
+    Example:
+        >>> r = TIEResult.synthetic(n_facts=2, n_steps=8, answer_len=3)
+        >>> [(row["position"], row["step"]) for row in trajectory_table(r, fact="f1")]
+        [(0, 0), (1, 2), (2, 5)]
+        >>> trajectory_table(r, fact=0)[0]["text"] == str(trajectory_table(r, fact=0)[0]["token"])
+        True
+    """
+    tok = _decoder(tokenizer)
+    traj = _trajectory(result, fact, trajectory, tok)
+    table = [
+        {
+            "position": row["position"],
+            "token": row["token"],
+            "text": _token_text(tok, row["token"]),
+            "step": row["step"],
+            "object": row["object"],
+            "target": row["target"],
+        }
+        for row in traj.rows
+    ]
+    if not as_frame:
+        return table
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError(
+            "trajectory_table(..., as_frame=True) needs pandas: pip install pandas "
+            "(or call it without as_frame for a list of dicts)"
+        ) from None
+    return pd.DataFrame(table, columns=["position", "token", "text", "step", "object", "target"])
+
+
+def plot_trajectory(
+    result: TIEResult | DiffusionResult,
+    fact: int | str = 0,
+    tokenizer: Any = None,
+    trajectory: str | int = "clean",
+    *,
+    title: str | None = None,
+) -> go.Figure:
+    """When each answer token was decided: denoising step (x) × answer position (y).
+
+    A cell shows the position's token from the step that committed it on (the token is
+    bold at its commit step); still-masked cells are light grey. The object's tokens are
+    highlighted (orange cells, bold ``★`` row labels), the other committed tokens pale; the
+    object-commit step — the step that committed the object's first token — is outlined by
+    a dashed column (a layout shape named "object commit"). The title gives the fact's
+    question and answer. Read the table behind it with :func:`trajectory_table`.
+
+    Works on a :class:`~tie_tracing.results.TIEResult` (the clean trajectory of a traced
+    fact, or one of its corrupted noise draws) and on the
+    :class:`~tie_tracing.sampler.DiffusionResult` of a plain :func:`tt.diffuse` run (``fact``
+    is then the row; its question is decoded from the prompt when a tokenizer is given), so
+    one can see when the object was decided without tracing.
+
+    Args:
+        result: a TIEResult or a DiffusionResult.
+        fact: for a TIEResult a fact index or id; for a DiffusionResult the row index.
+        tokenizer: decodes token ids (a Hugging Face tokenizer or a model wrapper with
+            ``.tokenizer``); without one, cells show token ids.
+        trajectory: ``"clean"`` or (TIEResult only) a corrupted noise draw index.
+        title: replaces the default title (the question → answer line).
+
+    Returns:
+        A figure with one heatmap trace, ``z[position][step]`` = 0 (masked), 1 (committed)
+        or 2 (committed object token), cell text the token.
+
+    Raises:
+        As :func:`trajectory_table`; ``ValueError`` for a trajectory without answer positions.
+
+    Example:
+        >>> r = TIEResult.synthetic(n_facts=2, n_steps=8, answer_len=3)
+        >>> fig = plot_trajectory(r, fact="f0")
+        >>> [int(v) for v in fig.data[0].z[1]]  # position 1 is committed at step 2
+        [0, 0, 2, 2, 2, 2, 2, 2]
+        >>> [s.x0 + 0.5 for s in fig.layout.shapes if s.name == "object commit"]
+        [0.0]
+    """
+    tok = _decoder(tokenizer)
+    traj = _trajectory(result, fact, trajectory, tok)
+    if not traj.rows:
+        raise ValueError(f"{traj.label}: the {traj.which} has no answer positions")
+    n_steps = int(traj.states.shape[0])
+    steps = list(range(n_steps))
+    positions = [row["position"] for row in traj.rows]
+    z: list[list[int]] = []
+    text: list[list[str]] = []
+    hover: list[list[str]] = []
+    ticktext: list[str] = []
+    for row in traj.rows:
+        p, c, is_obj = row["position"], row["step"], row["object"]
+        word = html.escape(_token_text(tok, row["token"]))
+        role = (
+            ", ".join(r for r, on in (("object token", is_obj), ("target", row["target"])) if on)
+            or "not a target"
+        )
+        when = f"committed at step {c}" if c >= 0 else "never committed"
+        z.append([(2 if is_obj else 1) if 0 <= c <= k else 0 for k in steps])
+        text.append([(f"<b>{word}</b>" if k == c else word) if 0 <= c <= k else "" for k in steps])
+        hover.append(
+            [
+                f"position {p}, after step {k}: "
+                + (word if 0 <= c <= k else "[masked]")
+                + f"<br>{word} {when} ({role})"
+                for k in steps
+            ]
+        )
+        ticktext.append(f"<b>{p}: {word} ★</b>" if is_obj else f"{p}: {word}")
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=steps,
+            y=positions,
+            text=text,
+            texttemplate="%{text}",
+            customdata=hover,
+            hovertemplate="%{customdata}<extra></extra>",
+            colorscale=[
+                [0.0, MASKED_COLOUR],
+                [0.25, MASKED_COLOUR],
+                [0.25, COMMITTED_COLOUR],
+                [0.75, COMMITTED_COLOUR],
+                [0.75, OBJECT_COLOUR],
+                [1.0, OBJECT_COLOUR],
+            ],
+            zmin=0,
+            zmax=2,
+            showscale=False,
+            xgap=2,
+            ygap=2,
+            name=traj.which,
+        )
+    )
+    object_rows = [row for row in traj.rows if row["object"]]
+    object_step = object_rows[0]["step"] if object_rows else -1
+    if object_step >= 0:
+        fig.add_shape(
+            type="rect",
+            name="object commit",
+            xref="x",
+            yref="y domain",
+            x0=object_step - 0.5,
+            x1=object_step + 0.5,
+            y0=0,
+            y1=1,
+            line=dict(color=COMMIT_LINE, width=2, dash="dash"),
+            fillcolor="rgba(0,0,0,0)",
+            layer="above",
+        )
+        decided = f"object committed at step {object_step}"
+    elif object_rows:
+        decided = "object never committed"
+    else:
+        decided = "no object recorded"
+    question = traj.question if traj.question is not None else traj.label
+    head = (
+        f"{traj.label}: {question} → {traj.answer}"
+        if traj.question
+        else f"{traj.label} → {traj.answer}"
+    )
+    fig.update_layout(
+        title=dict(
+            text=title or html.escape(head),
+            subtitle=dict(
+                text=html.escape(f"{traj.which}, T={n_steps} steps; {decided}")
+                + " · orange ★: object tokens · grey: still masked"
+            ),
+        ),
+        xaxis=dict(
+            title=dict(text="denoising step (state after the step's forward)"),
+            dtick=1,
+            range=[-0.5, n_steps - 0.5],
+        ),
+        yaxis=dict(
+            title=dict(text="answer position"),
+            tickvals=positions,
+            ticktext=ticktext,
+            autorange="reversed",
+        ),
+        height=max(300, 160 + 36 * len(positions)),
+        margin=dict(t=100),
     )
     return fig
 
@@ -405,7 +1055,7 @@ def plot_positional(
         rows=1,
         cols=len(mods),
         shared_yaxes=True,
-        subplot_titles=[result.modules[m] for m in mods],
+        subplot_titles=[_panel_title(result.modules[m]) for m in mods],
         horizontal_spacing=0.03,
     )
     for col, mi in enumerate(mods, start=1):
@@ -466,7 +1116,7 @@ def _layer_step_panels(
         rows=1,
         cols=len(shown),
         shared_yaxes=True,
-        subplot_titles=[modules[mi] for mi in shown],
+        subplot_titles=[_panel_title(modules[mi]) for mi in shown],
         horizontal_spacing=0.03,
     )
     for col, mi in enumerate(shown, start=1):
@@ -497,6 +1147,17 @@ def _layer_step_panels(
     return fig
 
 
+def _score_coloraxis(scores: torch.Tensor, label: str) -> dict[str, Any]:
+    """:data:`SEQUENTIAL` from 0 for never-negative scores (β = 0: a mean ``|TIE|``),
+    :data:`DIVERGING` centred at 0 when some score is negative (β > 0)."""
+    values = _np(scores)
+    finite = values[np.isfinite(values)]
+    bar = dict(title=dict(text=label))
+    if finite.size == 0 or float(finite.min()) >= 0.0:
+        return dict(colorscale=SEQUENTIAL, cmin=0.0, colorbar=bar)
+    return dict(colorscale=DIVERGING, cmid=0.0, colorbar=bar)
+
+
 def _mark(fig: go.Figure, layer: int, step: int, module: str, name: str) -> None:
     shown = list(fig.layout.meta["modules"])
     fig.add_trace(
@@ -518,7 +1179,9 @@ def plot_selection_landscape(coordinate: Coordinate, *, title: str | None = None
     """The Eq. 5 score landscape, one panel per module, the chosen cell starred.
 
     Cells excluded by the selection's restriction are NaN and show as gaps; a module
-    excluded entirely gets no panel.
+    excluded entirely gets no panel. A never-negative landscape (``β = 0``: mean ``|TIE|``)
+    is drawn on :data:`SEQUENTIAL` from 0; one with negative scores (``β > 0``) on
+    :data:`DIVERGING` centred at 0.
 
     Example:
         >>> from tie_tracing.selection import select_coordinate
@@ -538,7 +1201,7 @@ def plot_selection_landscape(coordinate: Coordinate, *, title: str | None = None
             f"Eq. 5 score (β={coordinate.beta:g}); chosen layer {coordinate.layer}, step "
             f"{coordinate.step}, {coordinate.module} (score {coordinate.score:.4g})"
         ),
-        coloraxis=dict(colorscale=DIVERGING, cmid=0.0, colorbar=dict(title=dict(text="score"))),
+        coloraxis=_score_coloraxis(coordinate.scores, "score"),
     )
     return fig
 
@@ -584,6 +1247,8 @@ def plot_selection_stability(
 ) -> go.Figure:
     """Bootstrap win frequency of every cell, one panel per module, full-set choice starred.
 
+    Frequencies lie in ``[0, 1]``: :data:`SEQUENTIAL` colours.
+
     Example:
         >>> from tie_tracing.analysis import selection_stability
         >>> fig = plot_selection_stability(selection_stability(TIEResult.synthetic(), n_boot=50))
@@ -602,7 +1267,7 @@ def plot_selection_stability(
             f"({c.layer}, {c.step}, {c.module}) wins {stability.agreement:.0%}"
         ),
         coloraxis=dict(
-            colorscale="Blues", cmin=0.0, cmax=1.0, colorbar=dict(title=dict(text="frequency"))
+            colorscale=SEQUENTIAL, cmin=0.0, cmax=1.0, colorbar=dict(title=dict(text="frequency"))
         ),
     )
     return fig

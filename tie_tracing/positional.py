@@ -17,23 +17,42 @@ Every ``(draw, layer, position, module)`` restoration is one row of a batched fo
 chunked by ``batch_size`` to bound memory), so a fact costs ``2 + ⌈rows / batch_size⌉``
 forwards instead of one per cell.
 
-**What is measured.** The probability (and log-probability) of the answer's *first* token
-where the model predicts it:
+**What is measured.** The probability (and log-probability) of the **object's first token**
+where the model predicts it (SPEC §6). The object is ``Fact.object`` (a substring of the
+answer, located by :func:`~tie_tracing.facts.locate_object`); a fact without an object
+(``object=None``) has the whole answer as its object, so its first token is the answer's.
 
-* causal (AR) models read the query ``prompt + answer`` (teacher-forced), and the answer's
-  first token is predicted at the last prompt position (index ``len(prompt)`` of the aligned
-  logits of :meth:`~tie_tracing.model.TracedModel.logits`);
-* MDLMs read ``prompt + |answer| × [MASK]`` and the answer's first token is predicted at the
-  first object position (aligned index ``len(prompt)``; a shifted MDLM such as Dream computes
-  it at the last prompt position).
+* Causal (AR) models read the question followed by the answer's tokens *before* the object,
+  teacher-forced (``"Where was Ada Vell born?" + " Ada Vell was born in"`` for the object
+  ``"Gdansk"``); the prediction position is the last token of that query and the scored
+  token the object's first (index ``len(prompt) + k`` of the aligned logits of
+  :meth:`~tie_tracing.model.TracedModel.logits`, ``k`` the object's offset in the answer).
+  For a fact without an object the query is the question alone and the answer's first
+  token is scored at the last prompt position (ROME's protocol). The forward is fed the
+  whole teacher-forced answer: the causal mask keeps the tokens after the prediction
+  position from changing it, and the traced positions stop there.
+* MDLMs read ``prompt + |answer| × [MASK]`` (the whole answer span masked, one forward) and
+  score the object's first token at the object's first slot (aligned index
+  ``len(prompt) + k``; a shifted MDLM such as Dream computes it one position earlier).
 
 **Which positions are traced.** Every input position that can influence the prediction: for a
-causal model the prompt positions ``0 … len(prompt) − 1`` (the answer tokens come after the
-prediction and cannot change it), for an MDLM every position of the query, prompt *and* all
-masked answer slots (attention is bidirectional: a later ``[MASK]`` can carry the fact too).
-``result.prediction_position[f]`` is the position whose output scores the answer (last prompt
-position for causal and shifted models, first object position for unshifted MDLMs) and
-``result.tokens[f]`` labels the traced positions (masks as the tokenizer spells them).
+causal model the positions ``0 … prediction_position``, i.e. the prompt and the answer prefix
+(the answer tokens from the object on come after the prediction and cannot change it); for an
+MDLM every position of the query, prompt *and* all masked answer slots (attention is
+bidirectional: a later ``[MASK]`` can carry the fact too). ``result.tokens[f]`` labels the
+traced positions (masks as the tokenizer spells them), ``result.prediction_position[f]`` is
+the position whose output scores the object (causal and shifted models: the position before
+the object's first token; unshifted MDLMs: the object's first slot) and
+``result.config["prompt_length"][fact_id]`` the number of prompt tokens, so the positions
+``prompt_length … `` of a fact are answer positions (the teacher-forced answer prefix of an AR
+trace, the masked slots of an MDLM trace) and the object's first token sits at
+``prediction_position + shifted``.
+
+**Which subject mention is corrupted.** Only the question's: the subject positions are found
+in the prompt (:func:`~tie_tracing.facts.locate_subject`, first occurrence), as ROME
+corrupts the subject in its prompt. The answer prefix of an AR query often names the subject
+again (``" Ada Vell was born in"``); that mention stays clean and is traced like any other
+answer-prefix token.
 
 **Noise draws.** With ``n_noise > 1`` the probabilities are averaged over draws (ROME) and
 ``lp`` is the log of that average, so ``prob == exp(lp)`` always and the indirect effects of
@@ -41,12 +60,16 @@ position for causal and shifted models, first object position for unshifted MDLM
 ``log p_restored − log p_corrupt``) compare like with like. ``lp_corrupt`` is likewise
 ``log mean_n p_corrupt,n``.
 
-Limits: facts are traced one at a time (rows of a forward share one query); only the answer's
-first token is scored (ROME's protocol; multi-token answers are what TIE is for); a fact the
-clean model does not predict (top-1 at the prediction position is not the answer's first
-token) is traced, warned about and listed in ``result.config["unknown_facts"]``.
+Limits: facts are traced one at a time (rows of a forward share one query); only the object's
+first token is scored (ROME's protocol; multi-token answers are what TIE is for); an object
+whose first token the tokenizer merged with the preceding text (``"(Gdansk"``) is scored as
+that merged token, and the answer prefix then ends before it; a fact the clean model does
+not predict (top-1 at the prediction position is not the object's first token) is traced,
+warned about and listed in ``result.config["unknown_facts"]``. ``config["prompt_length"]`` is
+keyed by fact id, so :meth:`~tie_tracing.results.PositionalResult.concat` accepts parts of
+one trace and of separate traces alike (the per-fact entries are joined).
 :func:`reference_positional` is the deliberately slow one-forward-per-cell reference (plain
-PyTorch hooks) that the tests hold the batched sweep to.
+PyTorch hooks, its own query layout) that the tests hold the batched sweep to.
 """
 
 from __future__ import annotations
@@ -130,29 +153,49 @@ def restored_layers(layer: int, module: str, window: int, num_layers: int) -> li
 
 @dataclass(frozen=True)
 class PositionalQuery:
-    """A fact encoded for positional tracing on one model.
+    """A fact encoded for positional tracing on one model (see the module docstring).
 
     Attributes:
-        query: The :class:`~tie_tracing.patching.Query` (prompt, answer, subject positions).
-        input_ids: The forward's input: ``prompt + answer`` (causal) or
+        query: The :class:`~tie_tracing.patching.Query` (prompt, answer, subject positions,
+            object offsets).
+        input_ids: The forward's input: ``prompt + answer`` (causal, teacher-forced; only the
+            positions up to the prediction position are the traced query) or
             ``prompt + |answer| × [MASK]`` (MDLM).
-        positions: The traced positions (``0 … n − 1``; see the module docstring).
-        answer_start: Index of the aligned logits that score the answer's first token.
-        prediction_position: Position whose output scores it (last prompt position for causal
-            and shifted models, first object position for unshifted MDLMs).
+        positions: The traced positions ``0 … n − 1`` (causal: prompt and answer prefix;
+            MDLM: the whole input).
+        object_start: Position of the object's first token, ``len(prompt) + k``: the index of
+            the aligned logits that score it.
+        prediction_position: Position whose output scores it (``object_start − 1`` for causal
+            and shifted models, ``object_start`` for unshifted MDLMs).
         tokens: Token strings of the traced positions.
+
+    Example:
+        >>> pq = positional_query(ar, fact)     # "Where was Ada Vell born?" / object "Gdansk"  # doctest: +SKIP
+        >>> pq.tokens[pq.prompt_length :]       # the teacher-forced answer prefix             # doctest: +SKIP
+        (' Ada', ' Vell', ' was', ' born', ' in')
     """
 
     query: Query
     input_ids: tuple[int, ...]
     positions: tuple[int, ...]
-    answer_start: int
+    object_start: int
     prediction_position: int
     tokens: tuple[str, ...]
 
     @property
-    def first_answer_token(self) -> int:
-        return self.query.answer_ids[0]
+    def prompt_length(self) -> int:
+        """Number of prompt tokens; positions from here on are answer positions."""
+        return len(self.query.prompt_ids)
+
+    @property
+    def object_offset(self) -> int:
+        """Offset ``k`` of the object's first token within the answer (0 without an object)."""
+        return self.object_start - self.prompt_length
+
+    @property
+    def target_token(self) -> int:
+        """The scored token: the object's first token."""
+        return self.query.answer_ids[self.object_offset]
 
 
 def positional_query(model, fact: Fact) -> PositionalQuery:
@@ -160,18 +203,21 @@ def positional_query(model, fact: Fact) -> PositionalQuery:
 
     Raises:
         SubjectNotFoundError: the subject is not in the prompt (names the fact).
+        ObjectNotFoundError: the object is not among the answer's tokens (names the fact).
     """
     q = encode_query(model, fact)
     p = q.answer_start
+    k = min(q.object_offsets) if fact.object is not None else 0
+    start = p + k
+    pred = start - 1 if model.backbone.shifted else start
     if model.is_causal:
         ids = tuple(q.prompt_ids) + tuple(q.answer_ids)
-        n_pos = p
+        n_pos = pred + 1  # prompt + answer prefix: everything up to the prediction position
     else:
         ids = tuple(q.prompt_ids) + (int(model.mask_token_id),) * len(q.answer_ids)
         n_pos = len(ids)
-    pred = p - 1 if model.backbone.shifted else p
     tokens = tuple(model.tokenizer.decode([t]) for t in ids[:n_pos])
-    return PositionalQuery(q, ids, tuple(range(n_pos)), p, pred, tokens)
+    return PositionalQuery(q, ids, tuple(range(n_pos)), start, pred, tokens)
 
 
 def _sites(model, modules: Sequence[str]) -> list[tuple[int, str]]:
@@ -184,8 +230,8 @@ def _sites(model, modules: Sequence[str]) -> list[tuple[int, str]]:
     return all_sites(model, modules)
 
 
-def _first_token_lp(logits: torch.Tensor, index: int, token: int) -> torch.Tensor:
-    """``[rows]`` float32 ``log softmax(logits[:, index])[token]``."""
+def _token_lp(logits: torch.Tensor, index: int, token: int) -> torch.Tensor:
+    """``[rows]`` float32 ``log softmax(logits[:, index])[token]`` (aligned logits)."""
     return torch.log_softmax(logits[:, index].float(), dim=-1)[:, token].cpu()
 
 
@@ -217,7 +263,8 @@ def _trace_one(
     *,
     restore_from: dict | None = None,
 ) -> dict:
-    """Tensors of one fact's positional trace.
+    """Tensors of one fact's positional trace: the object's first token scored at
+    ``pq.object_start`` of the aligned logits in every forward.
 
     ``restore_from`` replaces the clean activations as the restoration source
     (``site → [seq, d]``); the tests pass the corrupted run's own values (identity restoration).
@@ -227,14 +274,14 @@ def _trace_one(
     sites = _sites(model, config.modules)
     subject = torch.tensor(pq.query.subject_positions, device=device)
     x1 = torch.tensor(pq.input_ids, device=device)[None]
-    p, tok = pq.answer_start, pq.first_answer_token
+    p, tok = pq.object_start, pq.target_token
     corruption = config.corruption(nu)
     n_draws = config.n_noise
     noise = corruption.draws(pq.query.fact, len(subject), model.hidden_size, nu).to(device)
 
     clean_logits, clean = _capture(model, x1, None, subject, False, sites)
     source = {s: v[0] for s, v in clean.items()} if restore_from is None else restore_from
-    lp_clean = _first_token_lp(clean_logits, p, tok)[0]
+    lp_clean = _token_lp(clean_logits, p, tok)[0]
     known = int(clean_logits[0, p].argmax()) == tok
     corrupt_logits = patched_forward(
         model,
@@ -244,7 +291,7 @@ def _trace_one(
         replace=corruption.replace,
         writes={},
     )
-    lp_corrupt = _mean_prob_lp(_first_token_lp(corrupt_logits, p, tok))
+    lp_corrupt = _mean_prob_lp(_token_lp(corrupt_logits, p, tok))
 
     cells = [
         (li, pos, mi)
@@ -284,7 +331,7 @@ def _trace_one(
             raise NonFiniteActivationError(
                 f"fact {fid!r}: non-finite logits in the positional sweep"
             )
-        lp_rows[start:stop] = _first_token_lp(logits, p, tok)
+        lp_rows[start:stop] = _token_lp(logits, p, tok)
     lp = _mean_prob_lp(
         lp_rows.reshape(n_draws, len(layers), len(pq.positions), len(config.modules))
     )
@@ -313,6 +360,7 @@ def _to_result(
         modules=config.modules,
         config=config.to_dict()
         | {"nu": nu, "causal": bool(model.is_causal), "shifted": bool(model.backbone.shifted)},
+        # config["prompt_length"] is added by trace_positional after concatenation (per fact)
         seeds=(config.seed,),
         model_id=str(model.name),
         version=__version__,
@@ -336,12 +384,19 @@ def trace_positional(
 ) -> PositionalResult:
     """ROME's causal trace along token positions: ``[fact, layer, position, module]``.
 
-    Works on causal (AR) models and on MDLMs alike (see the module docstring for the query,
-    the prediction position and the traced positions of each).
+    Works on causal (AR) models and on MDLMs alike. Each cell scores the **object's first
+    token** (the answer's first token for facts without an object) at its prediction
+    position: an AR model reads the question followed by the teacher-forced answer prefix
+    before the object and predicts at its last token; an MDLM reads the question followed by
+    the fully masked answer and predicts at the object's first slot (one slot earlier for
+    shifted MDLMs). Only the question's mention of the subject is corrupted, as in ROME,
+    even when the answer prefix names the subject again. The module docstring has the
+    details.
 
     Args:
         model: A :class:`~tie_tracing.model.TracedModel`.
-        facts: Facts whose subject occurs in the question.
+        facts: Facts whose subject occurs in the question (``Fact.object``, when given,
+            chooses the scored token and, for AR models, the answer prefix).
         modules: Sites to restore (subset of ``resid``, ``attn``, ``mlp``).
         window: Layers restored together for ``attn``/``mlp`` (ROME: 10); ``resid`` uses 1.
         layers: Layers of the map (default all).
@@ -357,21 +412,29 @@ def trace_positional(
     Returns:
         A :class:`~tie_tracing.results.PositionalResult`: ``prob``/``lp`` ``[fact, layer,
         position, module]`` (positions NaN-padded to the longest fact), ``lp_clean``,
-        ``lp_corrupt``, token labels, subject positions, prediction positions, config.
-        ``result.effect()`` is the indirect effect ``p_restored − p_corrupt``
+        ``lp_corrupt``, token labels of the traced positions, subject positions (in the
+        question), prediction positions, config. ``config["prompt_length"]`` maps each fact
+        id to its number of prompt tokens: traced positions from there on are the answer
+        prefix (AR) or the masked answer slots (MDLM); the object's first token sits at
+        ``prediction_position + config["shifted"]``. ``result.effect()`` is the indirect effect ``p_restored − p_corrupt``
         (``result.with_metric("lp").effect()`` the log-probability version).
 
     Raises:
         SubjectNotFoundError: a fact's subject is not in its prompt (names the fact).
+        ObjectNotFoundError: a fact's object is not among its answer's tokens (names the fact).
         NonFiniteActivationError: NaN/inf appeared (names the fact).
         ValueError: bad ``modules``, ``window``, ``layers`` or noise settings.
 
     Example:
         >>> ar = tt.load_model("tiny-ar")                                    # doctest: +SKIP
         >>> facts = tt.load_facts("tiny", "forget01")[:4]                    # doctest: +SKIP
+        >>> facts[0].answer, facts[0].object                                 # doctest: +SKIP
+        ('Datrastond Loho was born in Zurich, a city in Switzerland.', 'Zurich')
         >>> r = tt.trace_positional(ar, facts, modules=("mlp",), window=3)   # doctest: +SKIP
         >>> r.effect().shape          # [fact, layer, position, module]      # doctest: +SKIP
-        torch.Size([4, 6, 12, 1])
+        torch.Size([4, 6, 18, 1])
+        >>> r.tokens[0][r.config["prompt_length"][r.fact_ids[0]] :]         # doctest: +SKIP
+        (' Datrastond', ' Loho', ' was', ' born', ' in')
     """
     facts = [facts] if isinstance(facts, Fact) else list(facts)
     if not facts:
@@ -396,21 +459,24 @@ def trace_positional(
             model.check_site(layer, m)
     pqs = [positional_query(model, f) for f in facts]
     nu_value = config.corruption().resolve_nu(model, [pq.query for pq in pqs])
-    results, unknown = [], []
+    results, unknown, prompt_length = [], [], {}
     for pq in tqdm(pqs, desc="trace_positional", unit="fact", disable=not progress):
         tensors = _trace_one(model, pq, config, nu_value, layer_list)
         if not tensors["known"]:
             unknown.append(fact_key(pq.query.fact))
+        prompt_length[fact_key(pq.query.fact)] = pq.prompt_length
         results.append(_to_result(model, pq, tensors, config, nu_value, layer_list))
     if unknown:
         warnings.warn(
-            f"{model.name}: the clean model's top-1 prediction is not the answer's first token for "
+            f"{model.name}: the clean model's top-1 prediction is not the answer's object (its "
+            f"first token, at the prediction position) for "
             f"{len(unknown)} of {len(facts)} facts ({unknown[:5]}{' …' if len(unknown) > 5 else ''}); "
             f"their traces measure little. result.config['unknown_facts'] lists them.",
             stacklevel=2,
         )
     result = PositionalResult.concat(results)
-    return dataclasses.replace(result, config=result.config | {"unknown_facts": unknown})
+    extra = {"unknown_facts": unknown, "prompt_length": prompt_length}
+    return dataclasses.replace(result, config=result.config | extra)
 
 
 # ----------------------------------------------------------------------------- slow reference
@@ -429,19 +495,38 @@ def reference_positional(
 ) -> dict:
     """A deliberately slow positional trace: plain PyTorch hooks, one batch-1 forward per cell.
 
-    Shares with :func:`trace_positional` only the model's forward, the query encoding and the
-    noise draws. Returns ``{"lp": [layer, position, module], "lp_clean": float,
-    "lp_corrupt": float}`` (probabilities averaged over draws, then logged).
+    Builds its own query from the fact's encoding (:func:`~tie_tracing.patching.encode_query`:
+    prompt and answer ids, subject positions in the question, object offsets) and shares with
+    :func:`trace_positional` only that encoding, the model's forward and the noise draws. It
+    follows SPEC §6 literally: a causal model is fed the question and the answer's tokens up to
+    and including the object's first token (nothing after it, unlike the sweep, which feeds
+    the whole teacher-forced answer), an MDLM the question and ``|answer|`` masks; the object's
+    first token is scored where the aligned logits put it; the traced positions are those
+    before the object's first token (causal) or every position (MDLM).
+
+    Returns:
+        ``{"lp": [layer, position, module], "lp_clean": float, "lp_corrupt": float,
+        "positions": int, "prediction_position": int, "token": int}`` (probabilities averaged
+        over draws, then logged; ``positions`` traced, the scored ``token``).
     """
-    pq = positional_query(model, fact)
+    q = encode_query(model, fact)
+    prompt, answer = list(q.prompt_ids), list(q.answer_ids)
+    k = 0 if fact.object is None else sorted(q.object_offsets)[0]
+    token = answer[k]
+    if model.is_causal:
+        ids = prompt + answer[: k + 1]  # the teacher-forced prefix, then the scored token
+        n_pos = len(prompt) + k  # everything before the scored token
+    else:
+        ids = prompt + [int(model.mask_token_id)] * len(answer)
+        n_pos = len(ids)
+    read_at = len(prompt) + k  # aligned logits: index i scores token i
     modules = [m for m in MODULES if m in modules]
     n_layers = model.num_layers
-    subject = list(pq.query.subject_positions)
-    x = torch.tensor(pq.input_ids)[None]
-    p, tok = pq.answer_start, pq.first_answer_token
+    subject = list(q.subject_positions)
+    x = torch.tensor(ids)[None]
 
     def read(logits):
-        return float(torch.log_softmax(logits[0, p].float(), dim=-1)[tok])
+        return float(torch.log_softmax(logits[0, read_at].float(), dim=-1)[token])
 
     clean: dict[tuple[int, str], torch.Tensor] = {}
     pairs = []
@@ -458,7 +543,6 @@ def reference_positional(
     draws = Corruption(nu=nu, n_noise=n_noise, seed=seed, replace=replace).draws(
         fact, len(subject), model.hidden_size, nu
     )
-    n_pos = len(pq.positions)
     lp = torch.empty(n_noise, n_layers, n_pos, len(modules), dtype=torch.float64)
     lp_corrupt = torch.empty(n_noise, dtype=torch.float64)
     for n in range(n_noise):
@@ -496,4 +580,11 @@ def reference_positional(
                         lp[n, layer, pos, mi] = read(model.forward_logits(x))
     mean_lp = torch.logsumexp(lp, dim=0) - math.log(n_noise)
     corrupt = float(torch.logsumexp(lp_corrupt, dim=0) - math.log(n_noise))
-    return {"lp": mean_lp, "lp_clean": lp_clean, "lp_corrupt": corrupt}
+    return {
+        "lp": mean_lp,
+        "lp_clean": lp_clean,
+        "lp_corrupt": corrupt,
+        "positions": n_pos,
+        "prediction_position": read_at - int(model.backbone.shifted),
+        "token": token,
+    }

@@ -42,6 +42,7 @@ import torch
 from ._io import atomic_write_bytes
 from ._version import __version__
 from .errors import ShapeError, TieTracingError
+from .sampler import commit_steps as _commit_steps
 
 __all__ = [
     "Coordinate",
@@ -175,6 +176,10 @@ def _pad_dim(t: torch.Tensor, dim: int, size: int, value: float) -> torch.Tensor
     return torch.cat([t, torch.full(shape, value, dtype=t.dtype, device=t.device)], dim=dim)
 
 
+#: Config entries that map fact ids to values: concatenation joins them.
+_PER_FACT_CONFIG_KEYS = frozenset({"prompt_length"})
+
+
 def _merge_configs(configs: Sequence[dict], kind: str) -> dict:
     keys = set().union(*(c.keys() for c in configs))
     merged: dict[str, Any] = {}
@@ -182,6 +187,16 @@ def _merge_configs(configs: Sequence[dict], kind: str) -> dict:
         values = [c.get(key, "<missing>") for c in configs]
         if key in _JOINED_CONFIG_KEYS:
             merged[key] = [x for c in configs for x in (c.get(key) or [])]
+        elif key in _PER_FACT_CONFIG_KEYS and all(isinstance(v, dict) for v in values):
+            joined: dict[str, Any] = {}
+            for v in values:
+                clash = {k for k in v if k in joined and joined[k] != v[k]}
+                if clash:
+                    raise ValueError(
+                        f"cannot concat {kind}s: config[{key!r}] disagrees for facts {sorted(clash)}"
+                    )
+                joined.update(v)
+            merged[key] = joined
         elif all(v == values[0] for v in values):
             merged[key] = values[0]
         elif key in _PER_RUN_CONFIG_KEYS:
@@ -431,6 +446,15 @@ class TIEResult(_ResultBase):
         seeds: the seeds of the run(s).
         model_id: the traced model's name or path.
         version: the tie_tracing version that produced it.
+        target_mask: ``[fact, answer_pos]`` bool, the target positions ``O`` that ``LP`` sums
+            over (``config["target"]``; default: every non-padding answer position).
+        object_mask: ``[fact, answer_pos]`` bool, the object's tokens (the whole answer for a
+            fact without an object).
+
+    Commit maps (SPEC §4) come from the token tensors and ``config["mask_token_id"]``:
+    :attr:`clean_commits`, :attr:`corrupt_commits`, :meth:`commit_map`; :attr:`idle_steps`
+    marks the steps with no masked target position left, where ``TIE`` is 0 exactly under
+    ``lp="frozen"``, and :attr:`object_commit_step` the step that decided the object.
 
     Example:
         >>> r = TIEResult.synthetic(n_facts=2, n_layers=3, n_steps=4, seed=0)
@@ -459,6 +483,8 @@ class TIEResult(_ResultBase):
     seeds: tuple[int, ...]
     model_id: str
     version: str = __version__
+    target_mask: torch.Tensor | None = None
+    object_mask: torch.Tensor | None = None
 
     _KIND: ClassVar[str] = "TIEResult"
     _FACT_TENSORS: ClassVar[tuple[str, ...]] = (
@@ -470,6 +496,8 @@ class TIEResult(_ResultBase):
         "clean_tokens",
         "corrupt_tokens",
         "diverged",
+        "target_mask",
+        "object_mask",
     )
     dims: ClassVar[tuple[str, ...]] = ("fact", "layer", "step", "module")
     ie_dims: ClassVar[tuple[str, ...]] = ("fact", "layer", "step", "module", "later_step")
@@ -531,6 +559,105 @@ class TIEResult(_ResultBase):
         if any(not 0 <= s < t_all for s in self.steps):
             raise ValueError(f"steps {self.steps} must lie in 0 … {t_all - 1}")
         self._check_fact_tuples(f)
+        present = c[:, -1] >= 0  # [fact, answer_pos]: not padding
+        for name in ("target_mask", "object_mask"):
+            t = getattr(self, name)
+            if t is None:
+                object.__setattr__(self, name, present.clone())
+                continue
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
+                raise TypeError(f"TIEResult.{name} must be a bool tensor")
+            if _shape(t) != _shape(present):
+                raise ShapeError(
+                    f"{name} must be [fact, answer_pos] = {_shape(present)}, got {_shape(t)}"
+                )
+
+    # -- commit maps -------------------------------------------------------------------
+    def _mask(self, name: str) -> torch.Tensor:
+        value = getattr(self, name)
+        assert isinstance(value, torch.Tensor)  # filled in by __post_init__
+        return value
+
+    def _mask_id(self) -> int:
+        if "mask_token_id" not in self.config:
+            raise KeyError(
+                "this TIEResult does not record config['mask_token_id'] (made before commit "
+                "maps existed?): commit maps need it"
+            )
+        return int(self.config["mask_token_id"])
+
+    @property
+    def clean_commits(self) -> torch.Tensor:
+        """``[fact, answer_pos]`` long: the step at which the clean trajectory committed each
+        answer position (``-1``: padding or never)."""
+        return _commit_steps(self.clean_tokens, self._mask_id())
+
+    @property
+    def corrupt_commits(self) -> torch.Tensor:
+        """``[fact, noise, answer_pos]`` long: the same for each corrupted trajectory."""
+        return _commit_steps(self.corrupt_tokens, self._mask_id())
+
+    @property
+    def object_commit_step(self) -> torch.Tensor:
+        """``[fact]`` long: the step at which the clean trajectory committed the object's
+        first token (``-1`` when it never did)."""
+        commits = self.clean_commits
+        first = self._mask("object_mask").float().argmax(-1)  # first object position
+        return commits.gather(1, first[:, None])[:, 0]
+
+    @property
+    def idle_steps(self) -> torch.Tensor:
+        """``[fact, step]`` bool over all ``T`` steps: no corrupted trajectory has a masked
+        target position in that step's input, so nothing is left to decide there and, under
+        ``lp="frozen"``, the step's TIE is 0 exactly."""
+        commits = self.corrupt_commits  # [fact, noise, A]
+        steps = torch.arange(self.n_later_steps)
+        # position i is masked in step k's input iff it was committed at step >= k
+        masked = (commits[..., None] >= steps) & self._mask("target_mask")[:, None, :, None]
+        return ~masked.any(-2).any(1)
+
+    @property
+    def clean_idle_steps(self) -> torch.Tensor:
+        """``[fact, step]`` bool: the clean trajectory has no masked target position left."""
+        steps = torch.arange(self.n_later_steps)
+        masked = (self.clean_commits[..., None] >= steps) & self._mask("target_mask")[..., None]
+        return ~masked.any(-2)
+
+    def commit_map(self, fact: int | str = 0, trajectory: str | int = "clean") -> list[dict]:
+        """One trajectory's commit map: per answer position its step, token id and role.
+
+        Args:
+            fact: Index or id.
+            trajectory: ``"clean"`` or the index of a corrupted noise draw.
+
+        Returns:
+            ``[{"position", "step", "token", "object", "target"}, …]`` in answer order.
+        """
+        i = self._fact_indices(fact)[0]
+        if trajectory == "clean":
+            tokens = self.clean_tokens[i]
+        elif isinstance(trajectory, int) and 0 <= trajectory < self.corrupt_tokens.shape[1]:
+            tokens = self.corrupt_tokens[i, trajectory]
+        else:
+            raise ValueError(
+                f"trajectory must be 'clean' or a noise draw 0 … "
+                f"{self.corrupt_tokens.shape[1] - 1}, got {trajectory!r}"
+            )
+        steps = _commit_steps(tokens, self._mask_id())
+        rows = []
+        for pos in range(tokens.shape[-1]):
+            if int(tokens[-1, pos]) < 0:
+                continue
+            rows.append(
+                {
+                    "position": pos,
+                    "step": int(steps[pos]),
+                    "token": int(tokens[-1, pos]),
+                    "object": bool(self._mask("object_mask")[i, pos]),
+                    "target": bool(self._mask("target_mask")[i, pos]),
+                }
+            )
+        return rows
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -651,12 +778,161 @@ class TIEResult(_ResultBase):
             ts = [getattr(p, name) for p in parts]
             if name in ("clean_tokens", "corrupt_tokens"):
                 ts = [_pad_last(t, width, -1) for t in ts]
+            elif name in ("target_mask", "object_mask"):
+                ts = [_pad_last(t, width, False) for t in ts]
             tensors[name] = torch.cat(ts, dim=0)
         tuples: dict[str, Any] = {
             name: tuple(x for p in parts for x in getattr(p, name)) for name in cls._FACT_TUPLES
         }
         seeds = tuple(dict.fromkeys(s for p in parts for s in p.seeds))
         return dataclasses.replace(first, **tensors, **tuples, config=config, seeds=seeds)
+
+    @classmethod
+    def pool_seeds(cls, results: Iterable[TIEResult]) -> TIEResult:
+        """Pool traces of the same facts under different noise seeds into one result.
+
+        Noise draws are keyed by ``(seed, fact id, draw index)``, so traces of one fact set
+        under seeds ``s`` and ``s'`` are independent noise samples of the same quantity;
+        pooling them is what tracing with their draws together would average. The pooled
+        ``ie``, ``tie``, ``lp_corrupt`` and ``diverged`` are the **draw-weighted** means of
+        the parts (a part with ``n`` noise draws has weight ``n``; ``tie`` stays Eq. 4 of the
+        pooled ``ie`` because Eq. 4 is linear), ``lp_corrupt_draws`` and ``corrupt_tokens``
+        are concatenated along the ``noise`` axis in the order given, ``config["n_noise"]``
+        is the total number of draws, ``config["seed"]`` and ``seeds`` list every seed, and
+        ``config["pooled"]`` records ``{"seeds", "n_noise"}`` per part (a part that is itself
+        pooled contributes its own entries). ``engine_stats`` becomes a list per part and
+        ``unknown_facts`` the union. Pooling is order-independent up to the order of the
+        draws (and float rounding).
+
+        The parts must be traces of the same experiment: the same fact ids in the same
+        order, layers, steps, modules, ``T``, model id, the same config apart from ``seed``,
+        ``n_noise``, ``engine_stats`` and ``unknown_facts`` (``lp``, ``target``, ``decay``,
+        ``nu``, noise settings, sampler settings…), the same clean trajectory (clean tokens,
+        ``LP_clean``, target and object masks: a clean run that depends on the seed, as with
+        ``temperature > 0``, cannot be pooled) and pairwise disjoint seeds (a seed twice
+        would count its draws twice). Raw traces only: normalising is not linear in the
+        draws, so pool raw results and call :meth:`normalized` on the pool.
+
+        Args:
+            results: One or more :class:`TIEResult` (one alone is returned as is).
+
+        Returns:
+            The pooled :class:`TIEResult`.
+
+        Raises:
+            ValueError: naming the first mismatch (facts, labels, ``T``, a config key, the
+                clean trajectory, a repeated seed) or a normalised part.
+            TypeError: a part is not a :class:`TIEResult`.
+
+        Example:
+            >>> a = TIEResult.synthetic(n_facts=2, n_noise=1, seed=0)
+            >>> b = dataclasses.replace(a, seeds=(1,), ie=2 * a.ie, tie=2 * a.tie,
+            ...                         lp_corrupt_draws=a.lp_corrupt_draws.repeat(1, 3, 1),
+            ...                         corrupt_tokens=a.corrupt_tokens.repeat(1, 3, 1, 1))
+            >>> p = TIEResult.pool_seeds([a, b])  # weights 1 and 3
+            >>> p.seeds, p.config["n_noise"], tuple(p.lp_corrupt_draws.shape)
+            ((0, 1), 4, (2, 4, 8))
+            >>> torch.allclose(p.tie, 1.75 * a.tie)
+            True
+        """
+        parts = list(results)
+        if not parts:
+            raise ValueError("pool_seeds needs at least one TIEResult")
+        if any(not isinstance(p, cls) for p in parts):
+            raise TypeError("pool_seeds: every part must be a TIEResult")
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        free_keys = {"seed", "n_noise", "engine_stats", "unknown_facts", "pooled"}
+
+        def refuse(i: int, what: str, mine: Any, theirs: Any) -> ValueError:
+            return ValueError(
+                f"cannot pool seeds: result {i} has {what}={mine!r}, result 0 has {theirs!r} "
+                "(pool traces of the same facts and settings under different noise seeds)"
+            )
+
+        for i, p in enumerate(parts):
+            if p.is_normalized:
+                raise ValueError(
+                    f"cannot pool seeds: result {i} is normalised; pool the raw traces, then "
+                    "call .normalized() on the pooled result"
+                )
+            if not p.seeds:
+                raise ValueError(f"cannot pool seeds: result {i} records no seed")
+            if i == 0:
+                continue
+            for name in ("fact_ids", "layers", "steps", "modules", "model_id"):
+                if getattr(p, name) != getattr(first, name):
+                    raise refuse(i, name, getattr(p, name), getattr(first, name))
+            if p.n_later_steps != first.n_later_steps:
+                raise refuse(i, "T", p.n_later_steps, first.n_later_steps)
+            for key in sorted(set(p.config) | set(first.config), key=str):
+                if key in free_keys:
+                    continue
+                mine, theirs = p.config.get(key, "<missing>"), first.config.get(key, "<missing>")
+                if mine != theirs:
+                    raise refuse(i, f"config[{key!r}]", mine, theirs)
+            same_clean = (
+                p.clean_tokens.shape == first.clean_tokens.shape
+                and bool(torch.equal(p.clean_tokens.cpu(), first.clean_tokens.cpu()))
+                and bool(torch.equal(p.target_mask.cpu(), first.target_mask.cpu()))  # type: ignore[union-attr]
+                and bool(torch.equal(p.object_mask.cpu(), first.object_mask.cpu()))  # type: ignore[union-attr]
+                and bool(
+                    torch.allclose(
+                        p.lp_clean.cpu().double(), first.lp_clean.cpu().double(), atol=1e-5, rtol=0
+                    )
+                )
+            )
+            if not same_clean:
+                raise ValueError(
+                    f"cannot pool seeds: result {i} has another clean trajectory than result 0 "
+                    "(clean tokens, LP_clean or target/object masks differ; a sampler with "
+                    "temperature > 0 makes the clean run depend on the seed)"
+                )
+        owner: dict[int, int] = {}
+        for i, p in enumerate(parts):
+            for s in p.seeds:
+                if s in owner:
+                    raise ValueError(
+                        f"cannot pool seeds: seed {s} appears in result {owner[s]} and result {i}; "
+                        "its noise draws would be counted twice"
+                    )
+                owner[s] = i
+        draws = [int(p.lp_corrupt_draws.shape[1]) for p in parts]
+        device = first.ie.device
+        weights = torch.tensor(draws, dtype=torch.float64, device=device) / sum(draws)
+
+        def weighted(name: str) -> torch.Tensor:
+            ref = getattr(first, name)
+            stacked = torch.stack([getattr(p, name).to(device, torch.float64) for p in parts])
+            w = weights.reshape(-1, *([1] * ref.ndim))
+            return (stacked * w).sum(0).to(ref.dtype)
+
+        pooled_entries: list[dict[str, Any]] = []
+        for p, n in zip(parts, draws):
+            pooled_entries += p.config.get("pooled") or [{"seeds": list(p.seeds), "n_noise": n}]
+        unknown = {u for p in parts for u in (p.config.get("unknown_facts") or [])}
+        config = dict(first.config)
+        config.update(
+            seed=[s for p in parts for s in p.seeds],
+            n_noise=sum(draws),
+            pooled=pooled_entries,
+        )
+        if any("unknown_facts" in p.config for p in parts):
+            config["unknown_facts"] = [fid for fid in first.fact_ids if fid in unknown]
+        if any("engine_stats" in p.config for p in parts):
+            config["engine_stats"] = [p.config.get("engine_stats") for p in parts]
+        return dataclasses.replace(
+            first,
+            ie=weighted("ie"),
+            tie=weighted("tie"),
+            lp_corrupt=weighted("lp_corrupt"),
+            diverged=weighted("diverged"),
+            lp_corrupt_draws=torch.cat([p.lp_corrupt_draws.to(device) for p in parts], dim=1),
+            corrupt_tokens=torch.cat([p.corrupt_tokens.to(device) for p in parts], dim=1),
+            config=config,
+            seeds=tuple(s for p in parts for s in p.seeds),
+        )
 
     @classmethod
     def synthetic(
@@ -685,7 +961,10 @@ class TIEResult(_ResultBase):
         ie = ie.masked_fill((later[None, :] < torch.arange(n_steps)[:, None])[:, None, :], math.nan)
         lp_clean = -0.1 - 0.5 * torch.rand(n_facts, n_steps, generator=g)
         draws = lp_clean[:, None, :] - 2.0 - torch.rand(n_facts, n_noise, n_steps, generator=g)
-        tokens = torch.randint(5, 50, (n_facts, n_steps, answer_len), generator=g)
+        tokens = torch.randint(5, 50, (n_facts, 1, answer_len), generator=g).repeat(1, n_steps, 1)
+        mask_id = 3  # answer position i is committed at step i·T / answer_len
+        when = torch.arange(answer_len) * n_steps // answer_len
+        tokens = tokens.masked_fill(torch.arange(n_steps)[:, None] < when[None, :], mask_id)
         return cls(
             tie=tie_from_ie(ie, decay),
             ie=ie,
@@ -702,7 +981,15 @@ class TIEResult(_ResultBase):
             layers=tuple(range(n_layers)),
             steps=tuple(range(n_steps)),
             modules=tuple(modules),
-            config={"decay": decay, "n_noise": n_noise, "steps": n_steps, "noise_scale": 3.0},
+            config={
+                "decay": decay,
+                "n_noise": n_noise,
+                "steps": n_steps,
+                "noise_scale": 3.0,
+                "mask_token_id": mask_id,
+                "lp": "frozen",
+                "target": "answer",
+            },
             seeds=(seed,),
             model_id="synthetic",
         )
