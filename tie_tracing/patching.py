@@ -511,7 +511,7 @@ def run_patched(
         order = sorted(cs)
         captures[site] = torch.stack([hidden_of(visits[k])[:, pos] for k in order], dim=1)
         capture_steps[site] = tuple(order)
-    p = query.answer_start
+    start = query.answer_start
     return PatchedRun(
         result.target_logprobs,
         result.states,
@@ -519,7 +519,7 @@ def run_patched(
         capture_steps,
         token_logprobs=result.token_logprobs,
         masked=result.masked,
-        commits=commit_steps(result.states[:, :, p:].cpu(), model.mask_token_id),
+        commits=commit_steps(result.states[:, :, start:].cpu(), model.mask_token_id),
     )
 
 

@@ -135,9 +135,8 @@ def reference_ie(
     target: str = "answer",
 ) -> dict:
     """``IE`` ``[layer, step, module, later_step]`` (mean over draws), ``LP_clean``, ``LP_corrupt``."""
-    run: dict[str, Any] = dict(
-        temperature=temperature, seed=seed, block_length=block_length, lp=lp, target=target
-    )
+    run: dict[str, Any] = dict(temperature=temperature, seed=seed, block_length=block_length)
+    run.update(lp=lp, target=target)
     query = encode_query(model, fact)
     layers = list(range(model.num_layers)) if layers is None else list(layers)
     modules = [m for m in MODULES if m in modules]
@@ -153,10 +152,10 @@ def reference_ie(
             for k in range(steps):
                 for mi, m in enumerate(modules):
                     patch = (sites[(layer, m)], k, clean[(layer, m)][k])
-                    lp, _ = _trajectory(
+                    patched, _ = _trajectory(
                         model, query, steps, noise=draws[n], replace=replace, patch=patch, **run
                     )
-                    ie[n, li, k, mi, k:] = lp[k:] - lp_corrupt[n, k:]
+                    ie[n, li, k, mi, k:] = patched[k:] - lp_corrupt[n, k:]
     return {"ie": ie.mean(0), "lp_clean": lp_clean, "lp_corrupt": lp_corrupt.mean(0)}
 
 

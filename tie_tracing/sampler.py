@@ -448,7 +448,11 @@ def diffuse(
     check_lp_mode(lp)
     check_target(target)
     if target == "object":
-        missing = [f.id or f.question for f in items if not isinstance(f, Fact) or f.object is None]
+        missing = [
+            (f.id or f.question) if isinstance(f, Fact) else repr(f)
+            for f in items
+            if not isinstance(f, Fact) or f.object is None
+        ]
         if missing:
             raise ValueError(
                 f"target='object' needs facts that record an object; {len(missing)} items do "

@@ -586,7 +586,7 @@ def _warn_idle(queries: Sequence[Query], config: TraceConfig) -> None:
     for q in queries:
         schedule = transfer_schedule(len(q.answer_ids), config.steps, config.block_length)
         done, n_idle = 0, 0
-        for lo, hi, n in schedule:
+        for _lo, _hi, n in schedule:
             n_idle += done >= len(q.answer_ids)
             done += n
         if n_idle:
