@@ -12,13 +12,15 @@ unedited / edited runs ``--repeats`` times and comparing medians. Also:
 * **nnsight floor** — the same sampling with an edit that fires but adds nothing
   (``alpha=0``), separating nnsight's per-forward cost from the memory's arithmetic.
 
-The memory holds forget10 (200 facts) then retain facts outside ``retain_eval`` (the pool of
-``experiments/edit_scaling.py``) at the model's operating point. Prints, last,
+The memory holds forget10 (120 facts) then retain facts outside ``retain_eval`` (the pool of
+``experiments/edit_scaling.py``) at an explicit operating point (``--points`` / ``--point``,
+default ``gated``: the subject gate scans every forward, so this measures its cost too; the
+timed queries are retain facts, mostly about people outside the memory). Prints, last,
 ``edited_over_unedited=<x> zero_alpha_over_unedited=<y> build_ms_per_fact=<z> install_ms=<i>
 extra_kib=<w>``: ``build_ms_per_fact`` is ``EditMemory.build``'s wall time / N (capture +
 solve), ``install_ms`` the median time of ``install`` (registering the nnsight edit).
 
-Usage: ``python benchmarks/edit_memory.py [--n 400] [--facts 200] [--repeats 7] [--threads 1]``
+Usage: ``python benchmarks/edit_memory.py [--n 400] [--facts 200] [--repeats 7] [--threads 1] [--point gated]``
 """
 
 from __future__ import annotations
@@ -48,15 +50,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=C.MODEL)
+    C.point_arguments(ap, default="gated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = C.load(args.model)
     sets = C.fact_sets()
+    op, calibration, _points = C.chosen_point(args, sets)
     pool = (sets["forget10"] + sets["retain_pool"])[: args.n]
+    if len(pool) < args.n:
+        raise SystemExit(f"only {len(pool)} facts in the pool; use --n {len(pool)} or fewer")
     queries = sets["retain_eval"][: args.facts]
 
     t0 = time.perf_counter()
-    memory = tt.EditMemory.build(model, pool)
+    memory = C.build(model, pool, op, calibration=calibration)
     build_s = time.perf_counter() - t0
     zero = memory.with_config(alpha=0.0)
 

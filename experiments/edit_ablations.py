@@ -1,6 +1,8 @@
-"""Ablations (SPEC §10.5) of the edit memory on forget01, around the operating point.
+"""Ablations (SPEC §10.5) of the edit memory on forget01, around an explicit operating point.
 
-One axis at a time, everything else at the operating point:
+The operating point is read from ``--points`` (the tuning scripts' outputs) and chosen with
+``--point`` (default ``paper_tie``); the model's shipped point is never used. One axis at a
+time, everything else at that point:
 
 * **site** — ``resid`` / ``attn`` / ``mlp`` at the operating layer;
 * **step set** — all steps vs early-only ``{0, 1, 2}`` vs late-only ``{5, 6, 7}`` (of T = 8).
@@ -11,15 +13,19 @@ One axis at a time, everything else at the operating point:
 * **q** — ``top_q`` sparsity 1 … N;
 * **λ** — ridge strength;
 * **α** — the strength sweep (the forget/utility Pareto curve);
-* **rule** — ridge memory vs stacked single-fact gated edits (Eq. 10, κ = 1) vs act_steer.
+* **rule** — ridge memory vs stacked single-fact gated edits (Eq. 10, κ = 1) vs act_steer;
+* **gate** — the gated memory's three parts switched on and off one at a time (subject gate ×
+  update at all positions / answer slots × subject / answer-slot keys), at the ``gated`` point.
 
 Masked-estimator ΔForgetLP (forget01) and ΔRetainLP (retain_eval) for every row, bootstrap
 95% CIs over facts. Writes ``figures/edit_ablations.{json,md,html}``.
-Run: ``python experiments/edit_ablations.py``.
+Run: ``python experiments/edit_ablations.py [--point paper_tie|paper_grid|gated] [--points A.json B.json]``.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -35,14 +41,17 @@ STEP_SETS = {"all": None, "early {0,1,2}": (0, 1, 2), "late {5,6,7}": (5, 6, 7)}
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    C.point_arguments(ap, default="paper_tie")
+    args = ap.parse_args()
     C.setup()
     t_start = time.perf_counter()
     model = C.load()
-    op = C.operating_point(model)
     sets = C.fact_sets()
+    op, calibration, points = C.chosen_point(args, sets)
     forget, retain = sets["forget01"], sets["retain_eval"]
     base_f, base_r = C.logprobs(model, forget), C.logprobs(model, retain)
-    memory = tt.EditMemory.build(model, forget)
+    memory = C.build(model, forget, op, calibration=calibration)
     n = len(forget)
 
     def measure(mem, **extra):
@@ -54,12 +63,20 @@ def main() -> None:
             row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d)
         return row
 
-    rows = {"site": [], "q": [], "lam": [], "alpha": [], "rule": [], "steps": []}
+    rows: dict[str, list] = {
+        "site": [],
+        "q": [],
+        "lam": [],
+        "alpha": [],
+        "rule": [],
+        "gate": [],
+        "steps": [],
+    }
     for module in ("resid", "attn", "mlp"):
         mem = (
             memory
             if module == op.get("module", "resid")
-            else tt.EditMemory.build(model, forget, module=module)
+            else C.build(model, forget, op, module=module, calibration=calibration)
         )
         rows["site"].append(measure(mem, value=module))
     for q in sorted({1, 2, 4, 8, 16, n}):
@@ -70,7 +87,18 @@ def main() -> None:
     for alpha in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0):
         rows["alpha"].append(measure(memory.with_config(alpha=alpha), value=alpha))
     for mode in ("ridge", "gated", "steer"):
-        rows["rule"].append(measure(memory.with_config(mode=mode), value=mode))
+        gate = {"subject_gate": False} if mode == "steer" else {}
+        rows["rule"].append(measure(memory.with_config(mode=mode, **gate), value=mode))
+    # the gated memory's three parts, one at a time, at the gated point (when tuned)
+    if "gated" in points["points"]:
+        gp = C.require(points, "gated")
+        full = C.build(model, forget, gp, calibration=C.calibration_facts(points, sets))
+        for gate_on, apply_at, key_at in itertools.product(
+            (False, True), ("all", "answer"), ("subject", "answer")
+        ):
+            variant = full.with_config(subject_gate=gate_on, apply_at=apply_at, key_at=key_at)
+            label = f"gate {'on' if gate_on else 'off'}, apply {apply_at}, keys {key_at}"
+            rows["gate"].append(measure(variant, value=label))
     print("likelihood ablations done", flush=True)
 
     # step sets: measured along diffusion trajectories
@@ -102,15 +130,18 @@ def main() -> None:
         C.FIGURES / "edit_ablations.json",
         {
             "operating_point": op,
+            "point_files": points["files"],
             "rows": rows,
             "no_edit": row0,
             "seconds": time.perf_counter() - t_start,
         },
     )
     fmt = lambda r, k: f"{r[k]:+.2f} [{r[k + '_low']:+.2f}, {r[k + '_high']:+.2f}]"  # noqa: E731
-    lines = [f"Ablations on forget01 ({n} facts) around the operating point (layer {op['layer']}, α={op['alpha']}, "
-             f"λ={op['lam']}, q={op['q']}); masked estimator; Δ vs no_edit, mean [95% CI] over facts.", ""]  # fmt: skip
-    for axis in ("site", "rule", "q", "lam", "alpha"):
+    lines = [f"Ablations on forget01 ({n} facts) around the operating point {op['name']!r} ({C.point_label(op)}; "
+             f"from {', '.join(points['files'])}); masked estimator; Δ vs no_edit, mean [95% CI] over facts.", ""]  # fmt: skip
+    for axis in ("site", "rule", "gate", "q", "lam", "alpha"):
+        if not rows[axis]:
+            continue
         lines += [
             f"**{axis}**",
             "",
@@ -118,9 +149,13 @@ def main() -> None:
             "|---|---|---|---|",
         ]
         for r in rows[axis]:
-            ratio = abs(r["d_forget"]) / max(abs(r["d_retain"]), 1e-9)
+            ratio = (
+                f"{abs(r['d_forget']) / abs(r['d_retain']):.1f}"
+                if abs(r["d_retain"]) > 1e-6
+                else "∞"
+            )
             lines.append(
-                f"| {r['value']} | {fmt(r, 'd_forget')} | {fmt(r, 'd_retain')} | {ratio:.1f} |"
+                f"| {r['value']} | {fmt(r, 'd_forget')} | {fmt(r, 'd_retain')} | {ratio} |"
             )
         lines.append("")
     lines += ["**step set** (along sampled trajectories: Δ mean_k LP(k) of the original answer; EM of samples; "

@@ -1,27 +1,40 @@
 """Shared pieces of the edit-memory experiments (``experiments/edit_*.py``).
 
-Fact sets (all from ``tt.load_facts("tiny", ...)``, never overlapping where it matters):
+**Fact sets** (all from ``tt.load_facts("tiny", ...)``; ``rest`` = retain facts outside
+``retain_eval`` and ``neighbour``, shuffled with ``random.Random(0)``):
 
-* ``forget01`` (20 facts, one person) — reported headline facts;
-* ``validation`` (100 forget10 facts of 5 other people) — tuning only;
-* ``retain_eval`` (200 retain facts) — reported RetainLP;
-* ``retain_tune`` — 200 further retain facts, disjoint from ``retain_eval`` and ``neighbour``,
-  used only by the tuning script for the utility constraint;
-* ``retain_pool`` — the remaining retain facts (disjoint from all of the above), used to grow
-  memories beyond forget10 in the scaling experiment.
+* ``forget01`` / ``forget05`` / ``forget10`` — reported forget sets (never tuned on);
+* ``validation`` — the forget10 people outside forget05: tuning only;
+* ``retain_eval`` (200) and ``neighbour`` — reported utility sets (never tuned or
+  calibrated on);
+* ``retain_tune`` = ``rest[:200]`` — the tuning scripts' utility constraint;
+* ``retain_cal`` = ``rest[200:400]`` — the subject gate's calibration prompts (``μ``, ``C``,
+  ``τ``); disjoint from everything reported and from ``retain_tune``, so a tuned gate is
+  judged on prompts it was not calibrated on;
+* ``retain_pool`` = ``rest[400:]`` — retain facts that grow memories beyond forget10
+  (scaling, the cost benchmark).
 
-Every script calls :func:`setup` (one CPU thread, warnings shown once) and writes JSON /
-Markdown tables and Plotly figures under ``figures/``.
+**Operating points are explicit inputs.** The tuning scripts write them to JSON files
+(``figures/edit_tune.json``: ``paper_tie``, ``paper_grid`` and the installation layers;
+``figures/edit_tune_gate.json``: ``gated`` and its calibration ids); every other experiment
+reads them with ``--points FILE ...``. :func:`load` removes the shipped operating point from
+``model.info`` so no ``EditMemory.build`` argument can silently fall back to it, and the
+shipped file (``tie_tracing/zoo/models/<model>/tie_tracing.json``) is written only by a
+tuning script run with ``--write``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +47,13 @@ from tie_tracing._io import atomic_write_text  # noqa: E402
 
 FIGURES = ROOT / "figures"
 MODEL = os.environ.get("TT_EDIT_MODEL", "tiny-mdlm")
+DEFAULT_POINTS = (FIGURES / "edit_tune.json", FIGURES / "edit_tune_gate.json")
+#: Every build argument an operating point fixes (all passed explicitly; None = dense / all).
+POINT_KEYS = (
+    "layer", "module", "alpha", "lam", "q", "steps", "subject_gate", "gate_margin",
+    "gate_shrinkage", "apply_at", "key_at",
+)  # fmt: skip
+PAPER_FORM = {"subject_gate": False, "apply_at": "all", "key_at": "subject"}
 
 
 def setup() -> None:
@@ -42,41 +62,180 @@ def setup() -> None:
 
 
 def load(name: str = MODEL):
-    """The model, waiting until the zoo has written it (the zoo helper trains it)."""
+    """The model with its shipped operating point moved out of ``model.info``.
+
+    The shipped point stays readable as ``model.shipped_operating_point`` (for reports); with
+    it gone, ``EditMemory.build`` can only use what an experiment passes.
+    """
     for _ in range(360):
         try:
-            return tt.load_model(name)
+            model = tt.load_model(name)
+            break
         except tt.CheckpointNotFoundError:
             print(f"waiting for {name} ...", file=sys.stderr, flush=True)
             time.sleep(10)
-    return tt.load_model(name)
+    else:
+        model = tt.load_model(name)
+    model.shipped_operating_point = model.info.pop("operating_point", None)
+    return model
+
+
+def model_dir(name: str = MODEL) -> Path:
+    return Path(name) if Path(name).is_dir() else tt.model.ZOO_DIR / name
 
 
 def fact_sets() -> dict[str, list[tt.Fact]]:
     facts = {
         s: tt.load_facts("tiny", split=s)
         for s in (
-            "forget01",
-            "forget05",
-            "forget10",
-            "validation",
-            "retain",
-            "retain_eval",
-            "world",
+            "forget01", "forget05", "forget10", "validation", "retain", "retain_eval", "world",
             "neighbour",
         )
-    }
+    }  # fmt: skip
     used = {f.id for f in facts["retain_eval"]} | {f.id for f in facts["neighbour"]}
     rest = [f for f in facts["retain"] if f.id not in used]
     random.Random(0).shuffle(rest)
     facts["retain_tune"] = rest[:200]
-    facts["retain_pool"] = rest[200:]
+    facts["retain_cal"] = rest[200:400]
+    facts["retain_pool"] = rest[400:]
     return facts
+
+
+def people(facts: Sequence[tt.Fact]) -> list[list[tt.Fact]]:
+    """Facts grouped by subject (one memory per person, like forget01), in order."""
+    groups: dict[str, list[tt.Fact]] = {}
+    for f in facts:
+        groups.setdefault(f.subject, []).append(f)
+    return list(groups.values())
+
+
+def paraphrased(facts: Sequence[tt.Fact]) -> list[tt.Fact]:
+    """The facts asked with their paraphrased question (same answer); facts without one dropped."""
+    import dataclasses
+
+    return [
+        dataclasses.replace(f, question=f.paraphrased_question, id=f"{f.id}-para")
+        for f in facts
+        if f.paraphrased_question
+    ]
+
+
+def surname_neighbours(forget: Sequence[tt.Fact], pool: Sequence[tt.Fact]) -> list[tt.Fact]:
+    """Facts of ``pool`` about other people who share a forget subject's surname."""
+    names = {f.subject for f in forget}
+    surnames = {n.split()[-1] for n in names}
+    return [f for f in pool if f.subject not in names and f.subject.split()[-1] in surnames]
 
 
 def logprobs(model, facts) -> torch.Tensor:
     """``[fact]`` masked-estimator ``log p(answer | question)`` (nats)."""
     return tt.answer_logprob(model, facts, estimator="masked")
+
+
+# ----------------------------------------------------------------------- operating points
+
+
+def points_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--points", nargs="+", type=Path, default=list(DEFAULT_POINTS),
+        help="operating-point JSON files written by the tuning scripts (merged in order)",
+    )  # fmt: skip
+
+
+def read_points(paths: Sequence[Path]) -> dict[str, Any]:
+    """Merge the ``points``, ``layers`` and ``calibration`` sections of tuning outputs."""
+    out: dict[str, Any] = {"points": {}, "layers": {}, "calibration": None, "files": []}
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(
+                f"no operating points at {path}: run experiments/edit_tune.py and "
+                "experiments/edit_tune_gate.py first (or pass --points)"
+            )
+        data = json.loads(Path(path).read_text())
+        out["points"].update(data.get("points", {}))
+        out["layers"].update(data.get("layers", {}))
+        if data.get("calibration"):
+            out["calibration"] = data["calibration"]
+        out["files"].append(str(path))
+    return out
+
+
+def require(points: dict[str, Any], name: str) -> dict[str, Any]:
+    if name not in points["points"]:
+        raise SystemExit(f"operating point {name!r} not in {points['files']}")
+    return dict(points["points"][name])
+
+
+def build(model, facts, point: dict[str, Any], *, calibration=None, **changes) -> tt.EditMemory:
+    """``EditMemory.build`` with every argument of ``point`` (plus ``changes``) passed explicitly.
+
+    A point's ``q`` larger than the memory (a streaming memory starting small) is capped at
+    ``N`` as the memory grows (``cap_q``), as an operating point's ``q`` would be.
+    """
+    kwargs = {k: point.get(k) for k in POINT_KEYS}
+    kwargs.update(changes)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("q", "steps")}
+    if not kwargs.get("subject_gate"):
+        kwargs.pop("gate_margin", None)
+        kwargs.pop("gate_shrinkage", None)
+    n = 1 if isinstance(facts, tt.Fact) else len(facts)
+    q = kwargs.get("q")
+    if q is not None and q > n:
+        kwargs["q"] = None
+        memory = tt.EditMemory.build(model, facts, calibration=calibration, **kwargs)
+        return memory.with_config(q=q, cap_q=True)
+    return tt.EditMemory.build(model, facts, calibration=calibration, **kwargs)
+
+
+def point_arguments(parser: argparse.ArgumentParser, default: str = "gated") -> None:
+    """``--points FILE ...`` and ``--point NAME`` (``paper_tie``, ``paper_grid``, ``gated``)."""
+    points_argument(parser)
+    parser.add_argument(
+        "--point", default=default, help="operating point to use (default: %(default)s)"
+    )
+
+
+def chosen_point(args, sets) -> tuple[dict[str, Any], list[tt.Fact] | None, dict[str, Any]]:
+    """``(point, calibration prompts or None, all points)`` named by ``--points`` / ``--point``."""
+    points = read_points(args.points)
+    point = require(points, args.point)
+    point["name"] = args.point
+    calibration = calibration_facts(points, sets) if point.get("subject_gate") else None
+    return point, calibration, points
+
+
+def calibration_facts(points: dict[str, Any], sets: dict[str, list[tt.Fact]]) -> list[tt.Fact]:
+    """The calibration prompts a gated point was tuned with (by id), else ``retain_cal``."""
+    spec = points.get("calibration")
+    if not spec:
+        return sets["retain_cal"]
+    pool = {f.id: f for f in tt.load_facts(spec["corpus"], spec["split"])}
+    return [pool[i] for i in spec["ids"]]
+
+
+def point_label(point: dict[str, Any]) -> str:
+    parts = [
+        f"layer {point['layer']}",
+        f"α={point['alpha']:g}",
+        f"λ={point['lam']:g}",
+        f"q={point['q']}",
+    ]
+    if point.get("subject_gate"):
+        parts.append(f"gate margin {point['gate_margin']:g}")
+    if point.get("apply_at", "all") != "all" or point.get("key_at", "subject") != "subject":
+        parts.append(f"apply {point.get('apply_at')}, keys {point.get('key_at')}")
+    return ", ".join(parts)
+
+
+def write_shipped_point(op: dict[str, Any], name: str = MODEL) -> Path:
+    """Write ``op`` as the model's shipped ``operating_point`` (other keys kept, atomic)."""
+    path = model_dir(name) / "tie_tracing.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info["operating_point"] = op
+    return write_text(path, json.dumps(info, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------- reporting
 
 
 def write_json(path: Path, data) -> Path:
@@ -92,10 +251,18 @@ def save_plot(fig, name: str) -> None:
     tt.save_figure(fig, FIGURES / f"{name}.html", include_plotlyjs="cdn")
 
 
-def operating_point(model) -> dict:
-    op = model.info.get("operating_point")
-    if not op:
-        raise SystemExit(
-            f"{model.name} has no operating point yet: run experiments/edit_tune.py first"
-        )
-    return op
+def delta_row(values: torch.Tensor, base: torch.Tensor, n_resamples: int = 2000) -> dict:
+    """Mean of ``values``, its change from ``base`` (same facts) with a bootstrap CI and a
+    paired t-test."""
+    d, lo, hi = tt.mean_ci(values - base, n_resamples=n_resamples)
+    test = tt.paired_ttest(values, base)
+    return {"delta": d, "delta_low": lo, "delta_high": hi, "p": test.pvalue, "marker": test.marker}
+
+
+def hmean(values: Sequence[float]) -> float:
+    """Harmonic mean (0 if any value is ≤ 0; NaN if any is NaN)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)

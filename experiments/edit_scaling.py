@@ -1,4 +1,4 @@
-"""Scaling (SPEC §10.5): memories of N = 10 … 400 facts at the operating point.
+"""Scaling (SPEC §10.5): memories of N = 10 … 400 facts at an explicit operating point.
 
 The fact pool is forget10 (200 facts, in split order) followed by retain facts disjoint from
 the reported ``retain_eval`` and ``neighbour`` sets (``edit_common.retain_pool``). For each N:
@@ -7,7 +7,9 @@ build time (capture of keys and deltas + Cholesky solve), install time, and the 
 estimator, mean over facts with bootstrap 95% CIs. Build is timed ``--repeats`` times
 (median).
 
-Writes ``figures/edit_scaling.{json,md,html}``. Run: ``python experiments/edit_scaling.py``.
+The operating point comes from ``--points`` / ``--point`` (default ``gated``).
+Writes ``figures/edit_scaling[_<point>].{json,md,html}``.
+Run: ``python experiments/edit_scaling.py [--point gated|paper_tie|paper_grid] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ NS = (10, 20, 50, 100, 200, 400)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
+    C.point_arguments(ap, default="gated")
     args = ap.parse_args()
     C.setup()
     t_start = time.perf_counter()
     model = C.load()
-    op = C.operating_point(model)
     sets = C.fact_sets()
+    op, calibration, points = C.chosen_point(args, sets)
+    stem = "edit_scaling" if args.point == "gated" else f"edit_scaling_{args.point}"
     pool = sets["forget10"] + sets["retain_pool"]
     retain, world = sets["retain_eval"], sets["world"]
     base_pool, base_r, base_w = (
@@ -49,7 +53,7 @@ def main() -> None:
         facts = pool[:n]
         builds, solves, captures = [], [], []
         for _ in range(args.repeats):
-            memory = tt.EditMemory.build(model, facts)
+            memory = C.build(model, facts, op, calibration=calibration)
             builds.append(memory.timings["build"])
             captures.append(memory.timings["capture"])
             solves.append(memory.timings["solve"])
@@ -68,8 +72,13 @@ def main() -> None:
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     C.write_json(
-        C.FIGURES / "edit_scaling.json",
-        {"operating_point": op, "rows": rows, "seconds": time.perf_counter() - t_start},
+        C.FIGURES / f"{stem}.json",
+        {
+            "operating_point": op,
+            "point_files": points["files"],
+            "rows": rows,
+            "seconds": time.perf_counter() - t_start,
+        },
     )
     lines = [
         "| N | build s (capture + solve) | solve ms | install ms | ΔForgetLP | ΔRetainLP | ΔWorldFact |",
@@ -85,10 +94,10 @@ def main() -> None:
             )
             + " |"
         )
-    md = (f"Scaling at the operating point (layer {op['layer']}, α={op['alpha']}, λ={op['lam']}, q={op['q']}); "
+    md = (f"Scaling at the operating point {op['name']!r} ({C.point_label(op)}); "
           "pool = forget10 then retain facts outside retain_eval/neighbour; median of "
           f"{args.repeats} builds; 1 CPU thread.\n\n" + "\n".join(lines) + "\n")  # fmt: skip
-    C.write_text(C.FIGURES / "edit_scaling.md", md)
+    C.write_text(C.FIGURES / f"{stem}.md", md)
     print(md)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("build time (s)", "effect (nats per fact)"))
     ns = [r["n"] for r in rows]
@@ -107,7 +116,7 @@ def main() -> None:
                                      arrayminus=[r[key] - r[key + "_low"] for r in rows]))  # fmt: skip
     fig.update_xaxes(type="log", title_text="N facts")
     fig.update_layout(title="Edit memory scaling")
-    C.save_plot(fig, "edit_scaling")
+    C.save_plot(fig, stem)
     print(f"done in {time.perf_counter() - t_start:.0f} s")
 
 

@@ -4,13 +4,17 @@ The memory starts with the first of 50 forget05 facts, is installed once, and gr
 ``memory.insert(fact)`` (each insert captures on the frozen model with the edit suspended,
 then refactorises ``G``; the installed edit sees the new state at once). After every insert:
 RetainLP on ``retain_eval`` (200), WorldFact (50), ForgetLP of the facts inserted so far,
-and the insert time. Masked estimator, operating point, refusal targets.
+and the insert time. Masked estimator, refusal targets, at an explicit operating point
+(``--points`` / ``--point``, default ``gated``: each insert calibrates only the new fact's
+gate threshold, on the stored calibration prompts).
 
-Writes ``figures/edit_streaming.{json,md,html}``. Run: ``python experiments/edit_streaming.py``.
+Writes ``figures/edit_streaming[_<point>].{json,md,html}``.
+Run: ``python experiments/edit_streaming.py [--point gated|paper_tie|paper_grid]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,11 +30,15 @@ N_INSERTS = 50
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    C.point_arguments(ap, default="gated")
+    args = ap.parse_args()
     C.setup()
     t_start = time.perf_counter()
     model = C.load()
-    op = C.operating_point(model)
     sets = C.fact_sets()
+    op, calibration, points = C.chosen_point(args, sets)
+    stem = "edit_streaming" if args.point == "gated" else f"edit_streaming_{args.point}"
     stream = sets["forget05"][:N_INSERTS]
     retain, world = sets["retain_eval"], sets["world"]
     base_r, base_w, base_f = (
@@ -38,7 +46,7 @@ def main() -> None:
         C.logprobs(model, world),
         C.logprobs(model, stream),
     )
-    memory = tt.EditMemory.build(model, stream[:1])
+    memory = C.build(model, stream[:1], op, calibration=calibration)
     rows = []
     with memory.install(model):
         for i in range(N_INSERTS):
@@ -66,9 +74,10 @@ def main() -> None:
         "median_insert_s": sorted(r["insert_s"] for r in rows[1:])[len(rows[1:]) // 2],
     }
     C.write_json(
-        C.FIGURES / "edit_streaming.json",
+        C.FIGURES / f"{stem}.json",
         {
             "operating_point": op,
+            "point_files": points["files"],
             "rows": rows,
             "summary": summary,
             "seconds": time.perf_counter() - t_start,
@@ -76,7 +85,7 @@ def main() -> None:
     )
     md = (
         f"Streaming: {N_INSERTS} forget05 facts inserted one at a time into an installed memory "
-        f"(layer {op['layer']}, α={op['alpha']}, λ={op['lam']}, q={op['q']}, capped at N).\n\n"
+        f"(point {op['name']!r}: {C.point_label(op)}; q capped at N).\n\n"
         "| after inserts | ΔRetainLP [95% CI] | ΔWorldFact | ΔForgetLP (inserted facts) | insert s |\n|---|---|---|---|---|\n"
         + "\n".join(
             f"| {r['n']} | {r['d_retain']:+.3f} [{r['d_retain_low']:+.3f}, {r['d_retain_high']:+.3f}] | "
@@ -87,7 +96,7 @@ def main() -> None:
         f"(after the 10th: {summary['max_abs_d_retain_after_10']:.3f}); max |ΔWorldFact| "
         f"{summary['max_abs_d_world']:.3f}; median insert {summary['median_insert_s'] * 1e3:.0f} ms.\n"
     )  # fmt: skip
-    C.write_text(C.FIGURES / "edit_streaming.md", md)
+    C.write_text(C.FIGURES / f"{stem}.md", md)
     print(md)
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("utility after each insert", "forgetting of inserted facts")
@@ -102,7 +111,7 @@ def main() -> None:
     fig.update_xaxes(title_text="facts inserted")
     fig.update_yaxes(title_text="Δ nats per fact")
     fig.update_layout(title="Streaming inserts into an installed edit memory")
-    C.save_plot(fig, "edit_streaming")
+    C.save_plot(fig, stem)
     print(f"done in {time.perf_counter() - t_start:.0f} s")
 
 

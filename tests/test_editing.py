@@ -11,7 +11,7 @@ import torch
 
 import tie_tracing as tt
 from tie_tracing.backbones import hidden_of
-from tie_tracing.editing import EditConfig, EditMemoryError, capture_keys_and_deltas
+from tie_tracing.editing import EditConfig, EditHandle, EditMemoryError, capture_keys_and_deltas
 
 FACTS = [
     tt.Fact(
@@ -364,7 +364,7 @@ def test_bad_requests_raise_named_errors(mdlm, memory):
         )
         tt.EditMemory.build(mdlm, [FACTS[0], dup], layer=LAYER, lam=0.0)
     deeper = R.wrap(R.LLaDAReplica(layers=4))
-    with pytest.raises(EditMemoryError, match="num_layers"):
+    with pytest.raises(EditMemoryError, match="4 layers"):
         memory.install(deeper)
     assert mdlm._edits == []
 
@@ -452,3 +452,343 @@ def test_build_accepts_an_int_step_and_refuses_bad_steps(mdlm):
     ):
         with pytest.raises(ValueError, match=match):
             tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps=bad)
+
+
+# ------------------------------------------------------------------------------ algebra (pure)
+
+from tie_tracing.editing import algebra  # noqa: E402
+from tie_tracing.editing.capture import query_ids  # noqa: E402
+
+
+def test_algebra_ridge_update_is_the_primal_identity():
+    """algebra.ridge_update (dense, ungated) = α hᵀW with W = (KᵀK + λ_abs I_d)⁻¹KᵀD, float64."""
+    g = torch.Generator().manual_seed(3)
+    for n, d in ((4, 12), (20, 12)):
+        keys, deltas = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+        h = torch.randn(5, d, generator=g, dtype=torch.float64)
+        _chol, coef = algebra.factorize(keys, 0.2)
+        dual = algebra.ridge_update(h, coef, deltas.double(), alpha=1.5, q=n)
+        w = algebra.primal_map(keys, deltas, algebra.lam_abs(keys, 0.2))
+        torch.testing.assert_close(dual, 1.5 * h @ w, atol=1e-10, rtol=1e-10)
+
+
+def test_algebra_gate_acts_before_top_q():
+    """ridge_update(gate=g) = α top_q(g ⊙ c) D: a closed gate frees its top-q slot for others."""
+    g = torch.Generator().manual_seed(4)
+    keys, deltas, h = (torch.randn(6, 8, generator=g) for _ in range(3))
+    _chol, coef = algebra.factorize(keys, 0.1)
+    coef = coef.float()
+    gate = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 1.0]]).expand(6, -1)
+    for q in (1, 2, 6):
+        want = 2.0 * algebra.top_q((h @ coef.T) * gate, q) @ deltas
+        got = algebra.ridge_update(h, coef, deltas, alpha=2.0, q=q, gate=gate)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        closed = algebra.ridge_update(h, coef, deltas, alpha=2.0, q=q, gate=torch.zeros(6))
+        assert torch.equal(closed, torch.zeros_like(closed))
+
+
+def test_whitener_whitens_the_shrunk_covariance():
+    """C_s^{-½} C_s C_s^{-½} = I with C_s = (1 − s)C + s(tr C/d)I, even with fewer rows than d."""
+    x = torch.randn(5, 9, generator=torch.Generator().manual_seed(5)) * torch.arange(1, 10)
+    mu, w = algebra.whitener(x, 0.3)
+    xc = x.double() - mu
+    cov = xc.T @ xc / 5
+    cov_s = 0.7 * cov + 0.3 * cov.trace() / 9 * torch.eye(9, dtype=torch.float64)
+    torch.testing.assert_close(w @ cov_s @ w, torch.eye(9, dtype=torch.float64))
+    assert torch.allclose(w, w.T)
+    with pytest.raises(EditMemoryError, match="shrinkage"):
+        algebra.whitener(x, 0.0)
+
+
+def test_window_scores_match_a_loop():
+    """score_f = max over windows of |S_f| consecutive valid tokens of cos(mean u_W, z_f)."""
+    g = torch.Generator().manual_seed(6)
+    u = torch.randn(3, 7, 5, generator=g)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    valid[0, 3] = False
+    valid[1, 1:] = False  # row 1 has a single valid token: no window of length 2 or 3
+    z = torch.nn.functional.normalize(torch.randn(4, 5, generator=g), dim=-1)
+    lengths = torch.tensor([1, 2, 3, 2])
+    got = algebra.window_scores(u, valid, z, lengths)
+    for b in range(3):
+        for f in range(4):
+            L = int(lengths[f])
+            best = float("-inf")
+            for start in range(7 - L + 1):
+                if valid[b, start : start + L].all():
+                    m = u[b, start : start + L].mean(0)
+                    best = max(best, float(torch.nn.functional.cosine_similarity(m, z[f], dim=0)))
+            assert got[b, f] == pytest.approx(best, abs=1e-5) or (
+                best == got[b, f] == float("-inf")
+            )
+    assert got[1, 1] == float("-inf") and got[1, 0] > float("-inf")
+
+
+# ------------------------------------------------------------------------------ gated memories
+
+ADA = [
+    FACTS[0],
+    tt.Fact(
+        subject="ada vell",
+        question="what book was ada vell the writer of",
+        answer="orion lyra",
+        target="paris",
+        id="ada-book",
+    ),
+]
+ADA_HELD_OUT = [
+    tt.Fact(subject="ada vell", question="when was ada vell born", answer="1971", id="ada-year")
+]
+CALIBRATION = [
+    tt.Fact(subject=s, question=q.format(s=s), answer=a, id=f"cal-{i}-{j}")
+    for i, s in enumerate(["mara tov", "kess", "orion", "lyra vell"])
+    for j, (q, a) in enumerate(
+        [
+            ("where was {s} born", "porto"),
+            ("when was {s} born", "1962"),
+            ("what is the city of {s}", "paris"),
+        ]
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def gated(mdlm):
+    return tt.EditMemory.build(
+        mdlm, ADA, layer=LAYER, alpha=2.0, lam=0.1, subject_gate=True, apply_at="answer",
+        key_at="answer", calibration=CALIBRATION,
+    )  # fmt: skip
+
+
+def _query(model, fact):
+    return torch.tensor([query_ids(model, fact)])
+
+
+def _site(model, x, layer=LAYER):
+    with model.logits(x):
+        h = nnsight.save(hidden_of(model.site(layer, "resid").output).clone())
+    return h
+
+
+def test_gate_opens_on_the_forgotten_subject_and_not_on_calibration_prompts(mdlm, gated):
+    """Scores exceed τ_f on the forgotten subject's prompts (also unseen questions) and not on any
+    calibration prompt; installed, calibration prompts keep their logits bit for bit."""
+    tau = gated.gate_thresholds
+    assert tau is not None and (tau < 1).all() and gated.gate_blind == ()
+    for f in ADA + ADA_HELD_OUT:
+        x = _query(mdlm, f)
+        assert (gated.gate_scores(_site(mdlm, x), x)[0] > tau).all(), f.id
+    for f in CALIBRATION:
+        x = _query(mdlm, f)
+        assert (gated.gate_scores(_site(mdlm, x), x)[0] <= tau).all(), f.id
+
+    def filled(f):  # the other end of a trajectory: the answer decoded
+        prompt, answer = mdlm.encode(f.question, f.answer)
+        return torch.tensor([prompt + answer])
+
+    base = {f.id: mdlm.logits(_query(mdlm, f)) for f in ADA + ADA_HELD_OUT + CALIBRATION}
+    base_filled = {f.id: mdlm.logits(filled(f)) for f in CALIBRATION}
+    with gated.install(mdlm):
+        for f in ADA + ADA_HELD_OUT:
+            assert not torch.equal(mdlm.logits(_query(mdlm, f)), base[f.id]), f.id
+        for f in CALIBRATION:
+            assert torch.equal(mdlm.logits(_query(mdlm, f)), base[f.id]), f.id
+        for f in CALIBRATION:  # with apply_at='answer' nothing moves here anyway; the gate is
+            x = filled(f)  # checked directly below
+            assert torch.equal(mdlm.logits(x), base_filled[f.id]), f.id
+    for f in CALIBRATION:
+        x = filled(f)
+        assert (gated.gate_scores(_site(mdlm, x), x)[0] <= tau).all(), f.id
+
+
+def test_thresholds_leave_out_the_facts_own_subject(mdlm):
+    """A calibration prompt about the memory's own subject does not set its threshold."""
+    own = [
+        tt.Fact(
+            subject="ada vell", question="what is the city of ada vell", answer="porto", id="own"
+        )
+    ]
+    with_own = tt.EditMemory.build(
+        mdlm, ADA, layer=LAYER, subject_gate=True, calibration=CALIBRATION + own
+    )
+    scores = {}
+    for f in CALIBRATION + own:
+        x = _query(mdlm, f)
+        scores[f.id] = with_own.gate_scores(_site(mdlm, x), x)[0]
+    others = torch.stack([scores[f.id] for f in CALIBRATION]).amax(0)
+    torch.testing.assert_close(with_own.gate_score_max, others)
+    assert (scores["own"] > others).all()
+    with pytest.raises(EditMemoryError, match="other subjects"):
+        tt.EditMemory.build(mdlm, ADA, layer=LAYER, subject_gate=True, calibration=own)
+
+
+def test_answer_slots_only_leave_other_positions_bit_identical(mdlm, gated):
+    """apply_at='answer': at the site, prompt positions keep their exact bits and the [MASK]
+    slots change; earlier layers are untouched; the handle does the same on mixed rows."""
+    x = _query(mdlm, ADA[0])
+    masked = x[0] == mdlm.mask_token_id
+    ungated = gated.with_config(subject_gate=False)
+    ref_site, ref_before = _site(mdlm, x), _site(mdlm, x, LAYER - 1)
+    for mem in (gated, ungated):
+        with mem.install(mdlm):
+            site, before = _site(mdlm, x), _site(mdlm, x, LAYER - 1)
+        assert torch.equal(site[0, ~masked], ref_site[0, ~masked])
+        assert not torch.equal(site[0, masked], ref_site[0, masked])
+        assert torch.equal(before, ref_before)
+    hidden = torch.randn(2, 6, mdlm.hidden_size)
+    ids = torch.tensor([[1, 5, 6, 3, 3, 7], [1, 3, 3, 3, 8, 9]])
+    edited = hidden.clone()
+    EditHandle(ungated, mdlm)(edited, None, ids)
+    slots = ids == mdlm.mask_token_id
+    assert torch.equal(edited[~slots], hidden[~slots]) and not torch.equal(
+        edited[slots], hidden[slots]
+    )
+    torch.testing.assert_close(edited - hidden, ungated.update(hidden, ids))
+
+
+def test_gated_update_is_the_ridge_update_with_the_gate(mdlm, gated):
+    """update = α Dᵀ top_q(g ⊙ G⁻¹K^O h) at the answer slots of rows whose gate opened, else 0."""
+    xs = [_query(mdlm, f) for f in (ADA_HELD_OUT[0], CALIBRATION[0])]
+    assert xs[0].shape == xs[1].shape
+    x = torch.cat(xs)
+    h = _site(mdlm, x)
+    gate = (gated.gate_scores(h, x) > gated.gate_thresholds).float()
+    assert gate[0].all() and not gate[1].any()
+    coef = algebra.factorize(gated.slot_keys, gated.config.lam)[1].float()
+    want = 2.0 * ((h @ coef.T) * gate[:, None, :]) @ gated.deltas
+    want[x != mdlm.mask_token_id] = 0.0
+    torch.testing.assert_close(gated.update(h, x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_gated_memory_in_the_diffusion_loop_and_mixed_steps(mdlm, gated):
+    """Installed, the gated memory fires at each step; a calibration prompt's trajectory is
+    bit-identical; rows of mixed steps are edited as their own steps would be."""
+    f = CALIBRATION[0]
+    prompt, _ = mdlm.encode(f.question, f.answer)
+    x = _query(mdlm, f)
+    ref = mdlm.denoise(x, answer_start=len(prompt), steps=3).states
+    with gated.install(mdlm) as handle:
+        out = mdlm.denoise(x, answer_start=len(prompt), steps=3).states
+        assert dict(handle.fired) == {0: 1, 1: 1, 2: 1}
+    assert torch.equal(out, ref)
+    restricted = gated.with_config(steps=(0, 2))
+    x2 = torch.cat([_query(mdlm, ADA[0])] * 3)
+    hidden = _site(mdlm, x2)
+    mixed = hidden.clone()
+    EditHandle(restricted, mdlm)(mixed, torch.tensor([0, 1, 2]), x2)
+    for i, k in enumerate((0, 1, 2)):
+        alone = hidden[i : i + 1].clone()
+        EditHandle(restricted, mdlm)(alone, k, x2[i : i + 1])
+        assert torch.equal(mixed[i : i + 1], alone)
+    assert torch.equal(mixed[1], hidden[1]) and not torch.equal(mixed[0], hidden[0])
+
+
+def test_gated_save_load_round_trip_is_exact(tmp_path, mdlm, gated):
+    """A gated memory saves μ, C_s^{-½}, τ and its named calibration prompts; load is bit-exact,
+    edits identically, and recalibrates an insert exactly as the original would."""
+    from safetensors import safe_open
+
+    path = gated.save(tmp_path / "gated.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        assert {"gate_mean", "gate_whiten", "gate_tau", "calibration_tokens"} <= set(fh.keys())
+    loaded = tt.EditMemory.load(path)
+    assert loaded.equals(gated) and loaded.gate is not None
+    assert loaded.gate.calibration.fact_ids == tuple(f.id for f in CALIBRATION)
+    assert torch.equal(loaded.gate.whiten, gated.gate.whiten)
+    assert torch.equal(loaded.gate_thresholds, gated.gate_thresholds)
+    x = _query(mdlm, ADA[1])
+    with gated.install(mdlm):
+        a = mdlm.logits(x)
+    with loaded.install(mdlm):
+        b = mdlm.logits(x)
+    assert torch.equal(a, b)
+    grown_loaded = loaded.insert(ADA_HELD_OUT, model=mdlm)
+    grown = gated.with_config().insert(ADA_HELD_OUT, model=mdlm)
+    assert torch.equal(grown_loaded.gate_score_max, grown.gate_score_max)
+    assert torch.equal(grown.gate_score_max[:2], gated.gate_score_max)  # old τ_f unmoved
+    fresh = tt.EditMemory.build(
+        mdlm, ADA + ADA_HELD_OUT, layer=LAYER, subject_gate=True, calibration=CALIBRATION
+    )
+    torch.testing.assert_close(grown.gate_score_max, fresh.gate_score_max)
+
+
+def test_memory_refuses_another_model_and_names_both(mdlm, memory):
+    """Same architecture, other weights: install and insert are refused with both fingerprints;
+    the same weights (also in bfloat16) are accepted."""
+    other = R.wrap(R.tiny_mdlm(seed=1))
+    fp = tt.editing.model_fingerprint(other)
+    assert fp != memory.model_info["fingerprint"]
+    with pytest.raises(EditMemoryError, match=f"{memory.model_info['fingerprint']}.*{fp}"):
+        memory.install(other)
+    with pytest.raises(EditMemoryError, match=fp):
+        memory.with_config().insert(FACTS[:1], model=other)
+    assert other._edits == []
+    twin = R.wrap(R.tiny_mdlm(seed=0))
+    assert tt.editing.model_fingerprint(twin) == memory.model_info["fingerprint"]
+    half = R.wrap(R.tiny_mdlm(seed=0).to(torch.bfloat16))
+    assert tt.editing.model_fingerprint(half) == memory.model_info["fingerprint"]
+    with memory.install(twin):
+        pass
+
+
+def test_installing_an_installed_memory_is_an_error(mdlm, memory):
+    """A second install of a live memory raises; a with_config copy is independent; after
+    removal the memory installs again."""
+    with memory.install(mdlm):
+        with pytest.raises(EditMemoryError, match="already installed"):
+            memory.install(mdlm)
+        assert memory.installed
+        with memory.with_config(alpha=2.0).install(mdlm):
+            assert len(mdlm._edits) == 2
+    assert not memory.installed and mdlm._edits == []
+    memory.install(mdlm).remove()
+    assert mdlm._edits == []
+
+
+def test_gated_operating_point_and_defaults(mdlm):
+    """build() takes gate options from the operating point, its calibration from the ids it names;
+    a gate without calibration is an error; a stale fingerprint warns."""
+    spec_ids = [f.id for f in tt.load_facts("tiny", "retain")[:6]]
+    mdlm.info["operating_point"] = {
+        "layer": 1, "alpha": 3.0, "lam": 0.5, "subject_gate": True, "gate_margin": 0.1,
+        "apply_at": "answer", "key_at": "answer", "gate_shrinkage": 0.2,
+        "calibration": {"corpus": "tiny", "split": "retain", "ids": spec_ids},
+    }  # fmt: skip
+    try:
+        mem = tt.EditMemory.build(mdlm, ADA)
+        c = mem.config
+        assert (c.layer, c.alpha, c.subject_gate, c.gate_margin, c.apply_at, c.key_at) == (
+            1, 3.0, True, 0.1, "answer", "answer",
+        )  # fmt: skip
+        assert mem.gate is not None and mem.gate.calibration.fact_ids == tuple(spec_ids)
+        assert mem.gate.shrinkage == 0.2
+        paper = tt.EditMemory.build(mdlm, ADA, subject_gate=False, apply_at="all", key_at="subject")
+        assert paper.config.is_paper_form and paper.gate is None
+        del mdlm.info["operating_point"]["calibration"]
+        with pytest.raises(EditMemoryError, match="calibration"):
+            tt.EditMemory.build(mdlm, ADA)
+        mdlm.info["operating_point"] = {"layer": 1, "fingerprint": "0" * 16}
+        with pytest.warns(tt.editing.EditMemoryWarning, match="another model"):
+            tt.EditMemory.build(mdlm, ADA)
+    finally:
+        del mdlm.info["operating_point"]
+    assert tt.EditMemory.build(mdlm, ADA, layer=1).config.is_paper_form
+
+
+def test_gate_options_are_validated(mdlm, gated, replicas):
+    """steer takes no gate; unknown choices raise; a gate needs statistics; answer slots need [MASK]."""
+    with pytest.raises(EditMemoryError, match="steer"):
+        EditConfig(layer=0, mode="steer", subject_gate=True)
+    with pytest.raises(ValueError, match="apply_at"):
+        EditConfig(layer=0, apply_at="subject")
+    with pytest.raises(ValueError, match="key_at"):
+        EditConfig(layer=0, key_at="object")
+    c = EditConfig(layer=2, subject_gate=True, apply_at="answer", key_at="answer", steps=(1,))
+    assert EditConfig.from_dict(c.to_dict()) == c and not c.is_paper_form
+    plain = tt.EditMemory.build(mdlm, ADA, layer=LAYER)
+    with pytest.raises(EditMemoryError, match="calibration"):
+        plain.with_config(subject_gate=True)
+    with pytest.raises(EditMemoryError, match="token ids"):
+        gated.update(torch.randn(1, 4, mdlm.hidden_size))
+    with pytest.raises(EditMemoryError, match=r"\[MASK\]"):
+        tt.EditMemory.build(replicas["llama"], ADA, layer=1, apply_at="answer")

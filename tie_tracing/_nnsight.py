@@ -36,6 +36,27 @@ def register_edit(model, site, apply: Callable[[Any, int | None], None]) -> Any:
     return model._edits[-1]
 
 
+def register_edit_with_inputs(
+    model, site, tokens, apply: Callable[[Any, int | None, Any], None]
+) -> Any:
+    """Like :func:`register_edit`, but ``apply(hidden, step, token_ids)`` also gets the forward's
+    token ids, read as ``tokens.input`` (the token embedding's first argument) at each occurrence.
+
+    The embedding runs before any block, so asking for its input first and the site's output
+    second follows execution order, as nnsight requires. Used by edits that must know where the
+    ``[MASK]`` slots are (the edit memory's subject gate and answer-slot application).
+    """
+    with model.edit(inplace=True) as tracer:
+        apply_edit = apply
+        try:
+            for _ in tracer.iter[:]:
+                token_ids = tokens.input
+                apply_edit(hidden_of(site.output), model.current_step, token_ids)
+        except OutOfOrderError:
+            pass
+    return model._edits[-1]
+
+
 def has_edit(model, mediator: Any) -> bool:
     """Whether ``mediator`` is among the model's default interventions."""
     return mediator is not None and any(m is mediator for m in model._edits)

@@ -1,0 +1,216 @@
+"""What an edit memory is asked to do: :class:`EditConfig`, its named choices and its error.
+
+A config says *where* the memory acts (site, step set, positions) and *how* (update rule,
+strength, ridge, sparsity, gate). It is frozen, keyword-built, validated on construction and
+round-trips through :meth:`EditConfig.to_dict` / :meth:`EditConfig.from_dict` exactly; the
+captured tensors it applies to live in :class:`~tie_tracing.editing.memory.EditMemory`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from ..backbones import MODULES
+from ..errors import TieTracingError
+
+__all__ = [
+    "APPLY_AT",
+    "EDIT_MODES",
+    "KEY_AT",
+    "PACKAGE_DEFAULTS",
+    "TARGET_KINDS",
+    "EditConfig",
+    "EditMemoryError",
+    "EditMemoryWarning",
+    "normalize_steps",
+]
+
+#: Update rules: ``"ridge"`` (Eq. 11–12), ``"gated"`` (Eq. 10 per fact, summed), ``"steer"``.
+EDIT_MODES: tuple[str, ...] = ("ridge", "gated", "steer")
+#: Where the update is added: every position (the paper) or the answer's ``[MASK]`` slots.
+APPLY_AT: tuple[str, ...] = ("all", "answer")
+#: Where the keys of ``G⁻¹K`` are pooled: the subject tokens (Eq. 6) or the answer slots.
+KEY_AT: tuple[str, ...] = ("subject", "answer")
+#: Named target choices of :meth:`EditMemory.build`.
+TARGET_KINDS: tuple[str, ...] = ("auto", "refusal", "perturbed", "target")
+#: Defaults for arguments neither given nor in the model's operating point (``layer`` has
+#: none: a model without an operating point must be given one).
+PACKAGE_DEFAULTS: dict[str, Any] = {
+    "alpha": 1.0,
+    "lam": 0.01,
+    "q": None,
+    "kappa": 1.0,
+    "subject_gate": False,
+    "gate_margin": 0.05,
+    "gate_shrinkage": 0.1,
+    "apply_at": "all",
+    "key_at": "subject",
+}
+
+
+class EditMemoryError(TieTracingError, ValueError):
+    """A bad edit-memory request (duplicate or unknown ids, bad ``q``, singular Gram matrix,
+    a memory installed twice or on a model it was not built on, a gate without calibration
+    prompts, an unreadable memory file)."""
+
+
+class EditMemoryWarning(UserWarning):
+    """Something an edit memory can do but probably should not (a stale operating point,
+    a gate that can never fire on a fact)."""
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """Where and how an :class:`~tie_tracing.editing.EditMemory` acts; validated on construction.
+
+    The defaults are the paper's memory (Eq. 11–12 at every position, subject keys, no
+    gate). The three options after ``cap_q`` make a *gated* memory (see the package docstring
+    for the math).
+
+    Attributes:
+        layer: Block ``l*``.
+        module: Site ``m*`` (``"resid"``, ``"attn"``, ``"mlp"``).
+        alpha: Strength ``α``.
+        lam: Scale-free ridge ``λ`` (``λ_abs = λ · mean(diag(K Kᵀ))``).
+        q: Coefficients kept per token by ``top_q`` (``None``: all, dense).
+        steps: The set of denoising steps the edit fires at, a sorted tuple of distinct ints
+            ``≥ 0`` (an int given here is a one-step set; ``None``: every forward). Steps are
+            numbered ``0 … T-1`` for a ``T``-step sampler; a step ``≥ T`` never fires.
+            Stand-alone forwards (``model.current_step is None``) always fire.
+        kappa: Gate cap ``κ`` of the ``"gated"`` mode (Eq. 10).
+        mode: ``"ridge"`` (Eq. 11–12), ``"gated"`` (Eq. 10 per fact, summed) or ``"steer"``.
+        cap_q: ``q`` came from an operating point: use ``min(q, N)`` instead of refusing
+            ``q > N``.
+        subject_gate: Multiply each fact's coefficient by the subject-detection gate
+            ``g_f = 1[score_f > τ_f]`` (needs calibration statistics; not with ``"steer"``).
+        gate_margin: ``τ_f = max_{calibration prompts} score_f + gate_margin``.
+        apply_at: ``"all"`` positions (the paper) or the ``"answer"`` slots (the positions
+            whose input token is ``[MASK]``; MDLMs only).
+        key_at: Keys of ``G⁻¹K`` (and of Eq. 10's gate): ``"subject"`` (Eq. 6) or the
+            ``"answer"`` slots of the query. Detection always uses subject keys.
+    """
+
+    layer: int
+    module: str = "resid"
+    alpha: float = 1.0
+    lam: float = 0.01
+    q: int | None = None
+    steps: tuple[int, ...] | None = None
+    kappa: float = 1.0
+    mode: str = "ridge"
+    cap_q: bool = False
+    subject_gate: bool = False
+    gate_margin: float = 0.05
+    apply_at: str = "all"
+    key_at: str = "subject"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer must be an integer ≥ 0, got {self.layer!r}")
+        if self.module not in MODULES:
+            raise ValueError(f"unknown module {self.module!r}; the sites are {MODULES}")
+        for name, choices in (("mode", EDIT_MODES), ("apply_at", APPLY_AT), ("key_at", KEY_AT)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {choices}")
+        for name in ("alpha", "lam", "kappa", "gate_margin"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.lam < 0:
+            raise ValueError(f"lam must be ≥ 0, got {self.lam}")
+        if self.kappa <= 0:
+            raise ValueError(f"kappa must be > 0, got {self.kappa}")
+        for name in ("cap_q", "subject_gate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.subject_gate and self.mode == "steer":
+            raise EditMemoryError(
+                "mode='steer' is the ungated act_steer baseline (one fixed direction): it takes "
+                "no subject gate"
+            )
+        if self.q is not None:
+            if isinstance(self.q, bool) or not isinstance(self.q, int) or self.q < 1:
+                raise EditMemoryError(
+                    f"q must be an integer ≥ 1 (or None for dense), got {self.q!r}"
+                )
+        if self.steps is not None:
+            object.__setattr__(self, "steps", normalize_steps(self.steps))
+
+    @property
+    def is_paper_form(self) -> bool:
+        """Eq. 11–12 as published: ridge, subject keys, every position, no gate."""
+        return (
+            self.mode == "ridge"
+            and not self.subject_gate
+            and self.apply_at == "all"
+            and self.key_at == "subject"
+        )
+
+    @property
+    def needs_token_ids(self) -> bool:
+        """Whether applying needs the forward's token ids (to find ``[MASK]`` slots)."""
+        return self.subject_gate or self.apply_at == "answer"
+
+    def fires_at(self, step: int | None) -> bool:
+        """Whether the edit acts on a forward at denoising ``step`` (``None``: stand-alone)."""
+        return step is None or self.steps is None or step in self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["steps"] = None if self.steps is None else list(self.steps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EditConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (no silent drops)."""
+        d = dict(d)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise EditMemoryError(f"unknown EditConfig fields {sorted(unknown)}")
+        if d.get("steps") is not None:
+            d["steps"] = tuple(d["steps"])
+        return cls(**d)
+
+
+def normalize_steps(steps: Any) -> tuple[int, ...]:
+    """A step set as a sorted tuple of distinct integers ``≥ 0``; one integer is a one-step set.
+
+    Raises:
+        ValueError: a negative step, a non-integer (``1.5``, ``True``, a string), or an empty set.
+    """
+
+    def as_step(s: Any) -> int:
+        if isinstance(s, torch.Tensor) and s.numel() == 1 and not s.is_floating_point():
+            s = s.item()
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise ValueError(
+                f"steps must be denoising steps (integers ≥ 0), got {s!r} in steps={steps!r}"
+            )
+        if s < 0:
+            raise ValueError(f"steps must be ≥ 0, got {int(s)} in steps={steps!r}")
+        return int(s)
+
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, (numbers.Integral, Iterable)):
+        raise ValueError(
+            f"steps must be a denoising step (an integer ≥ 0), a set of them or None, got "
+            f"{type(steps).__name__} {steps!r}"
+        )
+    if isinstance(steps, numbers.Integral) or (isinstance(steps, torch.Tensor) and steps.ndim == 0):
+        items = [steps]
+    else:
+        items = list(steps)
+    out = tuple(sorted({as_step(s) for s in items}))
+    if not out:
+        raise ValueError(f"steps must be a non-empty set of steps ≥ 0 (or None), got {steps!r}")
+    return out

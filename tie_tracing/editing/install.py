@@ -1,0 +1,179 @@
+"""Installation: an edit memory as one nnsight edit on a model, and the handle that removes it.
+
+:func:`install` records one nnsight edit (``with model.edit(inplace=True)``, via
+:mod:`tie_tracing._nnsight`) whose body loops over every occurrence of the memory's site, so it
+is replayed on every trace and every direct call of a traceable method — ``model.denoise``
+(each of its ``T`` forwards), ``model.logits``, hence ``tt.diffuse``, ``tt.answer_logprob``,
+``tt.evaluate`` and ``tt.trace_tie``. A memory whose config needs the forward's token ids (a
+subject gate, or answer-slot application) also reads the token embedding's input in the same
+loop. Edits run before a trace's own interventions at the same site (a trace reading the
+site sees the edited value; a trace patching it overrides the edit).
+
+Rules: a memory is installed at most once at a time (a second :func:`install` while its handle
+is live is an error; ``memory.with_config(...)`` makes an independent copy); it installs only
+on the model it was built on (same fingerprint, :mod:`.fingerprint`). The edit only ever adds
+to an activation — no weight changes — so :meth:`EditHandle.remove` restores unedited outputs
+bit for bit; it drops exactly this edit's mediator (other edits stay).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .._nnsight import has_edit, register_edit, register_edit_with_inputs, remove_edit
+from .config import EditMemoryError
+from .fingerprint import format_model, model_fingerprint
+
+if TYPE_CHECKING:
+    from .memory import EditMemory
+
+__all__ = ["EditHandle", "check_model", "install"]
+
+
+@dataclass(eq=False)
+class EditHandle:
+    """An installed :class:`EditMemory`; ``remove()`` (or the ``with`` block's end) uninstalls it.
+
+    Attributes:
+        memory: The memory (live: inserts and removals act at once).
+        model: The model it is installed on.
+        fired: How many forwards the edit modified, per ``current_step`` (``None`` =
+            stand-alone forward). Counts are *forwards per step*, not rows: a forward whose
+            rows sit at several steps (the TIE sweep passes a ``[rows]`` tensor of steps as
+            ``model.current_step``) counts once for each distinct step among its rows — a
+            forward with rows at steps ``{0, 2}`` adds one to step 0 and one to step 2,
+            however many rows each has. So ``sum(fired.values())`` equals the number of
+            forwards only when every forward has a single step. A gated memory counts a
+            forward as fired when it is in the step set, whether or not a gate opened.
+        skipped: Forwards seen but not modified (outside the step set, or an empty memory),
+            per step, counted the same way.
+    """
+
+    memory: EditMemory
+    model: Any
+    fired: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    _mediator: Any = None
+
+    @property
+    def installed(self) -> bool:
+        return has_edit(self.model, self._mediator)
+
+    def __call__(
+        self,
+        hidden: torch.Tensor,
+        step: int | torch.Tensor | None,
+        token_ids: torch.Tensor | None = None,
+    ) -> None:
+        """Apply the memory in place to one site output (called by the nnsight edit).
+
+        ``step`` is the forward's denoising step, ``None`` for a stand-alone forward, or a
+        ``[rows]`` tensor of per-row steps (the TIE sweep batches rows of several steps);
+        ``token_ids`` the forward's ``[rows, seq]`` input ids (gated / answer-slot memories).
+        """
+        memory = self.memory
+        if isinstance(step, torch.Tensor):
+            row_steps = [int(k) for k in step.reshape(-1).tolist()]
+            firing = {k for k in row_steps if len(memory) and memory.config.fires_at(k)}
+            if len(firing) == len(set(row_steps)):  # every row fires (or the step set is all)
+                if firing:
+                    memory.apply_(hidden, token_ids)
+            elif firing:
+                rows = torch.tensor([k in firing for k in row_steps], device=hidden.device)
+                part = hidden[rows]
+                memory.apply_(part, None if token_ids is None else token_ids[rows])
+                hidden[rows] = part
+            for k in sorted(set(row_steps)):  # once per forward and step, not per row
+                (self.fired if k in firing else self.skipped)[k] += 1
+            return
+        if not len(memory) or not memory.config.fires_at(step):
+            self.skipped[step] += 1
+            return
+        memory.apply_(hidden, token_ids)
+        self.fired[step] += 1
+
+    def remove(self) -> None:
+        """Take this edit out of the model (idempotent); other edits stay."""
+        if self._mediator is None:
+            return
+        remove_edit(self.model, self._mediator)
+        self._mediator = None
+
+    def __enter__(self) -> EditHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "installed" if self.installed else "removed"
+        return f"EditHandle({state}, model={getattr(self.model, 'name', '?')!r}, memory={self.memory!r})"
+
+
+def check_model(memory: EditMemory, model) -> None:
+    """Refuse a model other than the one ``memory`` was built on (names both).
+
+    Raises:
+        EditMemoryError: no fingerprint recorded, or fingerprints differ.
+    """
+    info = memory.model_info
+    recorded = info.get("fingerprint")
+    if not recorded:
+        raise EditMemoryError(
+            f"this memory records no model fingerprint (built by hand?), so it cannot tell "
+            f"whether {getattr(model, 'name', 'this model')!r} is the model its keys come from; "
+            "build it with EditMemory.build"
+        )
+    got = model_fingerprint(model)
+    if got != recorded:
+        other = {
+            "name": getattr(model, "name", ""),
+            "family": model.backbone.family,
+            "hidden_size": model.hidden_size,
+            "num_layers": model.num_layers,
+            "fingerprint": got,
+        }
+        raise EditMemoryError(
+            f"this memory was built on {format_model(info)} and cannot act on "
+            f"{format_model(other)}: its keys and deltas are activations of the first model; "
+            "rebuild it on this one"
+        )
+
+
+def install(memory: EditMemory, model) -> EditHandle:
+    """Install ``memory`` on ``model`` as an nnsight edit (see the module docstring).
+
+    Raises:
+        EditMemoryError: the memory is empty or already installed, the model is not the one
+            it was built on, or the config needs ``[MASK]`` slots the model lacks.
+    """
+    t0 = time.perf_counter()
+    memory._require_facts()
+    live = memory._handle
+    if live is not None and live.installed:
+        raise EditMemoryError(
+            f"this memory is already installed on {getattr(live.model, 'name', '?')!r}: remove "
+            "that handle first (or install memory.with_config(...), an independent copy)"
+        )
+    check_model(memory, model)
+    config = memory.config
+    model.check_site(config.layer, config.module)
+    if config.apply_at == "answer" and (model.is_causal or model.mask_token_id is None):
+        raise EditMemoryError("apply_at='answer' needs a masked diffusion model ([MASK] slots)")
+    memory._tensors(model.param_device)  # move to the device once, now
+    handle = EditHandle(memory, model)
+    site = model.site(config.layer, config.module)
+    if config.needs_token_ids:
+        handle._mediator = register_edit_with_inputs(model, site, model.embedding, handle)
+    else:
+        handle._mediator = register_edit(model, site, handle)
+    memory._handle = handle
+    if memory._model is None:
+        memory._model = model
+    memory.timings["install"] = time.perf_counter() - t0
+    return handle

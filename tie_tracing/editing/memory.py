@@ -1,0 +1,791 @@
+"""The edit memory object: captured tensors + a config, the algebra applied to them, streaming.
+
+:class:`EditMemory` composes the separate pieces of :mod:`tie_tracing.editing` — it captures
+with :mod:`.capture`, fits a :class:`~.gate.SubjectGate` on calibration prompts, solves and
+applies with the pure functions of :mod:`.algebra`, installs through :mod:`.install` and
+saves/loads through :mod:`.persistence`. See the package docstring for the math.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ShapeError
+from ..facts import Fact, load_refusals
+from ..patching import fact_key
+from . import algebra
+from .capture import capture
+from .config import TARGET_KINDS, EditConfig, EditMemoryError, EditMemoryWarning
+from .fingerprint import describe_model
+from .gate import SubjectGate
+from .install import EditHandle, check_model, install
+from .operating_point import gate_shrinkage as resolve_shrinkage
+from .operating_point import resolve_calibration, resolve_config
+
+__all__ = ["EditMemory"]
+
+#: Per-fact row attributes, aligned with ``ids`` (``None`` where a memory lacks one).
+_ROWS = (
+    "ids",
+    "targets",
+    "subjects",
+    "keys",
+    "slot_keys",
+    "answer_values",
+    "target_values",
+    "subject_lengths",
+    "gate_score_max",
+)
+
+
+class EditMemory:
+    """A multi-fact edit memory (SPEC §8): keys, deltas, a config, a factorised Gram matrix and,
+    for a gated memory, the subject gate's statistics and per-fact thresholds.
+
+    Build it with :meth:`build` (or :meth:`load`); grow or shrink it with :meth:`insert` and
+    :meth:`remove`; apply it with :meth:`install`. The tensors are CPU float32:
+
+    Attributes:
+        config: The :class:`EditConfig`.
+        ids: Fact ids, aligned with the rows of every tensor (unique).
+        keys: ``[N, d]`` subject keys ``k_f`` (Eq. 6).
+        slot_keys: ``[N, d]`` answer-slot keys ``k^O_f`` (``None`` for a hand-built memory).
+        answer_values: ``[N, d]`` original-answer values ``v_f`` (Eq. 7).
+        values: ``[N, d]`` the deltas ``δ_f`` (the main tensor, ``dims = ("fact", "hidden")``).
+        target_values: ``[N, d]`` target values ``v*_f`` (Eq. 8).
+        targets: The target text of each fact.
+        subjects: The subject of each fact.
+        subject_lengths: ``[N]`` ``|S_f|`` in tokens (``None`` for a hand-built memory).
+        gate: The :class:`SubjectGate` statistics (``None`` when built without calibration).
+        gate_score_max: ``[N]`` each fact's highest score on calibration prompts about other
+            subjects (``τ_f = gate_score_max + gate_margin``).
+        model_info: Name, family, hidden size, layer count, mask id and fingerprint of the
+            model it was built on.
+        timings: Seconds spent in ``capture``, ``calibrate`` (gate fit), ``solve``,
+            ``build`` (total), per fact (``build_per_fact``) and the last ``install``.
+
+    Example:
+        >>> memory = EditMemory.build(model, facts, layer=3, alpha=2.0, lam=0.1, q=4)  # doctest: +SKIP
+        >>> handle = memory.install(model)                                      # doctest: +SKIP
+        >>> handle.remove()                                                     # doctest: +SKIP
+    """
+
+    dims = ("fact", "hidden")
+
+    def __init__(
+        self,
+        config: EditConfig,
+        *,
+        ids: Sequence[str],
+        keys: torch.Tensor,
+        answer_values: torch.Tensor,
+        target_values: torch.Tensor,
+        targets: Sequence[str],
+        model_info: dict[str, Any],
+        timings: dict[str, float] | None = None,
+        slot_keys: torch.Tensor | None = None,
+        subjects: Sequence[str] | None = None,
+        subject_lengths: torch.Tensor | None = None,
+        gate: SubjectGate | None = None,
+        gate_score_max: torch.Tensor | None = None,
+    ) -> None:
+        ids = tuple(str(i) for i in ids)
+        n = len(ids)
+        d = int(model_info["hidden_size"])
+        for name, t in (
+            ("keys", keys),
+            ("answer_values", answer_values),
+            ("target_values", target_values),
+            ("slot_keys", slot_keys),
+        ):
+            if t is None and name == "slot_keys":
+                continue
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, d):
+                raise ShapeError(
+                    f"{name} must be [N={n}, d={d}], got {getattr(t, 'shape', type(t))}"
+                )
+            if not torch.isfinite(t).all():
+                raise EditMemoryError(f"{name} holds non-finite values")
+        for name, t1 in (("subject_lengths", subject_lengths), ("gate_score_max", gate_score_max)):
+            if t1 is not None and (not isinstance(t1, torch.Tensor) or tuple(t1.shape) != (n,)):
+                raise ShapeError(f"{name} must be [N={n}], got {getattr(t1, 'shape', type(t1))}")
+        if len(targets) != n:
+            raise ShapeError(f"{len(targets)} targets for {n} facts")
+        if subjects is not None and len(subjects) != n:
+            raise ShapeError(f"{len(subjects)} subjects for {n} facts")
+        _check_unique(ids)
+        self.config = config
+        self.ids = ids
+        self.keys = keys.float()
+        self.slot_keys = None if slot_keys is None else slot_keys.float()
+        self.answer_values = answer_values.float()
+        self.target_values = target_values.float()
+        self.targets = tuple(str(t) for t in targets)
+        self.subjects = None if subjects is None else tuple(str(s) for s in subjects)
+        self.subject_lengths = None if subject_lengths is None else subject_lengths.long()
+        self.gate = gate
+        self.gate_score_max = None if gate_score_max is None else gate_score_max.float()
+        self.model_info = dict(model_info)
+        self.timings: dict[str, float] = dict(timings or {})
+        self._model: Any = None
+        self._handle: EditHandle | None = None
+        self._version = 0
+        self._device_cache: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        self._solved: dict[str, torch.Tensor] | None = None
+        self._groups: list[tuple[int, torch.Tensor]] | None = None
+        self._check_config(config)
+        if n:
+            self._check_q(n)
+        self._solve()
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        model,
+        facts: Sequence[Fact] | Fact,
+        *,
+        layer: int | None = None,
+        module: str = "resid",
+        alpha: float | None = None,
+        lam: float | None = None,
+        q: int | None = None,
+        steps: Iterable[int] | int | None = None,
+        kappa: float | None = None,
+        mode: str = "ridge",
+        targets: str | Sequence[str] = "auto",
+        subject_gate: bool | None = None,
+        gate_margin: float | None = None,
+        gate_shrinkage: float | None = None,
+        apply_at: str | None = None,
+        key_at: str | None = None,
+        calibration: Sequence[Fact] | None = None,
+        batch_size: int = 64,
+    ) -> EditMemory:
+        """Capture keys and deltas for ``facts`` on ``model`` and factorise the memory.
+
+        Arguments left ``None`` take the model's tuned operating point
+        (``model.info["operating_point"]``, see :mod:`.operating_point`); a model without
+        one must be given ``layer`` (the rest then default to
+        :data:`~tie_tracing.editing.config.PACKAGE_DEFAULTS`: the paper's ungated memory,
+        ``q`` dense). An operating point's ``q`` is capped at ``N``; an explicit ``q`` must
+        satisfy ``1 ≤ q ≤ N``.
+
+        Args:
+            model: A :class:`~tie_tracing.model.TracedModel` (MDLM, or causal for an AR edit).
+            facts: The facts to forget or edit (unique ids; subjects must occur in questions).
+            layer, module: The site ``(l*, m*)``.
+            alpha, lam, q, kappa: Hyper-parameters (see :class:`EditConfig`).
+            steps: The *set of denoising steps* the edit fires at — an int is a one-step set
+                (``steps=3`` is ``{3}``), an iterable of ints a set, ``None`` every step. It is
+                not a step count, unlike ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
+                sampler's forwards are numbered ``0 … T-1``, so the set should lie within that
+                range — a step ``≥ T`` never fires (nothing checks this, since ``T`` is chosen
+                later, per run). Stand-alone forwards (``current_step is None``) always fire.
+            mode: ``"ridge"``, ``"gated"`` (Eq. 10) or ``"steer"``.
+            targets: ``"auto"`` (the fact's ``target`` when set — editing —, else a refusal —
+                unlearning), ``"refusal"`` (a line of TOFU's ``idontknow.jsonl``, chosen by a
+                hash of the fact id), ``"perturbed"`` (the fact's first perturbed answer),
+                ``"target"`` (``Fact.target``, required), or one string per fact.
+            subject_gate: Gate each fact by subject detection (needs calibration prompts).
+            gate_margin: ``τ_f = max calibration score + gate_margin``.
+            gate_shrinkage: ``s`` of ``C_s = (1 − s) C + s (tr C / d) I``.
+            apply_at: ``"all"`` positions or the ``"answer"`` slots.
+            key_at: Keys of ``G⁻¹K``: ``"subject"`` (Eq. 6) or ``"answer"`` slots.
+            calibration: Prompts (facts) the gate is fitted on — facts the memory must leave
+                alone, never the facts reported on. Given with ``subject_gate=False`` the
+                statistics are still fitted, so ``with_config(subject_gate=True)`` works.
+            batch_size: Rows per capture forward.
+
+        Returns:
+            An :class:`EditMemory` (``timings`` holds the capture, calibration and solve seconds).
+
+        Raises:
+            EditMemoryError: no layer for a model without an operating point, duplicate ids,
+                a bad ``q``, a fact lacking the requested target, a singular ``G``, a gate
+                without calibration prompts, answer slots on a causal model.
+            ValueError: a negative, non-integer or empty ``steps``.
+            SubjectNotFoundError: a fact's subject is not in its question.
+        """
+        start = time.perf_counter()
+        facts = [facts] if isinstance(facts, Fact) else list(facts)
+        if not facts:
+            raise EditMemoryError("EditMemory.build needs at least one fact")
+        config = resolve_config(
+            model, layer=layer, module=module, alpha=alpha, lam=lam, q=q, steps=steps,
+            kappa=kappa, mode=mode, subject_gate=subject_gate, gate_margin=gate_margin,
+            apply_at=apply_at, key_at=key_at, n_facts=len(facts),
+        )  # fmt: skip
+        model.check_site(config.layer, config.module)
+        if config.apply_at == "answer" and (model.is_causal or model.mask_token_id is None):
+            raise EditMemoryError("apply_at='answer' needs a masked diffusion model ([MASK] slots)")
+        ids = [fact_key(f) for f in facts]
+        _check_unique(ids)
+        target_texts = _resolve_targets(facts, targets)
+        calib = resolve_calibration(model, calibration, needed=config.subject_gate)
+        t0 = time.perf_counter()
+        captured = capture(
+            model, facts, target_texts, layer=config.layer, module=config.module,
+            batch_size=batch_size,
+        )  # fmt: skip
+        capture_s = time.perf_counter() - t0
+        gate, score_max, calibrate_s = None, None, 0.0
+        subjects = [f.subject for f in facts]
+        if calib is not None:
+            t0 = time.perf_counter()
+            gate = SubjectGate.fit(
+                model, calib, layer=config.layer, module=config.module,
+                shrinkage=resolve_shrinkage(model, gate_shrinkage),
+                batch_size=batch_size,
+            )  # fmt: skip
+            score_max = gate.calibration_maxima(
+                gate.directions(captured.subject_keys), captured.subject_lengths, subjects,
+                mask_token_id=model.mask_token_id, fact_ids=ids,
+            )  # fmt: skip
+            calibrate_s = time.perf_counter() - t0
+        memory = cls(
+            config, ids=ids, keys=captured.subject_keys, slot_keys=captured.slot_keys,
+            answer_values=captured.answer_values, target_values=captured.target_values,
+            targets=target_texts, subjects=subjects, subject_lengths=captured.subject_lengths,
+            gate=gate, gate_score_max=score_max, model_info=describe_model(model),
+        )  # fmt: skip
+        memory._model = model
+        memory._warn_blind()
+        total = time.perf_counter() - start
+        memory.timings.update(
+            capture=capture_s, calibrate=calibrate_s, build=total, build_per_fact=total / len(facts)
+        )
+        return memory
+
+    # -- views -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def deltas(self) -> torch.Tensor:
+        """``[N, d]`` ``δ_f = v*_f − v_f`` (Eq. 9)."""
+        return self.target_values - self.answer_values
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The main tensor: ``[N, d]`` deltas (``dims = ("fact", "hidden")``)."""
+        return self.deltas
+
+    @property
+    def active_keys(self) -> torch.Tensor:
+        """``[N, d]`` the keys of ``G⁻¹K`` / Eq. 10: subject keys or answer-slot keys."""
+        if self.config.key_at == "answer":
+            assert self.slot_keys is not None  # checked by _check_config
+            return self.slot_keys
+        return self.keys
+
+    @property
+    def q_effective(self) -> int:
+        """The ``q`` used by ``top_q`` for the current ``N``."""
+        n = len(self)
+        if self.config.q is None:
+            return n
+        return min(self.config.q, n) if self.config.cap_q else self.config.q
+
+    @property
+    def lam_abs(self) -> float:
+        """``λ_abs = λ · mean(diag(K Kᵀ))`` of the active keys."""
+        return algebra.lam_abs(self.active_keys, self.config.lam)
+
+    @property
+    def gate_thresholds(self) -> torch.Tensor | None:
+        """``[N]`` ``τ_f = gate_score_max + gate_margin`` (``None`` without gate statistics)."""
+        if self.gate_score_max is None:
+            return None
+        return self.gate_score_max + self.config.gate_margin
+
+    @property
+    def gate_blind(self) -> tuple[str, ...]:
+        """Ids of facts whose ``τ_f ≥ 1``: a cosine never exceeds it, so their gate never opens."""
+        tau = self.gate_thresholds
+        if tau is None:
+            return ()
+        return tuple(self.ids[i] for i in torch.nonzero(tau >= 1.0).flatten().tolist())
+
+    def __repr__(self) -> str:
+        c = self.config
+        ids = list(self.ids[:3]) + (["…"] if len(self) > 3 else [])
+        gate = "off"
+        if c.subject_gate and self.gate is not None:
+            gate = f"subject(margin={c.gate_margin:g}, calibration={len(self.gate)} prompts)"
+        return (
+            f"EditMemory(mode={c.mode!r}, site=({c.layer}, {c.module!r}), N={len(self)}, "
+            f"d={self.model_info.get('hidden_size')}, alpha={c.alpha:g}, lam={c.lam:g}, "
+            f"q={c.q}{'(cap)' if c.cap_q else ''}, steps={'all' if c.steps is None else list(c.steps)}, "
+            f"gate={gate}, apply_at={c.apply_at!r}, key_at={c.key_at!r}, "
+            f"model={self.model_info.get('name')!r}, facts={ids})"
+        )
+
+    # -- the algebra -------------------------------------------------------------------------
+
+    def _check_config(self, config: EditConfig) -> None:
+        if config.key_at == "answer" and self.slot_keys is None:
+            raise EditMemoryError("key_at='answer' needs answer-slot keys (build the memory)")
+        if config.subject_gate and (
+            self.gate is None or self.subject_lengths is None or self.gate_score_max is None
+        ):
+            raise EditMemoryError(
+                "subject_gate=True needs gate statistics: build with calibration=facts"
+            )
+        if config.needs_token_ids and self.model_info.get("mask_token_id") is None:
+            if config.apply_at == "answer":
+                raise EditMemoryError("apply_at='answer' needs a model with a [MASK] token")
+
+    def _check_q(self, n: int) -> None:
+        q = self.config.q
+        if q is not None and not self.config.cap_q and q > n:
+            raise EditMemoryError(
+                f"q={q} exceeds the number of facts N={n}; use q ≤ N (or q=None for dense)"
+            )
+
+    def _solve(self) -> None:
+        """Factorise ``G`` (ridge) or precompute Eq. 10's gate keys; the gate's directions."""
+        t0 = time.perf_counter()
+        self._device_cache = {}
+        self._version += 1
+        if not len(self):
+            self._solved = None
+            return
+        deltas = self.deltas
+        solved: dict[str, torch.Tensor] = {"deltas": deltas, "mean_delta": deltas.mean(0)}
+        keys = self.active_keys
+        if self.config.mode == "ridge":
+            _chol, coef = algebra.factorize(keys, self.config.lam)
+            solved["coef"] = coef.float()
+            if len(self) > keys.shape[1]:
+                solved["dense_map"] = (coef.T @ deltas.double()).float()  # (G⁻¹K)ᵀD = W
+        elif self.config.mode == "gated":
+            try:
+                solved["gate_keys"] = algebra.eq10_gate_keys(keys).float()
+            except EditMemoryError as exc:
+                raise EditMemoryError(f"{exc} (facts {list(self.ids)})") from exc
+        if self.config.subject_gate:
+            assert self.gate is not None and self.gate_thresholds is not None
+            assert self.subject_lengths is not None
+            solved.update(
+                gate_mean=self.gate.mean,
+                gate_whiten=self.gate.whiten,
+                gate_directions=self.gate.directions(self.keys),
+                gate_tau=self.gate_thresholds,
+            )
+            self._groups = algebra.length_groups(self.subject_lengths)
+        self._solved = solved
+        self.timings["solve"] = time.perf_counter() - t0
+
+    def _tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        key = (str(device), self._version)
+        cached = self._device_cache.get(key)
+        if cached is None:
+            assert self._solved is not None
+            cached = {k: v.to(device, torch.float32) for k, v in self._solved.items()}
+            self._device_cache = {key: cached}
+        return cached
+
+    def _require_facts(self) -> None:
+        if not len(self):
+            raise EditMemoryError("the memory holds no facts")
+
+    def coefficients(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., N]`` ridge fact-coefficients ``c_i = G⁻¹ K h_i`` (Eq. 11), before gate and ``top_q``."""
+        if self.config.mode != "ridge":
+            raise EditMemoryError(
+                f"coefficients are defined for mode='ridge', not {self.config.mode!r}"
+            )
+        self._require_facts()
+        return algebra.coefficients(hidden.float(), self._tensors(hidden.device)["coef"])
+
+    def primal_map(self) -> torch.Tensor:
+        """``[d, d]`` ``W = (KᵀK + λ_abs I_d)⁻¹ KᵀD`` (float64, via a Cholesky solve).
+
+        Dense ungated ridge memories at every position satisfy ``update(h) = α hᵀW`` (the
+        push-through identity ``Kᵀ(KKᵀ + λI)⁻¹ = (KᵀK + λI)⁻¹Kᵀ``); needs ``λ_abs > 0`` when
+        ``N < d``.
+        """
+        self._require_facts()
+        return algebra.primal_map(self.active_keys, self.deltas, self.lam_abs)
+
+    def gate_scores(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` detection scores ``score_f`` of ``hidden [B, S, d]`` (ids ``[B, S]``)."""
+        if self.gate is None or self.subject_lengths is None:
+            raise EditMemoryError("this memory has no gate statistics (build with calibration=)")
+        ids = self._check_token_ids(token_ids, hidden)
+        mask_id = self.model_info.get("mask_token_id")
+        return self.gate.scores(
+            hidden, ids, self.gate.directions(self.keys).to(hidden.device),
+            self.subject_lengths, mask_token_id=mask_id,
+        )  # fmt: skip
+
+    def _check_token_ids(
+        self, token_ids: torch.Tensor | None, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        if token_ids is None:
+            raise EditMemoryError(
+                f"this memory (subject_gate={self.config.subject_gate}, apply_at="
+                f"{self.config.apply_at!r}) needs the forward's token ids"
+            )
+        if (
+            not isinstance(token_ids, torch.Tensor)
+            or token_ids.is_floating_point()
+            or tuple(token_ids.shape) != tuple(hidden.shape[:2])
+        ):
+            raise ShapeError(
+                f"token ids must be an integer [B, S] = {tuple(hidden.shape[:2])} tensor, got "
+                f"{getattr(token_ids, 'dtype', type(token_ids))} {tuple(getattr(token_ids, 'shape', ()))}"
+            )
+        return token_ids.to(hidden.device)
+
+    def _plan(
+        self, hidden: torch.Tensor, token_ids: torch.Tensor | None, s: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(where, gate)``: the ``[B, S]`` positions to update (``None``: all) and the
+        ``[B, N]`` subject gate (``None``: ungated)."""
+        c = self.config
+        if not c.needs_token_ids:
+            return None, None
+        ids = self._check_token_ids(token_ids, hidden)
+        mask_id = self.model_info.get("mask_token_id")
+        masked = torch.zeros_like(ids, dtype=torch.bool) if mask_id is None else ids == mask_id
+        where = masked if c.apply_at == "answer" else torch.ones_like(masked)
+        gate = None
+        if c.subject_gate:
+            assert self.subject_lengths is not None
+            u = (hidden.float() - s["gate_mean"]) @ s["gate_whiten"]
+            scores = algebra.window_scores(
+                u, ~masked, s["gate_directions"], self.subject_lengths, self._groups
+            )
+            gate = (scores > s["gate_tau"]).float()
+            where = where & (gate > 0).any(-1)[:, None]
+        return where, gate
+
+    def _token_update(
+        self, h: torch.Tensor, s: dict[str, torch.Tensor], gate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The update for tokens ``h [..., d]`` (float32); ``gate`` ``[..., N]`` per token."""
+        c = self.config
+        if c.mode == "steer":
+            return (c.alpha * s["mean_delta"]).expand(h.shape).clone()
+        if c.mode == "gated":
+            return algebra.eq10_update(
+                h, s["gate_keys"], s["deltas"], alpha=c.alpha, kappa=c.kappa, gate=gate
+            )
+        return algebra.ridge_update(
+            h, s["coef"], s["deltas"], alpha=c.alpha, q=self.q_effective, gate=gate,
+            dense_map=s.get("dense_map"),
+        )  # fmt: skip
+
+    def update(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The additive update for hidden states ``[..., d]`` (float32, same shape).
+
+        ``ridge``: ``α Dᵀ top_q(g ⊙ G⁻¹ K h)`` (Eq. 12; ``g = 1`` ungated); ``gated``:
+        ``α Σ_f g_f clip(⟨h,k_f⟩/⟨k_f,k_f⟩, 0, κ) δ_f`` (Eq. 10); ``steer``: ``α mean_f δ_f``.
+        Zero at positions the config does not update (``apply_at="answer"``: non-``[MASK]``
+        tokens; a gated memory: rows where no gate opened). Memories that need token ids
+        (gate or answer slots) take ``hidden [B, S, d]`` and ``token_ids [B, S]``. The step set
+        is not consulted here (see :meth:`install`).
+        """
+        d = int(self.model_info["hidden_size"])
+        if hidden.shape[-1] != d:
+            raise ShapeError(f"hidden states must end in d={d}, got {tuple(hidden.shape)}")
+        if not len(self):
+            return torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+        s = self._tensors(hidden.device)
+        h = hidden.float()
+        where, gate = self._plan(hidden, token_ids, s)
+        if where is None:
+            return self._token_update(h, s)
+        out = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+        if where.any():
+            rows = torch.nonzero(where)[:, 0]
+            out[where] = self._token_update(h[where], s, None if gate is None else gate[rows])
+        return out
+
+    def apply_(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
+        """Add :meth:`update` to ``hidden`` in place, writing only the positions it changes
+        (so every other position keeps its exact bits)."""
+        if not len(self):
+            return
+        s = self._tensors(hidden.device)
+        where, gate = self._plan(hidden, token_ids, s)
+        if where is None:
+            hidden += self._token_update(hidden.float(), s).to(hidden.dtype)
+            return
+        if not where.any():
+            return
+        rows = torch.nonzero(where)[:, 0]
+        sel = hidden[where]
+        upd = self._token_update(sel.float(), s, None if gate is None else gate[rows])
+        hidden[where] = sel + upd.to(hidden.dtype)
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def insert(
+        self,
+        facts: Sequence[Fact] | Fact,
+        *,
+        model=None,
+        targets: str | Sequence[str] = "auto",
+        batch_size: int = 64,
+    ) -> EditMemory:
+        """Capture ``facts`` and add them (streaming); refactorises ``G``. Returns ``self``.
+
+        ``model`` defaults to the model the memory was built on or last installed on (it must
+        be that model: same fingerprint). Acts immediately on an installed memory. A gated
+        memory calibrates the new facts' thresholds on its stored calibration prompts (the
+        thresholds of the facts already in it do not move). Raises :class:`EditMemoryError`
+        on an id already in the memory (or repeated in ``facts``); on any error the memory
+        is unchanged.
+        """
+        facts = [facts] if isinstance(facts, Fact) else list(facts)
+        if not facts:
+            return self
+        model = model if model is not None else self._model
+        if model is None:
+            raise EditMemoryError(
+                "insert needs the model to capture on: insert(facts, model=model)"
+            )
+        check_model(self, model)
+        ids = [fact_key(f) for f in facts]
+        _check_unique(list(self.ids) + ids)
+        texts = _resolve_targets(facts, targets)
+        t0 = time.perf_counter()
+        c = self.config
+        new = capture(model, facts, texts, layer=c.layer, module=c.module, batch_size=batch_size)
+        capture_s = time.perf_counter() - t0
+        subjects = [f.subject for f in facts]
+        score_max = None
+        if self.gate is not None:
+            self.gate.ensure_states(model, layer=c.layer, module=c.module, batch_size=batch_size)
+            score_max = self.gate.calibration_maxima(
+                self.gate.directions(new.subject_keys), new.subject_lengths, subjects,
+                mask_token_id=model.mask_token_id, fact_ids=ids,
+            )  # fmt: skip
+        self._replace_rows(
+            ids=self.ids + tuple(ids),
+            targets=self.targets + tuple(texts),
+            subjects=_cat_tuple(self.subjects, subjects),
+            keys=torch.cat([self.keys, new.subject_keys]),
+            slot_keys=_cat(self.slot_keys, new.slot_keys),
+            answer_values=torch.cat([self.answer_values, new.answer_values]),
+            target_values=torch.cat([self.target_values, new.target_values]),
+            subject_lengths=_cat(self.subject_lengths, new.subject_lengths),
+            gate_score_max=_cat(self.gate_score_max, score_max),
+        )
+        self._model = model
+        self._warn_blind(ids)
+        self.timings["capture"] = capture_s
+        self.timings["insert"] = time.perf_counter() - t0
+        return self
+
+    def remove(self, ids: str | Iterable[str]) -> EditMemory:
+        """Remove facts by id; refactorises ``G``. Returns ``self``.
+
+        Raises:
+            EditMemoryError: an id not in the memory (named), or an explicit ``q`` larger
+                than the remaining ``N``; the memory is then unchanged.
+        """
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        missing = [i for i in ids if i not in self.ids]
+        if missing:
+            raise EditMemoryError(f"cannot remove {missing}: not in the memory ({len(self)} facts)")
+        drop = set(ids)
+        keep = [j for j, i in enumerate(self.ids) if i not in drop]
+        rows: dict[str, Any] = {}
+        for name in _ROWS:
+            value = getattr(self, name)
+            if value is None:
+                rows[name] = None
+            elif isinstance(value, tuple):
+                rows[name] = tuple(value[j] for j in keep)
+            else:
+                rows[name] = value[keep]
+        self._replace_rows(**rows)
+        return self
+
+    def _replace_rows(self, **rows) -> None:
+        old = {name: getattr(self, name) for name in rows}
+        n = len(rows["ids"])
+        if n:
+            self._check_q(n)
+        for name, value in rows.items():
+            setattr(self, name, value)
+        try:
+            self._solve()
+        except BaseException:
+            for name, value in old.items():
+                setattr(self, name, value)
+            self._solve()
+            raise
+
+    def _warn_blind(self, among: Sequence[str] | None = None) -> None:
+        if not self.config.subject_gate:
+            return
+        blind = [i for i in self.gate_blind if among is None or i in among]
+        if blind:
+            warnings.warn(
+                f"the subject gate can never open for facts {blind[:5]}"
+                f"{' …' if len(blind) > 5 else ''}: a calibration prompt about another subject "
+                f"scores as high as their own (τ ≥ 1). Lower gate_margin or remove the "
+                f"look-alike from the calibration prompts",
+                EditMemoryWarning,
+                stacklevel=3,
+            )
+
+    # -- installing and persistence ------------------------------------------------------------
+
+    def install(self, model) -> EditHandle:
+        """Install the memory on ``model`` as an nnsight edit; returns an :class:`EditHandle`.
+
+        The edit fires on every forward through nnsight whose ``current_step`` is in the
+        step set (stand-alone forwards always), at the positions the config selects. No
+        weight changes. ``handle.remove()`` (or leaving ``with memory.install(model):``)
+        takes exactly this edit out. Timing: ``self.timings["install"]``.
+
+        Raises:
+            EditMemoryError: the memory is empty, already installed, or was built on another
+                model (different fingerprint; the message names both).
+        """
+        return install(self, model)
+
+    @property
+    def installed(self) -> bool:
+        """Whether a handle of this memory is live."""
+        return self._handle is not None and self._handle.installed
+
+    @property
+    def install_seconds(self) -> float | None:
+        """Seconds the last :meth:`install` took (``None`` before any)."""
+        return self.timings.get("install")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the memory to one ``.safetensors`` file (JSON config in its header), atomically."""
+        from .persistence import save_memory
+
+        return save_memory(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EditMemory:
+        """Read a memory written by :meth:`save` (exact: tensors bit for bit, same config).
+
+        Raises:
+            FileNotFoundError: no such file.
+            EditMemoryError: truncated or corrupt file, or not an edit memory.
+        """
+        from .persistence import load_memory
+
+        return load_memory(path)
+
+    def equals(self, other: EditMemory) -> bool:
+        """Exact equality of config, per-fact rows, gate statistics, model info and tensors."""
+        if not isinstance(other, EditMemory) or self.config != other.config:
+            return False
+        if self.model_info != other.model_info:
+            return False
+        for name in _ROWS:
+            a, b = getattr(self, name), getattr(other, name)
+            if (a is None) != (b is None):
+                return False
+            if isinstance(a, torch.Tensor):
+                if not (a.dtype == b.dtype and torch.equal(a, b)):
+                    return False
+            elif a != b:
+                return False
+        ga, gb = self.gate, other.gate
+        if (ga is None) != (gb is None):
+            return False
+        if ga is not None and gb is not None:
+            return (
+                ga.shrinkage == gb.shrinkage
+                and ga.calibration == gb.calibration
+                and torch.equal(ga.mean, gb.mean)
+                and torch.equal(ga.whiten, gb.whiten)
+            )
+        return True
+
+    def with_config(self, **changes) -> EditMemory:
+        """A copy sharing the captured tensors with some config fields changed (no recapture).
+
+        Example: ``memory.with_config(alpha=4.0, q=8)`` or ``memory.with_config(
+        subject_gate=True, apply_at="answer", key_at="answer")`` (the gate needs statistics:
+        build with ``calibration=``); ``with_config(layer=...)`` is refused because keys and
+        deltas belong to their site. The copy is not installed.
+        """
+        if {"layer", "module"} & set(changes):
+            raise EditMemoryError(
+                "keys and deltas belong to their site: rebuild to change layer/module"
+            )
+        config = replace(self.config, **changes)
+        memory = EditMemory(
+            config, ids=self.ids, keys=self.keys, answer_values=self.answer_values,
+            target_values=self.target_values, targets=self.targets, model_info=self.model_info,
+            timings=dict(self.timings), slot_keys=self.slot_keys, subjects=self.subjects,
+            subject_lengths=self.subject_lengths, gate=self.gate,
+            gate_score_max=self.gate_score_max,
+        )  # fmt: skip
+        memory._model = self._model
+        return memory
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None or b is None else torch.cat([a, b])
+
+
+def _cat_tuple(a: tuple[str, ...] | None, b: Sequence[str]) -> tuple[str, ...] | None:
+    return None if a is None else a + tuple(b)
+
+
+def _check_unique(ids: Sequence[str]) -> None:
+    seen: set[str] = set()
+    dups = []
+    for i in ids:
+        if i in seen and i not in dups:
+            dups.append(i)
+        seen.add(i)
+    if dups:
+        raise EditMemoryError(f"duplicate fact ids {dups}: every fact in a memory needs its own id")
+
+
+def _resolve_targets(facts: Sequence[Fact], targets: str | Sequence[str]) -> list[str]:
+    if isinstance(targets, str):
+        if targets not in TARGET_KINDS:
+            raise EditMemoryError(
+                f"targets={targets!r}: give one of {TARGET_KINDS} or one string per fact"
+            )
+        refusals = load_refusals() if targets in ("auto", "refusal") else []
+        out = []
+        for f in facts:
+            if targets == "target" or (targets == "auto" and f.target is not None):
+                if f.target is None:
+                    raise EditMemoryError(
+                        f"fact {fact_key(f)!r} has no target (Fact.target is None)"
+                    )
+                out.append(f.target)
+            elif targets == "perturbed":
+                if not f.perturbed_answers:
+                    raise EditMemoryError(f"fact {fact_key(f)!r} has no perturbed answers")
+                out.append(f.perturbed_answers[0])
+            else:
+                out.append(refusals[zlib.crc32(fact_key(f).encode()) % len(refusals)])
+        return out
+    texts = [str(t) for t in targets]
+    if len(texts) != len(facts):
+        raise EditMemoryError(f"{len(texts)} targets given for {len(facts)} facts")
+    return texts
