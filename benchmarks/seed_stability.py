@@ -1,25 +1,29 @@
 """Does Figure 2 survive a change of noise seed? Correlation between seeds versus facts and draws.
 
-For every number of noise draws in ``--n-noise`` (default 1 2 4 8) and every number of facts
-in ``--n-facts`` (default 4 8 12 20), the first ``n`` facts of ``--facts`` (default
-``tiny:forget01``, the embedded corpus) are traced twice with ``tt.trace_tie``, under seed
-``--seed`` and ``--seed + 1`` (``n_noise`` draws each; draws are keyed by seed, fact id and
-draw index, so the two traces are independent noise samples over the same facts). Per row:
+For every number of noise draws ``k`` in ``--n-noise`` (default 1 2 4 8) and every number of
+facts ``n`` in ``--n-facts`` (default 4 8 12 20), two independent Figure 2 maps of the first
+``n`` facts of ``--facts`` (default ``tiny:forget01``) are compared. Each map pools ``k``
+single-draw traces (``TIEResult.pool_seeds``): ``2·max(k)`` seeds are traced once with
+``n_noise=1`` and map A takes seeds ``0 … k−1``, map B seeds ``k … 2k−1`` — noise is keyed by
+seed, fact and draw, so a pool of ``k`` single-draw seeds is ``k`` independent draws, the same
+as one seed with ``n_noise=k``. Per row:
 
 * ``r_resid`` — Pearson correlation of the two mean ``resid`` maps ``[layer, step]``
   (``tt.seed_stability``; cells that are exactly 0 in both maps, such as idle steps under
   ``lp="frozen"``, are left out), and ``r_all`` over all modules;
-* the Eq. 5 cell (β = 0, all modules) each seed selects, and each seed's ``resid`` cell;
-* ``seconds`` — wall time of the two-seed run (both traces), after one warm-up trace;
+* the Eq. 5 cell (β = 0, all modules) each map selects, and each map's ``resid`` cell;
+* ``est. seconds`` — the cost of tracing both maps, ``2·k·n`` times the measured seconds per
+  fact and draw (printed above the table; the main job's own wall time is measured by running
+  it);
 * ``known`` — how many of the facts the model knows (the maps average those).
 
 Prints the commit and the command line, then a markdown table, and writes the rows (with the
 commit, command and settings) as JSON to ``--out``. The defaults of ``tie-tracing figure2``
-(``cli.DEFAULT_N_FACTS``, ``DEFAULT_N_NOISE``, ``DEFAULT_N_SEEDS``) are meant to be set from
-this table: the smallest cost at which ``r_resid`` is high and both seeds select one cell.
+(``cli.DEFAULT_N_FACTS``, ``DEFAULT_N_NOISE``, ``DEFAULT_N_SEEDS``) are set from this table:
+the smallest cost at which ``r_resid`` is high and both maps select one cell.
 
 Usage: ``python benchmarks/seed_stability.py [--n-noise 1 2 4 8] [--n-facts 4 8 12 20]
-[--facts tiny:forget10] [--threads 2] [--out seed_stability.json]``
+[--facts tiny:forget10] [--target object] [--threads 2] [--out seed_stability.json]``
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import json
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -61,10 +66,13 @@ def fmt(x: float) -> str:
     return "n/a" if x != x else f"{x:.3f}"
 
 
-def trace(model, facts, *, seed: int, n_noise: int, steps: int) -> tt.TIEResult:
+def trace(model, facts, *, seed: int, n_noise: int, steps: int, lp: str, target: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unknown facts are counted in the table instead
-        return tt.trace_tie(model, facts, steps=steps, n_noise=n_noise, seed=seed, progress=False)
+        return tt.trace_tie(
+            model, facts, steps=steps, n_noise=n_noise, seed=seed, lp=lp, target=target,
+            progress=False,
+        )  # fmt: skip
 
 
 def main() -> None:
@@ -77,7 +85,9 @@ def main() -> None:
     ap.add_argument("--n-facts", type=int, nargs="+", default=[4, 8, 12, 20])
     ap.add_argument("--n-noise", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--steps", type=int, default=cli.DEFAULT_STEPS, help="denoising steps T")
-    ap.add_argument("--seed", type=int, default=0, help="the seeds are SEED and SEED+1")
+    ap.add_argument("--lp", default="frozen", choices=["frozen", "raw"])
+    ap.add_argument("--target", default="answer", choices=["answer", "object"])
+    ap.add_argument("--seed", type=int, default=0, help="first of the 2·max(n_noise) seeds")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="JSON file for the rows (none: not written)")
     args = ap.parse_args()
@@ -87,49 +97,62 @@ def main() -> None:
     print(f"commit {commit}")
     print(f"command {command}")
     model = tt.load_model(args.model)
-    facts = cli._load_facts(args.facts, max(args.n_facts))
+    n_max = max(args.n_facts)
+    facts = cli._load_facts(args.facts, n_max)
+    kw = dict(steps=args.steps, lp=args.lp, target=args.target)
     print(
         f"model={model.name} layers={model.num_layers} facts={args.facts} T={args.steps} "
-        f"seeds={args.seed},{args.seed + 1} threads={torch.get_num_threads()} "
+        f"lp={args.lp} target={args.target} threads={torch.get_num_threads()} "
         f"cpu={platform.processor() or platform.machine()}"
     )
-    trace(model, facts[:1], seed=args.seed, n_noise=1, steps=args.steps)  # warm-up
+    trace(model, facts[:1], seed=args.seed, n_noise=1, **kw)  # warm-up
+    # one single-draw trace per seed; a "seed with k draws" is the pool of k of them (noise is
+    # keyed by seed, fact and draw, so pooled single-draw seeds are k independent draws)
+    n_seeds = 2 * max(args.n_noise)
+    singles, seconds = [], []
+    for s in range(args.seed, args.seed + n_seeds):
+        start = time.perf_counter()
+        singles.append(trace(model, facts, seed=s, n_noise=1, **kw))
+        seconds.append(time.perf_counter() - start)
+    per_fact_draw = sum(seconds) / (n_seeds * n_max)
+    print(f"\none single-draw trace of {n_max} facts: {statistics.median(seconds):.1f} s (median "
+          f"of {n_seeds}); {per_fact_draw:.2f} s per fact and draw")  # fmt: skip
 
     rows = []
     header = (
-        "| n_facts | n_noise | known | r_resid | r_all | cell seed 0 | cell seed 1 "
-        "| resid cell seed 0 | resid cell seed 1 | seconds |"
+        "| n_facts | n_noise per map | known | r_resid | r_all | cell A | cell B "
+        "| resid cell A | resid cell B | est. seconds for both maps |"
     )
     print("\n" + header + "\n" + "|---" * 10 + "|")
     for n_noise in args.n_noise:
         for n_facts in args.n_facts:
-            subset = facts[:n_facts]
-            start = time.perf_counter()
-            traces = [
-                trace(model, subset, seed=s, n_noise=n_noise, steps=args.steps)
-                for s in (args.seed, args.seed + 1)
+            maps = [
+                tt.TIEResult.pool_seeds(singles[i * n_noise : (i + 1) * n_noise]).select_facts(
+                    slice(0, n_facts)
+                )
+                for i in (0, 1)
             ]
-            seconds = time.perf_counter() - start
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "knows none of the facts": averages all
-                st = tt.seed_stability(traces)
+                st = tt.seed_stability(maps)
             row = {
                 "n_facts": n_facts,
                 "n_noise": n_noise,
-                "known": traces[0].n_known,
+                "known": maps[0].n_known,
                 "r_resid": st.mean_correlation,
                 "r_all": st.mean_correlation_all,
                 "cells": [cell(c) for c in st.coordinates_all],
                 "resid_cells": [cell(c) for c in st.coordinates],
                 "same_cell": st.coordinates_all[0].index == st.coordinates_all[1].index,
                 "same_resid_cell": st.coordinates[0].index == st.coordinates[1].index,
-                "seconds": seconds,
+                "seconds_estimate": 2 * n_noise * n_facts * per_fact_draw,
             }
             rows.append(row)
             print(
                 f"| {n_facts} | {n_noise} | {row['known']} | {fmt(row['r_resid'])} "
                 f"| {fmt(row['r_all'])} | {row['cells'][0]} | {row['cells'][1]} "
-                f"| {row['resid_cells'][0]} | {row['resid_cells'][1]} | {seconds:.1f} |",
+                f"| {row['resid_cells'][0]} | {row['resid_cells'][1]} "
+                f"| {row['seconds_estimate']:.0f} |",
                 flush=True,
             )
     if args.out:
@@ -139,14 +162,19 @@ def main() -> None:
             "model": str(model.name),
             "facts": args.facts,
             "steps": args.steps,
-            "seeds": [args.seed, args.seed + 1],
+            "lp": args.lp,
+            "target": args.target,
+            "seeds": list(range(args.seed, args.seed + n_seeds)),
+            "seconds_per_fact_and_draw": per_fact_draw,
             "threads": torch.get_num_threads(),
             "rows": [
                 {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
                 for r in rows
             ],
         }
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        from tie_tracing._io import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps(report, indent=1) + "\n")
         print(f"\nwrote {args.out}")
 
 

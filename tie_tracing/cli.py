@@ -25,8 +25,8 @@ import torch
 
 from ._io import atomic_write_text
 
-DEFAULT_N_FACTS = 8
-DEFAULT_N_NOISE = 1
+DEFAULT_N_FACTS = 12
+DEFAULT_N_NOISE = 4
 DEFAULT_N_SEEDS = 2
 DEFAULT_STEPS = 8
 
