@@ -510,3 +510,17 @@ def test_trajectory_bad_inputs_are_clear_errors(staggered, sampled):
         plot_trajectory(PositionalResult.synthetic())
     with pytest.raises(TypeError, match="decode"):
         trajectory_table(staggered, tokenizer=object())
+
+
+def test_directory_html_opens_offline(tmp_path):
+    """include_plotlyjs="directory" writes plotly.min.js once beside the html and the html loads it."""
+    from tie_tracing.plotting import save_figure
+
+    fig = plotting.plot_tie_heatmaps(TIEResult.synthetic(n_facts=2), n_resamples=50)
+    first = save_figure(fig, tmp_path / "a.html", include_plotlyjs="directory")
+    second = save_figure(fig, tmp_path / "b.html", include_plotlyjs="directory")
+    assert [p.name for p in first] == ["plotly.min.js", "a.html"]
+    assert [p.name for p in second] == ["b.html"]  # the bundle is already there
+    html = (tmp_path / "a.html").read_text()
+    assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000

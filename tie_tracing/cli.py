@@ -216,7 +216,7 @@ def figure2(args: argparse.Namespace) -> int:
     )
     written = list(
         save_figure(
-            fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "cdn"
+            fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "directory"
         )
     )
     if static_export_available():
@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     f2.add_argument(
         "--self-contained",
         action="store_true",
-        help="embed plotly.js in the html (~4 MB) so it opens offline",
+        help="embed plotly.js in the html (~4 MB); by default the html loads plotly.min.js "
+        "written once beside it, which also opens offline",
     )
     f2.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)

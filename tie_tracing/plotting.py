@@ -1376,6 +1376,20 @@ def static_export_available() -> bool:
     return _static_export_problem() is None
 
 
+def _bundle_plotlyjs(directory: Path) -> list[Path]:
+    """Write ``plotly.min.js`` (the installed plotly's bundle) into ``directory`` unless an
+    identical copy is there; returns the path when it wrote one."""
+    from plotly.offline import get_plotlyjs
+
+    target = directory / "plotly.min.js"
+    data = get_plotlyjs().encode("utf-8")
+    if target.is_file() and target.read_bytes() == data:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data)
+    return [target]
+
+
 def save_figure(
     fig: go.Figure,
     path: str | os.PathLike,
@@ -1391,8 +1405,10 @@ def save_figure(
     The format follows ``path``'s suffix (``.html``, ``.png``, ``.svg``, ``.pdf``, ``.jpeg``,
     ``.webp``), or ``formats`` lists several, each written next to ``path`` with that suffix
     (e.g. ``save_figure(fig, "figures/figure2", formats=("html", "png"))``). HTML is
-    self-contained by default (``include_plotlyjs=True``, ~4 MB, opens offline); pass
-    ``"cdn"`` for a small file that loads plotly.js from the network. Static formats need
+    self-contained by default (``include_plotlyjs=True``, ~4 MB, opens offline);
+    ``"directory"`` writes a small file that loads ``plotly.min.js`` from beside it (written
+    there once, also offline: what a folder of figures wants); ``"cdn"`` loads plotly.js from
+    the network (a blank page offline). Static formats need
     kaleido and a Chrome/Chromium; when either is missing :class:`StaticExportError` is raised
     before anything is written, saying what to install.
 
@@ -1427,6 +1443,8 @@ def save_figure(
     for fmt, target in zip(fmts, targets):
         if fmt == "html":
             data = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True).encode("utf-8")
+            if include_plotlyjs == "directory":
+                written.extend(_bundle_plotlyjs(target.parent))
         else:
             try:
                 data = fig.to_image(format=fmt, scale=scale, width=width, height=height)
