@@ -295,13 +295,15 @@ def _trace_one(
             step=int(unique[0]) if len(unique) == 1 else row_steps.to(device),
         )
         logits = logits[:, p:]
-        if not torch.isfinite(logits).all():
-            raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep")
         stats["forwards"] += 1
         stats["rows"] += x.shape[0]
         stats["shapes"].append(list(x.shape))
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         tl = target_logprob(logits, targets.expand(x.shape[0], -1), logprobs).float().cpu()
+        # a NaN or +inf logit makes its position's whole log-softmax NaN, so checking the
+        # target terms catches it without a pass over [rows, answer, vocab]
+        if not torch.isfinite(tl).all():
+            raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep")
         new = torch.empty_like(x)
         for k in row_steps.unique().tolist():  # each step has its own commit count and block
             rows = (row_steps == k).nonzero().flatten()
