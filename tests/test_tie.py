@@ -170,10 +170,32 @@ def test_resumable_sweep(tmp_path):
     files[1].unlink()
     again = trace(m, FACTS[:2], steps=2, nu=2.0, out=tmp_path / "sweep")
     assert torch.equal(first.tie, again.tie)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"another experiment \(settings nu: 2.0 → 3.0\)"):
         trace(m, FACTS[:2], steps=2, nu=3.0, out=tmp_path / "sweep")
     with pytest.raises(ValueError, match="fact list changed"):
         trace(m, [FACTS[2], FACTS[1]], steps=2, nu=2.0, out=tmp_path / "sweep")
+
+
+def test_resume_is_keyed_by_content(tmp_path):
+    """A changed fact, retrained weights or other settings are named errors; overwrite=True
+    discards the old sweep; temporary files of killed writes are removed."""
+    import dataclasses
+
+    m = model("tiny-mdlm")
+    out = tmp_path / "sweep"
+    first = trace(m, FACTS[:2], steps=2, nu=2.0, out=out)
+    (out / ".fact_00009.safetensors.abc.tmp").write_bytes(b"half a write")
+    changed = [dataclasses.replace(FACTS[0], answer="porto lisbon paris"), FACTS[1]]
+    with pytest.raises(ValueError, match="'f0' changed since it was traced.*answer"):
+        trace(m, changed, steps=2, nu=2.0, out=out)
+    assert not list(out.glob(".*.tmp"))
+    other = replicas.wrap(replicas.tiny_mdlm(seed=1))  # same architecture, other weights
+    with pytest.raises(ValueError, match="fingerprint"):
+        trace(other, FACTS[:2], steps=2, nu=2.0, out=out)
+    fresh = trace(m, changed, steps=2, nu=2.0, out=out, overwrite=True)
+    assert fresh.answers[0] == "porto lisbon paris" and not torch.equal(fresh.tie, first.tie)
+    again = trace(m, changed, steps=2, nu=2.0, out=out)
+    assert torch.equal(again.tie, fresh.tie) and "fact" not in again.config
 
 
 def test_result_round_trips(tmp_path):

@@ -465,6 +465,7 @@ def trace_tie(
     lp: str = "frozen",
     target: str = "answer",
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     batch_size: int = 256,
 ) -> TIEResult:
@@ -494,7 +495,11 @@ def trace_tie(
         target: ``"answer"`` (default): ``LP`` sums over the whole answer span; ``"object"``:
             over the object's tokens only (facts must record ``Fact.object``).
         out: Directory for a resumable sweep: each finished fact is written there as it
-            completes; rerunning with the same ``out`` and settings skips finished facts.
+            completes; rerunning with the same ``out`` skips finished facts. Resuming is
+            keyed by content: other settings, another model or retrained weights (a
+            fingerprint of configuration and weights), or a fact whose fields changed are
+            errors that say what changed.
+        overwrite: Discard a sweep in ``out`` that does not match instead of raising.
         progress: Show a progress bar over facts.
         batch_size: Most rows per forward of the patch sweep (lower it for big models on a
             small GPU); it changes speed and memory, not results.
@@ -564,16 +569,23 @@ def trace_tie(
     queries = [encode_query(model, f) for f in facts]
     _warn_idle(queries, config)
     nu_value = config.corruption().resolve_nu(model, queries)
-    store = _Store(out, config, nu_value, model) if out is not None else None
+    store = _Store(out, config, nu_value, model, overwrite=overwrite) if out is not None else None
     stats: dict = {"forwards": 0, "rows": 0, "divergent_continuations": 0, "shapes": []}
     results, unknown = [], []
     for i, query in enumerate(tqdm(queries, desc="trace_tie", unit="fact", disable=not progress)):
-        done = store.get(i, ids[i]) if store else None
+        done = store.get(i, query.fact) if store else None
         if done is None:
             tensors = _trace_one(model, query, config, nu_value, sites, stats, batch_size)
             done = _to_result(model, query, tensors, config, nu_value, sites, layer_list)
             if store:
+                done = dataclasses.replace(
+                    done, config=done.config | {"fact": fact_record(query.fact)}
+                )
                 store.put(i, done)
+        if "fact" in done.config:  # the resume record; the facts are in the result's fields
+            done = dataclasses.replace(
+                done, config={k: v for k, v in done.config.items() if k != "fact"}
+            )
         if not _check_known(model, query, done.clean_tokens[0], float(done.lp_clean[0, -1])):
             unknown.append(ids[i])
         results.append(done)
@@ -606,20 +618,52 @@ def _warn_idle(queries: Sequence[Query], config: TraceConfig) -> None:
     )
 
 
-class _Store:
-    """A resumable sweep directory: ``config.json`` plus one result file per finished fact."""
+def fact_record(fact: Fact) -> dict:
+    """Every field of ``fact`` as JSON-ready values (what a resumed sweep must match)."""
+    record = dataclasses.asdict(fact)
+    record["perturbed_answers"] = list(fact.perturbed_answers)
+    return record
 
-    def __init__(self, out, config: TraceConfig, nu: float, model):
+
+class _Store:
+    """A resumable sweep directory: ``config.json`` plus one result file per finished fact.
+
+    Resuming is keyed by content, not by position: ``config.json`` records the settings, the
+    model's name and its fingerprint (configuration and sampled weights, so a checkpoint
+    retrained at the same path is noticed), and every fact file records all fields of its
+    fact. Any difference is an error that names what changed, unless ``overwrite=True``,
+    which discards the old sweep. Temporary files left by a killed write are removed.
+    """
+
+    def __init__(self, out, config: TraceConfig, nu: float, model, *, overwrite: bool = False):
+        from .editing.fingerprint import model_fingerprint
+
         self.dir = Path(out)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise NotADirectoryError(f"out={self.dir} exists and is not a directory")
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = {"config": config.to_dict() | {"nu": nu}, "model_id": str(model.name)}
+        if not os.access(self.dir, os.W_OK):
+            raise PermissionError(f"out={self.dir} is not writable: choose another directory")
+        for tmp in self.dir.glob(".*.tmp"):  # killed atomic writes
+            tmp.unlink(missing_ok=True)
+        meta = {
+            "config": config.to_dict() | {"nu": nu},
+            "model_id": str(model.name),
+            "model_fingerprint": model_fingerprint(model),
+        }
+        meta = json.loads(json.dumps(meta))
         path = self.dir / "config.json"
+        if path.exists() and overwrite:
+            for old in self.dir.glob("fact_*.safetensors"):
+                old.unlink()
+            path.unlink()
         if path.exists():
             old = json.loads(path.read_text())
-            if old != json.loads(json.dumps(meta)):
+            changes = _describe_changes(old, meta)
+            if changes:
                 raise ValueError(
-                    f"{self.dir} holds a sweep with other settings ({old}); use another `out` "
-                    f"directory or delete it to start over"
+                    f"{self.dir} holds a sweep of another experiment ({'; '.join(changes)}); "
+                    "use another `out` directory, or overwrite=True to discard it"
                 )
         else:
             atomic_write_text(path, json.dumps(meta, indent=1))
@@ -628,16 +672,28 @@ class _Store:
     def _path(self, i: int) -> Path:
         return self.dir / f"fact_{i:05d}.safetensors"
 
-    def get(self, i: int, fid: str) -> TIEResult | None:
+    def get(self, i: int, fact: Fact) -> TIEResult | None:
         if i in self._cache:
             return self._cache[i]
         if not self._path(i).exists():
             return None
         result = TIEResult.load(self._path(i))
+        fid = fact_key(fact)
         if result.fact_ids != (fid,):
             raise ValueError(
                 f"{self._path(i)} holds fact {result.fact_ids[0]!r}, not {fid!r}: the fact list "
-                f"changed since the sweep started; use another `out` directory"
+                f"changed since the sweep started; use another `out` directory or overwrite=True"
+            )
+        stored = result.config.get("fact")
+        current = json.loads(json.dumps(fact_record(fact)))
+        if stored != current:
+            changed = sorted(
+                k for k in set(current) | set(stored or {})
+                if (stored or {}).get(k) != current.get(k)
+            )  # fmt: skip
+            raise ValueError(
+                f"{self._path(i)}: fact {fid!r} changed since it was traced (fields: "
+                f"{', '.join(changed)}); use another `out` directory or overwrite=True"
             )
         self._cache[i] = result
         return result
@@ -645,3 +701,20 @@ class _Store:
     def put(self, i: int, result: TIEResult) -> None:
         result.save(self._path(i))
         self._cache[i] = result
+
+
+def _describe_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two ``config.json`` records, in words."""
+    out = []
+    if old.get("model_id") != new.get("model_id"):
+        out.append(f"model {old.get('model_id')!r} → {new.get('model_id')!r}")
+    if old.get("model_fingerprint") != new.get("model_fingerprint"):
+        out.append(
+            f"the model's weights or configuration changed (fingerprint "
+            f"{old.get('model_fingerprint')} → {new.get('model_fingerprint')})"
+        )
+    a, b = old.get("config", {}), new.get("config", {})
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if keys:
+        out.append("settings " + ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys))
+    return out
