@@ -304,3 +304,58 @@ def test_causal_model_is_rejected(tokenizer):
         tt.diffuse(model, TWO_TOKEN, steps=2)
     with pytest.raises(ValueError, match="causal"):
         model.denoise(torch.tensor([[1, 5, 3]]), answer_start=2, steps=1)
+
+
+# -- frozen log-probabilities, target positions, commit maps (SPEC §4-§5) --------------------
+
+
+def test_frozen_lp_keeps_each_position_at_its_commit_forward(mdlm):
+    """LP(k) under lp='frozen' equals a hand reconstruction from the raw per-step terms: a
+    position masked in step k's input reads step k's term, a committed one its commit step's."""
+    x = initial_state(mdlm, SAME_SHAPE[0])[None]
+    p = len(mdlm.encode(SAME_SHAPE[0].question, SAME_SHAPE[0].answer)[0])
+    targets = torch.tensor([mdlm.encode(SAME_SHAPE[0].question, SAME_SHAPE[0].answer)[1]])
+    out = run_loop(mdlm, x, answer_start=p, steps=3, targets=targets, lp="frozen")
+    raw = run_loop(mdlm, x, answer_start=p, steps=3, targets=targets, lp="raw")
+    terms = out.token_logprobs[0].detach()  # [T, A]
+    assert torch.equal(raw.target_logprobs[0], terms.sum(-1))
+    commit_step = tt.sampler.commit_steps(out.states[0, :, p:], MASK)
+    for k in range(3):
+        expected = sum(
+            float(terms[k, i]) if commit_step[i] >= k else float(terms[commit_step[i], i])
+            for i in range(terms.shape[1])
+        )
+        assert float(out.target_logprobs[0, k]) == pytest.approx(expected, abs=1e-5)
+    # once every position is committed the frozen LP no longer moves
+    last = int(commit_step.max())
+    assert torch.equal(out.target_logprobs[0, last + 1 :], out.target_logprobs[0, last:-1])
+
+
+def test_diffuse_records_reading_target_and_commit_maps(mdlm):
+    """diffuse records lp/target, reads the object's tokens for target='object', and its
+    commit maps say when each answer position (and the object) was committed."""
+    f = tt.Fact("ada vell", "where was ada vell born", "paris 1962 writer", object="1962", id="o")
+    whole = tt.diffuse(mdlm, [f], steps=3)
+    obj = tt.diffuse(mdlm, [f], steps=3, target="object", lp="raw")
+    assert whole.config["lp"] == "frozen" and obj.config["target"] == "object"
+    assert whole.object_offsets == ((1,),)
+    terms = run_loop(
+        mdlm, initial_state(mdlm, f)[None], answer_start=whole.prompt_lengths[0], steps=3,
+        targets=torch.tensor([mdlm.encode(f.question, f.answer)[1]]), lp="raw",
+    ).token_logprobs[0].detach()  # fmt: skip
+    torch.testing.assert_close(obj.target_logprobs[0], terms[:, 1])
+    commits = whole.commits(0)
+    tokens = whole.answer_tokens(0)
+    for i, c in enumerate(commits.tolist()):
+        assert (tokens[:c, i] == MASK).all() and (tokens[c:, i] == tokens[-1, i]).all()
+    assert whole.object_commit_step(0) == int(commits[1])
+
+
+def test_diffuse_bad_reading_and_target(mdlm):
+    """Unknown lp/target list the choices; target='object' names facts without an object."""
+    with pytest.raises(ValueError, match=r"lp must be one of \('frozen', 'raw'\)"):
+        tt.diffuse(mdlm, SAME_SHAPE, steps=2, lp="later")
+    with pytest.raises(ValueError, match=r"target must be one of \('answer', 'object'\)"):
+        tt.diffuse(mdlm, SAME_SHAPE, steps=2, target="subject")
+    with pytest.raises(ValueError, match="target='object' needs facts.*'a'"):
+        tt.diffuse(mdlm, SAME_SHAPE, steps=2, target="object")
