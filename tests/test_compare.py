@@ -352,3 +352,25 @@ def test_bf16_results_compare_and_plot():
     )
     rows = compare_paradigms(ar_b, md, t_b, module="resid")
     assert rows[0]["peak_at"] == compare_paradigms(ar, md, t, module="resid")[0]["peak_at"]
+
+
+def test_plot_outlines_the_object_commit_steps_of_known_facts():
+    """The TIE panel outlines (and its title counts) the clean object-commit steps of the known
+    facts only, at the steps' columns; a result without commit maps gets no outline."""
+    t = TIEResult.synthetic(n_facts=3)  # answer positions 0, 1, 2 committed at steps 0, 2, 5
+    obj = torch.zeros(3, 3, dtype=torch.bool)
+    obj[:2, 1] = True  # f0, f1: object at position 1 (step 2)
+    obj[2, 2] = True  # f2: object at position 2 (step 5), but f2 is unknown
+    t = dataclasses.replace(t, object_mask=obj, config=dict(t.config, unknown_facts=["f2"]))
+    assert t.object_commit_step.tolist() == [2, 2, 5]
+    p = PositionalResult.synthetic(n_facts=3)
+    fig = plot_ar_vs_diffusion(p, p, t, module="resid")
+    outlines = [s for s in fig.layout.shapes if s.name == "object commit"]
+    assert [(s.xref, s.x0, s.x1) for s in outlines] == [("x3", 1.5, 2.5)]
+    assert list(fig.data[2].x)[2] == "step 2"
+    assert "object committed (clean run): step 2 ×2" in fig.layout.annotations[2].text
+    assert "object committed" not in fig.layout.annotations[0].text
+    config = {k: v for k, v in t.config.items() if k != "mask_token_id"}
+    bare = plot_ar_vs_diffusion(p, p, dataclasses.replace(t, config=config), module="resid")
+    assert not [s for s in bare.layout.shapes if s.name == "object commit"]
+    assert "no commit maps recorded" in bare.layout.annotations[2].text

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from .analysis import LocalisationStats, _np, localisation_stats
-from .plotting import DIVERGING
+from .plotting import COMMIT_LINE, DIVERGING, _commit_counts
 from .results import PositionalResult, TIEResult
 from .selection import _analysis_tensor
 
@@ -483,7 +483,9 @@ def plot_ar_vs_diffusion(
     Panels: AR positional and MDLM positional (fact-mean effect per token category × layer,
     see :func:`aligned_positional`; categories fewer than a quarter of the facts have are
     dropped, partial ones are labelled with their fact count) and MDLM TIE (fact-mean
-    Eq. 4 per denoising step × layer). Each panel averages the facts its model knows
+    Eq. 4 per denoising step × layer; the steps at which the clean trajectories committed the
+    object's first token are outlined, dashed — shapes named "object commit", thicker for more
+    facts — and counted in the panel title, SPEC §5). Each panel averages the facts its model knows
     (``known_only()``, as :func:`localisation_summary`); a panel title says "n of N facts"
     when some are left out. Each panel has its own colour scale (the units differ
     unless ``normalized``). Returns a ``plotly.graph_objects.Figure``; shows and writes nothing.
@@ -519,6 +521,7 @@ def plot_ar_vs_diffusion(
     known_tie = mdlm_tie.known_only()
     view = known_tie.normalized() if normalized else known_tie
     mi = _module_slice(view.modules, module)[0]
+    commits = _object_commits(known_tie)
     panels.append(
         (
             _np(torch.nanmean(_analysis_tensor(view.tie[..., mi]), 0)),
@@ -536,10 +539,17 @@ def plot_ar_vs_diffusion(
             if s.n_traced is not None and s.n_facts < s.n_traced
             else ""
         )
-        return (
+        text = (
             f"{name} ({html.escape(s.model_id)}{facts})<br>peak L{s.peak['layer']} @ "
             f"{html.escape(str(where))}; top-1 {s.top_share.get(1, math.nan):.0%}, H={s.entropy:.2f}"
         )
+        if "step" in s.peak:
+            text += "<br>" + (
+                f"object committed (clean run): {_commit_counts(commits)}"
+                if commits is not None
+                else "no commit maps recorded"
+            )
+        return text
 
     fig = make_subplots(
         rows=1,
@@ -568,6 +578,9 @@ def plot_ar_vs_diffusion(
             col=col,
         )
         fig.update_yaxes(title_text="layer" if col == 1 else None, dtick=1, row=1, col=col)
+    if commits is not None:
+        for shape in _commit_outlines(commits, view.steps, col=3):
+            fig.add_shape(shape)
     pos_sums = sums[:2]
     note = "<br>".join(
         f"{n}: |effect| share at last subject {s.share_last_subject:.0%}, at last prompt token "
@@ -597,6 +610,43 @@ def plot_ar_vs_diffusion(
     )
     fig.layout.meta = {"rows": [s.as_row(n) for n, s in zip(names, sums)]}
     return fig
+
+
+def _object_commits(result: TIEResult) -> list[int] | None:
+    """Per fact, the clean trajectory's object-commit step (``None``: no commit maps)."""
+    if "mask_token_id" not in result.config:
+        return None
+    return [int(k) for k in result.object_commit_step.tolist()]
+
+
+def _commit_outlines(commits: Sequence[int], steps: Sequence[int], *, col: int) -> list[dict]:
+    """Dashed outlines of the object-commit steps' columns in subplot ``col`` (SPEC §5: the
+    figures mark the commit step); line width grows with the share of facts committing there.
+    The x axis is categorical (``"step k"``), so a column's centre is its index in ``steps``."""
+    counts: dict[int, int] = {}
+    for k in commits:
+        if k >= 0:
+            counts[k] = counts.get(k, 0) + 1
+    total = max(1, len(commits))
+    order = list(steps)
+    suffix = "" if col == 1 else str(col)
+    return [
+        dict(
+            type="rect",
+            name="object commit",
+            xref=f"x{suffix}",
+            yref=f"y{suffix} domain",
+            x0=order.index(k) - 0.5,
+            x1=order.index(k) + 0.5,
+            y0=0,
+            y1=1,
+            line=dict(color=COMMIT_LINE, width=1.0 + 2.0 * n / total, dash="dash"),
+            fillcolor="rgba(0,0,0,0)",
+            layer="above",
+        )
+        for k, n in sorted(counts.items())
+        if k in order
+    ]
 
 
 # ----------------------------------------------------------------------------- edit efficacy
