@@ -680,6 +680,7 @@ def plot_ie_by_later_step(
             ),
         ),
         xaxis_title="later step k'",
+        xaxis=dict(dtick=1),  # steps are integers
         yaxis_title=unit,
         margin=dict(t=110),
     )
