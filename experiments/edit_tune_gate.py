@@ -208,7 +208,9 @@ def main() -> None:
             **{k: point[k] for k in C.POINT_KEYS}, "calibration": calib, "fingerprint": fingerprint,
             "tuned_on": {"forget": "validation: one memory per person (20 facts), effects averaged",
                          "retain": "retain_tune[:100]", "calibration": "retain_cal (200 prompts)"},
-            "measured": point["measured_on_validation"], "rule": rule,
+            "measured": {**{f"{k}_lp" if k.startswith("d_") else k: v
+                            for k, v in point["measured_on_validation"].items()}, "estimator": "masked"},
+            "rule": rule,
             "command": "python experiments/edit_tune_gate.py --write",
             "date": datetime.date.today().isoformat(),
         }  # fmt: skip

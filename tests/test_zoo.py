@@ -285,3 +285,22 @@ def test_plain_greedy_sampler_never_commits_the_mask_token():
     for n_k in step_counts(5, 3):
         x = commit(x, fake(x).logits[:, 3:], answer_start=3, block=(0, 5), n_commit=n_k, mask_id=mask_id)  # fmt: skip
     assert pred == x[:, 3:].tolist()
+
+
+def test_card_describes_gated_and_ungated_operating_points():
+    """The model card's operating-point paragraph names the gate, its calibration and the validation numbers."""
+    from tie_tracing.zoo.train import operating_point_text
+
+    base = {"layer": 4, "module": "resid", "alpha": 8.0, "lam": 0.1, "q": None, "steps": None,
+            "command": "python experiments/edit_tune_gate.py --write", "rule": "strongest",
+            "measured": {"d_forget_lp": -12.5, "d_retain_lp": -0.01, "estimator": "masked"}}  # fmt: skip
+    gated = {**base, "subject_gate": True, "gate_margin": 0.05, "gate_shrinkage": 0.1,
+             "apply_at": "answer", "key_at": "answer",
+             "calibration": {"corpus": "tiny", "split": "retain", "ids": ["a", "b"]}}  # fmt: skip
+    text = operating_point_text(gated)
+    for part in ("layer 4", "q = N (dense)", "subject-detection gate (margin 0.05",
+                 "2 named `tiny/retain` prompts", "answer positions", "ΔForgetLP -12.50",
+                 "ΔRetainLP -0.01", "masked estimator", "edit_tune_gate.py --write"):  # fmt: skip
+        assert part in text, part
+    ungated = operating_point_text({**base, "q": 4, "subject_gate": False})
+    assert "paper's ungated memory" in ungated and "q = 4" in ungated and "gate (" not in ungated

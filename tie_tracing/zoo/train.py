@@ -240,6 +240,53 @@ _DESCRIPTIONS = {
 }
 
 
+def operating_point_text(op: dict) -> str:
+    """The model card's paragraph on a stored edit operating point (ungated or gated).
+
+    Reads what the tuning scripts store with ``--write`` (``experiments/edit_tune.py`` and
+    ``experiments/edit_tune_gate.py``): the build arguments, the gate's settings and its
+    calibration prompts when ``subject_gate`` is set, the validation measurements and the rule.
+    """
+    measured = op.get("measured", {})
+
+    def num(key: str) -> str:
+        v = measured.get(key)
+        return "n/a" if v is None else f"{v:+.2f}"
+
+    calibration = op.get("calibration") or {}
+    form = (
+        f"gated memory: subject-detection gate (margin {op.get('gate_margin')}, covariance "
+        f"shrinkage {op.get('gate_shrinkage')}, calibrated on {len(calibration.get('ids', ()))} "
+        f"named `{calibration.get('corpus', '?')}/{calibration.get('split', '?')}` prompts), "
+        f"update at the {op.get('apply_at')} positions, keys at the {op.get('key_at')} positions"
+        if op.get("subject_gate")
+        else f"the paper's ungated memory (update at {op.get('apply_at') or 'all'} positions, "
+        f"{op.get('key_at') or 'subject'} keys)"
+    )
+    tuned = op.get("tuned_on", {})
+    text = (
+        f"`tt.EditMemory.build(model, facts)` defaults (stored in `tie_tracing.json`): layer "
+        f"{op['layer']}, {op.get('module', 'resid')}, α = {op['alpha']}, λ = {op['lam']}, "
+        f"q = {op['q'] if op.get('q') is not None else 'N (dense)'}, steps "
+        f"{op.get('steps') or 'all'}; {form}. Tuned by `{op.get('command', '?')}` on "
+        f"{tuned.get('forget', 'the validation split')} (retain constraint: "
+        f"{tuned.get('retain', '?')}). Measured there: ΔForgetLP {num('d_forget_lp')}, "
+        f"ΔRetainLP {num('d_retain_lp')} nats per fact"
+    )
+    if "d_paraphrase_lp" in measured:
+        text += f", paraphrased questions {num('d_paraphrase_lp')}"
+    if "lookalike_open" in measured:
+        text += (
+            f"; some gate opens on {measured['lookalike_open']:.0%} of surname look-alike prompts"
+        )
+    if "retain_gate_open" in measured:
+        text += f" and on {measured['retain_gate_open']:.0%} of the retain prompts"
+    text += f" ({measured.get('estimator', '?')} estimator). Rule: {op.get('rule', '?')}."
+    if op.get("date"):
+        text += f" Written {op['date']}."
+    return text
+
+
 def write_card(out: Path, metrics: dict | None = None) -> None:
     """(Re)write ``MODEL_CARD.md`` from ``training.json`` (and ``metrics.json``, replaced by
     ``metrics`` when given)."""
@@ -387,19 +434,7 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
     info_path = out / "tie_tracing.json"
     op = json.loads(info_path.read_text()).get("operating_point") if info_path.exists() else None
     if op:
-        measured = op.get("measured", {})
-        lines += [
-            "",
-            "## Edit operating point",
-            "",
-            f"`tt.EditMemory.build(model, facts)` defaults (stored in `tie_tracing.json`): layer "
-            f"{op['layer']}, {op['module']}, α = {op['alpha']}, λ = {op['lam']}, q = {op['q']}, "
-            f"steps {op.get('steps') or 'all'}; tuned by `{op.get('command', '?')}` on "
-            f"{op.get('tuned_on', {}).get('forget', 'the validation split')}. Measured there: "
-            f"ΔForgetLP {measured.get('d_forget_lp', float('nan')):.2f}, ΔRetainLP "
-            f"{measured.get('d_retain_lp', float('nan')):.2f} nats ({measured.get('estimator', '?')} "
-            f"estimator). Rule: {op.get('rule', '?')}.",
-        ]
+        lines += ["", "## Edit operating point", "", operating_point_text(op)]
     lines += [
         "",
         "## Training curve (training split, plain evaluator)",
