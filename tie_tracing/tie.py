@@ -64,7 +64,14 @@ from .patching import (
     run_patched,
 )
 from .results import TIEResult, tie_from_ie
-from .sampler import check_lp_mode, check_target, commit, target_logprob, transfer_schedule
+from .sampler import (
+    check_lp_mode,
+    check_target,
+    commit,
+    step_logprobs,
+    target_logprob,
+    transfer_schedule,
+)
 
 
 @dataclass(frozen=True)
@@ -178,38 +185,32 @@ class _Sweep:
     def step_lp(
         self, tl: torch.Tensor, state: torch.Tensor, frozen: torch.Tensor | None
     ) -> tuple[float, torch.Tensor]:
-        """``LP`` of one forward and the frozen terms after it (SPEC §4).
+        """``LP`` of one forward and the frozen terms after it (SPEC §4, the sampler's
+        :func:`~tie_tracing.sampler.step_logprobs` applied to one step).
 
         Every ``LP`` of a fact's sweep (clean, corrupted, patched, continued) goes through
         here, so equal inputs give bit-equal values and an effect that is zero is exactly 0.
         """
-        if self.lp == "frozen":
-            masked = state[self.p :] == self.mask_id
-            frozen = tl if frozen is None else torch.where(masked, tl, frozen)
-            return float((frozen * self.weight).sum()), frozen
-        return float((tl * self.weight).sum()), tl
+        masked = state[self.p :] == self.mask_id
+        lp, frozen = step_logprobs(tl[None], masked[None], self.weight, lp=self.lp, frozen=frozen)
+        return float(lp[0]), frozen
 
-    def walk(self, node: int | None, frozen: torch.Tensor | None) -> list[float]:
+    def walk(
+        self, node: int | None, frozen: torch.Tensor | None
+    ) -> tuple[list[float], list[torch.Tensor | None]]:
         """``LP`` of each step from ``node`` to the end of its trajectory, starting from the
-        frozen terms ``frozen`` of the steps before it."""
+        frozen terms ``frozen`` of the steps before it; also the frozen terms before each
+        step."""
         lps: list[float] = []
+        before: list[torch.Tensor | None] = []
         while node is not None:
             n = self.nodes[node]
             assert n.tl is not None and n.state is not None, "a trajectory node was never run"
+            before.append(frozen)
             lp, frozen = self.step_lp(n.tl, n.state, frozen)
             lps.append(lp)
             node = n.next
-        return lps
-
-    def corrupt_frozen(self, draw: int) -> list[torch.Tensor | None]:
-        """Frozen terms of draw ``draw``'s corrupted run before each step (None before 0)."""
-        out: list[torch.Tensor | None] = [None]
-        frozen = None
-        for node in self.corrupt[draw][:-1]:
-            n = self.nodes[node]
-            _, frozen = self.step_lp(n.tl, n.state, frozen)  # type: ignore[arg-type]
-            out.append(frozen)
-        return out
+        return lps, before
 
 
 def _trace_one(
@@ -261,19 +262,16 @@ def _trace_one(
         weight=weight,
         lp=config.lp,
     )
-    clean_lp = torch.tensor(
-        _Sweep(
-            clean_states[None],
-            query_ids,
-            terms[:1],
-            answer_start=p,
-            mask_id=model.mask_token_id,
-            weight=weight,
-            lp=config.lp,
-        ).walk(0, None)
-    )
-    lp_corrupt = torch.tensor([sweep.walk(sweep.corrupt[n][0], None) for n in range(n_draws)])
-    frozen_before = [sweep.corrupt_frozen(n) for n in range(n_draws)]  # [N][T]
+    clean_before = torch.cat([query_ids[None], clean_states[:-1]])  # state before each step
+    frozen = None
+    clean_lps = []
+    for k in range(steps):
+        lp_k, frozen = sweep.step_lp(terms[0, k], clean_before[k], frozen)
+        clean_lps.append(lp_k)
+    clean_lp = torch.tensor(clean_lps)
+    corrupt_walks = [sweep.walk(sweep.corrupt[n][0], None) for n in range(n_draws)]
+    lp_corrupt = torch.tensor([lps for lps, _ in corrupt_walks])
+    frozen_before = [before for _, before in corrupt_walks]  # [N][T]
     schedule = transfer_schedule(len(query.answer_ids), steps, config.block_length)
     targets = torch.tensor(query.answer_ids, device=device)
     n_sites = len(sites)
@@ -371,7 +369,7 @@ def _trace_one(
     for r in range(len(row_step)):
         n, k, s = int(row_draw[r]), int(row_step[r]), int(row_site[r])
         lp_k, frozen = sweep.step_lp(patch_tl[r], before[n, k], frozen_before[n][k])
-        lps = [lp_k] + sweep.walk(patch_next[r], frozen)
+        lps = [lp_k] + sweep.walk(patch_next[r], frozen)[0]
         ie_draws[n, s, k, k:] = torch.tensor(lps) - lp_corrupt[n, k:]
     shape = (steps, n_draws, n_sites)
     diverged = (~same).view(shape).permute(1, 2, 0).float()
