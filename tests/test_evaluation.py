@@ -362,3 +362,26 @@ def test_public_names_importable_from_top_level():
         assert getattr(tt, name) is getattr(ev_mod, name)
     assert tt.reference_positional is positional.reference_positional
     assert tt.SweepSettings is patching.SweepSettings
+
+
+def test_truth_ratio_of_facts_that_record_an_object(fake_api):
+    """Perturbed and paraphrased answers are other sentences: a fact's object need not occur in
+    them, and the truth ratio of object-bearing facts equals that of the same facts without one."""
+    import dataclasses
+
+    facts = [
+        Fact(
+            "Ada",
+            "Where was Ada born?",
+            "Ada was born in Lisbon today",
+            object="Lisbon",
+            paraphrased_answer="Lisbon is where Ada was born",
+            perturbed_answers=("Porto is where Ada was born", "Paris is where Ada was born"),
+            id="o0",
+        )
+    ]
+    plain = [dataclasses.replace(f, object=None) for f in facts]
+    with_object = evaluate(_fake_model(), {"forget": facts}, mc=4, seed=3)["forget"]
+    without = evaluate(_fake_model(), {"forget": plain}, mc=4, seed=3)["forget"]
+    torch.testing.assert_close(with_object["truth_ratio"].per_fact, without["truth_ratio"].per_fact)
+    assert torch.isfinite(with_object["truth_ratio"].per_fact).all()
