@@ -68,7 +68,6 @@ from .sampler import (
     check_lp_mode,
     check_target,
     commit,
-    step_logprobs,
     target_logprob,
     transfer_schedule,
 )
@@ -185,15 +184,19 @@ class _Sweep:
     def step_lp(
         self, tl: torch.Tensor, state: torch.Tensor, frozen: torch.Tensor | None
     ) -> tuple[float, torch.Tensor]:
-        """``LP`` of one forward and the frozen terms after it (SPEC §4, the sampler's
-        :func:`~tie_tracing.sampler.step_logprobs` applied to one step).
+        """``LP`` of one forward and the frozen terms after it (SPEC §4).
 
-        Every ``LP`` of a fact's sweep (clean, corrupted, patched, continued) goes through
-        here, so equal inputs give bit-equal values and an effect that is zero is exactly 0.
+        The rule of :func:`~tie_tracing.sampler.step_logprobs`, for one 1-D step: written out
+        because it runs once per patch row and later step, where the general function's
+        reshaping costs more than the arithmetic. Every ``LP`` of a fact's sweep (clean,
+        corrupted, patched, continued) goes through here, so equal inputs give bit-equal
+        values and an effect that is zero is exactly 0.
         """
-        masked = state[self.p :] == self.mask_id
-        lp, frozen = step_logprobs(tl[None], masked[None], self.weight, lp=self.lp, frozen=frozen)
-        return float(lp[0]), frozen
+        if self.lp == "frozen":
+            masked = state[self.p :] == self.mask_id
+            frozen = tl if frozen is None else torch.where(masked, tl, frozen)
+            return float((frozen * self.weight).sum()), frozen
+        return float((tl * self.weight).sum()), tl
 
     def walk(
         self, node: int | None, frozen: torch.Tensor | None
