@@ -201,12 +201,12 @@ def fake_api(monkeypatch):
     """Substitute answer_logprob / diffuse with deterministic functions of the answer."""
     calls = []
 
-    def answer_logprob(model, facts, *, estimator="masked", mc=128, seed=0):
+    def answer_logprob(model, facts, *, estimator="masked", mc=128, seed=0, **rows):
         calls.append((model.name, len(facts), estimator, mc, seed))
         shift = model.shift
         return torch.tensor([_fake_lp(f.answer) + shift for f in facts])
 
-    def diffuse(model, facts, *, steps=8, seed=0):
+    def diffuse(model, facts, *, steps=8, seed=0, **rows):
         return SimpleNamespace(
             answers=[f.answer if i % 2 == 0 else "nope" for i, f in enumerate(facts)]
         )

@@ -17,7 +17,9 @@ from tie_tracing.facts import (
     load_rwku,
     load_tofu,
     locate_subject,
+    names_subject,
     rwku_targets,
+    subject_mentions,
     tofu_author,
 )
 
@@ -271,12 +273,71 @@ def test_locate_subject_token_span(gpt2_like):
     assert locate_subject(tok, ids, "Ada Vell")[0] == 0
 
 
-def test_locate_subject_first_occurrence(gpt2_like):
-    """With the subject twice in the prompt, the first occurrence is returned."""
+def test_locate_subject_every_mention_by_default_first_on_request(gpt2_like):
+    """A subject named twice gives both mentions' tokens (non-contiguous) by default and only
+    the first with mentions='first'; a single mention gives the same positions either way."""
     tok = gpt2_like
     ids = tok("Ada Vell was born in Lisbon. Where was Ada Vell born?").input_ids
-    first = locate_subject(tok, ids, "Ada Vell")
-    assert first[0] == 0 and first == sorted(first)
+    spans = subject_mentions(tok, ids, "Ada Vell")
+    assert len(spans) == 2 and spans[0][0] == 0 and spans[1][0] > spans[0][-1] + 1
+    for span in spans:
+        assert "".join(_pieces(tok, [ids[p] for p in span])).strip() == "Ada Vell"
+    assert locate_subject(tok, ids, "Ada Vell") == spans[0] + spans[1]
+    assert locate_subject(tok, ids, "Ada Vell", mentions="first") == spans[0]
+    once = tok("Where was Ada Vell born?").input_ids
+    assert locate_subject(tok, once, "Ada Vell") == locate_subject(
+        tok, once, "Ada Vell", mentions="first"
+    )
+    with pytest.raises(ValueError, match="mentions must be 'all'"):
+        locate_subject(tok, ids, "Ada Vell", mentions="last")
+
+
+def test_locate_subject_matches_whole_words_only(gpt2_like):
+    """'Ada' is not found inside 'Adam' (a partial name is an error naming the fact), but is
+    found as a word next to it; overlapping mentions are ambiguous."""
+    tok = gpt2_like
+    ids = tok("Where was Adam born?").input_ids
+    with pytest.raises(SubjectNotFoundError, match="f-9.*only inside a longer word.*Adam"):
+        locate_subject(tok, ids, "Ada", fact_id="f-9")
+    ids = tok("Adam met Ada in Lisbon.").input_ids
+    pos = locate_subject(tok, ids, "Ada", text="Adam met Ada in Lisbon.")
+    assert "".join(_pieces(tok, [ids[p] for p in pos])).strip() == "Ada"
+    ids = tok("na na na").input_ids
+    with pytest.raises(SubjectNotFoundError, match="f-3.*ambiguous"):
+        locate_subject(tok, ids, "na na", fact_id="f-3")
+
+
+def test_loaders_require_whole_word_subjects():
+    """A question that names the subject only inside a longer word is not traceable."""
+    fact = tt.Fact(subject="Jon", question="Where was Jonathan born?", answer="Oslo", id="j")
+    assert not names_subject(fact)
+    assert names_subject(tt.Fact(subject="Jon", question="Where was Jon born?", answer="Oslo"))
+
+
+def test_six_shipped_rwku_forget_questions_repeat_their_subject():
+    """Of the 210 traceable shipped RWKU forget probes, 6 name the subject twice: with the
+    default mentions='all' both mentions are corrupted (the first alone misses the second)."""
+    facts = load_rwku(levels=(1, 2, 3), traceable_only=True)
+    assert len(facts) == 210
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for f in facts for w in f.question.replace("\n", " ").split()})
+    core = Tokenizer(
+        models.WordLevel({w: i + 1 for i, w in enumerate(words)} | {"[UNK]": 0}, "[UNK]")
+    )
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    repeated = []
+    for f in facts:
+        ids = tok(f.question).input_ids
+        spans = subject_mentions(tok, ids, f.subject, text=f.question, fact_id=f.id)
+        if len(spans) > 1:
+            repeated.append(f.id)
+            first = locate_subject(tok, ids, f.subject, text=f.question, mentions="first")
+            assert locate_subject(tok, ids, f.subject, text=f.question) != first
+    assert len(repeated) == 6
+    assert "rwku/1_Stephen_King/forget3/0014" in repeated
 
 
 def test_locate_subject_merged_boundary(merging):

@@ -524,3 +524,27 @@ def test_directory_html_opens_offline(tmp_path):
     html = (tmp_path / "a.html").read_text()
     assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+
+
+def test_notebook_figures_add_a_static_rendering_when_it_works():
+    """notebook_figures() keeps the interactive renderer and adds PNG when kaleido renders;
+    static=False keeps only the interactive one; figures then carry image/png. (Outside a
+    notebook kernel the plotly.js-injecting ``notebook`` renderer is left out.)"""
+    import plotly.io as pio
+
+    from tie_tracing.plotting import _static_render_works, notebook_figures
+
+    before = pio.renderers.default
+    try:
+        assert notebook_figures(static=False) == "plotly_mimetype"
+        assert pio.renderers.default == "plotly_mimetype"
+        with pytest.raises(ValueError, match="fmt"):
+            notebook_figures(fmt="gif")
+        chosen = notebook_figures()
+        works = _static_render_works("png")
+        assert chosen == "plotly_mimetype" + ("+png" if works else "")
+        if works:
+            bundle = pio._renderers.renderers._build_mime_bundle(go.Figure().to_dict())
+            assert "image/png" in bundle
+    finally:
+        pio.renderers.default = before

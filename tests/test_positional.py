@@ -147,21 +147,6 @@ def test_noise_scale_resolves_nu(mdlm):
     assert r.config["nu"] == pytest.approx(tt.Corruption(noise_scale=2.0).resolve_nu(mdlm, [q]))
 
 
-def test_subject_not_found(mdlm):
-    """A subject absent from the prompt raises SubjectNotFoundError naming the fact."""
-    bad = tt.Fact(subject="kess tov", question="where was ada vell born", answer="lisbon", id="bad")
-    with pytest.raises(tt.SubjectNotFoundError, match="bad"):
-        _trace(mdlm, facts=(bad,))
-
-
-def test_bad_settings(mdlm):
-    """Invalid window or module names are refused."""
-    with pytest.raises(ValueError, match="window"):
-        _trace(mdlm, window=0)
-    with pytest.raises(ValueError, match="modules"):
-        _trace(mdlm, modules=("ffn",))
-
-
 def test_sites_are_patching_all_sites_in_execution_order(mdlm):
     """_sites delegates to patching.all_sites: every layer, attn, mlp, resid within a layer."""
     from tie_tracing.patching import EXECUTION_ORDER, all_sites
@@ -317,3 +302,45 @@ def test_embedded_ar_twin_predicts_the_object_after_the_prefix():
     r = tt.trace_positional(ar, [fact], modules=("resid",), progress=False)
     assert r.config["unknown_facts"] == []
     assert r.prediction_position[0] == len(r.tokens[0]) - 1
+
+
+TWICE = tt.Fact(
+    subject="mara", question="mara wrote orion was mara the writer", answer="lyra", id="f3"
+)
+
+
+@pytest.mark.parametrize("family", ["tiny-mdlm", "llama"])
+def test_every_mention_is_corrupted_and_matches_the_reference(replicas, family):
+    """A subject named twice is corrupted at both (non-contiguous) mentions by default, the
+    first only with mentions='first'; both agree with the slow reference, and the choice is
+    recorded in the result's config."""
+    model = replicas[family]
+    both = _trace(model, (TWICE,), n_noise=2)
+    first = _trace(model, (TWICE,), n_noise=2, mentions="first")
+    assert both.subject_positions[0] == (1, 5) and first.subject_positions[0] == (1,)
+    assert both.config["mentions"] == "all" and first.config["mentions"] == "first"
+    assert not torch.allclose(both.lp_corrupt, first.lp_corrupt)
+    for r, mentions in ((both, "all"), (first, "first")):
+        ref = reference_positional(model, TWICE, nu=0.5, n_noise=2, mentions=mentions)
+        n = ref["positions"]
+        torch.testing.assert_close(r.lp[0, :, :n].double(), ref["lp"], atol=1e-5, rtol=0)
+        assert abs(float(r.lp_corrupt[0]) - ref["lp_corrupt"]) < 1e-5
+
+
+def test_modules_may_be_one_name(mdlm):
+    """modules='resid' traces that site alone, as in trace_tie (not the letters of the name)."""
+    r = _trace(mdlm, modules="resid")
+    assert r.modules == ("resid",) and r.lp.shape[-1] == 1
+
+
+def test_values_are_the_effect_and_seeds_pool(mdlm):
+    """.values is the effect (restored − corrupted); traces under two seeds pool into one with
+    draw-weighted probabilities and both seeds recorded."""
+    a = _trace(mdlm, seed=0)
+    b = _trace(mdlm, seed=1)
+    torch.testing.assert_close(a.values, a.prob - a.lp_corrupt.exp()[:, None, None, None])
+    pooled = tt.PositionalResult.pool_seeds([a, b])
+    assert pooled.seeds == (0, 1) and pooled.config["n_noise"] == 2
+    torch.testing.assert_close(pooled.prob, (a.prob + b.prob) / 2)
+    with pytest.raises(ValueError, match="seed 0 appears"):
+        tt.PositionalResult.pool_seeds([a, a])

@@ -265,7 +265,8 @@ def test_positional_result_conventions(tmp_path):
     """PositionalResult: values/dims, effect, select, NaN-padded concat, exact round trip."""
     p = PositionalResult.synthetic(n_facts=3, n_layers=2)
     assert p.dims == ("fact", "layer", "position", "module")
-    assert p.values is p.prob and p.with_metric("lp").values is p.lp
+    assert p.restored is p.prob and p.with_metric("lp").restored is p.lp
+    torch.testing.assert_close(p.values, p.effect(), equal_nan=True)  # .values is the effect
     assert torch.isnan(p.prob[0, :, 5:]).all()  # fact 0 has 5 tokens, padded to 7
     eff = p.with_metric("lp").effect()
     torch.testing.assert_close(eff, p.lp - p.lp_corrupt[:, None, None, None], equal_nan=True)
@@ -347,7 +348,170 @@ def test_positional_result_known_only_and_mean():
     assert p.known.tolist() == [False, True, True]
     k = p.known_only()
     assert k.fact_ids == ("f1", "f2") and k.tokens == p.tokens[1:]
-    torch.testing.assert_close(p.mean(), torch.nanmean(p.prob[1:], 0), equal_nan=True)
-    torch.testing.assert_close(
-        p.mean(include_unknown=True), torch.nanmean(p.prob, 0), equal_nan=True
+    eff = p.effect()
+    torch.testing.assert_close(p.mean(), torch.nanmean(eff[1:], 0), equal_nan=True)
+    torch.testing.assert_close(p.mean(include_unknown=True), torch.nanmean(eff, 0), equal_nan=True)
+
+
+# ----------------------------------------------------------------------------- one serialiser
+
+
+def _deep_equal(x, y) -> bool:
+    """Exact, NaN-aware equality through tensors, dataclasses, dicts and sequences."""
+    if isinstance(x, torch.Tensor):
+        return isinstance(y, torch.Tensor) and bitwise_equal(x, y)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return type(x) is type(y) and all(
+            _deep_equal(getattr(x, f.name), getattr(y, f.name)) for f in dataclasses.fields(x)
+        )
+    if isinstance(x, dict):
+        return (
+            isinstance(y, dict) and list(x) == list(y) and all(_deep_equal(x[k], y[k]) for k in x)
+        )
+    if isinstance(x, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(map(_deep_equal, x, y))
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x):
+        return math.isnan(y)
+    return type(x) is type(y) and x == y
+
+
+def _every_result_type():
+    """One instance of every result type users save (built from synthetic traces)."""
+    import tie_tracing as tt
+    from tie_tracing.compare import LocalisationSummary, Rows
+    from tie_tracing.evaluation import Evaluation, Metric, PairedTest
+    from tie_tracing.sampler import DiffusionResult
+
+    r = TIEResult.synthetic(n_facts=3, n_layers=3, n_steps=4)
+    other = TIEResult.synthetic(n_facts=3, n_layers=3, n_steps=4, seed=1)
+    p = PositionalResult.synthetic(n_facts=2, n_layers=2)
+    metric = Metric(-1.5, -2.0, -1.0, 3, torch.tensor([-1.0, math.nan, -2.0], dtype=torch.float64))
+    evaluation = Evaluation(
+        metrics={"forget": {"logprob": metric, "exact_match": Metric(0.5)}},
+        fact_ids={"forget": ("a", "b", "c")},
+        answers={"forget": ("x", "y", "z")},
+        config={"estimator": "masked", "seed": 0},
     )
+    diffusion = DiffusionResult(
+        answers=["lisbon", "paris"],
+        tokens=torch.arange(24).reshape(2, 3, 4),
+        target_logprobs=torch.randn(2, 3),
+        prompt_lengths=(2, 2),
+        answer_lengths=(2, 2),
+        config={"steps": 3, "mask_token_id": 3},
+        object_offsets=((0,), (0, 1)),
+    )
+    summary = tt.localisation_summary(p, module="resid")
+    assert isinstance(summary, LocalisationSummary)
+    return {
+        "TIEResult": r,
+        "PositionalResult": p,
+        "Coordinate": tt.select_coordinate(r),
+        "BetaTradeoff": tt.beta_tradeoff(r, other, [0.0, 0.5]),
+        "SelectionStability": tt.selection_stability(r, n_boot=5),
+        "PerFactOptima": tt.per_fact_optima(r),
+        "SeedStability": tt.seed_stability(
+            [r, dataclasses.replace(r, seeds=(1,), ie=2 * r.ie, tie=2 * r.tie)]
+        ),
+        "LocalisationStats": tt.localisation_stats(r),
+        "LocalisationSummary": summary,
+        "Rows": Rows(({"a": 1, "b": math.nan}, {"a": 2, "b": 0.5}), kind="demo"),
+        "Evaluation": evaluation,
+        "Metric": metric,
+        "PairedTest": PairedTest(0.1, 2.0, 0.04, 5),
+        "DiffusionResult": diffusion,
+    }
+
+
+RESULT_TYPES = (
+    "TIEResult", "PositionalResult", "Coordinate", "BetaTradeoff", "SelectionStability",
+    "PerFactOptima", "SeedStability", "LocalisationStats", "LocalisationSummary", "Rows",
+    "Evaluation", "Metric", "PairedTest", "DiffusionResult",
+)  # fmt: skip
+
+
+def test_the_table_lists_every_result_type():
+    """RESULT_TYPES names exactly the instances _every_result_type builds."""
+    assert tuple(_every_result_type()) == RESULT_TYPES
+
+
+@pytest.mark.parametrize("name", RESULT_TYPES)
+def test_every_result_type_round_trips_through_one_serialiser(name, tmp_path):
+    """obj.save(path) (nnsight imported, so its global object.save is mounted) writes one
+    safetensors file that type(obj).load reads back exactly; another type refuses it."""
+    import nnsight  # noqa: F401  (mounts .save on every object)
+    from safetensors import safe_open
+
+    obj = _every_result_type()[name]
+    path = obj.save(tmp_path / f"{name}.safetensors")  # not nnsight's save
+    with safe_open(str(path), framework="pt") as fh:
+        assert json.loads(fh.metadata()["tie_tracing"])["kind"] == name
+    back = type(obj).load(path)
+    assert _deep_equal(obj, back), name
+    wrong = Coordinate if name != "Coordinate" else TIEResult
+    with pytest.raises(ResultFileError, match=f"holds a {name}"):
+        wrong.load(path)
+
+
+def test_select_coordinate_save_is_not_nnsights(tmp_path):
+    """The issue's case: tt.select_coordinate(r).save(path) writes a file (nnsight's global
+    save would raise 'save() was called outside a trace')."""
+    import nnsight
+
+    import tie_tracing as tt
+
+    c = tt.select_coordinate(TIEResult.synthetic())
+    assert type(c).save is not nnsight.save
+    out = c.save(tmp_path / "c.safetensors")
+    assert Coordinate.load(out).to_dict() == c.to_dict()
+
+
+def test_truncated_result_file_names_its_path(tmp_path):
+    """A truncated result file is a ResultFileError that names the file."""
+    path = TIEResult.synthetic().save(tmp_path / "r.safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ResultFileError, match="r.safetensors.*truncated"):
+        TIEResult.load(path)
+
+
+def test_to_dataframe_long_tables():
+    """to_dataframe: one row per cell with labelled axes; results with rows use them."""
+    pd = pytest.importorskip("pandas")
+    r = TIEResult.synthetic(n_facts=2, n_layers=3, n_steps=4)
+    df = r.to_dataframe()
+    assert isinstance(df, pd.DataFrame) and len(df) == 2 * 3 * 4 * 3
+    assert list(df.columns) == ["fact", "layer", "step", "module", "value"]
+    cell = df[(df.fact == "f1") & (df.layer == 2) & (df.step == 3) & (df.module == "mlp")]
+    assert float(cell.value.iloc[0]) == float(r.tie[1, 2, 3, 2])
+    p = PositionalResult.synthetic(n_facts=2, n_layers=2).to_dataframe()
+    assert set(p.columns) == {"fact", "layer", "position", "module", "value"}
+    rows = _every_result_type()["Evaluation"].to_dataframe()
+    assert list(rows.metric) == ["logprob", "exact_match"]
+
+
+def test_to_dataframe_without_pandas_names_the_extra(monkeypatch):
+    """Without pandas, to_dataframe raises an ImportError naming the [pandas] extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r"tie_tracing\[pandas\]"):
+        TIEResult.synthetic().to_dataframe()
+
+
+def test_files_of_the_earlier_flat_format_still_load(tmp_path):
+    """A result written in format 1 (tensors by field name, other fields as plain JSON) loads
+    into an equal result, so resumable sweeps and saved traces of earlier releases still open."""
+    from safetensors.torch import save_file
+
+    r = TIEResult.synthetic(n_facts=2, n_layers=2, n_steps=3)
+    tensors, fields = {}, {}
+    for f in dataclasses.fields(r):
+        value = getattr(r, f.name)
+        if isinstance(value, torch.Tensor):
+            tensors[f.name] = value.contiguous()
+        else:
+            fields[f.name] = value
+    meta = {"kind": "TIEResult", "format": 1, "fields": fields}
+    path = tmp_path / "old.safetensors"
+    save_file(tensors, str(path), metadata={"tie_tracing": json.dumps(meta)})
+    assert _deep_equal(TIEResult.load(path), r)

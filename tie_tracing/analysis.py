@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ._io import Saveable
 from .errors import ShapeError
 from .results import Coordinate, PositionalResult, TIEResult
 from .selection import _as_heatmaps, _check_finite, _restriction_mask, select_coordinate
@@ -61,6 +62,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def bootstrap_ci(
     per_fact: torch.Tensor,
+    *,
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -164,7 +166,7 @@ def score_landscape(
 
 
 @dataclass(frozen=True, eq=False)
-class BetaTradeoff:
+class BetaTradeoff(Saveable):
     """Eq. 5 selection over a grid of β.
 
     Attributes:
@@ -244,7 +246,7 @@ def beta_tradeoff(
 
 
 @dataclass(frozen=True, eq=False)
-class SelectionStability:
+class SelectionStability(Saveable):
     """How often each cell wins Eq. 5 when facts (and optionally noise seeds) are resampled.
 
     Attributes:
@@ -331,11 +333,11 @@ def _seed_maps(
 
 def selection_stability(
     heatmaps: TIEResult | torch.Tensor,
+    *,
     n_boot: int = 1000,
     seed: int = 0,
     beta: float = 0.0,
     neighbours: TIEResult | torch.Tensor | None = None,
-    *,
     modules: Sequence[str] | str | None = None,
     steps: Sequence[int] | int | None = None,
     seeds: Sequence[TIEResult | torch.Tensor] | None = None,
@@ -384,6 +386,8 @@ def selection_stability(
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
     coord = select_coordinate(
         heatmaps, beta=beta, neighbours=neighbours, modules=modules, steps=steps
     )
@@ -469,7 +473,7 @@ def _resampled_seed_score(
 
 
 @dataclass(frozen=True, eq=False)
-class PerFactOptima:
+class PerFactOptima(Saveable):
     """Each fact's own best coordinate (argmax of its ``|TIE|``) versus the global choice.
 
     Attributes:
@@ -621,7 +625,7 @@ def _cell(c: Coordinate) -> tuple[int, int, str]:
 
 
 @dataclass(frozen=True, eq=False)
-class SeedStability:
+class SeedStability(Saveable):
     """Does a trace survive a change of noise seed? (see :func:`seed_stability`)
 
     Compares traces of the same facts under different noise seeds: how well their mean TIE
@@ -808,7 +812,7 @@ def seed_stability(results: Sequence[TIEResult], *, module: str | None = "resid"
 
 
 @dataclass(frozen=True)
-class LocalisationStats:
+class LocalisationStats(Saveable):
     """How concentrated one effect map is.
 
     Attributes:

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._io import Saveable
 from .analysis import LocalisationStats, _np, localisation_stats
 from .plotting import COMMIT_LINE, DIVERGING, _commit_counts
 from .results import PositionalResult, TIEResult
@@ -73,6 +74,7 @@ __all__ = [
     "LocalisationSummary",
     "aligned_positional",
     "category_support",
+    "Rows",
     "compare_paradigms",
     "edit_efficacy",
     "localisation_summary",
@@ -117,6 +119,13 @@ def _prompt_length(result: PositionalResult, f: int) -> int:
     return _object_position(result, f)
 
 
+def _require(result: Any, kinds: tuple[type, ...], fn: str) -> None:
+    """A clear TypeError when a comparison is handed something else than a trace result."""
+    if not isinstance(result, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise TypeError(f"{fn} needs a {names}, got {type(result).__name__}")
+
+
 def token_categories(result: PositionalResult, fact: int = 0) -> tuple[str, ...]:
     """The :data:`CATEGORIES` label of each traced position of one fact.
 
@@ -140,6 +149,7 @@ def token_categories(result: PositionalResult, fact: int = 0) -> tuple[str, ...]
         >>> token_categories(r, 0)
         ('before subject', 'first subject', 'last subject', 'first subsequent', 'last prompt')
     """
+    _require(result, (PositionalResult,), "token_categories")
     n_tok = len(result.tokens[fact])
     subj = sorted(result.subject_positions[fact])
     s0, s1 = subj[0], subj[-1]
@@ -187,6 +197,7 @@ def aligned_positional(result: PositionalResult, *, normalized: bool = False) ->
         >>> tuple(x.shape), bool(torch.isnan(x[:, :, CATEGORIES.index("object [MASK]")]).all())
         ((2, 3, 12, 3), True)
     """
+    _require(result, (PositionalResult,), "aligned_positional")
     eff = _analysis_tensor(result.effect(normalized=normalized))  # CPU, float32 for bf16/fp16
     n_f, n_l, _, n_m = eff.shape
     out = torch.full((n_f, n_l, len(CATEGORIES), n_m), math.nan, dtype=eff.dtype)
@@ -206,6 +217,7 @@ def category_support(result: PositionalResult) -> torch.Tensor:
         >>> category_support(PositionalResult.synthetic(n_facts=2)).tolist()
         [2, 2, 0, 2, 2, 1, 2, 0, 0, 0, 0, 0]
     """
+    _require(result, (PositionalResult,), "category_support")
     counts = torch.zeros(len(CATEGORIES), dtype=torch.long)
     for f in range(result.n_facts):
         for name in set(token_categories(result, f)):
@@ -229,8 +241,53 @@ def _aligned_mean(
     return mean, support
 
 
+@dataclass(frozen=True, eq=False)
+class Rows(Saveable):
+    """Table rows that a comparison returns: a read-only sequence of dicts that also saves,
+    loads (the package's one serialiser) and becomes a ``pandas.DataFrame``.
+
+    It behaves like the list of dicts it holds (``len``, indexing, iteration, ``==`` with a
+    list), so ``rows[0]["peak_at"]`` and ``pandas.DataFrame(rows)`` work as before.
+
+    Attributes:
+        rows: The rows, one dict each.
+        kind: What produced them (``"compare_paradigms"``, ``"edit_efficacy"``).
+    """
+
+    rows: tuple[dict[str, Any], ...]
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(dict(r) for r in self.rows))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Rows):
+            return self.rows == other.rows and self.kind == other.kind
+        if isinstance(other, (list, tuple)):
+            return list(self.rows) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def table(self) -> list[dict[str, Any]]:
+        """The rows as a list of dicts."""
+        return [dict(r) for r in self.rows]
+
+    def __repr__(self) -> str:
+        return f"Rows(kind={self.kind!r}, n={len(self.rows)}, rows={list(self.rows)!r})"
+
+
 @dataclass(frozen=True)
-class LocalisationSummary:
+class LocalisationSummary(Saveable):
     """How concentrated one paradigm's effect maps are (see :func:`localisation_summary`).
 
     Attributes:
@@ -353,6 +410,7 @@ def localisation_summary(
         >>> s.paradigm, s.peak["category"], s.peak_relative_position
         ('positional', 'last subject', (0, 0))
     """
+    _require(result, (PositionalResult, TIEResult), "localisation_summary")
     n_traced = result.n_facts
     if isinstance(result, TIEResult):
         known = result.known_only()
@@ -429,11 +487,18 @@ def localisation_summary(
 
 
 def _check_same_facts(*results) -> None:
+    for i, r in enumerate(results):
+        _require(r, (TIEResult,) if i == 2 else (PositionalResult,), "compare_paradigms")
     ids = [set(r.fact_ids) for r in results]
     if any(i != ids[0] for i in ids[1:]):
+        names = ("ar_positional", "mdlm_positional", "mdlm_tie")
+        diff = "; ".join(
+            f"{names[k]} lacks {sorted(ids[0] - i)[:5]} and adds {sorted(i - ids[0])[:5]}"
+            for k, i in enumerate(ids)
+            if k and i != ids[0]
+        )
         raise ValueError(
-            "the three results must trace the same facts; fact ids differ: "
-            + "; ".join(f"{r.model_id}: {sorted(i)[:5]}…" for r, i in zip(results, ids))
+            f"the three results must trace the same facts (compared with ar_positional): {diff}"
         )
 
 
@@ -444,7 +509,7 @@ def compare_paradigms(
     *,
     module: str | None = None,
     normalized: bool = False,
-) -> list[dict[str, Any]]:
+) -> Rows:
     """The three localisation summaries of the same facts as table rows.
 
     Rows (in order): ``"AR positional"``, ``"MDLM positional"``, ``"MDLM TIE"``; columns from
@@ -458,7 +523,7 @@ def compare_paradigms(
         ...                          TIEResult.synthetic(n_facts=3), module="resid")  # doctest: +SKIP
     """
     _check_same_facts(ar_positional, mdlm_positional, mdlm_tie)
-    return [
+    rows = [
         localisation_summary(ar_positional, module=module, normalized=normalized).as_row(
             "AR positional"
         ),
@@ -467,6 +532,7 @@ def compare_paradigms(
         ),
         localisation_summary(mdlm_tie, module=module, normalized=normalized).as_row("MDLM TIE"),
     ]
+    return Rows(tuple(rows), kind="compare_paradigms")
 
 
 def plot_ar_vs_diffusion(
@@ -675,6 +741,10 @@ def pick_layers(
     """
     from .selection import select_coordinate
 
+    _require(ar_positional, (PositionalResult,), "pick_layers (ar_positional)")
+    _require(mdlm_tie, (TIEResult,), "pick_layers (mdlm_tie)")
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ValueError(f"num_layers must be an integer ≥ 1 (the model's), got {num_layers!r}")
     tie_layer = int(select_coordinate(mdlm_tie, modules=module).layer)  # known facts (Eq. 5)
     ar = ar_positional.known_only()
     mi = _module_slice(ar.modules, module)[0]
@@ -697,7 +767,7 @@ def edit_efficacy(
     n_resamples: int = 2000,
     seed: int = 0,
     **memory_kwargs,
-) -> list[dict[str, Any]]:
+) -> Rows:
     """Edit efficacy of the same memory installed at several layers (SPEC §10.3).
 
     For each named layer, an :class:`~tie_tracing.editing.EditMemory` of ``facts`` is built
@@ -761,4 +831,4 @@ def edit_efficacy(
                 "n_retain": len(retain),
             }
         )
-    return rows
+    return Rows(tuple(rows), kind="edit_efficacy")

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ._io import atomic_write_text
+from ._io import Saveable, load_object, save_object
 from ._version import __version__
 from .analysis import bootstrap_ci
 from .facts import Fact
@@ -232,7 +232,7 @@ def significance_marker(p: float) -> str:
 
 
 @dataclass(frozen=True)
-class PairedTest:
+class PairedTest(Saveable):
     """A paired t-test of ``a`` against ``b``: ``mean_diff = mean(a - b)``."""
 
     mean_diff: float
@@ -286,6 +286,8 @@ def normalize_answer(text: str) -> str:
         >>> normalize_answer("  The  Lisbon Tower.! ")
         'the lisbon tower'
     """
+    if not isinstance(text, str):
+        raise TypeError(f"answers must be strings, got {type(text).__name__} {text!r}")
     text = re.sub(r"\s+", " ", text.strip().casefold())
     return re.sub(r"[\s.,;:!?\"'’”)]+$", "", text)
 
@@ -331,7 +333,7 @@ def rouge_l_recall(pred: str, ref: str) -> float:
 
 
 @dataclass(frozen=True, eq=False)
-class Metric:
+class Metric(Saveable):
     """One metric on one split: point value, bootstrap CI and the per-fact values.
 
     Attributes:
@@ -368,7 +370,7 @@ def _from_json_float(x) -> float:
 
 
 @dataclass(frozen=True, eq=False)
-class Evaluation:
+class Evaluation(Saveable):
     """SPEC §9 metrics of one model on named splits.
 
     Attributes:
@@ -540,20 +542,25 @@ class Evaluation:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON atomically (temporary file in the same folder, then ``os.replace``).
-
-        Floats are written with ``repr`` precision, so :meth:`load` round-trips exactly.
-        """
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        """Write one ``.safetensors`` file atomically, through the package's one serialiser
+        (:func:`tie_tracing._io.save_object`: per-fact tensors as tensors, the rest as JSON);
+        :meth:`load` round-trips exactly (:meth:`equals`)."""
+        return save_object(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Evaluation:
-        """Read an evaluation written by :meth:`save`."""
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        if data.get("format") != "tie_tracing.Evaluation/1":
-            raise ValueError(f"{path}: not a saved tie_tracing Evaluation")
-        return cls.from_dict(data)
+        """Read an evaluation written by :meth:`save` (or the JSON of :meth:`to_dict`, the
+        format of earlier releases)."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (UnicodeDecodeError, ValueError):
+            data = None
+        if isinstance(data, dict):
+            if data.get("format") != "tie_tracing.Evaluation/1":
+                raise ValueError(f"{path}: not a saved tie_tracing Evaluation")
+            return cls.from_dict(data)
+        return load_object(cls, path)
 
     def equals(self, other: Evaluation) -> bool:
         """Exact equality, NaN-aware (``==`` on tensors is elementwise, so not used)."""
@@ -602,7 +609,7 @@ def _n_tokens(model, answer: str) -> int:
 
 
 def _truth_ratios(
-    model, facts: Sequence[Fact], *, estimator: str, mc: int, seed: int
+    model, facts: Sequence[Fact], *, estimator: str, mc: int, seed: int, **rows: Any
 ) -> torch.Tensor:
     """``[fact]`` truth ratios (``NaN`` for facts without perturbed answers)."""
     idx = [i for i, f in enumerate(facts) if f.perturbed_answers]
@@ -615,7 +622,9 @@ def _truth_ratios(
         f = facts[i]
         alts.append(dataclasses.replace(f, answer=f.paraphrased_answer or f.answer, object=None))
         alts.extend(dataclasses.replace(f, answer=a, object=None) for a in f.perturbed_answers)
-    lp = _as_float64(_api("answer_logprob")(model, alts, estimator=estimator, mc=mc, seed=seed))
+    lp = _as_float64(
+        _api("answer_logprob")(model, alts, estimator=estimator, mc=mc, seed=seed, **rows)
+    )
     lens = torch.tensor([_n_tokens(model, f.answer) for f in alts], dtype=torch.float64)
     lp_p = torch.full((len(idx), width), math.nan, dtype=torch.float64)
     len_p = torch.ones((len(idx), width), dtype=torch.float64)
@@ -652,6 +661,8 @@ def evaluate(
     mc: int = 128,
     forget_split: str = "forget",
     n_resamples: int = 2000,
+    batch_size: int = 64,
+    progress: bool = False,
 ) -> Evaluation:
     """SPEC §9 metrics of ``model`` on each named fact set, with bootstrap CIs over facts.
 
@@ -677,14 +688,36 @@ def evaluate(
         mc: Monte-Carlo samples of the likelihood estimator.
         forget_split: Which split forget quality is computed on.
         n_resamples: Bootstrap resamples per CI.
+        batch_size: Rows per forward (passed to ``answer_logprob`` and ``diffuse``).
+        progress: Show progress bars.
 
     Returns:
         An :class:`Evaluation`.
+
+    Raises:
+        TypeError: ``splits`` is not a mapping of names to facts (a bare list of facts
+            included: wrap it, ``{"forget": facts}``), or a split holds something else.
+        ValueError: no split, an empty split, or a reference model without its split.
 
     Example:
         >>> ev = evaluate(model, {"forget": tt.load_facts(split="forget01")})  # doctest: +SKIP
         >>> print(ev)  # doctest: +SKIP
     """
+    if not isinstance(splits, Mapping):
+        raise TypeError(
+            f"splits must map split names to facts, e.g. {{'forget': facts}}; got "
+            f"{type(splits).__name__}"
+        )
+    if not splits:
+        raise ValueError(
+            "evaluate needs at least one split: pass {name: facts}, e.g. {'forget': facts}"
+        )
+    for name, facts in splits.items():
+        if isinstance(facts, (Fact, str)) or not all(isinstance(f, Fact) for f in facts):
+            raise TypeError(
+                f"split {name!r} must be a sequence of tie_tracing Facts, got "
+                f"{type(facts).__name__}"
+            )
     if reference is not None and forget_split not in splits:
         raise ValueError(
             f"a reference model was given but there is no split named {forget_split!r} "
@@ -693,6 +726,7 @@ def evaluate(
     if generate is None:
         generate = not getattr(model, "is_causal", False)
     answer_logprob = _api("answer_logprob")
+    rows = {"batch_size": batch_size, "progress": progress}
     metrics: dict[str, dict[str, Metric]] = {}
     answers: dict[str, tuple[str, ...]] = {}
     fact_ids: dict[str, tuple[str, ...]] = {}
@@ -702,21 +736,23 @@ def evaluate(
             raise ValueError(f"split {name!r} has no facts")
         fact_ids[name] = tuple(fact_key(f) for f in facts)
         per: dict[str, Metric] = {}
-        lp = _as_float64(answer_logprob(model, facts, estimator=estimator, mc=mc, seed=seed))
+        lp = _as_float64(
+            answer_logprob(model, facts, estimator=estimator, mc=mc, seed=seed, **rows)
+        )
         if lp.shape != (len(facts),):
             raise ValueError(f"answer_logprob returned {tuple(lp.shape)} for {len(facts)} facts")
         lens = torch.tensor([_n_tokens(model, f.answer) for f in facts], dtype=torch.float64)
         per["logprob"] = Metric.from_values(lp, n_resamples=n_resamples, seed=seed)
         per["logprob_per_token"] = Metric.from_values(lp / lens, n_resamples=n_resamples, seed=seed)
         if generate:
-            sampled = tuple(_api("diffuse")(model, facts, steps=steps, seed=seed).answers)
+            sampled = tuple(_api("diffuse")(model, facts, steps=steps, seed=seed, **rows).answers)
             answers[name] = sampled
             em = [float(exact_match(a, f.answer)) for a, f in zip(sampled, facts)]
             rl = [rouge_l_recall(a, f.answer) for a, f in zip(sampled, facts)]
             per["exact_match"] = Metric.from_values(em, n_resamples=n_resamples, seed=seed)
             per["rouge_l_recall"] = Metric.from_values(rl, n_resamples=n_resamples, seed=seed)
         if truth_ratios and any(f.perturbed_answers for f in facts):
-            r = _truth_ratios(model, facts, estimator=estimator, mc=mc, seed=seed)
+            r = _truth_ratios(model, facts, estimator=estimator, mc=mc, seed=seed, **rows)
             per["truth_ratio"] = Metric.from_values(r, n_resamples=n_resamples, seed=seed)
             per["tr_forget_score"] = Metric.from_values(
                 forget_tr_score(r, reduce=False), n_resamples=n_resamples, seed=seed
@@ -725,7 +761,9 @@ def evaluate(
                 retain_tr_score(r, reduce=False), n_resamples=n_resamples, seed=seed
             )
             if reference is not None and name == forget_split:
-                r_ref = _truth_ratios(reference, facts, estimator=estimator, mc=mc, seed=seed)
+                r_ref = _truth_ratios(
+                    reference, facts, estimator=estimator, mc=mc, seed=seed, **rows
+                )
                 per["forget_quality"] = Metric(forget_quality(r, r_ref))
         elif reference is not None and name == forget_split:
             raise ValueError(

@@ -11,7 +11,8 @@ refusal strings). A subset of both benchmarks ships in ``tie_tracing/data`` (lic
 provenance in ``data/LICENSES.md``), so the loaders work offline; pass ``directory=`` to read
 a full copy. :func:`locate_subject` finds a subject's token positions ``S`` in a prompt.
 
-Limits: subjects are found by verbatim string matching. A fact whose question does not name
+Limits: subjects are found by whole-word string matching (``"Jon"`` is not found inside
+``"Jonathan"``), and every mention is used by default. A fact whose question does not name
 its subject (``"What is the full name of the author born in Kuwait City ...?"``) can be
 evaluated but not traced; loaders mark it ``traceable=False`` (or drop it / raise, on request).
 """
@@ -65,8 +66,35 @@ class Fact:
     traceable: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.id, str):
+            raise TypeError(
+                f"Fact id must be a string, got {type(self.id).__name__} {self.id!r}; "
+                f"use id={str(self.id)!r}"
+            )
+        if isinstance(self.perturbed_answers, str) or not isinstance(
+            self.perturbed_answers, Iterable
+        ):
+            raise TypeError(
+                f"Fact {self.id!r}: perturbed_answers must be a sequence of strings, got "
+                f"{type(self.perturbed_answers).__name__} {self.perturbed_answers!r}; for one "
+                f"answer write perturbed_answers=({self.perturbed_answers!r},)"
+            )
         if not isinstance(self.perturbed_answers, tuple):
             object.__setattr__(self, "perturbed_answers", tuple(self.perturbed_answers))
+        for a in self.perturbed_answers:
+            if not isinstance(a, str) or not a.strip():
+                raise ValueError(
+                    f"Fact {self.id!r}: every perturbed answer must be a non-empty string, "
+                    f"got {a!r}"
+                )
+        for name in ("target", "paraphrased_question", "paraphrased_answer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(
+                    f"Fact {self.id!r}: {name} must be None or a non-empty string, got {value!r}"
+                )
+        if not isinstance(self.traceable, bool):
+            raise TypeError(f"Fact {self.id!r}: traceable must be True or False")
         for name in ("subject", "question", "answer"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
@@ -91,6 +119,34 @@ class Fact:
             f"Fact(subject={self.subject!r}, question={self.question!r}, "
             f"answer={self.answer!r}, id={self.id!r}, ...)"
         )
+
+
+def as_facts(facts: object, what: str) -> list[Fact]:
+    """``facts`` (one :class:`Fact` or an iterable of them) as a non-empty list.
+
+    Raises:
+        TypeError: a string, a mapping or anything else that is not Facts (names ``what``,
+            the calling function, and the offending item).
+        ValueError: no fact at all.
+    """
+    if isinstance(facts, Fact):
+        return [facts]
+    if isinstance(facts, (str, bytes, Mapping)) or not isinstance(facts, Iterable):
+        raise TypeError(
+            f"{what} needs tie_tracing Facts (one, or a list of them), got "
+            f"{type(facts).__name__}; build them with tt.Fact(subject=..., question=..., "
+            "answer=...) or a loader such as tt.load_facts"
+        )
+    out = list(facts)
+    for i, f in enumerate(out):
+        if not isinstance(f, Fact):
+            raise TypeError(
+                f"{what}: item {i} is a {type(f).__name__}, not a tie_tracing Fact; build it "
+                "with tt.Fact(subject=..., question=..., answer=...)"
+            )
+    if not out:
+        raise ValueError(f"{what} needs at least one fact")
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -296,12 +352,18 @@ def _entity_subject(question: str) -> str | None:
     return max(cands, key=lambda c: (len(c.split()), len(c)), default=None)
 
 
+def names_subject(fact: Fact) -> bool:
+    """``True`` when ``fact.question`` names ``fact.subject`` as whole words (``"Jon"`` is not
+    named by ``"Jonathan"``): the condition for tracing it."""
+    return bool(_word_occurrences(fact.question, fact.subject))
+
+
 def _check_subject(fact: Fact, require_subject: bool) -> Fact:
-    if fact.subject in fact.question:
+    if names_subject(fact):
         return fact
     if require_subject:
         raise SubjectNotFoundError(
-            f"fact {fact.id!r}: subject {fact.subject!r} does not occur verbatim in its "
+            f"fact {fact.id!r}: subject {fact.subject!r} does not occur as whole words in its "
             f"question {fact.question!r}; load with require_subject=False to evaluate it"
         )
     return replace(fact, traceable=False)
@@ -309,7 +371,7 @@ def _check_subject(fact: Fact, require_subject: bool) -> Fact:
 
 def _finish(facts: list[Fact], require_subject: bool, traceable_only: bool) -> list[Fact]:
     if traceable_only:
-        return [f for f in facts if f.traceable and f.subject in f.question]
+        return [f for f in facts if f.traceable and names_subject(f)]
     return [_check_subject(f, require_subject) if f.traceable else f for f in facts]
 
 
@@ -566,14 +628,6 @@ def load_rwku(
 # --- subject positions in a tokenized prompt ---------------------------------------------
 
 
-def _find_sublist(haystack: Sequence[int], needle: Sequence[int]) -> int:
-    n = len(needle)
-    for i in range(len(haystack) - n + 1):
-        if list(haystack[i : i + n]) == list(needle):
-            return i
-    return -1
-
-
 def _decoded_offsets(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
     """Text of ``ids`` and each token's character span, by incremental decoding."""
     offsets, prev = [], ""
@@ -585,6 +639,129 @@ def _decoded_offsets(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int
     return prev, offsets
 
 
+#: How many mentions of a subject tracing corrupts: every one (default) or the first only.
+MENTIONS: tuple[str, ...] = ("all", "first")
+
+
+def check_mentions(mentions: object) -> str:
+    """Validate a ``mentions=`` option (``"all"`` or ``"first"``); returns it."""
+    if mentions not in MENTIONS:
+        raise ValueError(
+            f"mentions must be 'all' (corrupt every mention of the subject) or 'first' "
+            f"(only its first mention), got {mentions!r}"
+        )
+    return str(mentions)
+
+
+def _prompt_offsets(
+    tokenizer, ids: list[int], text: str | None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The prompt's text and each token's character span.
+
+    From ``tokenizer(text, return_offsets_mapping=True)`` when ``text`` is given to a fast
+    tokenizer whose encoding reproduces ``ids`` (the spans then refer to the text as the
+    user wrote it); otherwise by decoding ``ids`` one token at a time.
+    """
+    if text is not None and getattr(tokenizer, "is_fast", False):
+        for special in (True, False):
+            enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=special)
+            if list(enc.input_ids) == ids:
+                return text, [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    return _decoded_offsets(tokenizer, ids)
+
+
+def _word_occurrences(text: str, subject: str) -> list[tuple[int, int]]:
+    """Character spans of ``subject`` in ``text`` standing as whole words (overlaps kept)."""
+    pattern = re.compile(rf"(?=(?<!\w)({re.escape(subject)})(?!\w))")
+    return [(m.start(1), m.end(1)) for m in pattern.finditer(text)]
+
+
+def subject_mentions(
+    tokenizer,
+    prompt_ids: Sequence[int],
+    subject: str,
+    *,
+    text: str | None = None,
+    fact_id: str | None = None,
+) -> list[list[int]]:
+    """Token positions of every mention of ``subject`` in a tokenized prompt, one list each.
+
+    The subject is matched as whole words on the prompt's text (``"Jon"`` does not match
+    inside ``"Jonathan"``; ``"Ada Vell"`` matches in ``"(Ada Vell's"``), and each mention
+    becomes the tokens whose characters overlap it, so a tokenizer that merged the subject
+    with punctuation (``"(Ada"``) gives the covering tokens. The character spans come from
+    the fast tokenizer's offset mapping of ``text`` (the formatted prompt that produced
+    ``prompt_ids``) when it reproduces the ids, else from decoding one token at a time.
+    When the decoded text does not contain the subject at all (a tokenizer whose decoding
+    normalises text), the subject's own token encodings (as is and with a leading space)
+    are matched on the ids instead.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        prompt_ids: The prompt's token ids, ``[prompt_len]``.
+        subject: The subject string.
+        text: Optional prompt text that ``prompt_ids`` encode (enables offset mapping).
+        fact_id: Named in the error messages.
+
+    Returns:
+        One sorted list of positions per mention, mentions in order of appearance.
+
+    Raises:
+        SubjectNotFoundError: the subject is absent, occurs only inside longer words (a
+            partial name), or its mentions overlap or share a token (ambiguous); the
+            message names the fact.
+    """
+    ids = [int(i) for i in prompt_ids]
+    shown, offsets = _prompt_offsets(tokenizer, ids, text)
+    where = f"fact {fact_id!r}: subject {subject!r}"
+    spans = _word_occurrences(shown, subject)
+    if spans:
+        for (s0, e0), (s1, _e1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise SubjectNotFoundError(
+                    f"{where} is ambiguous in prompt {shown!r}: its mentions at characters "
+                    f"{s0} and {s1} overlap; give a subject that names one span"
+                )
+        mentions = []
+        for start, end in spans:
+            hit = [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+            if hit:
+                mentions.append(list(range(hit[0], hit[-1] + 1)))
+        for a, b in zip(mentions, mentions[1:]):
+            if a[-1] >= b[0]:
+                raise SubjectNotFoundError(
+                    f"{where} is ambiguous in prompt {shown!r}: two mentions share token "
+                    f"{a[-1]}; the tokenizer merged them, so they cannot be corrupted apart"
+                )
+        if mentions:
+            return mentions
+    if subject in shown:
+        inside = re.search(rf"\w*{re.escape(subject)}\w*", shown)
+        word = inside.group(0) if inside else subject
+        raise SubjectNotFoundError(
+            f"{where} occurs in prompt {shown!r} only inside a longer word ({word!r}); a "
+            "partial name is not traced: give the subject as the prompt spells it, whole words"
+        )
+    mentions = []
+    for variant in (subject, " " + subject):
+        sub = list(tokenizer(variant, add_special_tokens=False).input_ids)
+        if not sub:
+            continue
+        i = 0
+        while i <= len(ids) - len(sub):
+            if ids[i : i + len(sub)] == sub:
+                mentions.append(list(range(i, i + len(sub))))
+                i += len(sub)
+            else:
+                i += 1
+        if mentions:
+            return mentions
+    raise SubjectNotFoundError(
+        f"{where} not found in prompt {shown!r} (neither as whole words nor as tokens); "
+        "check Fact.subject against the question, or mark the fact traceable=False"
+    )
+
+
 def locate_subject(
     tokenizer,
     prompt_ids: Sequence[int],
@@ -592,22 +769,16 @@ def locate_subject(
     *,
     text: str | None = None,
     fact_id: str | None = None,
+    mentions: str = "all",
 ) -> list[int]:
-    """Token positions ``S`` of ``subject`` inside a tokenized prompt (first occurrence).
+    """Token positions ``S`` of ``subject`` inside a tokenized prompt.
 
-    1. Token-span match: the subject is encoded without special tokens, both as is and with
-       a leading space (``" Ada Vell"``, how byte-level BPEs see a mid-sentence word); the
-       earliest contiguous occurrence of either encoding in ``prompt_ids`` wins.
-    2. Character fallback, when the tokenizer merged the subject with its neighbours
-       (``"(Ada"``, ``"Vell's"``): the subject's first character occurrence in the prompt
-       text is found and every token whose character span overlaps it is returned. The
-       spans come from ``tokenizer(text, return_offsets_mapping=True)`` when ``text`` (the
-       formatted prompt that produced ``prompt_ids``) is given to a fast tokenizer whose
-       encoding reproduces ``prompt_ids``; otherwise from decoding ``prompt_ids`` one
-       token at a time.
-
-    The first occurrence is used (ROME's ``find_token_range`` does the same); a subject
-    repeated in a prompt is corrupted only at its first mention.
+    The mentions are found by :func:`subject_mentions` (whole-word matching on the text,
+    mapped to the tokens that cover it). ``mentions="all"`` (default) returns the positions
+    of every mention, so a subject named twice in a question is corrupted at both places
+    (the positions need not be contiguous); ``mentions="first"`` returns only the first
+    mention's, as ROME's ``find_token_range`` does. A prompt that names the subject once
+    gives the same positions either way.
 
     Args:
         tokenizer: A Hugging Face tokenizer.
@@ -616,49 +787,25 @@ def locate_subject(
         subject: The subject string.
         text: Optional prompt text that ``prompt_ids`` encode (enables offset mapping).
         fact_id: Named in the error message.
+        mentions: ``"all"`` or ``"first"``.
 
     Returns:
-        Sorted contiguous positions, e.g. ``[3, 4]``.
+        Sorted positions, e.g. ``[3, 4]`` (or ``[1, 2, 8, 9]`` for two mentions).
 
     Raises:
-        SubjectNotFoundError: The subject occurs in neither the tokens nor the text.
+        SubjectNotFoundError: the subject is absent, only part of a longer word, or
+            ambiguous (see :func:`subject_mentions`); names the fact.
+        ValueError: ``mentions`` is neither ``"all"`` nor ``"first"``.
 
     Example:
         >>> ids = tok("Where was Ada Vell born?").input_ids  # doctest: +SKIP
         >>> locate_subject(tok, ids, "Ada Vell")  # doctest: +SKIP
         [2, 3, 4]
     """
-    ids = list(prompt_ids)
-    best: tuple[int, int] | None = None
-    for variant in (subject, " " + subject):
-        sub = list(tokenizer(variant, add_special_tokens=False).input_ids)
-        if not sub:
-            continue
-        start = _find_sublist(ids, sub)
-        if start >= 0 and (best is None or start < best[0]):
-            best = (start, len(sub))
-    if best is not None:
-        return list(range(best[0], best[0] + best[1]))
-
-    offsets: list[tuple[int, int]] | None = None
-    if text is not None and getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-        if list(enc.input_ids) != ids:
-            enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-        if list(enc.input_ids) == ids:
-            offsets = [tuple(o) for o in enc["offset_mapping"]]
-    if offsets is None or text is None:
-        text, offsets = _decoded_offsets(tokenizer, ids)
-    start = text.find(subject)
-    if start >= 0:
-        end = start + len(subject)
-        hit = [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
-        if hit:
-            return list(range(hit[0], hit[-1] + 1))
-    raise SubjectNotFoundError(
-        f"fact {fact_id!r}: subject {subject!r} not found in prompt {text!r} "
-        f"(neither as tokens nor as characters)"
-    )
+    check_mentions(mentions)
+    found = subject_mentions(tokenizer, prompt_ids, subject, text=text, fact_id=fact_id)
+    chosen = found if mentions == "all" else found[:1]
+    return sorted({p for mention in chosen for p in mention})
 
 
 def locate_object(tokenizer, answer_ids: Sequence[int], fact: Fact) -> list[int]:

@@ -56,6 +56,7 @@ from .sampler import DiffusionResult
 
 __all__ = [
     "StaticExportError",
+    "notebook_figures",
     "plot_beta_tradeoff",
     "plot_ie_by_later_step",
     "plot_per_fact_optima",
@@ -216,6 +217,12 @@ def _commit_shapes(step_counts: dict[int, int], n_cols: int) -> list[dict[str, A
                 )
             )
     return shapes
+
+
+def _require(obj: Any, cls: type, fn: str, maker: str) -> None:
+    """A clear TypeError when a plotting function is handed something else than its result."""
+    if not isinstance(obj, cls):
+        raise TypeError(f"{fn} draws a {cls.__name__} (from {maker}), got {type(obj).__name__}")
 
 
 def plot_tie_heatmaps(
@@ -587,6 +594,7 @@ def plot_ie_by_later_step(
         >>> len(fig.data), fig.data[-1].marker.cmid
         (4, 0.0)
     """
+    _require(result, TIEResult, "plot_ie_by_later_step", "tt.trace_tie")
     li = _label_index(result.layers, layer, "layer")
     si = _label_index(result.steps, step, "step")
     mi = _label_index(result.modules, module, "module")
@@ -1039,11 +1047,12 @@ def plot_positional(
         >>> len(fig.data), fig.layout.yaxis.ticktext[1]
         (3, '<b>Ada*</b>')
     """
+    _require(result, PositionalResult, "plot_positional", "tt.trace_positional")
     f = _fact_index(result, fact)
     mods = _module_indices(result.modules, modules)
     tokens = result.tokens[f]
     n_tok = len(tokens)
-    vals = result.effect() if effect else result.values
+    vals = result.effect() if effect else result.restored
     z = _np(vals[f, :, :n_tok])  # [layer, position, module]
     subj = set(result.subject_positions[f])
     ticktext = [
@@ -1192,6 +1201,7 @@ def plot_selection_landscape(coordinate: Coordinate, *, title: str | None = None
         >>> len(plot_selection_landscape(select_coordinate(TIEResult.synthetic(), modules="resid")).data)
         2
     """
+    _require(coordinate, Coordinate, "plot_selection_landscape", "tt.select_coordinate")
     fig = _layer_step_panels(
         coordinate.scores, coordinate.layers, coordinate.steps, coordinate.modules, "score"
     )
@@ -1216,6 +1226,7 @@ def plot_beta_tradeoff(tradeoff: BetaTradeoff, *, title: str | None = None) -> g
         >>> len(plot_beta_tradeoff(beta_tradeoff(f, g, [0.0, 0.5, 1.0])).data)
         2
     """
+    _require(tradeoff, BetaTradeoff, "plot_beta_tradeoff", "tt.beta_tradeoff")
     betas = _np(tradeoff.betas).tolist()
     text = [f"chosen: layer {c.layer}, step {c.step}, {c.module}" for c in tradeoff.coordinates]
     fig = go.Figure()
@@ -1256,6 +1267,7 @@ def plot_selection_stability(
         >>> len(fig.data)
         4
     """
+    _require(stability, SelectionStability, "plot_selection_stability", "tt.selection_stability")
     c = stability.coordinate
     fig = _layer_step_panels(
         stability.frequencies, stability.layers, stability.steps, stability.modules, "win frequency"
@@ -1284,6 +1296,7 @@ def plot_per_fact_optima(optima: PerFactOptima, *, title: str | None = None) -> 
         >>> len(plot_per_fact_optima(per_fact_optima(TIEResult.synthetic())).data)
         2
     """
+    _require(optima, PerFactOptima, "plot_per_fact_optima", "tt.per_fact_optima")
     x = _np(optima.at_global)
     y = _np(optima.at_own)
     text = [
@@ -1375,6 +1388,58 @@ def static_export_available() -> bool:
         True
     """
     return _static_export_problem() is None
+
+
+def _static_render_works(fmt: str) -> bool:
+    """Whether kaleido really renders here: a tiny figure is exported once (a probe that
+    starts the browser, unlike :func:`static_export_available`)."""
+    if not static_export_available():
+        return False
+    import plotly.io as pio
+
+    try:
+        pio.to_image(go.Figure(), format=fmt, width=20, height=20)
+    except Exception:  # noqa: BLE001 - any failure means: no static rendering here
+        return False
+    return True
+
+
+def notebook_figures(*, static: bool | None = None, fmt: str = "png") -> str:
+    """Make figures shown in a notebook carry a static rendering next to the interactive one.
+
+    Sets ``plotly.io.renderers.default`` to ``"plotly_mimetype+notebook"`` (interactive in
+    JupyterLab, and with plotly.js inlined in the output, so exported HTML shows the figures
+    offline) plus ``"+png"`` (or ``"+svg"``) when a static rendering works: GitHub and other
+    viewers that run no JavaScript then show the image. With ``static=None`` (default) it
+    tries kaleido once on a tiny figure and quietly keeps the interactive renderers alone
+    when that fails (no kaleido, no Chrome); ``static=True``/``False`` forces the choice.
+    Outside an IPython kernel the ``notebook`` part (which injects plotly.js into the
+    notebook's output) is left out.
+
+    Returns:
+        The renderer string now in use.
+
+    Example:
+        >>> notebook_figures(static=False)  # in a plain Python process
+        'plotly_mimetype'
+    """
+    import plotly.io as pio
+
+    if fmt not in ("png", "svg"):
+        raise ValueError(f"fmt must be 'png' or 'svg', got {fmt!r}")
+    if static is None:
+        static = _static_render_works(fmt)
+    try:
+        from IPython import get_ipython
+
+        in_kernel = get_ipython() is not None
+    except ImportError:
+        in_kernel = False
+    renderer = (
+        "plotly_mimetype" + ("+notebook" if in_kernel else "") + (f"+{fmt}" if static else "")
+    )
+    pio.renderers.default = renderer
+    return renderer
 
 
 def _bundle_plotlyjs(directory: Path) -> list[Path]:

@@ -48,9 +48,10 @@ the object's first token; unshifted MDLMs: the object's first slot) and
 trace, the masked slots of an MDLM trace) and the object's first token sits at
 ``prediction_position + shifted``.
 
-**Which subject mention is corrupted.** Only the question's: the subject positions are found
-in the prompt (:func:`~tie_tracing.facts.locate_subject`, first occurrence), as ROME
-corrupts the subject in its prompt. The answer prefix of an AR query often names the subject
+**Which subject mentions are corrupted.** The question's: the subject positions are found
+in the prompt (:func:`~tie_tracing.facts.locate_subject`, whole-word matching), every
+mention by default (``mentions="all"``; a question that names the subject twice is corrupted
+at both places, as TIE does) or the first only (``mentions="first"``, ROME's rule). The answer prefix of an AR query often names the subject
 again (``" Ada Vell was born in"``); that mention stays clean and is traced like any other
 answer-prefix token.
 
@@ -87,7 +88,7 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .backbones import MODULES, hidden_of
 from .errors import NonFiniteActivationError
-from .facts import Fact
+from .facts import Fact, as_facts
 from .patching import (
     Corruption,
     Query,
@@ -116,7 +117,8 @@ class PositionalConfig(SweepSettings):
     """Settings of a positional trace (validated on construction, recorded in the result).
 
     Attributes:
-        modules, layers, noise_scale, nu, replace, n_noise, seed: Sites and corruption (see
+        modules, layers, noise_scale, nu, replace, n_noise, seed, mentions: Sites, corruption
+            and the subject mentions corrupted (see
             :class:`~tie_tracing.patching.SweepSettings`). Window layers may lie outside
             ``layers``.
         window: Layers restored together for ``attn``/``mlp`` (1, or ROME's 10).
@@ -124,7 +126,7 @@ class PositionalConfig(SweepSettings):
     """
 
     window: int = 1
-    batch_size: int = 128
+    batch_size: int = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,14 +200,16 @@ class PositionalQuery:
         return self.query.answer_ids[self.object_offset]
 
 
-def positional_query(model, fact: Fact) -> PositionalQuery:
+def positional_query(model, fact: Fact, *, mentions: str = "all") -> PositionalQuery:
     """Encode ``fact`` for positional tracing on ``model`` (see the module docstring).
+
+    ``mentions`` chooses the subject positions (every mention in the question, or the first).
 
     Raises:
         SubjectNotFoundError: the subject is not in the prompt (names the fact).
         ObjectNotFoundError: the object is not among the answer's tokens (names the fact).
     """
-    q = encode_query(model, fact)
+    q = encode_query(model, fact, mentions=mentions)
     p = q.answer_start
     k = min(q.object_offsets) if fact.object is not None else 0
     start = p + k
@@ -371,15 +375,16 @@ def trace_positional(
     model,
     facts: Sequence[Fact] | Fact,
     *,
-    modules: Sequence[str] = MODULES,
+    modules: Sequence[str] | str = MODULES,
     window: int = 1,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | int | None = None,
     noise_scale: float = 3.0,
     nu: float | None = None,
     replace: bool = False,
     n_noise: int = 1,
     seed: int = 0,
-    batch_size: int = 128,
+    mentions: str = "all",
+    batch_size: int = 256,
     progress: bool = True,
 ) -> PositionalResult:
     """ROME's causal trace along token positions: ``[fact, layer, position, module]``.
@@ -389,15 +394,16 @@ def trace_positional(
     position: an AR model reads the question followed by the teacher-forced answer prefix
     before the object and predicts at its last token; an MDLM reads the question followed by
     the fully masked answer and predicts at the object's first slot (one slot earlier for
-    shifted MDLMs). Only the question's mention of the subject is corrupted, as in ROME,
-    even when the answer prefix names the subject again. The module docstring has the
-    details.
+    shifted MDLMs). Only the question's mentions of the subject are corrupted (all of them
+    by default, the first with ``mentions="first"``), even when the answer prefix names the
+    subject again. The module docstring has the details.
 
     Args:
         model: A :class:`~tie_tracing.model.TracedModel`.
         facts: Facts whose subject occurs in the question (``Fact.object``, when given,
             chooses the scored token and, for AR models, the answer prefix).
-        modules: Sites to restore (subset of ``resid``, ``attn``, ``mlp``).
+        modules: Sites to restore (subset of ``resid``, ``attn``, ``mlp``; one name such as
+            ``"resid"`` means that site alone).
         window: Layers restored together for ``attn``/``mlp`` (ROME: 10); ``resid`` uses 1.
         layers: Layers of the map (default all).
         noise_scale: ``ν = noise_scale · σ_emb``, ``σ_emb`` pooled over the subject tokens of
@@ -406,7 +412,10 @@ def trace_positional(
         replace: Replace the subject embeddings by the noise instead of adding it.
         n_noise: Noise draws per fact (probabilities averaged over draws).
         seed: Seed of the draws (common random numbers, shared with TIE).
-        batch_size: Restoration rows per forward (bounds memory).
+        mentions: ``"all"`` (default): every mention of the subject in the question is
+            corrupted; ``"first"``: only the first (ROME's rule).
+        batch_size: Restoration rows per forward (bounds memory; the same default as
+            :func:`~tie_tracing.tie.trace_tie`'s rows per forward).
         progress: Show a progress bar over facts.
 
     Returns:
@@ -436,28 +445,29 @@ def trace_positional(
         >>> r.tokens[0][r.config["prompt_length"][r.fact_ids[0]] :]         # doctest: +SKIP
         (' Datrastond', ' Loho', ' was', ' born', ' in')
     """
-    facts = [facts] if isinstance(facts, Fact) else list(facts)
-    if not facts:
-        raise ValueError("trace_positional needs at least one fact")
+    facts = as_facts(facts, "trace_positional")
     ids = [fact_key(f) for f in facts]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate fact ids: {sorted({i for i in ids if ids.count(i) > 1})}")
     config = PositionalConfig(
-        modules=tuple(modules),
+        modules=(modules,) if isinstance(modules, str) else tuple(modules),
         window=window,
-        layers=None if layers is None else tuple(int(x) for x in layers),
+        layers=None
+        if layers is None
+        else ((layers,) if isinstance(layers, int) else tuple(layers)),
         noise_scale=noise_scale,
         nu=nu,
         replace=replace,
         n_noise=n_noise,
         seed=seed,
+        mentions=mentions,
         batch_size=batch_size,
     )
     layer_list = list(range(model.num_layers)) if config.layers is None else list(config.layers)
     for layer in layer_list:
         for m in config.modules:
             model.check_site(layer, m)
-    pqs = [positional_query(model, f) for f in facts]
+    pqs = [positional_query(model, f, mentions=config.mentions) for f in facts]
     nu_value = config.corruption().resolve_nu(model, [pq.query for pq in pqs])
     results, unknown, prompt_length = [], [], {}
     for pq in tqdm(pqs, desc="trace_positional", unit="fact", disable=not progress):
@@ -492,6 +502,7 @@ def reference_positional(
     n_noise: int = 1,
     seed: int = 0,
     replace: bool = False,
+    mentions: str = "all",
 ) -> dict:
     """A deliberately slow positional trace: plain PyTorch hooks, one batch-1 forward per cell.
 
@@ -509,7 +520,7 @@ def reference_positional(
         "positions": int, "prediction_position": int, "token": int}`` (probabilities averaged
         over draws, then logged; ``positions`` traced, the scored ``token``).
     """
-    q = encode_query(model, fact)
+    q = encode_query(model, fact, mentions=mentions)
     prompt, answer = list(q.prompt_ids), list(q.answer_ids)
     k = 0 if fact.object is None else sorted(q.object_offsets)[0]
     token = answer[k]

@@ -39,9 +39,9 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from ._io import atomic_write_bytes
+from ._io import ResultFileError, Saveable, load_object, save_object, to_dataframe
 from ._version import __version__
-from .errors import ShapeError, TieTracingError
+from .errors import ShapeError
 from .sampler import commit_steps as _commit_steps
 
 __all__ = [
@@ -53,8 +53,6 @@ __all__ = [
 ]
 
 MODULE_ORDER: tuple[str, ...] = ("resid", "attn", "mlp")
-_FORMAT = 1
-_META_KEY = "tie_tracing"
 # Config keys that legitimately differ between runs on different fact sets; ``concat``
 # keeps each part's value in a list instead of refusing to merge.
 _PER_RUN_CONFIG_KEYS: tuple[str, ...] = ("nu", "sigma_emb", "seed", "engine_stats")
@@ -62,10 +60,6 @@ _PER_RUN_CONFIG_KEYS: tuple[str, ...] = ("nu", "sigma_emb", "seed", "engine_stat
 _JOINED_CONFIG_KEYS: tuple[str, ...] = ("unknown_facts",)
 
 R = TypeVar("R", bound="_ResultBase")
-
-
-class ResultFileError(TieTracingError, ValueError):
-    """A file is not a readable tie_tracing result (truncated, corrupt or another kind)."""
 
 
 # ----------------------------------------------------------------------------- Eq. 4
@@ -349,28 +343,15 @@ class _ResultBase:
             return self
         return self.select_facts(keep)
 
-    # -- save / load -------------------------------------------------------------------
+    # -- save / load / tables -----------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to one ``.safetensors`` file, atomically; returns the path.
 
         Tensors are stored as CPU copies; every other field goes, as JSON, into the
-        safetensors header metadata. ``type(self).load(path)`` gives back an equal result.
+        safetensors header metadata (:func:`tie_tracing._io.save_object`, the one serialiser
+        of every result type). ``type(self).load(path)`` gives back an equal result.
         """
-        from safetensors.torch import save as st_save
-
-        path = Path(path)
-        tensors: dict[str, torch.Tensor] = {}
-        fields: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                tensors[f.name] = value.detach().to("cpu").contiguous().clone()
-            else:
-                fields[f.name] = value
-        meta = {"kind": self._KIND, "format": _FORMAT, "fields": fields}
-        data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, allow_nan=True)})
-        atomic_write_bytes(path, data)
-        return path
+        return save_object(self, path)
 
     @classmethod
     def load(cls: type[R], path: str | os.PathLike) -> R:
@@ -380,39 +361,16 @@ class _ResultBase:
             FileNotFoundError: ``path`` does not exist.
             ResultFileError: the file is truncated or corrupt, or holds another kind of result.
         """
-        from safetensors import SafetensorError, safe_open
+        return load_object(cls, path)
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no result file at {path}")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                header = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise ResultFileError(
-                f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-            ) from exc
-        if _META_KEY not in header:
-            raise ResultFileError(f"{path} has no {_META_KEY!r} metadata: not a tie_tracing result")
-        try:
-            meta = json.loads(header[_META_KEY])
-            kind, fields = meta["kind"], meta["fields"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ResultFileError(f"{path}: corrupt tie_tracing metadata: {exc}") from exc
-        if kind != cls._KIND:
-            raise ResultFileError(f"{path} holds a {kind}, not a {cls._KIND}; use {kind}.load")
-        if meta.get("format") != _FORMAT:
-            raise ResultFileError(f"{path}: unsupported result format {meta.get('format')!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(fields) - set(tensors)
-        if missing:
-            raise ResultFileError(f"{path}: missing fields {sorted(missing)}")
-        kwargs = {n: tensors[n] if n in tensors else fields[n] for n in names}
-        try:
-            return cls(**kwargs)
-        except (ValueError, TypeError) as exc:
-            raise ResultFileError(f"{path}: stored {kind} is inconsistent: {exc}") from exc
+    def to_dataframe(self) -> Any:
+        """A long ``pandas.DataFrame`` of ``.values``: one row per cell, one column per axis
+        (labels, e.g. fact ids, layers, module names) and ``value``.
+
+        Raises:
+            ImportError: pandas is missing (``pip install 'tie_tracing[pandas]'``).
+        """
+        return to_dataframe(self)
 
 
 # ----------------------------------------------------------------------------- TIE
@@ -1014,8 +972,10 @@ class PositionalResult(_ResultBase):
 
     Each cell holds what the answer's first token scores at the prediction position when the
     clean output of ``module`` in ``layer`` (± the ``window``) is restored at ``position`` in
-    the corrupted run: its probability (``prob``) and log-probability (``lp``). Facts are
-    NaN-padded to the longest prompt; ``tokens[f]`` has the fact's true length.
+    the corrupted run: its probability (``prob``) and log-probability (``lp``). Like every
+    result's, ``.values`` is the **effect**: ``effect()``, the restored score minus the
+    corrupted baseline (in ``metric`` units); the restored score itself is ``.restored``.
+    Facts are NaN-padded to the longest prompt; ``tokens[f]`` has the fact's true length.
 
     Attributes:
         prob: ``[fact, layer, position, module]`` restored probability.
@@ -1028,7 +988,8 @@ class PositionalResult(_ResultBase):
         window: number of layers restored together (1, or ROME's 10).
         fact_ids, subjects, questions, answers, layers, modules, config, seeds, model_id,
         version: as in :class:`TIEResult`.
-        metric: ``"prob"`` (default, ROME's) or ``"lp"``: which tensor ``.values`` is.
+        metric: ``"prob"`` (default, ROME's) or ``"lp"``: the units of ``.values`` (the
+            effect) and ``.restored``.
 
     Example:
         >>> r = PositionalResult.synthetic(n_facts=2, n_layers=3, seed=0)
@@ -1110,7 +1071,14 @@ class PositionalResult(_ResultBase):
 
     @property
     def values(self) -> torch.Tensor:
-        """``prob`` or ``lp`` (by ``metric``), ``[fact, layer, position, module]``."""
+        """The indirect effect ``effect()`` ``[fact, layer, position, module]`` (``metric``
+        units), as ``.values`` is the effect of every result type."""
+        return self.effect()
+
+    @property
+    def restored(self) -> torch.Tensor:
+        """The restored score: ``prob`` or ``lp`` (by ``metric``), ``[fact, layer, position,
+        module]``."""
         return self.prob if self.metric == "prob" else self.lp
 
     @property
@@ -1124,11 +1092,11 @@ class PositionalResult(_ResultBase):
         return tuple(max(p) if p else -1 for p in self.subject_positions)
 
     def with_metric(self, metric: str) -> PositionalResult:
-        """The same result with ``.values`` switched to ``"prob"`` or ``"lp"``."""
+        """The same result with ``.values``/``.restored`` in ``"prob"`` or ``"lp"`` units."""
         return dataclasses.replace(self, metric=metric)
 
     def effect(self, *, normalized: bool = False) -> torch.Tensor:
-        """Indirect effect ``values − corrupted baseline``, ``[fact, layer, position, module]``.
+        """Indirect effect ``restored − corrupted baseline``, ``[fact, layer, position, module]``.
 
         For ``metric="prob"`` the baseline is ``exp(lp_corrupt)``, for ``"lp"`` it is
         ``lp_corrupt``. ``normalized=True`` divides by the clean − corrupted gap (clean = 1,
@@ -1138,13 +1106,13 @@ class PositionalResult(_ResultBase):
             clean, corrupt = self.lp_clean.exp(), self.lp_corrupt.exp()
         else:
             clean, corrupt = self.lp_clean, self.lp_corrupt
-        eff = self.values - corrupt[:, None, None, None]
+        eff = self.restored - corrupt[:, None, None, None]
         if normalized:
             eff = eff / (clean - corrupt)[:, None, None, None]
         return eff
 
     def mean(self, *, include_unknown: bool = False) -> torch.Tensor:
-        """NaN-aware mean over facts, ``[layer, position, module]``.
+        """NaN-aware mean over facts of the effect ``.values``, ``[layer, position, module]``.
 
         Like :meth:`TIEResult.mean`, averages over :meth:`known_only` (facts whose first
         answer token the clean model does not predict, ``config["unknown_facts"]``, are left
@@ -1191,6 +1159,96 @@ class PositionalResult(_ResultBase):
         }
         seeds = tuple(dict.fromkeys(s for p in parts for s in p.seeds))
         return dataclasses.replace(first, **tensors, **tuples, config=config, seeds=seeds)
+
+    @classmethod
+    def pool_seeds(cls, results: Iterable[PositionalResult]) -> PositionalResult:
+        """Pool positional traces of the same facts under different noise seeds.
+
+        Like :meth:`TIEResult.pool_seeds`: the parts are independent noise samples of the
+        same quantity (draws are keyed by ``(seed, fact id, draw)``), so the pooled ``prob``
+        and corrupted probability are the **draw-weighted** means of the parts' (ROME
+        averages probabilities over draws), ``lp`` and ``lp_corrupt`` their logs,
+        ``config["n_noise"]`` the total number of draws, ``seeds`` / ``config["seed"]`` every
+        seed and ``config["pooled"]`` one ``{"seeds", "n_noise"}`` entry per part.
+
+        Raises:
+            ValueError: the parts differ in facts, labels, tokens, subject or prediction
+                positions, window, model, clean baseline or any other setting, or share a seed.
+            TypeError: a part is not a :class:`PositionalResult`.
+
+        Example:
+            >>> a = PositionalResult.synthetic(n_facts=2, seed=0)
+            >>> b = dataclasses.replace(a, seeds=(1,))
+            >>> p = PositionalResult.pool_seeds([a, b])
+            >>> p.seeds, p.config["n_noise"]
+            ((0, 1), 2)
+        """
+        parts = list(results)
+        if not parts:
+            raise ValueError("pool_seeds needs at least one PositionalResult")
+        if any(not isinstance(p, cls) for p in parts):
+            raise TypeError("pool_seeds: every part must be a PositionalResult")
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        free = {"seed", "n_noise", "unknown_facts", "pooled"}
+        same = (
+            "fact_ids", "layers", "modules", "window", "model_id", "metric", "tokens",
+            "subject_positions", "prediction_position",
+        )  # fmt: skip
+        for i, p in enumerate(parts[1:], start=1):
+            for name in same:
+                if getattr(p, name) != getattr(first, name):
+                    raise ValueError(
+                        f"cannot pool seeds: result {i} has another {name} than result 0 "
+                        f"({getattr(p, name)!r} vs {getattr(first, name)!r}); pool traces of "
+                        "the same facts and settings under different seeds"
+                    )
+            for key in sorted((set(p.config) | set(first.config)) - free, key=str):
+                if p.config.get(key, "<missing>") != first.config.get(key, "<missing>"):
+                    raise ValueError(
+                        f"cannot pool seeds: result {i} has config[{key!r}]="
+                        f"{p.config.get(key, '<missing>')!r}, result 0 has "
+                        f"{first.config.get(key, '<missing>')!r}"
+                    )
+            if not torch.allclose(p.lp_clean.double(), first.lp_clean.double(), atol=1e-5):
+                raise ValueError(f"cannot pool seeds: result {i} has another clean baseline")
+        owner: dict[int, int] = {}
+        for i, p in enumerate(parts):
+            if not p.seeds:
+                raise ValueError(f"cannot pool seeds: result {i} records no seed")
+            for s in p.seeds:
+                if s in owner:
+                    raise ValueError(
+                        f"cannot pool seeds: seed {s} appears in result {owner[s]} and result "
+                        f"{i}; its noise draws would be counted twice"
+                    )
+                owner[s] = i
+        draws = [int(p.config.get("n_noise", 1)) for p in parts]
+        w = torch.tensor(draws, dtype=torch.float64) / sum(draws)
+
+        def mean_prob(name: str) -> torch.Tensor:
+            stacked = torch.stack([getattr(p, name).cpu().double().exp() for p in parts])
+            return (stacked * w.reshape(-1, *([1] * (stacked.ndim - 1)))).sum(0)
+
+        prob = mean_prob("lp")
+        entries: list[dict[str, Any]] = []
+        for p, n in zip(parts, draws):
+            entries += p.config.get("pooled") or [{"seeds": list(p.seeds), "n_noise": n}]
+        config = dict(first.config)
+        config.update(seed=[s for p in parts for s in p.seeds], n_noise=sum(draws), pooled=entries)
+        if any("unknown_facts" in p.config for p in parts):
+            unknown = {u for p in parts for u in (p.config.get("unknown_facts") or [])}
+            config["unknown_facts"] = [f for f in first.fact_ids if f in unknown]
+        dtype = first.lp.dtype
+        return dataclasses.replace(
+            first,
+            prob=prob.to(dtype),
+            lp=prob.log().to(dtype),
+            lp_corrupt=mean_prob("lp_corrupt").log().to(first.lp_corrupt.dtype),
+            config=config,
+            seeds=tuple(s for p in parts for s in p.seeds),
+        )
 
     @classmethod
     def synthetic(
@@ -1244,7 +1302,7 @@ class PositionalResult(_ResultBase):
 
 
 @dataclass(frozen=True, eq=False)
-class Coordinate:
+class Coordinate(Saveable):
     """A selected intervention coordinate and the score landscape it won (SPEC §7, Eq. 5).
 
     Attributes:
@@ -1306,6 +1364,10 @@ class Coordinate:
             self.steps.index(self.step),
             self.modules.index(self.module),
         )
+
+    def to_dataframe(self) -> Any:
+        """The score landscape as a long ``pandas.DataFrame`` (``layer, step, module, value``)."""
+        return to_dataframe(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (without the score tensor)."""

@@ -15,6 +15,7 @@ result, or fill the NaN yourself and say so). Ties go to the first cell in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,7 +88,16 @@ def _restriction_mask(
         keep = torch.tensor([m in names for m in module_labels])
         allowed &= keep[None, None, :]
     if steps is not None:
-        wanted = [steps] if isinstance(steps, int) else list(steps)
+        if not isinstance(steps, (int, Sequence, torch.Tensor)) or isinstance(steps, (str, bool)):
+            raise TypeError(
+                f"steps= must be a step label or a list of them, got {type(steps).__name__} "
+                f"{steps!r}"
+            )
+        wanted = (
+            [steps]
+            if isinstance(steps, int)
+            else [int(s) if isinstance(s, torch.Tensor) else s for s in steps]
+        )
         if not wanted:
             raise ValueError("steps= is empty: no cell could be selected")
         bad = [s for s in wanted if s not in steps_labels]
@@ -101,13 +111,26 @@ def _restriction_mask(
 
 
 def _check_finite(x: torch.Tensor, allowed: torch.Tensor, what: str) -> None:
-    bad = torch.isnan(x) & allowed
+    bad = ~torch.isfinite(x) & allowed
     if bad.any():
         fact, layer, step, module = (int(i) for i in torch.nonzero(bad)[0])
+        kind = "NaN" if bool(torch.isnan(x[bad]).any()) else "inf"
         raise ValueError(
-            f"{what} hold NaN in {int(bad.sum())} considered cells (first: fact {fact}, layer index "
-            f"{layer}, step index {step}, module index {module}); select on the raw result, or "
-            "fill NaN explicitly"
+            f"{what} hold {kind} in {int(bad.sum())} considered cells (first: fact {fact}, layer "
+            f"index {layer}, step index {step}, module index {module}); select on the raw "
+            "result, or fill non-finite cells explicitly"
+        )
+
+
+def _warn_if_flat(score: torch.Tensor, allowed: torch.Tensor, what: str) -> None:
+    """Warn when every considered cell has the same score: the argmax is then arbitrary."""
+    considered = score[allowed]
+    if considered.numel() > 1 and bool((considered == considered[0]).all()):
+        warnings.warn(
+            f"every considered cell of the {what} scores {float(considered[0]):g}: the "
+            "selected coordinate is arbitrary (the first cell). Check that the trace measured "
+            "an effect (an all-zero TIE often means the model does not know the facts)",
+            stacklevel=3,
         )
 
 
@@ -188,6 +211,7 @@ def select_coordinate(
             _check_finite(n, allowed, "neighbours")
             if beta > 0:
                 score = score - beta * n.abs().mean(0).to(score.dtype)
+    _warn_if_flat(score, allowed, "heatmaps")
     scores = torch.where(allowed, score, torch.full_like(score, float("nan")))
     flat = torch.where(allowed, score, torch.full_like(score, -float("inf"))).flatten()
     best = int(torch.argmax(flat))

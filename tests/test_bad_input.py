@@ -1,0 +1,353 @@
+"""Bad and awkward inputs, one table: each input raises a named error (or warns) saying what is
+wrong and what to do.
+
+Every row is ``(case id, call, expected exception or warning type, message fragment)``; the
+call receives an ``env`` with the tiny-mdlm replica (``env.m``), the llama replica
+(``env.ar``), a valid fact (``env.fact``) and a temporary directory (``env.tmp``).
+``docs/bad_input_audit.md`` lists the same cases with what happened before each fix.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import tie_tracing as tt
+from tie_tracing.editing import EditMemoryError
+from tie_tracing.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ShapeError,
+    SubjectNotFoundError,
+)
+from tie_tracing.patching import Patch
+from tie_tracing.results import PositionalResult, ResultFileError, TIEResult
+
+FACT = tt.Fact("ada vell", "where was ada vell born", "lisbon porto", id="f0")
+FACT2 = tt.Fact("mara tov", "who wrote the book of mara tov", "orion", id="f1")
+
+
+def _fact(**kw):
+    base = dict(subject="ada vell", question="where was ada vell born", answer="lisbon", id="x")
+    return tt.Fact(**(base | kw))
+
+
+def _trace(env, facts=(FACT,), **kw):
+    kw = dict(steps=2, nu=1.0, modules="resid", progress=False) | kw
+    return tt.trace_tie(env.m, facts, **kw)
+
+
+def _positional(env, facts=(FACT,), **kw):
+    kw = dict(nu=1.0, modules="resid", progress=False) | kw
+    return tt.trace_positional(env.m, facts, **kw)
+
+
+def _build(env, facts=(FACT, FACT2), **kw):
+    kw = dict(layer=1, lam=0.1) | kw
+    return tt.EditMemory.build(env.m, list(facts) if isinstance(facts, tuple) else facts, **kw)
+
+
+def _checkpoint(env, damage) -> Path:
+    """A copy of the embedded tiny-mdlm checkpoint, damaged by ``damage(weights_file)``."""
+    from tie_tracing.model import ZOO_DIR
+
+    path = env.tmp / "checkpoint"
+    shutil.copytree(ZOO_DIR / "tiny-mdlm", path)
+    damage(path / "model.safetensors")
+    return path
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _drop_a_weight(file: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(file))
+    del weights["model.layers.0.mlp.down_proj.weight"]
+    save_file(weights, str(file), metadata={"format": "pt"})
+
+
+def _saved(env, obj, name="r.safetensors") -> Path:
+    return obj.save(env.tmp / name)
+
+
+def _truncated_result(env) -> Path:
+    path = _saved(env, TIEResult.synthetic())
+    _truncate(path)
+    return path
+
+
+SYN = TIEResult.synthetic(n_facts=2, n_layers=3, n_steps=4)
+
+CASES = [
+    # --- facts ---------------------------------------------------------------------------
+    ("fact-perturbed-str", lambda e: _fact(perturbed_answers="Paris"), TypeError,
+     "perturbed_answers must be a sequence of strings"),
+    ("fact-perturbed-none-item", lambda e: _fact(perturbed_answers=("a", None)), ValueError,
+     "every perturbed answer must be a non-empty string"),
+    ("fact-id-int", lambda e: _fact(id=5), TypeError, "id must be a string"),
+    ("fact-empty-subject", lambda e: _fact(subject=" "), ValueError,
+     "subject must be a non-empty string"),
+    ("fact-empty-target", lambda e: _fact(target=""), ValueError,
+     "target must be None or a non-empty string"),
+    ("fact-object-not-in-answer", lambda e: _fact(object="paris"), ValueError,
+     "not a substring"),
+    ("fact-traceable-str", lambda e: _fact(traceable="no"), TypeError,
+     "traceable must be True or False"),
+    # --- prompts ---------------------------------------------------------------------------
+    ("mask-token-in-question", lambda e: _trace(e, [_fact(question="where was ada vell [MASK]")]),
+     ValueError, "contains the mask token '[MASK]'"),
+    ("mask-token-in-diffuse", lambda e: tt.diffuse(e.m, [_fact(question="ada vell [MASK]")]),
+     ValueError, "contains the mask token"),
+    ("prompt-longer-than-positions",
+     lambda e: tt.diffuse(e.m, [_fact(question="where was ada vell born " * 15)]),
+     ValueError, "more than the model's 64 positions"),
+    ("subject-inside-a-longer-word",
+     lambda e: _trace(e, [_fact(subject="ada", question="where was adam born", id="w")]),
+     SubjectNotFoundError, "'w': subject 'ada' occurs in prompt 'where was adam born' only "
+     "inside a longer word"),
+    ("subject-absent", lambda e: _trace(e, [_fact(subject="mara", id="a")]),
+     SubjectNotFoundError, "'a': subject 'mara' not found"),
+    ("subject-overlapping-mentions",
+     lambda e: _trace(e, [_fact(subject="red red", question="red red red", id="o")]),
+     SubjectNotFoundError, "'o': subject 'red red' is ambiguous"),
+    ("mentions-unknown", lambda e: _trace(e, mentions="second"), ValueError,
+     "mentions must be 'all'"),
+    # --- sampler and trace settings --------------------------------------------------------
+    ("diffuse-block-length-float", lambda e: tt.diffuse(e.m, [FACT], block_length=1.5),
+     ValueError, "block_length"),
+    ("diffuse-negative-temperature", lambda e: tt.diffuse(e.m, [FACT], temperature=-1),
+     ValueError, "temperature"),
+    ("trace-block-length-float", lambda e: _trace(e, block_length=1.5), ValueError,
+     "block_length must be an integer"),
+    ("trace-layers-empty", lambda e: _trace(e, layers=[]), ValueError, "layers is empty"),
+    ("trace-layers-duplicate", lambda e: _trace(e, layers=[0, 0]), ValueError,
+     "lists a layer twice"),
+    ("trace-layer-out-of-range", lambda e: _trace(e, layers=[99]), ValueError, "99"),
+    ("trace-unknown-module", lambda e: _trace(e, modules=["resid", "mlpp"]), ValueError,
+     "modules must be a non-empty subset"),
+    ("trace-facts-a-string", lambda e: tt.trace_tie(e.m, "where was ada vell born"), TypeError,
+     "trace_tie needs tie_tracing Facts"),
+    ("trace-facts-dicts", lambda e: tt.trace_tie(e.m, [{"subject": "ada"}]), TypeError,
+     "item 0 is a dict, not a tie_tracing Fact"),
+    ("trace-facts-empty", lambda e: tt.trace_tie(e.m, []), ValueError, "at least one fact"),
+    ("trace-duplicate-ids", lambda e: _trace(e, [FACT, _fact(id="f0")]), ValueError,
+     "duplicate fact ids: ['f0']"),
+    ("trace-n-noise-zero", lambda e: _trace(e, n_noise=0), ValueError, "n_noise"),
+    ("trace-steps-zero", lambda e: _trace(e, steps=0), ValueError, "steps must be"),
+    ("trace-decay-zero", lambda e: _trace(e, decay=0), ValueError, "decay must lie in (0, 1]"),
+    ("trace-noise-scale-nan", lambda e: _trace(e, nu=None, noise_scale=math.nan), ValueError,
+     "noise_scale must be > 0"),
+    ("trace-seed-float", lambda e: _trace(e, seed=1.5), TypeError, "seed must be an integer"),
+    ("trace-batch-size-zero", lambda e: _trace(e, batch_size=0), ValueError, "batch_size"),
+    ("trace-causal-model", lambda e: tt.trace_tie(e.ar, [FACT]), ValueError,
+     "use tt.trace_positional"),
+    ("trace-steps-bool", lambda e: _trace(e, steps=True), ValueError,
+     "steps must be an integer ≥ 1, got True"),
+    ("trace-n-noise-bool", lambda e: _trace(e, n_noise=True), ValueError,
+     "n_noise must be an integer ≥ 1, got True"),
+    ("trace-layer-negative", lambda e: _trace(e, layers=[-1]), ValueError, "layer -1 outside"),
+    ("trace-unknown-target", lambda e: _trace(e, target="objct"), ValueError,
+     "target must be one of"),
+    ("trace-object-target-without-object", lambda e: _trace(e, target="object"), ValueError,
+     "target='object' needs facts that record an object"),
+    ("positional-subject-absent",
+     lambda e: _positional(e, [_fact(subject="kess tov", id="bad")]), SubjectNotFoundError,
+     "'bad': subject 'kess tov' not found"),
+    ("positional-unknown-module", lambda e: _positional(e, modules=("ffn",)), ValueError,
+     "modules must be a non-empty subset"),
+    ("positional-window-zero", lambda e: _positional(e, window=0), ValueError, "window"),
+    ("positional-layers-empty", lambda e: _positional(e, layers=[]), ValueError,
+     "layers is empty"),
+    ("positional-facts-a-string", lambda e: tt.trace_positional(e.m, "ada"), TypeError,
+     "trace_positional needs tie_tracing Facts"),
+    ("patch-positions-empty",
+     lambda e: Patch(layer=0, module="mlp", step=0, value=torch.zeros(1, 4), positions=()),
+     ValueError, "positions=() selects nothing"),
+    ("patch-unknown-module", lambda e: Patch(layer=0, module="ffn", step=0, value=torch.zeros(1)),
+     ValueError, "Patch module must be one of"),
+    # --- selection and analysis ------------------------------------------------------------
+    ("select-all-zero", lambda e: tt.select_coordinate(torch.zeros(2, 3, 4, 3)), UserWarning,
+     "the selected coordinate is arbitrary"),
+    ("select-inf", lambda e: tt.select_coordinate(
+        torch.zeros(2, 3, 4, 3).index_put_((torch.tensor(0),) * 4, torch.tensor(math.inf))),
+     ValueError, "hold inf in 1 considered cells"),
+    ("select-nan", lambda e: tt.select_coordinate(torch.full((1, 2, 2, 3), math.nan)), ValueError,
+     "hold NaN"),
+    ("select-3d-tensor", lambda e: tt.select_coordinate(torch.zeros(3, 4, 3)), ShapeError,
+     "for one map pass x[None]"),
+    ("select-a-list", lambda e: tt.select_coordinate([[1.0]]), TypeError,
+     "must be a TIEResult or a tensor"),
+    ("select-int-tensor", lambda e: tt.select_coordinate(torch.ones(1, 2, 2, 3, dtype=torch.long)),
+     TypeError, "float tensor"),
+    ("select-negative-beta", lambda e: tt.select_coordinate(SYN, beta=-1), ValueError,
+     "beta must be >= 0"),
+    ("select-beta-without-neighbours", lambda e: tt.select_coordinate(SYN, beta=0.5), ValueError,
+     "needs neighbours="),
+    ("select-unknown-step", lambda e: tt.select_coordinate(SYN, steps=[99]), ValueError,
+     "out of range"),
+    ("select-unknown-module", lambda e: tt.select_coordinate(SYN, modules="ffn"), ValueError,
+     "unknown module"),
+    ("select-beta-nan", lambda e: tt.select_coordinate(SYN, beta=math.nan), ValueError,
+     "beta must be a finite number"),
+    ("select-modules-empty", lambda e: tt.select_coordinate(SYN, modules=[]), ValueError,
+     "modules= is empty"),
+    ("select-step-negative", lambda e: tt.select_coordinate(SYN, steps=[-1]), ValueError,
+     "out of range"),
+    ("select-steps-float", lambda e: tt.select_coordinate(SYN, steps=1.5), TypeError,
+     "steps= must be a step label or a list of them, got float"),
+    ("select-no-facts", lambda e: tt.select_coordinate(torch.ones(0, 2, 2, 3)), ValueError,
+     "hold no facts"),
+    ("select-5d-tensor", lambda e: tt.select_coordinate(torch.ones(1, 2, 2, 2, 3)), ShapeError,
+     "4 axes"),
+    ("select-neighbours-nan",
+     lambda e: tt.select_coordinate(SYN.tie, beta=1.0, neighbours=torch.full((1, 3, 4, 3), math.nan)),
+     ValueError, "neighbours hold NaN"),
+    ("select-neighbours-none-with-beta",
+     lambda e: tt.select_coordinate(SYN.tie, beta=1.0, neighbours=torch.ones(0, 3, 4, 3)),
+     ValueError, "neighbours hold no facts but beta > 0"),
+    ("stability-seed-str", lambda e: tt.selection_stability(SYN, n_boot=5, seed="a"), TypeError,
+     "seed must be an integer, got str"),
+    ("select-neighbours-other-shape",
+     lambda e: tt.select_coordinate(SYN, beta=1.0, neighbours=torch.zeros(1, 2, 2, 3)),
+     ShapeError, "neighbours are [layer, step, module]"),
+    ("bootstrap-empty", lambda e: tt.bootstrap_ci(torch.zeros(0, 2)), ValueError, "fact"),
+    ("selection-stability-no-boot", lambda e: tt.selection_stability(SYN, n_boot=0), ValueError,
+     "n_boot"),
+    ("localisation-dims-mismatch",
+     lambda e: tt.localisation_stats(torch.zeros(3, 4), dims=("layer",)), ShapeError, "dims"),
+    ("diffuse-text-without-length", lambda e: tt.diffuse(e.m, ["where was ada vell born"]),
+     ValueError, "give answer_length="),
+    ("logprob-unknown-estimator", lambda e: tt.answer_logprob(e.m, [FACT], estimator="mc"),
+     ValueError, "unknown estimator 'mc'"),
+    ("logprob-no-facts", lambda e: tt.answer_logprob(e.m, []), ValueError, "at least one fact"),
+    ("logprob-a-string", lambda e: tt.answer_logprob(e.m, "where was ada vell born"), TypeError,
+     "answer_logprob needs tie_tracing Facts"),
+    ("exact-match-none", lambda e: tt.exact_match(None, "lisbon"), TypeError,
+     "answers must be strings, got NoneType"),
+    ("tr-shapes-mismatch",
+     lambda e: tt.truth_ratio(torch.zeros(2, 3), torch.ones(2, 2), torch.zeros(2), torch.ones(2)),
+     ValueError, "must both be [fact, n_perturbed]"),
+    ("paired-ttest-lengths", lambda e: tt.paired_ttest([1.0, 2.0], [1.0]), ValueError,
+     "equal lengths"),
+    # --- comparison ------------------------------------------------------------------------
+    ("compare-other-facts",
+     lambda e: tt.compare_paradigms(PositionalResult.synthetic(), PositionalResult.synthetic(), SYN),
+     ValueError, "mdlm_tie lacks ['f2']"),
+    ("compare-swapped-arguments",
+     lambda e: tt.compare_paradigms(SYN, PositionalResult.synthetic(), SYN), TypeError,
+     "compare_paradigms needs a PositionalResult, got TIEResult"),
+    ("aligned-positional-a-tie", lambda e: tt.aligned_positional(SYN), TypeError,
+     "aligned_positional needs a PositionalResult"),
+    ("summary-a-string", lambda e: tt.localisation_summary("trace.safetensors"), TypeError,
+     "localisation_summary needs a PositionalResult or TIEResult, got str"),
+    ("pick-layers-zero", lambda e: tt.pick_layers(PositionalResult.synthetic(), SYN, 0), ValueError,
+     "num_layers must be an integer ≥ 1"),
+    # --- edit memory -----------------------------------------------------------------------
+    ("build-targets-empty", lambda e: _build(e, targets=[]), EditMemoryError,
+     "0 targets given for 2 facts"),
+    ("build-targets-blank", lambda e: _build(e, targets=["", "no"]), EditMemoryError,
+     "its target '' is not a non-empty string"),
+    ("build-targets-none-item", lambda e: _build(e, targets=[None, "no"]), EditMemoryError,
+     "its target None is not a non-empty string"),
+    ("build-steps-set", lambda e: _build(e, steps={0, 1}), TypeError, "edit_steps="),
+    ("build-duplicate-ids", lambda e: _build(e, facts=[FACT, FACT]), EditMemoryError,
+     "duplicate fact ids ['f0']"),
+    ("build-unknown-module", lambda e: _build(e, module="ffn"), ValueError, "unknown module 'ffn'"),
+    ("build-alpha-nan", lambda e: _build(e, alpha=math.nan), ValueError,
+     "alpha must be a finite number"),
+    ("build-no-facts", lambda e: _build(e, facts=[]), EditMemoryError, "at least one fact"),
+    ("build-facts-a-string", lambda e: _build(e, facts="ada vell"), TypeError,
+     "EditMemory.build needs tie_tracing Facts"),
+    # --- evaluation ------------------------------------------------------------------------
+    ("evaluate-no-split", lambda e: tt.evaluate(e.m, {}), ValueError, "at least one split"),
+    ("evaluate-a-list", lambda e: tt.evaluate(e.m, [FACT]), TypeError,
+     "splits must map split names to facts"),
+    ("evaluate-empty-split", lambda e: tt.evaluate(e.m, {"forget": []}), ValueError,
+     "split 'forget' has no facts"),
+    ("evaluate-split-a-string", lambda e: tt.evaluate(e.m, {"forget": "ada"}), TypeError,
+     "split 'forget' must be a sequence of tie_tracing Facts"),
+    # --- checkpoints and result files -------------------------------------------------------
+    ("checkpoint-truncated", lambda e: tt.load_model(_checkpoint(e, _truncate)), CheckpointError,
+     "checkpoint/model.safetensors is truncated or corrupt"),
+    ("checkpoint-missing-weight", lambda e: tt.load_model(_checkpoint(e, _drop_a_weight)),
+     CheckpointError, "lacks 1 weights the model needs (model.layers.0.mlp.down_proj.weight)"),
+    ("checkpoint-no-directory", lambda e: tt.load_model(e.tmp / "nowhere"),
+     CheckpointNotFoundError, "no such directory"),
+    ("result-truncated", lambda e: TIEResult.load(_truncated_result(e)), ResultFileError,
+     "r.safetensors is not a readable safetensors file (truncated or corrupt?)"),
+    ("result-other-kind", lambda e: TIEResult.load(_saved(e, tt.select_coordinate(SYN))),
+     ResultFileError, "holds a Coordinate, not a TIEResult; use Coordinate.load"),
+    ("result-missing-file", lambda e: TIEResult.load(e.tmp / "none.safetensors"),
+     FileNotFoundError, "no result file"),
+    ("result-save-to-a-directory", lambda e: SYN.save(e.tmp), IsADirectoryError,
+     "is a directory; give a file path inside it"),
+    ("result-load-a-directory", lambda e: TIEResult.load(e.tmp), IsADirectoryError,
+     "is a directory"),
+    ("result-unknown-fact-id", lambda e: SYN.select_facts("nope"), KeyError,
+     "no fact with id 'nope'"),
+    ("pool-same-seed-twice",
+     lambda e: PositionalResult.pool_seeds([PositionalResult.synthetic()] * 2), ValueError,
+     "seed 0 appears in result 0 and result 1"),
+    ("concat-nothing", lambda e: TIEResult.concat([]), ValueError, "at least one"),
+    # --- plotting --------------------------------------------------------------------------
+    ("plot-heatmaps-a-tensor", lambda e: tt.plot_tie_heatmaps(torch.zeros(2, 3, 4, 3)), TypeError,
+     "TIEResult"),
+    ("plot-positional-unknown-fact",
+     lambda e: tt.plot_positional(PositionalResult.synthetic(), fact="nope"), KeyError, "nope"),
+    ("plot-landscape-a-tensor", lambda e: tt.plot_selection_landscape(torch.zeros(2, 3)),
+     TypeError, "plot_selection_landscape draws a Coordinate"),
+    ("plot-positional-a-tie-result", lambda e: tt.plot_positional(SYN), TypeError,
+     "plot_positional draws a PositionalResult"),
+    ("plot-heatmaps-unknown-module", lambda e: tt.plot_tie_heatmaps(SYN, modules="ffn"),
+     ValueError, "ffn"),
+    # --- loaders ---------------------------------------------------------------------------
+    ("tofu-unknown-split", lambda e: tt.load_tofu(split="forget1"), ValueError,
+     "unknown TOFU split 'forget1'; valid splits"),
+    ("rwku-unknown-target", lambda e: tt.load_rwku(targets="Nobody"), ValueError,
+     "unknown RWKU target 'Nobody'"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models(replicas):
+    return replicas["tiny-mdlm"], replicas["llama"]
+
+
+@pytest.mark.parametrize(
+    "case, call, expected, fragment", CASES, ids=[c[0] for c in CASES]
+)  # fmt: skip
+def test_bad_input_gets_a_named_error(case, call, expected, fragment, models, tmp_path):
+    """The input raises the expected error (or warning) whose message holds the fragment."""
+    env = types.SimpleNamespace(m=models[0], ar=models[1], fact=FACT, tmp=tmp_path)
+    if issubclass(expected, Warning):
+        with pytest.warns(expected) as record:
+            call(env)
+        assert any(fragment in str(w.message) for w in record), [str(w.message) for w in record]
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random replicas know no facts
+        with pytest.raises(expected) as info:
+            call(env)
+    assert fragment in str(info.value), str(info.value)
+
+
+def test_case_ids_are_unique():
+    """Every row of the table has its own id (the audit document refers to them)."""
+    ids = [c[0] for c in CASES]
+    assert len(ids) == len(set(ids))
+
+
+def test_audit_document_lists_every_case():
+    """docs/bad_input_audit.md has one row per case of the table."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_input_audit.md").read_text()
+    missing = [c[0] for c in CASES if f"`{c[0]}`" not in doc]
+    assert not missing, missing
