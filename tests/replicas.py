@@ -3,7 +3,10 @@
 No checkpoint can be downloaded here, so table entries are tested on replicas: LLaDA's
 remote-code tree (``model.transformer.wte``, ``blocks[i].attn_out``/``ff_out``, blocks
 returning ``(x, cache)``, ``transformer.ff_out`` as the LM head), Dream's Qwen2 layout with
-shifted logits and bidirectional attention, and transformers' own Llama/Qwen2/GPT-2 classes.
+shifted logits and bidirectional attention, MMaDA (LLaDA's tree under its own model type),
+LLaDA-MoE (Llama layout with a sparse MoE block returning ``(hidden, router_logits)``),
+DiffuLLaMA (a bidirectional Llama with shifted logits), and transformers' own
+Llama/Qwen2/GPT-2 classes.
 """
 
 from __future__ import annotations
@@ -146,6 +149,118 @@ class LLaDAReplica(nn.Module):
 
     def forward(self, input_ids):
         return SimpleNamespace(logits=self.model(input_ids))
+
+
+class MMaDAReplica(LLaDAReplica):
+    """MMaDAModelLM: LLaDA's module tree and mask id under its own model type."""
+
+    def __init__(self, seed: int = 0, d: int = 32, layers: int = 3):
+        super().__init__(seed, d, layers)
+        self.config = SimpleNamespace(model_type="mmada", architectures=["MMadaModelLM"])
+
+
+class _MoEAttention(nn.Module):
+    def __init__(self, d: int, heads: int = 4):
+        super().__init__()
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        self.heads = heads
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = (
+            p(x).view(b, s, self.heads, d // self.heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=False)
+        return self.o_proj(a.transpose(1, 2).reshape(b, s, d)), None
+
+
+class _SparseMoE(nn.Module):
+    """Top-2 routed experts; returns ``(hidden, router_logits)`` as OLMoE-style blocks do."""
+
+    def __init__(self, d: int, experts: int = 4, top: int = 2):
+        super().__init__()
+        self.gate = nn.Linear(d, experts, bias=False)
+        self.experts = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d))
+                for _ in range(experts)
+            ]
+        )
+        self.top = top
+
+    def forward(self, x):
+        router_logits = self.gate(x)
+        weights, chosen = torch.softmax(router_logits, -1).topk(self.top, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            w = (weights * (chosen == e)).sum(-1, keepdim=True)
+            out = out + w * expert(x)
+        return out, router_logits
+
+
+class _MoEBlock(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(d)
+        self.self_attn = _MoEAttention(d)
+        self.post_attention_layernorm = nn.LayerNorm(d)
+        self.mlp = _SparseMoE(d)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.input_layernorm(x))[0]
+        h, router_logits = self.mlp(self.post_attention_layernorm(x))
+        return x + h, router_logits
+
+
+class _MoEModel(nn.Module):
+    def __init__(self, d: int, layers: int):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(VOCAB, d)
+        self.layers = nn.ModuleList([_MoEBlock(d) for _ in range(layers)])
+        self.norm = nn.LayerNorm(d)
+        self.pos = nn.Parameter(torch.randn(64, d) * 0.02)
+
+    def forward(self, input_ids):
+        x = self.embed_tokens(input_ids) + self.pos[: input_ids.shape[1]]
+        for layer in self.layers:
+            x, _ = layer(x)
+        return self.norm(x)
+
+
+class LLaDAMoEReplica(nn.Module):
+    """LLaDAMoEModelLM's tree: ``model.embed_tokens``, ``model.layers[i].{self_attn, mlp}``
+    (a sparse MoE block returning ``(hidden, router_logits)``), ``lm_head``; bidirectional,
+    unshifted logits."""
+
+    def __init__(self, seed: int = 0, d: int = 32, layers: int = 3):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.config = SimpleNamespace(model_type="llada_moe", architectures=["LLaDAMoEModelLM"])
+        self.model = _MoEModel(d, layers)
+        self.lm_head = nn.Linear(d, VOCAB, bias=False)
+
+    def forward(self, input_ids):
+        return SimpleNamespace(logits=self.lm_head(self.model(input_ids)))
+
+
+def diffullama_replica(seed: int = 0) -> LlamaForCausalLM:
+    """DiffuLLaMA: a Llama checkpoint adapted to diffusion (bidirectional, shifted logits);
+    its config says ``llama``, so it is wrapped with ``family="diffullama"``."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**_llama_config(is_causal=False))).eval()
+
+
+def more_replicas() -> dict[str, tt.TracedModel]:
+    """Replicas of the other MDLM table entries: MMaDA, LLaDA-MoE, DiffuLLaMA."""
+    return {
+        "mmada": wrap(MMaDAReplica()),
+        "llada-moe": wrap(LLaDAMoEReplica()),
+        "diffullama": wrap(diffullama_replica(), family="diffullama"),
+    }
 
 
 def wrap(module: nn.Module, family: str | None = None) -> tt.TracedModel:

@@ -313,3 +313,111 @@ def test_load_model_refuses_pickled_weights(tmp_path, mdlm):
     torch.save(mdlm._module.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(tt.CheckpointNotFoundError, match="safetensors"):
         tt.load_model(tmp_path)
+
+
+# -- MMaDA, LLaDA-MoE, DiffuLLaMA --------------------------------------------------------------
+
+MORE = ("mmada", "llada-moe", "diffullama")
+
+
+@pytest.fixture(scope="module")
+def more():
+    """Replicas of the other MDLM table entries (real module names; tests/replicas.py)."""
+    return R.more_replicas()
+
+
+@pytest.mark.parametrize(
+    "config, family",
+    [
+        (SimpleNamespace(model_type="mmada"), "mmada"),
+        (SimpleNamespace(model_type=None, architectures=["MMadaModelLM"]), "mmada"),
+        (SimpleNamespace(model_type="llada_moe"), "llada-moe"),
+        (SimpleNamespace(model_type="lladamoe"), "llada-moe"),
+        (SimpleNamespace(model_type=None, architectures=["LLaDAMoEModelLM"]), "llada-moe"),
+    ],
+)
+def test_detect_more_families(config, family):
+    """MMaDA and LLaDA-MoE are recognised from model_type or architectures."""
+    assert detect_family(config) == family
+
+
+@pytest.mark.parametrize("family", MORE)
+def test_more_families_resolve_their_sites(more, family):
+    """Every site resolves to the family's real module; site envoys read what torch hooks see."""
+    model = more[family]
+    assert model.backbone.family == family and model.num_layers == 3
+    root = model._module
+    for layer in range(3):
+        if family == "mmada":
+            block = root.model.transformer["blocks"][layer]
+            expected = {"attn": block.attn_out, "mlp": block.ff_out, "resid": block}
+            assert block.ff_out is not root.model.transformer["ff_out"]  # not the LM head
+        else:
+            block = root.model.layers[layer]
+            expected = {"attn": block.self_attn, "mlp": block.mlp, "resid": block}
+        for m, module in expected.items():
+            assert model.site_module(layer, m) is module, (family, layer, m)
+    captured: dict = {}
+    handles = [
+        model.site_module(layer, m).register_forward_hook(
+            lambda _m, _i, o, key=(layer, m): captured.__setitem__(key, hidden_of(o).clone())
+        )
+        for layer in range(3)
+        for m in ("attn", "mlp", "resid")
+    ]
+    try:
+        saved = {}
+        with torch.no_grad(), model.logits(X):
+            for layer in range(3):
+                for m in ("attn", "mlp", "resid"):
+                    saved[(layer, m)] = model.site(layer, m).output.save()
+    finally:
+        for h in handles:
+            h.remove()
+    for key, value in saved.items():
+        assert torch.equal(hidden_of(value), captured[key]), (family, key)
+    if family == "llada-moe":  # the MoE block's output is (hidden, router_logits)
+        assert isinstance(saved[(0, "mlp")], tuple) and saved[(0, "mlp")][1].shape[-1] == 4
+
+
+@pytest.mark.parametrize("family", MORE)
+def test_more_families_shift_and_direction(more, family):
+    """MMaDA and LLaDA-MoE logits are unshifted, DiffuLLaMA's shifted; all are bidirectional
+    and use the tokenizer's mask id (the replicas' small vocabulary)."""
+    model = more[family]
+    raw = raw_logits(model, X)
+    with torch.no_grad():
+        aligned = model.forward_logits(X)
+    if family == "diffullama":
+        assert model.backbone.shifted
+        assert torch.equal(aligned[:, 1:], raw[:, :-1])
+    else:
+        assert not model.backbone.shifted
+        assert torch.equal(aligned, raw)
+    other = X.clone()
+    other[:, -1] = 20
+    assert not model.is_causal
+    assert not torch.allclose(raw_logits(model, X)[:, 0], raw_logits(model, other)[:, 0])
+    assert model.mask_token_id == 3
+
+
+@pytest.mark.parametrize("family", MORE)
+def test_more_families_trace_exactly(more, family):
+    """A TIE run on each replica equals the slow hook reference (with the family's own sampler)."""
+    import warnings
+
+    from tie_tracing.reference import reference_ie
+
+    model = more[family]
+    fact = tt.Fact("ada vell", "where was ada vell born", "lisbon porto paris", id="b0")
+    sampler = tt.DreamSampler(alg="entropy") if family == "diffullama" else tt.LLaDASampler()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = tt.trace_tie(model, [fact], steps=3, nu=2.0, progress=False, sampler=sampler)
+    ref = reference_ie(model, fact, steps=3, nu=2.0, sampler=sampler)
+    assert result.tie.shape == (1, 3, 3, 3)
+    torch.testing.assert_close(
+        torch.nan_to_num(result.ie[0]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(result.lp_clean[0], ref["lp_clean"], atol=1e-5, rtol=0)
+    assert torch.nan_to_num(result.ie).abs().max() > 0

@@ -32,6 +32,7 @@ from .compare import (
 )
 from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
 from .errors import (
+    CheckpointError,
     CheckpointNotFoundError,
     NonFiniteActivationError,
     ObjectNotFoundError,
@@ -39,6 +40,7 @@ from .errors import (
     SubjectNotFoundError,
     TieTracingError,
     UnsupportedModelError,
+    UnsupportedSamplerError,
 )
 from .evaluation import (
     Evaluation,
@@ -69,6 +71,7 @@ from .patching import (
 )
 from .plotting import (
     StaticExportError,
+    notebook_figures,
     plot_beta_tradeoff,
     plot_ie_by_later_step,
     plot_per_fact_optima,
@@ -85,6 +88,15 @@ from .positional import PositionalConfig, reference_positional, trace_positional
 from .reference import reference_ie
 from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
 from .sampler import DiffusionResult, diffuse
+from .samplers import (
+    SAMPLERS,
+    DreamSampler,
+    FastDLLMSampler,
+    LLaDASampler,
+    ReMaskingSampler,
+    Sampler,
+    make_sampler,
+)
 from .selection import select_coordinate
 from .tie import TraceConfig, trace_tie
 from .unlearning import LoraSpec, UnlearnConfig, UnlearningError, UnlearnLog, unlearn

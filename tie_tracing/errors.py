@@ -29,3 +29,15 @@ class NonFiniteActivationError(TieTracingError, FloatingPointError):
 
 class ObjectNotFoundError(TieTracingError, ValueError):
     """A fact's object is not found among its answer's tokens."""
+
+
+class CheckpointError(TieTracingError, ValueError):
+    """A checkpoint directory exists but cannot be used: a truncated or corrupt weights file,
+    or weights the model needs that the files lack (names the file or the weights)."""
+
+
+class UnsupportedSamplerError(TieTracingError, ValueError):
+    """A sampler or model carries state between denoising steps other than the committed
+    tokens (a KV or prefix cache, self-conditioning, re-masking of committed tokens, a number
+    of forwards that varies), so exact TIE cannot trace it; the message says which
+    assumption fails and what to do."""

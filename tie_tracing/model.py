@@ -12,8 +12,9 @@ bounded ``for k in tracer.iter[:T]`` visits steps ``0 … T-1`` and ``tracer.ite
 remaining steps), so a step index always means the same thing and nnsight's iterator never
 ends early.
 
-Limits: one backbone call per step (classifier-free guidance or self-conditioning would make
-occurrences stop being steps); rows of one call share their prompt and answer lengths (the
+Limits: one backbone call per step (classifier-free guidance keeps it: the unconditional copies
+ride in the same forward, after the rows; self-conditioning, which needs the previous
+step's output, is refused); rows of one call share their prompt and answer lengths (the
 callers group by shape instead of padding, which keeps batched runs bit-comparable with
 single rows on every architecture).
 """
@@ -33,7 +34,7 @@ from nnsight import NNsight
 from nnsight.intervention.envoy import traceable
 
 from .backbones import BACKBONES, MODULES, Backbone, check_backbone, detect_family, get_module
-from .errors import CheckpointNotFoundError, UnsupportedModelError
+from .errors import CheckpointError, CheckpointNotFoundError, UnsupportedModelError
 from .prompting import DEFAULT_TEMPLATE, encode_pair
 
 ZOO_DIR = Path(__file__).parent / "zoo" / "models"
@@ -92,6 +93,9 @@ class TracedModel(NNsight):
         #: TIE sweep; ``None`` for a stand-alone forward such as a likelihood). Interventions
         #: that act on a step set (the edit memory) read it.
         self.current_step: int | None = None
+        #: Where the answer span of the running diffusion loop begins (``None`` outside it):
+        #: lets an intervention tell prompt tokens from decoded answer tokens.
+        self.current_answer_start: int | None = None
         params = inspect.signature(module.forward).parameters
         self._forward_kwargs = {"use_cache": False} if "use_cache" in params else {}
 
@@ -172,8 +176,40 @@ class TracedModel(NNsight):
     # -- running -----------------------------------------------------------------------------
 
     def encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
-        """``(prompt_ids, answer_ids)`` in this model's prompt format."""
-        return encode_pair(self.tokenizer, question, answer, template=self.template)
+        """``(prompt_ids, answer_ids)`` in this model's prompt format.
+
+        Raises:
+            ValueError: the question or the answer holds the mask token (an MDLM would read
+                it as a slot to fill), or the query is longer than the model's positions.
+        """
+        prompt, answer_ids = encode_pair(self.tokenizer, question, answer, template=self.template)
+        mask = self.mask_token_id
+        if mask is not None:
+            for what, text, ids in (("question", question, prompt), ("answer", answer, answer_ids)):
+                if int(mask) in ids:
+                    shown = self.tokenizer.decode([int(mask)])
+                    raise ValueError(
+                        f"the {what} {text!r} contains the mask token {shown!r}, which the model "
+                        "reads as a slot to fill; remove or reword it"
+                    )
+        limit = self.max_positions
+        if limit is not None and len(prompt) + len(answer_ids) > limit:
+            raise ValueError(
+                f"question {question!r} and its answer take {len(prompt) + len(answer_ids)} "
+                f"tokens, more than the model's {limit} positions; shorten them"
+            )
+        return prompt, answer_ids
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input the model takes (``max_position_embeddings`` / ``n_positions``
+        of its config; ``None`` when the config does not say)."""
+        config = getattr(self._module, "config", None)
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
     def forward_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """One backbone forward; logits aligned so index ``i`` scores token ``i``.
@@ -208,11 +244,12 @@ class TracedModel(NNsight):
         answer_start: int,
         steps: int = 8,
         block_length: int | None = None,
-        temperature: float = 0.0,
+        temperature: float | None = None,
         seeds: Sequence[int] | None = None,
         targets: torch.Tensor | None = None,
         target_mask: torch.Tensor | None = None,
         lp: str = "frozen",
+        sampler=None,
     ):
         """The diffusion loop (SPEC §4): exactly ``steps`` backbone forwards.
 
@@ -220,7 +257,10 @@ class TracedModel(NNsight):
         steps through ``tracer.iter``; called directly it simply runs. ``input_ids`` is
         ``[batch, seq]`` with mask tokens from ``answer_start`` on. Returns a
         :class:`~tie_tracing.sampler.LoopOutput` (states after each step, target
-        log-probs per step in mode ``lp`` over ``target_mask``).
+        log-probs per step in mode ``lp`` over ``target_mask``). ``sampler`` is a
+        :mod:`~tie_tracing.samplers` config (default ``LLaDASampler`` from the
+        ``temperature`` / ``block_length`` shorthands); under CFG each step's single forward
+        holds the rows and, after them, their unconditional copies.
         """
         from .sampler import run_loop
 
@@ -235,6 +275,7 @@ class TracedModel(NNsight):
             targets=targets,
             target_mask=target_mask,
             lp=lp,
+            sampler=sampler,
         )
 
     def __repr__(self) -> str:
@@ -242,6 +283,31 @@ class TracedModel(NNsight):
             f"TracedModel(name={self.name!r}, family={self.backbone.family!r}, "
             f"layers={self.num_layers}, causal={self.is_causal}, mask_token_id={self.mask_token_id})"
         )
+
+
+def _check_safetensors(path: Path) -> None:
+    """Open the header of every ``*.safetensors`` file of a checkpoint: a truncated or
+    corrupt file is a :class:`CheckpointError` that names it (not a bare safetensors error)."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                keys = list(fh.keys())
+                if keys:  # reading the last tensor checks that the data is all there
+                    fh.get_slice(keys[-1])
+            size = file.stat().st_size
+            with open(file, "rb") as raw:
+                header = int.from_bytes(raw.read(8), "little")
+                meta = json.loads(raw.read(header))
+            end = max((int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"),
+                      default=0)  # fmt: skip
+            if 8 + header + end > size:
+                raise ValueError(f"{size} bytes, {8 + header + end} expected")
+        except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
+            raise CheckpointError(
+                f"{file} is truncated or corrupt ({error}); copy or convert the checkpoint again"
+            ) from error
 
 
 def _resolve_path(name_or_path: str | os.PathLike) -> Path:
@@ -326,8 +392,12 @@ def load_model(
             f"{path} has no .safetensors weights; tie_tracing loads safetensors only (never "
             f"pickled .bin/.pt files). Convert the checkpoint first."
         )
+    _check_safetensors(path)
     kwargs: dict[str, Any] = dict(
-        local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        output_loading_info=True,
     )
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -335,14 +405,24 @@ def load_model(
         kwargs["device_map"] = device_map
     module = None
     errors = []
+    loading: dict = {}
     for auto in (AutoModelForCausalLM, AutoModel):
         try:
-            module = auto.from_pretrained(path, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # missing weights are checked below
+                module, loading = auto.from_pretrained(path, **kwargs)  # type: ignore[misc]
             break
         except (ValueError, KeyError) as error:
             errors.append(f"{auto.__name__}: {error}")
     if module is None:
         raise UnsupportedModelError(f"could not load {path}: " + "; ".join(errors))
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise CheckpointError(
+            f"{path}: the checkpoint lacks {len(missing)} weights the model needs "
+            f"({', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}); they would be "
+            "randomly initialised. Check that the files are complete and match config.json"
+        )
     if device is not None and device_map is None:
         module = module.to(device)  # type: ignore[arg-type]
     module.eval()

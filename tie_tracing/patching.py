@@ -38,7 +38,7 @@ import torch
 
 from .backbones import MODULES, hidden_of
 from .errors import ShapeError, SubjectNotFoundError
-from .facts import Fact, locate_object, locate_subject
+from .facts import Fact, check_mentions, locate_object, locate_subject
 from .sampler import LoopOutput, check_finite, check_lp_mode, check_target, commit_steps
 
 #: Order in which a block's sites run (nnsight must be asked in execution order).
@@ -52,7 +52,8 @@ class Query:
     Attributes:
         fact: The fact.
         prompt_ids, answer_ids: Token ids (see :mod:`tie_tracing.prompting`).
-        subject_positions: Token positions ``S`` of the subject in the prompt.
+        subject_positions: Token positions ``S`` of the subject in the prompt: every mention
+            by default (not necessarily contiguous), or the first (``mentions="first"``).
         object_offsets: Offsets within the answer span of the object's tokens (the whole
             answer for a fact without an object).
     """
@@ -100,13 +101,23 @@ class Query:
         return torch.tensor(self.answer_ids).expand(rows, -1).clone()
 
 
-def encode_query(model, fact: Fact) -> Query:
+def encode_query(model, fact: Fact, *, mentions: str = "all") -> Query:
     """Encode ``fact`` for ``model`` and locate its subject.
 
+    Args:
+        model: A :class:`~tie_tracing.model.TracedModel`.
+        fact: The fact.
+        mentions: ``"all"`` (default): the subject positions cover every mention of the
+            subject in the prompt; ``"first"``: only its first mention (ROME's rule). See
+            :func:`~tie_tracing.facts.locate_subject`.
+
     Raises:
-        SubjectNotFoundError: the subject is not in the prompt (names the fact).
+        SubjectNotFoundError: the subject is not in the prompt as whole words, or is
+            ambiguous there (names the fact).
         ObjectNotFoundError: the fact's object is not in its encoded answer (names the fact).
     """
+    if not isinstance(fact, Fact):
+        raise TypeError(f"expected a tie_tracing Fact, got {type(fact).__name__}: {fact!r}")
     if not fact.traceable:
         raise SubjectNotFoundError(
             f"fact {fact.id!r} is marked traceable=False: its subject {fact.subject!r} does "
@@ -119,6 +130,7 @@ def encode_query(model, fact: Fact) -> Query:
         fact.subject,
         text=model.template.format(question=fact.question),
         fact_id=fact.id or fact.question,
+        mentions=mentions,
     )
     objects = locate_object(model.tokenizer, answer, fact)
     return Query(
@@ -154,7 +166,7 @@ class Corruption:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
         if self.nu is not None and not self.nu > 0:
             raise ValueError(f"nu must be > 0, got {self.nu}")
-        if not isinstance(self.n_noise, int) or self.n_noise < 1:
+        if not isinstance(self.n_noise, int) or isinstance(self.n_noise, bool) or self.n_noise < 1:
             raise ValueError(f"n_noise must be an integer ≥ 1, got {self.n_noise!r}")
 
     def resolve_nu(self, model, queries: Sequence[Query]) -> float:
@@ -180,6 +192,8 @@ class SweepSettings:
         modules: Sites, a subset of ``("resid", "attn", "mlp")`` (kept in that order).
         layers: Layers (default: all).
         noise_scale, nu, replace, n_noise, seed: The corruption (see :class:`Corruption`).
+        mentions: Which mentions of the subject are corrupted (and patched): ``"all"``
+            (default) or ``"first"`` (see :func:`~tie_tracing.facts.locate_subject`).
     """
 
     modules: tuple[str, ...] = MODULES
@@ -189,8 +203,10 @@ class SweepSettings:
     replace: bool = False
     n_noise: int = 1
     seed: int = 0
+    mentions: str = "all"
 
     def __post_init__(self) -> None:
+        check_mentions(self.mentions)
         if isinstance(self.modules, str):  # modules="resid" means ("resid",)
             object.__setattr__(self, "modules", (self.modules,))
         if isinstance(self.layers, int):
@@ -201,6 +217,15 @@ class SweepSettings:
             ):
                 raise ValueError(f"layers must be integers, got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(self.layers))
+            if not self.layers:
+                raise ValueError(
+                    "layers is empty, so nothing would be traced: give at least one layer, "
+                    "or layers=None for all of them"
+                )
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers lists a layer twice: {self.layers!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"seed must be an integer, got {self.seed!r}")
         unknown = [m for m in self.modules if m not in MODULES]
         if unknown or not self.modules:
             raise ValueError(
@@ -260,6 +285,19 @@ class Patch:
     positions: tuple[int, ...] | None = None
     rows: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.module not in MODULES:
+            raise ValueError(f"Patch module must be one of {MODULES}, got {self.module!r}")
+        if not isinstance(self.value, torch.Tensor):
+            raise TypeError(f"Patch value must be a tensor, got {type(self.value).__name__}")
+        for name in ("positions", "rows"):
+            value = getattr(self, name)
+            if value is not None and len(tuple(value)) == 0:
+                raise ValueError(
+                    f"Patch {name}=() selects nothing, so the patch would do nothing; give at "
+                    f"least one, or {name}=None for the default"
+                )
+
 
 @dataclass(frozen=True)
 class Capture:
@@ -285,6 +323,8 @@ class PatchedRun:
         masked: ``[rows, steps, answer_len]`` bool, answer position masked in step ``k``'s input.
         commits: ``[rows, answer_len]`` the commit map: the step each answer position was
             committed at (``-1``: never).
+        config: The run's settings (``sampler`` as its ``to_dict()``, ``lp``, ``target``,
+            ``steps``).
     """
 
     target_logprobs: torch.Tensor
@@ -294,6 +334,7 @@ class PatchedRun:
     token_logprobs: torch.Tensor | None = None
     masked: torch.Tensor | None = None
     commits: torch.Tensor | None = None
+    config: dict = field(default_factory=dict)
 
     dims = ("row", "step")
 
@@ -340,6 +381,8 @@ def patched_forward(
     replace: bool,
     writes: dict,
     step: int | torch.Tensor | None = None,
+    sampler=None,
+    answer_start: int | None = None,
 ) -> torch.Tensor:
     """One traced forward (``model.logits``) with per-row writes: the sweeps' building block.
 
@@ -348,13 +391,27 @@ def patched_forward(
     advanced-indexing tuple of rows and positions). ``step`` (an int, a ``[rows]`` tensor of
     per-row steps, or ``None``) is exposed as ``model.current_step`` for step-set
     interventions such as the edit memory. Returns aligned logits ``[rows, seq, vocab]``.
+
+    With a CFG ``sampler`` (``sampler.doubles_batch``; give ``answer_start``) the forward
+    runs each row and its unconditional copy (prompt masked) together, noise and writes act
+    on the conditional rows only, and the guided logits are returned.
     """
     order = sorted(writes, key=lambda site: (site[0], EXECUTION_ORDER.index(site[1])))
+    rows = x.shape[0]
+    doubled = sampler is not None and sampler.doubles_batch
+    noise_rows = None
+    if doubled:
+        if answer_start is None:
+            raise ValueError("a CFG sampler needs answer_start to build the unconditional rows")
+        x = sampler.model_input(x, answer_start, model.mask_token_id)
+        noise_rows = torch.arange(rows, device=x.device)
+        if isinstance(step, torch.Tensor):
+            step = torch.cat([step, step])
     model.current_step = step
     try:
         with torch.inference_mode():
             with model.logits(x) as tracer:
-                apply_noise(model, noise, subject, replace)
+                apply_noise(model, noise, subject, replace, rows=noise_rows)
                 for site in order:
                     index, values = writes[site]
                     out = hidden_of(model.site(*site).output)
@@ -362,7 +419,7 @@ def patched_forward(
                 logits = tracer.result.save()
     finally:
         model.current_step = None
-    return logits
+    return sampler.combine(logits, rows) if doubled else logits
 
 
 def run_patched(
@@ -378,10 +435,11 @@ def run_patched(
     patches: Sequence[Patch] = (),
     capture: Sequence[Capture] = (),
     block_length: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     seeds: Sequence[int] | None = None,
     lp: str = "frozen",
     target: str = "answer",
+    sampler=None,
 ) -> PatchedRun:
     """One traced diffusion run with corruption, patches and captures at chosen steps.
 
@@ -399,10 +457,16 @@ def run_patched(
         nu: ``ν`` for ``corruption`` (default: resolved on this one fact).
         patches: :class:`Patch` es, applied after the noise.
         capture: :class:`Capture` s, recorded after any patch at the same site.
-        block_length: Semi-autoregressive block size (default: one block).
-        temperature: Sampler temperature (0: argmax commits).
-        seeds: Per-row seeds of the Gumbel noise (default ``0, 1, …``); rows with the same
+        block_length: Semi-autoregressive block size (default: one block); a shorthand of
+            ``LLaDASampler(block_length=...)``.
+        temperature: Sampler temperature (default 0: argmax commits); a shorthand of
+            ``LLaDASampler(temperature=...)``.
+        seeds: Per-row seeds of the sampler's noise (default ``0, 1, …``); rows with the same
             seed draw the same noise at each step.
+        sampler: A :mod:`~tie_tracing.samplers` config (default ``LLaDASampler()``); each row
+            is its own trajectory (no batch coupling). Under CFG the unconditional copies
+            ride in the same forwards, and noise, patches and captures concern the
+            conditional rows only. Recorded in ``.config["sampler"]``.
         lp: ``"frozen"`` (default: a committed position keeps the log-probability of the
             forward that decided it) or ``"raw"`` (SPEC §4).
         target: Positions ``LP`` sums over: ``"answer"`` (default) or ``"object"`` (SPEC §5).
@@ -410,8 +474,13 @@ def run_patched(
     Returns:
         A :class:`PatchedRun`.
     """
+    from .samplers import resolve_sampler
+
     check_lp_mode(lp)
     check_target(target)
+    rule = resolve_sampler(
+        sampler, temperature=temperature, block_length=block_length, model=model
+    ).per_trajectory()
     if isinstance(query, Fact):
         query = encode_query(model, query)
     fid = fact_key(query.fact)
@@ -425,6 +494,8 @@ def run_patched(
         nu = corruption.resolve_nu(model, [query]) if nu is None else nu
         draws = corruption.draws(query.fact, len(subject), model.hidden_size, nu)
         noise = draws[torch.arange(rows) % corruption.n_noise]
+    if noise_rows is None and rule.doubles_batch:  # leave the unconditional copies alone
+        noise_rows = range(rows)
     noisy = (
         None
         if noise_rows is None
@@ -477,8 +548,7 @@ def run_patched(
             x,
             answer_start=query.answer_start,
             steps=steps,
-            block_length=block_length,
-            temperature=temperature,
+            sampler=rule,
             seeds=seeds,
             targets=targets,
             target_mask=target_mask,
@@ -509,7 +579,7 @@ def run_patched(
         if len(visits) != steps:  # pragma: no cover - a backbone calling a site twice per step
             raise RuntimeError(f"site {site} ran {len(visits)} times in {steps} steps")
         order = sorted(cs)
-        captures[site] = torch.stack([hidden_of(visits[k])[:, pos] for k in order], dim=1)
+        captures[site] = torch.stack([hidden_of(visits[k])[:rows, pos] for k in order], dim=1)
         capture_steps[site] = tuple(order)
     start = query.answer_start
     return PatchedRun(
@@ -520,6 +590,7 @@ def run_patched(
         token_logprobs=result.token_logprobs,
         masked=result.masked,
         commits=commit_steps(result.states[:, :, start:].cpu(), model.mask_token_id),
+        config={"sampler": rule.to_dict(), "lp": lp, "target": target, "steps": steps},
     )
 
 

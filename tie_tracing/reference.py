@@ -6,7 +6,7 @@ site's output at the subject positions is replaced by the clean run's. It costs
 ``L · M · T²`` forwards per fact and draw, which is why :func:`~tie_tracing.tie.trace_tie`
 exists; the tests check the engine against it and ``benchmarks/tie_sweep.py`` times it as the
 naive protocol. It shares with the engine only the model's forward, the sampler's commit rule
-and the noise draws (common random numbers make the two comparable draw for draw).
+(any :mod:`~tie_tracing.samplers` config) and the noise draws (common random numbers make the two comparable draw for draw).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 
 from .backbones import MODULES, hidden_of
 from .patching import Corruption, Query, encode_query
-from .sampler import commit, target_logprob, transfer_schedule
+from .sampler import target_logprob
+from .samplers import resolve_sampler
 
 
 @contextmanager
@@ -40,15 +41,16 @@ def _trajectory(
     replace=False,
     patch=None,
     record=None,
-    temperature: float = 0.0,
+    sampler,
     seed: int = 0,
-    block_length: int | None = None,
     lp: str = "frozen",
     target: str = "answer",
 ):
     """One batch-1 trajectory; returns ``LP(k)`` per step. ``patch = (module, step, value)``.
 
-    With ``temperature > 0`` the commit draws its Gumbel noise from ``(seed, step)``.
+    ``sampler`` is a resolved :mod:`~tie_tracing.samplers` config; its random choices draw
+    from ``(seed, step)``. Under CFG the forward holds the trajectory (row 0, the only row
+    the hooks touch) and its unconditional copy (row 1).
     ``lp="frozen"``: a target position committed at step ``c`` contributes, at every later
     step, the log-probability it had at ``c`` (recorded here position by position).
     """
@@ -88,10 +90,10 @@ def _trajectory(
     decided: dict[int, float] = {}  # target position -> log-prob of the forward that committed it
     lps = []
     with torch.inference_mode(), _hooks(pairs):
-        schedule = transfer_schedule(len(query.answer_ids), steps, block_length)
-        for k, (lo, hi, n) in enumerate(schedule):
+        for k in range(steps):
             state["step"] = k
-            logits = model.forward_logits(x)[:, p:]
+            raw = model.forward_logits(sampler.model_input(x, p, model.mask_token_id))
+            logits = sampler.combine(raw, 1)[:, p:]
             per_position = target_logprob(logits, targets)[0].tolist()
             was_masked = [int(x[0, p + i]) == model.mask_token_id for i in positions]
             total = 0.0
@@ -101,16 +103,14 @@ def _trajectory(
                 else:
                     total += decided[i]
             lps.append(total)
-            x = commit(
+            x = sampler.update(
                 x,
                 logits,
                 answer_start=p,
-                block=(lo, hi),
-                n_commit=n,
-                mask_id=model.mask_token_id,
-                temperature=temperature,
-                seeds=[seed],
                 step=k,
+                steps=steps,
+                mask_id=model.mask_token_id,
+                seeds=[seed],
             )
             for i, masked in zip(positions, was_masked):
                 if masked and int(x[0, p + i]) != model.mask_token_id:
@@ -129,15 +129,26 @@ def reference_ie(
     n_noise: int = 1,
     seed: int = 0,
     replace: bool = False,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     block_length: int | None = None,
     lp: str = "frozen",
     target: str = "answer",
+    mentions: str = "all",
+    sampler=None,
 ) -> dict:
-    """``IE`` ``[layer, step, module, later_step]`` (mean over draws), ``LP_clean``, ``LP_corrupt``."""
-    run: dict[str, Any] = dict(temperature=temperature, seed=seed, block_length=block_length)
-    run.update(lp=lp, target=target)
-    query = encode_query(model, fact)
+    """``IE`` ``[layer, step, module, later_step]`` (mean over draws), ``LP_clean``, ``LP_corrupt``.
+
+    ``sampler`` (or the ``temperature`` / ``block_length`` shorthands) is the sampler of
+    :func:`~tie_tracing.tie.trace_tie`; ``"sampler"`` in the returned dict is its ``to_dict()``.
+
+    The subject positions (every mention, or the first with ``mentions="first"``; they need
+    not be contiguous) come from :func:`~tie_tracing.patching.encode_query`, as in the engine.
+    """
+    rule = resolve_sampler(
+        sampler, temperature=temperature, block_length=block_length, model=model
+    ).per_trajectory()
+    run: dict[str, Any] = dict(sampler=rule, seed=seed, lp=lp, target=target)
+    query = encode_query(model, fact, mentions=mentions)
     layers = list(range(model.num_layers)) if layers is None else list(layers)
     modules = [m for m in MODULES if m in modules]
     sites = {(layer, m): model.site_module(layer, m) for layer in layers for m in modules}
@@ -156,7 +167,12 @@ def reference_ie(
                         model, query, steps, noise=draws[n], replace=replace, patch=patch, **run
                     )
                     ie[n, li, k, mi, k:] = patched[k:] - lp_corrupt[n, k:]
-    return {"ie": ie.mean(0), "lp_clean": lp_clean, "lp_corrupt": lp_corrupt.mean(0)}
+    return {
+        "ie": ie.mean(0),
+        "lp_clean": lp_clean,
+        "lp_corrupt": lp_corrupt.mean(0),
+        "sampler": rule.to_dict(),
+    }
 
 
 def reference_tie(ie: torch.Tensor, decay: float) -> torch.Tensor:

@@ -1,4 +1,10 @@
-"""The diffusion sampler (SPEC §4): LLaDA low-confidence remasking, batch-aware.
+"""The diffusion loop (SPEC §4) and its default sampler: LLaDA low-confidence remasking, batch-aware.
+
+The loop runs any sampler config of :mod:`tie_tracing.samplers` (LLaDA's remasking modes,
+blocks, CFG and EOS switches; Dream's algorithms; fixed-``T`` threshold decoding), passed as
+``sampler=`` to :func:`diffuse`, ``model.denoise``, ``tt.run_patched`` and ``tt.trace_tie``;
+``temperature=`` and ``block_length=`` remain shorthands of ``LLaDASampler``. What follows
+describes the default, ``LLaDASampler()``.
 
 A query is the prompt followed by ``|answer|`` mask tokens. At each of ``T`` steps the
 backbone scores every position; among the still-masked positions of the current block, the
@@ -29,12 +35,14 @@ has a **commit map**: the step at which each answer position was committed
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from ._io import Saveable
 from .errors import NonFiniteActivationError
 from .facts import Fact, locate_object
 from .prompting import chunks_by_shape, encode_prompt
@@ -144,9 +152,22 @@ def transfer_schedule(
     return schedule
 
 
-def step_noise_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of row seed ``seed`` at step ``step`` (Gumbel noise)."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + step) % (2**63))
+def step_noise_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """The generator of row seed ``seed`` at step ``step``, for noise stream ``stream``.
+
+    Every random choice of a sampler is keyed this way (stream 0: token noise; 1: random
+    positions; 2: Dream's ``alg_temp`` position noise; see :mod:`tie_tracing.samplers`), so
+    runs in the same state at the same step with the same seed draw the same numbers.
+
+    Example:
+        >>> a = torch.rand(3, generator=step_noise_generator(5, 2))
+        >>> torch.equal(a, torch.rand(3, generator=step_noise_generator(5, 2)))
+        True
+    """
+    if stream == 0:
+        return torch.Generator().manual_seed((int(seed) * 1_000_003 + step) % (2**63))
+    key = zlib.crc32(f"{int(seed)}:{int(step)}:{int(stream)}".encode())
+    return torch.Generator().manual_seed(key)
 
 
 def commit(
@@ -235,12 +256,14 @@ class LoopOutput:
         token_logprobs: ``[batch, steps, answer_len]`` ``log softmax(logits_k)_i[a_i]`` at
             every answer position (the raw terms ``LP`` is built from).
         masked: ``[batch, steps, answer_len]`` bool, answer position masked in step ``k``'s input.
+        config: The loop's settings: ``sampler`` (its ``to_dict()``), ``steps``, ``lp``.
     """
 
     states: torch.Tensor
     target_logprobs: torch.Tensor | None
     token_logprobs: torch.Tensor | None
     masked: torch.Tensor | None = None
+    config: dict = field(default_factory=dict)
 
 
 def target_logprob(
@@ -267,66 +290,73 @@ def run_loop(
     answer_start: int,
     steps: int = 8,
     block_length: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     seeds: Sequence[int] | None = None,
     targets: torch.Tensor | None = None,
     target_mask: torch.Tensor | None = None,
     lp: str = "frozen",
+    sampler=None,
 ) -> LoopOutput:
     """Run the diffusion loop on ``model`` (a :class:`~tie_tracing.model.TracedModel`).
 
-    Exactly ``steps`` calls of ``model.forward_logits``; see the module docstring.
-    ``targets`` ``[batch, answer_len]`` are scored at the positions of ``target_mask``
-    (``[answer_len]`` or ``[batch, answer_len]`` bool; default all) in mode ``lp``.
+    Exactly ``steps`` backbone forwards (one per step, CFG included: its unconditional copy
+    rides in the same forward); see the module docstring. ``sampler`` is a
+    :mod:`~tie_tracing.samplers` config (default :class:`~tie_tracing.samplers.LLaDASampler`
+    built from the ``temperature`` / ``block_length`` shorthands). ``targets``
+    ``[batch, answer_len]`` are scored at the positions of ``target_mask`` (``[answer_len]``
+    or ``[batch, answer_len]`` bool; default all) in mode ``lp``.
     """
+    from .samplers import resolve_sampler
+
     check_lp_mode(lp)
     if model.is_causal:
         raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
+    rule = resolve_sampler(sampler, temperature=temperature, block_length=block_length, model=model)
     x = input_ids.clone()
     batch, seq = x.shape
     answer_length = seq - answer_start
-    schedule = transfer_schedule(answer_length, steps, block_length)
+    rule.check_shape(answer_length, steps)
     if seeds is None:
         seeds = list(range(batch))
     states, token_lps, masked = [], [], []
-    for k, (lo, hi, n) in enumerate(schedule):
+    for k in range(steps):
         masked.append(x[:, answer_start:] == model.mask_token_id)
-        model.current_step = k
+        model.current_step, model.current_answer_start = k, answer_start
         try:
-            logits = model.forward_logits(x)[:, answer_start:]
+            raw = model.forward_logits(rule.model_input(x, answer_start, model.mask_token_id))
         finally:
-            model.current_step = None
+            model.current_step, model.current_answer_start = None, None
+        logits = rule.combine(raw, batch)[:, answer_start:]
         check_finite(logits, f"{model.name} logits at step {k}")
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         if targets is not None:
             token_lps.append(target_logprob(logits, targets, logprobs))
-        x = commit(
+        x = rule.update(
             x,
             logits,
             answer_start=answer_start,
-            block=(lo, hi),
-            n_commit=n,
-            mask_id=model.mask_token_id,
-            temperature=temperature,
-            seeds=seeds,
             step=k,
+            steps=steps,
+            mask_id=model.mask_token_id,
+            seeds=seeds,
             logprobs=logprobs,
         )
         states.append(x)
     masked_t = torch.stack(masked, 1)
+    config = {"sampler": rule.to_dict(), "steps": steps, "lp": lp}
     if targets is None:
-        return LoopOutput(torch.stack(states, 1), None, None, masked_t)
+        return LoopOutput(torch.stack(states, 1), None, None, masked_t, config)
     token_t = torch.stack(token_lps, 1)
     if target_mask is not None:
         target_mask = target_mask.to(token_t.device)
         if target_mask.ndim == 1:
             target_mask = target_mask.expand(batch, -1)
     lps, _ = step_logprobs(token_t, masked_t, target_mask, lp=lp)
-    return LoopOutput(torch.stack(states, 1), lps, token_t, masked_t)
+    return LoopOutput(torch.stack(states, 1), lps, token_t, masked_t, config)
 
 
 @dataclass(frozen=True, eq=False)
-class DiffusionResult:
+class DiffusionResult(Saveable):
     """Samples of :func:`diffuse`, in input order.
 
     Attributes:
@@ -336,7 +366,9 @@ class DiffusionResult:
         target_logprobs: ``[batch, step]`` ``LP(k)`` of the facts' answers (``None`` for plain
             prompts).
         prompt_lengths, answer_lengths: Per row.
-        config: Sampler settings (``lp``, ``target`` and ``mask_token_id`` included).
+        config: Sampler settings (``lp``, ``target`` and ``mask_token_id`` included;
+            ``config["sampler"]`` is the sampler's ``to_dict()``, which
+            :func:`~tie_tracing.samplers.make_sampler` turns back into the config).
         object_offsets: Per row, the offsets within the answer of the object's tokens (the
             whole answer for facts without an object; empty for plain prompts).
     """
@@ -366,6 +398,16 @@ class DiffusionResult:
         if not offsets:
             raise ValueError(f"row {row} is a plain prompt: it has no object")
         return int(self.commits(row)[offsets[0]])
+
+    def transfer_counts(self, row: int) -> tuple[int, ...]:
+        """Per step, how many answer positions row ``row`` committed (``len == T``).
+
+        Give them to ``LLaDASampler(transfer_counts=...)`` to trace a threshold run with its
+        recorded schedule.
+        """
+        commits = self.commits(row).tolist()
+        steps = self.tokens.shape[1]
+        return tuple(sum(1 for c in commits if c == k) for k in range(steps))
 
     def answer_tokens(self, row: int) -> torch.Tensor:
         """``[step, answer_len]`` committed answer tokens of one row after each step."""
@@ -402,13 +444,14 @@ def diffuse(
     *,
     steps: int = 8,
     block_length: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     seed: int = 0,
     answer_length: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
     lp: str = "frozen",
     target: str = "answer",
+    sampler=None,
 ) -> DiffusionResult:
     """Sample answers with the diffusion loop (SPEC §4).
 
@@ -417,8 +460,10 @@ def diffuse(
         facts_or_prompts: Facts (their answers fix the answer length and are scored per step)
             or plain prompt strings (give ``answer_length``).
         steps: ``T``, the number of forwards (default 8, the paper's setting).
-        block_length: Semi-autoregressive block size (default: one block).
-        temperature: 0 for argmax commits; > 0 samples with seeded Gumbel noise.
+        block_length: Semi-autoregressive block size (default: one block); a shorthand of
+            ``LLaDASampler(block_length=...)``.
+        temperature: 0 (default) for argmax commits; > 0 samples with seeded Gumbel noise; a
+            shorthand of ``LLaDASampler(temperature=...)``.
         seed: Row ``i`` (in input order) uses seed ``seed + i``, whatever the batching.
         answer_length: Number of answer slots for plain prompts.
         batch_size: Rows per forward.
@@ -426,16 +471,27 @@ def diffuse(
         lp: How ``.target_logprobs`` reads committed positions: ``"frozen"`` (default, the
             value of the forward that committed them) or ``"raw"`` (SPEC §4).
         target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over.
+        sampler: A :mod:`~tie_tracing.samplers` config, registry name or dict (default
+            ``LLaDASampler()``, low-confidence remasking); recorded as ``config["sampler"]``.
+            A ``temperature`` / ``block_length`` given beside it must agree with it.
 
     Returns:
         A :class:`DiffusionResult` (``.answers``, ``.tokens``, ``.target_logprobs``, the
         commit maps through ``.commits(row)``).
 
+    Raises:
+        UnsupportedSamplerError: a sampler the package cannot run exactly (a KV cache, ...).
+        ValueError: a shorthand that disagrees with ``sampler``; a Dream sampler on a model
+            of another family; bad settings.
+
     Example:
         >>> facts = tt.load_facts("tiny", split="forget01")      # doctest: +SKIP
         >>> tt.diffuse(model, facts[:2]).answers                  # doctest: +SKIP
         ['Lisbon', '1962']
+        >>> tt.diffuse(model, facts[:2], sampler=tt.LLaDASampler(remasking="random"))  # doctest: +SKIP
     """
+    from .samplers import resolve_sampler
+
     items = (
         [facts_or_prompts] if isinstance(facts_or_prompts, (Fact, str)) else list(facts_or_prompts)
     )
@@ -447,6 +503,7 @@ def diffuse(
         raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
     check_lp_mode(lp)
     check_target(target)
+    rule = resolve_sampler(sampler, temperature=temperature, block_length=block_length, model=model)
     if target == "object":
         missing = [
             (f.id or f.question) if isinstance(f, Fact) else repr(f)
@@ -486,8 +543,7 @@ def diffuse(
                 x,
                 answer_start=p_len,
                 steps=steps,
-                block_length=block_length,
-                temperature=temperature,
+                sampler=rule,
                 seeds=[seed + i for i in chunk],
                 targets=targets,
                 target_mask=target_mask.to(device),
@@ -508,8 +564,9 @@ def diffuse(
         answer_lengths=tuple(len(a) for _, a in shapes),
         config=dict(
             steps=steps,
-            block_length=block_length,
-            temperature=temperature,
+            block_length=getattr(rule, "block_length", None),
+            temperature=getattr(rule, "temperature", 0.0),
+            sampler=rule.to_dict(),
             seed=seed,
             lp=lp,
             target=target,
