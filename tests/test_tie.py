@@ -300,6 +300,23 @@ def test_unknown_facts_are_left_out_of_the_mean_and_the_selection():
     assert tt.select_coordinate(marked).index == only_known.index
 
 
+@pytest.mark.parametrize("mentions", ["all", "first"])
+def test_subject_named_twice_engine_equals_reference(mentions):
+    """A subject named twice: every mention is corrupted and patched by default (positions not
+    contiguous), the first only with mentions='first'; the engine equals the slow reference."""
+    m = model("tiny-mdlm")
+    fact = tt.Fact("mara", "mara wrote orion was mara the writer", "lyra paris", id="tw")
+    q = encode_query(m, fact, mentions=mentions)
+    assert q.subject_positions == ((1, 5) if mentions == "all" else (1,))
+    result = trace(m, [fact], steps=2, nu=2.0, n_noise=1, seed=3, mentions=mentions)
+    assert result.config["mentions"] == mentions
+    ref = reference_ie(m, fact, steps=2, nu=2.0, n_noise=1, seed=3, mentions=mentions)
+    torch.testing.assert_close(
+        torch.nan_to_num(result.ie[0]), torch.nan_to_num(ref["ie"]), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(result.lp_corrupt[0], ref["lp_corrupt"], atol=1e-5, rtol=0)
+
+
 def test_chunked_sweep_equals_one_batch():
     """Splitting the patch rows into small forwards changes nothing (batch_size is speed only)."""
     m = model("tiny-mdlm")

@@ -1,23 +1,44 @@
 """The ``tie-tracing`` command line.
 
-``tie-tracing figure2`` is the main job: trace the facts with diffusion-time causal tracing
-under ``--n-seeds`` noise seeds, pool them (``TIEResult.pool_seeds``), write the interactive
-Figure 2 (and a static image where a renderer is available), the pooled result and the
-selected coordinate, and print a summary: the coordinate with its 95% bootstrap CI over
-facts, whether it survives a change of seed (seed-to-seed correlation of the mean ``resid``
-map, each seed's choice), where the object is committed and how many steps are idle.
+Three commands:
 
-The defaults of ``--n-facts``, ``--n-noise``, ``--n-seeds`` and ``--steps`` are the
-module constants below, to be tuned from ``benchmarks/seed_stability.py``.
+* ``tie-tracing figure2`` — the main job: trace the facts with diffusion-time causal tracing
+  under ``--n-seeds`` noise seeds, pool them (``TIEResult.pool_seeds``), write the interactive
+  Figure 2 (and a static image where a renderer is available), the pooled result and the
+  selected coordinate, and print a summary: the coordinate with its 95% bootstrap CI over
+  facts, whether it survives a change of seed (seed-to-seed correlation of the mean ``resid``
+  map, each seed's choice), where the object is committed and how many steps are idle. Each
+  seed's trace is kept in ``OUT/trace_seed<s>/``, so an interrupted run resumes.
+* ``tie-tracing trace --model PATH --facts FILE.jsonl --out DIR`` — a resumable sweep for real
+  work: each finished fact is written to ``DIR`` as it completes, the merged result to
+  ``DIR/trace.safetensors``. Facts are JSON lines with the fields of :class:`tt.Fact
+  <tie_tracing.facts.Fact>` (``subject``, ``question``, ``answer``, ``object``, ``id``, …).
+  Launched by ``torchrun --nproc-per-node N`` it shards the facts over the processes
+  (:mod:`tie_tracing.distributed`); the merged result is the single-process one, bit for bit.
+* ``tie-tracing plot DIR`` — Figure 2 from a saved trace.
+
+Every argument is checked, and the output directory tried for writing, before a model is
+loaded. ``--quiet`` prints no loading or progress bars and no warnings; an error prints one
+line and a hint (``--debug`` shows the traceback instead). ``--help`` shows every default.
+
+The defaults of ``--n-facts``, ``--n-noise``, ``--n-seeds`` and ``--steps`` of ``figure2`` are
+the module constants below, to be tuned from ``benchmarks/seed_stability.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import logging
+import os
 import statistics
 import sys
 import time
+import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +50,224 @@ DEFAULT_N_FACTS = 12
 DEFAULT_N_NOISE = 4
 DEFAULT_N_SEEDS = 2
 DEFAULT_STEPS = 8
+#: File of the merged result that ``trace`` writes and ``plot`` reads.
+TRACE_FILE = "trace.safetensors"
 
 
-def _load_facts(spec: str, n: int):
+class CliError(Exception):
+    """A bad argument or input, reported as one line and a hint."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+# -- argument types: each refuses what is out of range, before anything runs -----------------
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
+def decay_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {value}")
+    return value
+
+
+def memory_size(text: str) -> int:
+    from .budget import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors followed by a hint."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(
+            2,
+            f"{self.prog}: error: {message}\nhint: `{self.prog} --help` lists the options "
+            "and their defaults\n",
+        )
+
+
+# -- facts -----------------------------------------------------------------------------------
+
+
+def write_facts_jsonl(facts, path: str | os.PathLike) -> Path:
+    """Write facts as JSON lines (every field of :class:`~tie_tracing.facts.Fact`)."""
+    from .tie import fact_record
+
+    lines = [json.dumps(fact_record(f), ensure_ascii=False) for f in facts]
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def read_facts_jsonl(path: str | os.PathLike) -> list:
+    """Facts from a JSON-lines file, one object with :class:`~tie_tracing.facts.Fact` fields
+    per line (blank lines skipped). Errors name the line."""
+    from .facts import Fact
+
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(
+            f"--facts {path}: no such file",
+            "give a JSON-lines file of facts, or tiny:<split> / tofu:<split>",
+        )
+    fields = {f.name for f in dataclasses.fields(Fact)}
+    facts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CliError(
+                f"{where} is not JSON ({error.msg})", "one JSON object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise CliError(f"{where} is not a JSON object", "one JSON object per line")
+        unknown = sorted(set(record) - fields)
+        if unknown:
+            raise CliError(
+                f"{where} has unknown fields {unknown}",
+                f"the fields of a fact are {sorted(fields)}",
+            )
+        missing = [k for k in ("subject", "question", "answer") if k not in record]
+        if missing:
+            raise CliError(f"{where} lacks {missing}", "every fact needs subject, question, answer")
+        if isinstance(record.get("perturbed_answers"), list):
+            record["perturbed_answers"] = tuple(record["perturbed_answers"])
+        try:
+            facts.append(Fact(**record))
+        except (TypeError, ValueError) as error:
+            raise CliError(f"{where}: {error}", "fix that line of the facts file") from None
+    if not facts:
+        raise CliError(f"--facts {path} holds no facts", "one JSON object per line")
+    return facts
+
+
+def _load_facts(spec: str, n: int | None):
+    """Facts from ``tiny:<split>``, ``tofu:<split>`` or a JSON-lines file; the first ``n``."""
     import tie_tracing as tt
 
     source, _, split = spec.partition(":")
-    if source == "tiny":
+    if source == "tiny" and split != spec:
         facts = tt.load_facts("tiny", split=split or "forget01")
-    elif source == "tofu":
+    elif source == "tofu" and split != spec:
         facts = [f for f in tt.load_tofu(split=split or "forget01") if f.traceable]
+    elif spec.endswith((".jsonl", ".json")) or Path(spec).is_file():
+        facts = read_facts_jsonl(spec)
     else:
-        raise SystemExit(f"--facts must be tiny:<split> or tofu:<split>, got {spec!r}")
-    if len(facts) < n:
-        raise SystemExit(f"--facts {spec} has only {len(facts)} traceable facts, {n} requested")
-    return facts[:n]
+        raise CliError(
+            f"--facts must be tiny:<split>, tofu:<split> or a .jsonl file, got {spec!r}",
+            "e.g. --facts tiny:forget01 or --facts facts.jsonl",
+        )
+    if n is not None and len(facts) < n:
+        raise CliError(
+            f"--facts {spec} has only {len(facts)} traceable facts, {n} requested",
+            f"use --n-facts {len(facts)} or fewer",
+        )
+    return facts if n is None else facts[:n]
+
+
+def _writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create ``path`` and prove it writable by writing a file there, before any work."""
+    out = Path(path)
+    try:
+        if out.exists() and not out.is_dir():
+            raise CliError(
+                f"{flag} {out} exists and is not a directory", f"give a directory as {flag}"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{uuid.uuid4().hex}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise CliError(
+            f"{flag} {out} is not writable ({error.strerror or error})",
+            f"choose a directory you can write to as {flag}",
+        ) from None
+    return out
+
+
+@contextlib.contextmanager
+def _output(quiet: bool) -> Iterator[None]:
+    """``--quiet``: no warnings, no transformers/hub log lines or loading bars (restored after)."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    env = os.environ.get("TQDM_DISABLE")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    os.environ["TQDM_DISABLE"] = "1"
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = env
+
+
+def _say(args: argparse.Namespace, *lines: str) -> None:
+    """Print (rank 0 only under torchrun)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        for line in lines:
+            print(line)
+
+
+def _load_model(args: argparse.Namespace, device=None):
+    import tie_tracing as tt
+
+    return tt.load_model(
+        args.model,
+        family=args.family,
+        trust_remote_code=args.trust_remote_code,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        device_map=args.device_map,
+        device=device,
+    )
+
+
+def _check_dtype(args: argparse.Namespace) -> None:
+    if args.dtype and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
+        raise CliError(f"--dtype {args.dtype!r} is not a torch dtype", "e.g. --dtype bfloat16")
 
 
 def _concentration(result) -> dict:
@@ -131,38 +355,34 @@ def _fmt_cell(c: dict[str, Any]) -> str:
 
 def figure2(args: argparse.Namespace) -> int:
     import tie_tracing as tt
-    from tie_tracing.plotting import StaticExportError, save_figure, static_export_available
+    from tie_tracing.plotting import save_figure
 
-    if args.n_seeds < 1:
-        raise SystemExit(f"--n-seeds must be ≥ 1, got {args.n_seeds}")
+    _check_dtype(args)
+    out = _writable_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model = tt.load_model(
-        args.model,
-        family=args.family,
-        trust_remote_code=args.trust_remote_code,
-        dtype=getattr(torch, args.dtype) if args.dtype else None,
-        device_map=args.device_map,
-    )
+    from tie_tracing.model import EMBEDDED_MODELS
+
     facts_spec = args.facts or (
-        "tiny:forget01" if args.model in tt.model.EMBEDDED_MODELS else "tofu:forget01"
+        "tiny:forget01" if args.model in EMBEDDED_MODELS else "tofu:forget01"
     )
     facts = _load_facts(facts_spec, args.n_facts)
     if args.target == "object":
         missing = [f.id or f.question for f in facts if f.object is None]
         if missing:
-            raise SystemExit(
+            raise CliError(
                 f"--target object needs facts that record their object; {len(missing)} of "
-                f"{facts_spec} do not ({missing[:5]}): use --target answer"
+                f"{facts_spec} do not ({missing[:5]})",
+                "use --target answer",
             )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    model = _load_model(args)
     seeds = [args.seed + i for i in range(args.n_seeds)]
-    print(
+    _say(
+        args,
         f"tracing {len(facts)} facts ({facts_spec}) on {model.name} [{model.backbone.family}, "
         f"{model.num_layers} layers], T={args.steps}, lp={args.lp}, target={args.target}, "
-        f"seeds {seeds} × {args.n_noise} noise draw(s)"
+        f"seeds {seeds} × {args.n_noise} noise draw(s)",
     )
     traces = [
         tt.trace_tie(
@@ -174,6 +394,8 @@ def figure2(args: argparse.Namespace) -> int:
             lp=args.lp,
             target=args.target,
             progress=not args.quiet,
+            out=out / f"trace_seed{s}",  # resumable: an interrupted run picks up here
+            overwrite=args.overwrite,
         )
         for s in seeds
     ]
@@ -219,17 +441,7 @@ def figure2(args: argparse.Namespace) -> int:
             fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "directory"
         )
     )
-    if static_export_available():
-        try:
-            written += save_figure(fig, out / "figure2.png", width=1200, height=450)
-        except StaticExportError as error:
-            print(f"note: no static image: {error}", file=sys.stderr)
-    else:
-        print(
-            "note: no static image written: kaleido needs a Chrome/Chromium "
-            "(pip install kaleido; apt-get install chromium). The .html figure is complete.",
-            file=sys.stderr,
-        )
+    written += _static_image(fig, out / "figure2.png", quiet=args.quiet)
     atomic_write_text(out / "figure2_summary.json", json.dumps(summary, indent=1))
     _print_summary(summary)
     print(
@@ -240,6 +452,142 @@ def figure2(args: argparse.Namespace) -> int:
         )
     )
     print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _static_image(fig, path: Path, *, quiet: bool) -> list:
+    from tie_tracing.plotting import StaticExportError, save_figure, static_export_available
+
+    if static_export_available():
+        try:
+            return list(save_figure(fig, path, width=1200, height=450))
+        except StaticExportError as error:
+            if not quiet:
+                print(f"note: no static image: {error}", file=sys.stderr)
+            return []
+    if not quiet:
+        print(
+            "note: no static image written: kaleido needs a Chrome/Chromium "
+            "(pip install kaleido; apt-get install chromium). The .html figure is complete.",
+            file=sys.stderr,
+        )
+    return []
+
+
+def trace(args: argparse.Namespace) -> int:
+    """``tie-tracing trace``: a resumable (and, under torchrun, fact-sharded) sweep."""
+    from .distributed import local_device, trace_sharded, world
+
+    _check_dtype(args)
+    out = _writable_dir(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    facts = _load_facts(args.facts, args.n_facts)
+    if args.target == "object":
+        missing = [f.id or f.question for f in facts if f.object is None]
+        if missing:
+            raise CliError(
+                f"--target object needs facts that record their object; {len(missing)} do not "
+                f"({missing[:5]})",
+                "use --target answer",
+            )
+    settings: dict[str, Any] = dict(
+        steps=args.steps,
+        n_noise=args.n_noise,
+        seed=args.seed,
+        decay=args.decay,
+        lp=args.lp,
+        target=args.target,
+        mode=args.mode,
+        horizon=args.horizon,
+        max_memory=args.max_memory,
+    )
+    if args.sampler:
+        settings["sampler"] = (
+            json.loads(args.sampler) if args.sampler.startswith("{") else args.sampler
+        )
+    if args.modules:
+        settings["modules"] = tuple(args.modules.split(","))
+    rank, size = world()
+    device = None
+    if size > 1 and args.device_map is None and torch.cuda.is_available():
+        device = local_device()
+    start = time.perf_counter()
+    model = _load_model(args, device=device)
+    _say(
+        args,
+        f"tracing {len(facts)} facts on {model.name} [{model.backbone.family}, "
+        f"{model.num_layers} layers], T={args.steps}, mode={args.mode}"
+        + (f", horizon={args.horizon}" if args.horizon is not None else "")
+        + (f", {size} processes" if size > 1 else "")
+        + f"; resumable in {out}",
+    )
+    if size > 1:
+        result = trace_sharded(
+            model, facts, out=out, overwrite=args.overwrite, progress=not args.quiet, **settings
+        )
+    else:
+        import tie_tracing as tt
+
+        result = tt.trace_tie(
+            model, facts, out=out, overwrite=args.overwrite, progress=not args.quiet, **settings
+        )
+        result = dataclasses.replace(result, config=result.config | {"world_size": 1})
+    if result is None:  # not rank 0
+        return 0
+    path = result.save(out / TRACE_FILE)
+    stats = result.config.get("engine_stats") or {}
+    work = (
+        f"{size} processes"
+        if size > 1
+        else f"{stats.get('rows', 0)} rows in {stats.get('forwards', 0)} forwards this run"
+    )
+    print(
+        f"traced {len(result.fact_ids)} facts in {time.perf_counter() - start:.1f} s ({work}); "
+        f"unknown facts: {len(result.config.get('unknown_facts', []))}"
+    )
+    print(f"wrote {path} (figure: tie-tracing plot {out})")
+    return 0
+
+
+def plot(args: argparse.Namespace) -> int:
+    """``tie-tracing plot DIR``: Figure 2 from a saved trace."""
+    import tie_tracing as tt
+    from tie_tracing.plotting import save_figure
+
+    source = Path(args.trace)
+    if source.is_dir():
+        found = [source / name for name in (TRACE_FILE, "figure2_tie.safetensors")]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            partial = sorted(source.glob("fact_*.safetensors"))
+            hint = (
+                "the trace there is not finished: rerun `tie-tracing trace` with the same "
+                "arguments, it resumes"
+                if partial
+                else "give the --out directory of `tie-tracing trace` or `figure2`"
+            )
+            raise CliError(f"{source} holds no {TRACE_FILE} nor figure2_tie.safetensors", hint)
+        path = found[0]
+    elif source.is_file():
+        path = source
+    else:
+        raise CliError(f"{source}: no such file or directory", "give a trace directory or file")
+    out = _writable_dir(args.out or (path.parent if path.is_file() else source))
+    result = tt.TIEResult.load(path)
+    draws = result.lp_corrupt_draws.shape[1]
+    title = args.title or (
+        f"Figure 2 — TIE over (layer, step), {len(result.fact_ids)} facts × {draws} noise "
+        f"draws, {result.model_id}"
+    )
+    fig = tt.plot_tie_heatmaps(result, title=title)
+    written = list(
+        save_figure(
+            fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "directory"
+        )
+    )
+    written += _static_image(fig, out / "figure2.png", quiet=args.quiet)
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -312,76 +660,214 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    doc = __doc__ or "tie-tracing"
-    parser = argparse.ArgumentParser(prog="tie-tracing", description=doc.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    f2 = sub.add_parser(
-        "figure2",
-        help="trace the facts under several noise seeds and write the interactive Figure 2",
-        description="Trace the facts under --n-seeds noise seeds, pool them, write Figure 2, "
-        "the pooled result and a summary (selected coordinate with its CI, seed stability, "
-        "object commit step, idle steps).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    """Options every command shares."""
+    if model:
+        p.add_argument(
+            "--model", default="tiny-mdlm", help="embedded name or local checkpoint directory"
+        )
+        p.add_argument(
+            "--family",
+            default=None,
+            help="backbone family, when the config does not say (e.g. diffullama)",
+        )
+        p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+        p.add_argument("--dtype", default=None, help="e.g. bfloat16 for a real checkpoint on GPU")
+        p.add_argument("--device-map", default=None, help="e.g. cuda")
+        p.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="run the checkpoint's own modelling code (LLaDA, Dream)",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="discard a trace in --out made with other settings, facts or weights "
+            "instead of refusing it; a matching trace is always resumed",
+        )
+    p.add_argument("--quiet", action="store_true", help="no loading or progress bars, no warnings")
+    p.add_argument(
+        "--debug", action="store_true", help="on an error, show the traceback instead of one line"
     )
-    f2.add_argument(
-        "--model", default="tiny-mdlm", help="embedded name or local checkpoint directory"
-    )
-    f2.add_argument(
-        "--family",
-        default=None,
-        help="backbone family, when the config does not say (e.g. diffullama)",
-    )
-    f2.add_argument(
-        "--facts",
-        default=None,
-        help="tiny:<split> or tofu:<split>; unset: tiny:forget01 for embedded models, "
-        "tofu:forget01 otherwise",
-    )
-    f2.add_argument("--n-facts", type=int, default=DEFAULT_N_FACTS, help="facts to trace")
-    f2.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps T")
-    f2.add_argument(
-        "--n-noise", type=int, default=DEFAULT_N_NOISE, help="noise draws per fact and seed"
-    )
-    f2.add_argument(
-        "--n-seeds",
-        type=int,
-        default=DEFAULT_N_SEEDS,
-        help="noise seeds --seed, --seed+1, …; their traces are pooled, and compared when ≥ 2",
-    )
-    f2.add_argument("--seed", type=int, default=0, help="first noise seed")
-    f2.add_argument(
+
+
+def _reading(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--lp",
         choices=("frozen", "raw"),
         default="frozen",
         help="how LP reads committed positions (SPEC §4): frozen at their commit, or raw",
     )
-    f2.add_argument(
+    p.add_argument(
         "--target",
         choices=("answer", "object"),
         default="answer",
         help="positions LP sums over: the whole answer or the fact's object",
     )
-    f2.add_argument("--out", default="figures", help="output directory")
-    f2.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    f2.add_argument("--dtype", default=None, help="e.g. bfloat16 for a real checkpoint on GPU")
-    f2.add_argument("--device-map", default=None, help="e.g. cuda")
-    f2.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the checkpoint's own modelling code (LLaDA, Dream)",
+
+
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__ or "tie-tracing"
+    parser = _Parser(prog="tie-tracing", description=doc.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    f2 = sub.add_parser(
+        "figure2",
+        help="trace the facts under several noise seeds and write the interactive Figure 2",
+        description="Trace the facts under --n-seeds noise seeds, pool them, write Figure 2, "
+        "the pooled result and a summary (selected coordinate with its CI, seed stability, "
+        "object commit step, idle steps). Resumes an interrupted run from --out.",
+        formatter_class=fmt,
     )
+    f2.add_argument(
+        "--facts",
+        default=None,
+        help="tiny:<split>, tofu:<split> or a .jsonl file; unset: tiny:forget01 for embedded "
+        "models, tofu:forget01 otherwise",
+    )
+    f2.add_argument("--n-facts", type=positive_int, default=DEFAULT_N_FACTS, help="facts to trace")
+    f2.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help="denoising steps T")
+    f2.add_argument(
+        "--n-noise",
+        type=positive_int,
+        default=DEFAULT_N_NOISE,
+        help="noise draws per fact and seed",
+    )
+    f2.add_argument(
+        "--n-seeds",
+        type=positive_int,
+        default=DEFAULT_N_SEEDS,
+        help="noise seeds --seed, --seed+1, …; their traces are pooled, and compared when ≥ 2",
+    )
+    f2.add_argument("--seed", type=nonnegative_int, default=0, help="first noise seed")
+    _reading(f2)
+    f2.add_argument("--out", default="figures", help="output directory")
     f2.add_argument(
         "--self-contained",
         action="store_true",
         help="embed plotly.js in the html (~4 MB); by default the html loads plotly.min.js "
         "written once beside it, which also opens offline",
     )
-    f2.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common(f2)
+
+    tr = sub.add_parser(
+        "trace",
+        help="a resumable TIE sweep of a facts file (fact-sharded under torchrun)",
+        description="Trace facts into --out, one file per finished fact (rerun to resume), "
+        "and write the merged result to --out/trace.safetensors. Under `torchrun "
+        "--nproc-per-node N` the facts are sharded over the processes and rank 0 merges.",
+        formatter_class=fmt,
+    )
+    tr.add_argument(
+        "--facts",
+        required=True,
+        help="a .jsonl file (one JSON object per line with the tt.Fact fields: subject, "
+        "question, answer, object, id, …), or tiny:<split> / tofu:<split>",
+    )
+    tr.add_argument("--out", required=True, help="output directory, resumable")
+    tr.add_argument(
+        "--n-facts",
+        type=positive_int,
+        default=None,
+        help="trace only the first N facts; unset: all",
+    )
+    tr.add_argument("--steps", type=positive_int, default=8, help="denoising steps T")
+    tr.add_argument("--n-noise", type=positive_int, default=1, help="noise draws per fact")
+    tr.add_argument("--seed", type=nonnegative_int, default=0, help="noise seed")
+    tr.add_argument("--decay", type=decay_value, default=0.5, help="γ of Eq. 4, in 0 < γ ≤ 1")
+    tr.add_argument(
+        "--mode",
+        choices=("exact", "immediate", "attribution"),
+        default="exact",
+        help="exact TIE; the immediate effect at the patched step only; or its "
+        "attribution-patching estimate",
+    )
+    tr.add_argument(
+        "--horizon",
+        type=nonnegative_int,
+        default=None,
+        help="follow divergent futures at most this many steps after the patch; unset: to "
+        "the end, exact",
+    )
+    tr.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=None,
+        help="memory budget of a forward, e.g. 2GB; unset: from the device's free memory",
+    )
+    tr.add_argument(
+        "--modules", default=None, help="comma-separated subset of resid,attn,mlp; unset: all"
+    )
+    tr.add_argument(
+        "--sampler",
+        default=None,
+        help="sampler registry name or JSON config; unset: LLaDA low-confidence remasking",
+    )
+    _reading(tr)
+    _common(tr)
+
+    pl = sub.add_parser(
+        "plot",
+        help="Figure 2 from a saved trace",
+        description="Write Figure 2 (html, and png where a renderer is available) from the "
+        "result of `tie-tracing trace` or `figure2`.",
+        formatter_class=fmt,
+    )
+    pl.add_argument("trace", help="directory written by `trace`/`figure2`, or a result file")
+    pl.add_argument("--out", default=None, help="output directory; unset: beside the trace")
+    pl.add_argument("--title", default=None, help="figure title")
+    pl.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="embed plotly.js in the html (~4 MB); by default the html loads plotly.min.js "
+        "written once beside it, which also opens offline",
+    )
+    pl.add_argument("--quiet", action="store_true", help="no loading or progress bars, no warnings")
+    pl.add_argument(
+        "--debug", action="store_true", help="on an error, show the traceback instead of one line"
+    )
+    return parser
+
+
+COMMANDS = {"figure2": figure2, "trace": trace, "plot": plot}
+
+
+def _hint(error: BaseException) -> str:
+    import tie_tracing as tt
+
+    if isinstance(error, CliError) and error.hint:
+        return error.hint
+    if isinstance(error, tt.CheckpointNotFoundError):
+        return "give an embedded model name (tiny-mdlm) or a local checkpoint directory"
+    if isinstance(error, tt.UnsupportedModelError):
+        return "pass --family, or --trust-remote-code for LLaDA/Dream checkpoints"
+    if isinstance(error, PermissionError):
+        return "choose a directory you can write to as --out"
+    if isinstance(error, ValueError) and "another experiment" in str(error):
+        return "use another --out, or --overwrite to discard the old trace"
+    if isinstance(error, MemoryError) or "out of memory" in str(error):
+        return "lower --max-memory"
+    return "rerun with --debug for the traceback"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (errors: 1, bad arguments: 2)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "figure2":
-        return figure2(args)
-    return 2  # pragma: no cover
+    try:
+        with _output(args.quiet):
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("tie-tracing: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+    except Exception as error:  # one line and a hint; --debug for the traceback
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"tie-tracing {args.command}: error: {message}", file=sys.stderr)
+        print(f"hint: {_hint(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,16 +9,26 @@ For each fact the engine runs, as nnsight interventions:
    (``LP_corrupt(k)`` and the state before each step);
 2. the **patch forwards**: every patch ``(step k, draw, layer, module)`` starts from the
    corrupted state before ``k`` (a patch at ``k`` shares the corrupted trajectory up to
-   ``k``), so all ``T·N·L·M`` of them run as rows of batched traced forwards (``batch_size``
-   rows each; rows of different steps in one forward, ``model.current_step`` per row);
+   ``k``), so all ``T·N·L·M`` of them run as rows of batched traced forwards (as many rows
+   each as the memory budget allows, :mod:`tie_tracing.budget`; rows of different steps in
+   one forward, ``model.current_step`` per row);
 3. the **futures** of the patch runs whose commits at their step differ from the corrupted
-   run's, step by step, batched.
+   run's, step by step, batched — to the end, or at most ``horizon`` steps after the patch.
 
 An MDLM carries nothing between steps but its committed tokens, so a patch run whose commits
 at step ``k`` equal the corrupted run's has exactly the corrupted future (its later IE is 0:
 it *is* the corrupted run's trajectory), and runs that reach the same state at the same step
 with the same noise share one future. The engine memoises trajectories by
-``(draw, step, state)``, so each distinct future is computed once.
+``(draw, step, state)``, so each distinct future is computed once. Under ``lp="frozen"`` a
+patch at a step whose input has no masked answer position left commits nothing and reads
+only frozen terms, so its IE is 0 at every later step exactly; such rows are not run (at
+``T`` larger than the answer most steps are like that).
+
+Cheaper modes: ``mode="immediate"`` stops after step 2 and reports ``IE`` at the patched step
+(exact); ``mode="attribution"`` replaces step 2 by one forward and one backward per step and
+draw (:mod:`tie_tracing.attribution`), a first-order estimate of the same quantity. A
+``horizon`` bounds the futures of step 3 (the weight Eq. 4 then leaves out is bounded, see
+:func:`horizon_weight`). Facts shard over processes with :mod:`tie_tracing.distributed`.
 
 Semantics are the paper's free-running ones: after the patched forward the run commits
 autonomously with the noise still on. With temperature > 0 every run of the fact (clean,
@@ -30,7 +40,10 @@ Cost per fact: ``T`` forwards of ``1 + N`` rows for the clean and corrupted runs
 divergent runs — against ``N·L·M·T`` full trajectories (``N·L·M·T²`` forwards) for the naive
 protocol (``tie_tracing.reference``).
 
-Limits: facts are traced one at a time (rows of a forward share one prompt); a fact whose
+Limits: facts are traced one at a time in a process (rows of a forward share one prompt);
+the clean captures of the exact and immediate modes hold every site's output at every step
+(nnsight's cache keeps the whole output tensors of the traced loop, ``(1+N)·T·L·M·seq·d``
+values, outside the memory budget); a fact whose
 clean sample is wrong is traced, warned about and flagged (``known``), since tracing a model
 that does not know a fact measures nothing.
 """
@@ -44,15 +57,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ._io import atomic_write_text
 from ._version import __version__
+from .attribution import attribution_rows, site_outputs
 from .backbones import MODULES
+from .budget import default_budget, parse_memory, rows_per_forward
 from .errors import NonFiniteActivationError
-from .facts import Fact
+from .facts import Fact, as_facts
 from .patching import (
     Capture,
     Query,
@@ -67,10 +83,29 @@ from .results import TIEResult, tie_from_ie
 from .sampler import (
     check_lp_mode,
     check_target,
-    commit,
     target_logprob,
-    transfer_schedule,
 )
+
+#: Sweep modes of :func:`trace_tie`.
+MODES: tuple[str, ...] = ("exact", "immediate", "attribution")
+
+
+def horizon_weight(steps: int, decay: float, horizon: int | None) -> float:
+    """The largest share of Eq. 4's weight a horizon leaves out, over the cells' steps.
+
+    A cell at step ``k`` weighs later step ``k'`` by ``γ^{k'-k}``; following its future only
+    to ``k + h`` leaves out ``w_h(k) = Σ_{j=h+1}^{T-1-k} γ^j / Σ_{j=0}^{T-1-k} γ^j``, which is
+    largest at ``k = 0`` and at most ``γ^{h+1}`` (for ``γ < 1``). ``0`` when nothing is left
+    out (``horizon`` is ``None`` or ``≥ T - 1``).
+
+    Example:
+        >>> horizon_weight(8, 0.5, 1)   # (0.25 + … + 0.5^7) / (1 + … + 0.5^7)
+        0.24705882352941178
+    """
+    if horizon is None or horizon >= steps - 1:
+        return 0.0
+    weights = [decay**j for j in range(steps)]
+    return sum(weights[horizon + 1 :]) / sum(weights)
 
 
 @dataclass(frozen=True)
@@ -78,7 +113,8 @@ class TraceConfig(SweepSettings):
     """Settings of a TIE trace (validated on construction, recorded in the result).
 
     Attributes:
-        modules, layers, noise_scale, nu, replace, n_noise, seed: Sites and corruption (see
+        modules, layers, noise_scale, nu, replace, n_noise, seed, mentions: Sites, corruption
+            and the subject mentions corrupted (see
             :class:`~tie_tracing.patching.SweepSettings`).
         steps: ``T`` denoising steps.
         decay: ``γ`` of Eq. 4, in ``(0, 1]``.
@@ -87,6 +123,14 @@ class TraceConfig(SweepSettings):
         block_length: Semi-autoregressive block size of the sampler (default: one block).
         lp: ``"frozen"`` (default) or ``"raw"``: how ``LP`` reads committed positions (SPEC §4).
         target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over (SPEC §5).
+        mode: ``"exact"`` (default: Eq. 4 over every later step), ``"immediate"`` (``IE`` at
+            the patched step only, exact) or ``"attribution"`` (its first-order estimate);
+            see :func:`trace_tie`.
+        horizon: Follow each divergent future at most this many steps after its patch
+            (``None``: to the end, exact); ``mode="exact"`` only.
+        sampler: The sampler config (:mod:`tie_tracing.samplers`; default
+            ``LLaDASampler(temperature=temperature, block_length=block_length)``), recorded
+            as ``to_dict()["sampler"]``; ``temperature`` and ``block_length`` are set from it.
     """
 
     steps: int = 8
@@ -95,9 +139,14 @@ class TraceConfig(SweepSettings):
     block_length: int | None = None
     lp: str = "frozen"
     target: str = "answer"
+    mode: str = "exact"
+    horizon: int | None = None
+    sampler: Any = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
+        from .samplers import resolve_sampler
+
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
         if self.block_length is not None and (
             not isinstance(self.block_length, int) or self.block_length < 1
@@ -105,6 +154,14 @@ class TraceConfig(SweepSettings):
             raise ValueError(
                 f"block_length must be an integer ≥ 1 or None, got {self.block_length!r}"
             )
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
+        rule = resolve_sampler(
+            self.sampler, temperature=self.temperature or None, block_length=self.block_length
+        )
+        object.__setattr__(self, "sampler", rule)
+        object.__setattr__(self, "temperature", float(getattr(rule, "temperature", 0.0)))
+        object.__setattr__(self, "block_length", getattr(rule, "block_length", None))
         super().__post_init__()
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must lie in (0, 1], got {self.decay}")
@@ -112,6 +169,33 @@ class TraceConfig(SweepSettings):
             raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
         check_lp_mode(self.lp)
         check_target(self.target)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.horizon is not None:
+            if isinstance(self.horizon, bool) or not isinstance(self.horizon, int):
+                raise ValueError(f"horizon must be an integer ≥ 0 or None, got {self.horizon!r}")
+            if self.horizon < 0:
+                raise ValueError(f"horizon must be ≥ 0 (steps after the patch), got {self.horizon}")
+            if self.mode != "exact":
+                raise ValueError(
+                    f"horizon applies to mode='exact' only (mode={self.mode!r} follows no future)"
+                )
+        if self.mode == "attribution" and rule.doubles_batch:
+            raise ValueError(
+                "mode='attribution' differentiates one plain forward; a CFG sampler "
+                "(cfg_scale > 0) runs a guided pair: use mode='immediate' or 'exact'"
+            )
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings; ``"sampler"`` is the sampler's own ``to_dict()``."""
+        d = super().to_dict()
+        d["sampler"] = self.sampler.to_dict()
+        return d
+
+    @property
+    def limited(self) -> bool:
+        """Whether some later step may be left out (a horizon shorter than the trajectory)."""
+        return self.horizon is not None and self.horizon < self.steps - 1
 
 
 @dataclass
@@ -203,12 +287,14 @@ class _Sweep:
     ) -> tuple[list[float], list[torch.Tensor | None]]:
         """``LP`` of each step from ``node`` to the end of its trajectory, starting from the
         frozen terms ``frozen`` of the steps before it; also the frozen terms before each
-        step."""
+        step. A future cut by a horizon ends at its first node that was never run."""
         lps: list[float] = []
         before: list[torch.Tensor | None] = []
         while node is not None:
             n = self.nodes[node]
-            assert n.tl is not None and n.state is not None, "a trajectory node was never run"
+            assert n.state is not None, "a trajectory node has no state"
+            if n.tl is None:  # beyond a horizon: not followed
+                break
             before.append(frozen)
             lp, frozen = self.step_lp(n.tl, n.state, frozen)
             lps.append(lp)
@@ -217,9 +303,19 @@ class _Sweep:
 
 
 def _trace_one(
-    model, query: Query, config: TraceConfig, nu: float, sites, stats: dict, batch_size: int
+    model,
+    query: Query,
+    config: TraceConfig,
+    nu: float,
+    sites,
+    stats: dict,
+    batch_size: int | None,
+    budget: int,
 ) -> dict:
-    """All tensors of one fact's trace (see :class:`~tie_tracing.results.TIEResult`)."""
+    """All tensors of one fact's trace (see :class:`~tie_tracing.results.TIEResult`).
+
+    ``batch_size`` rows per forward, or (``None``) as many as ``budget`` bytes allow.
+    """
     fid = fact_key(query.fact)
     steps, n_draws = config.steps, config.n_noise
     device = model.param_device
@@ -227,6 +323,9 @@ def _trace_one(
     subject = torch.tensor(query.subject_positions, device=device)
     corruption = config.corruption(nu)
     noise = corruption.draws(query.fact, len(subject), model.hidden_size, nu).to(device)
+    # every run of the fact follows the sampler one trajectory per row, with noise keyed by
+    # (seed, step): runs in one state at one step commit identically, so futures are shared
+    rule = config.sampler.per_trajectory().bind(model)
     try:
         # one traced loop: row 0 clean (captures every site at S), rows 1..N corrupted
         both = run_patched(
@@ -237,9 +336,11 @@ def _trace_one(
             corruption=corruption,
             noise=noise,
             noise_rows=range(1, 1 + n_draws),
-            capture=[Capture(layer=layer, module=m) for layer, m in sites],
-            block_length=config.block_length,
-            temperature=config.temperature,
+            # attribution reads the activations in its own forwards: no capture needed
+            capture=[]
+            if config.mode == "attribution"
+            else [Capture(layer=layer, module=m) for layer, m in sites],
+            sampler=rule,
             seeds=[config.seed] * (1 + n_draws),
             lp=config.lp,
             target=config.target,
@@ -275,7 +376,6 @@ def _trace_one(
     corrupt_walks = [sweep.walk(sweep.corrupt[n][0], None) for n in range(n_draws)]
     lp_corrupt = torch.tensor([lps for lps, _ in corrupt_walks])
     frozen_before = [before for _, before in corrupt_walks]  # [N][T]
-    schedule = transfer_schedule(len(query.answer_ids), steps, config.block_length)
     targets = torch.tensor(query.answer_ids, device=device)
     n_sites = len(sites)
 
@@ -294,6 +394,8 @@ def _trace_one(
                 for site, (rows, values) in patches.items()
             },
             step=int(unique[0]) if len(unique) == 1 else row_steps.to(device),
+            sampler=rule,
+            answer_start=p,
         )
         logits = logits[:, p:]
         stats["forwards"] += 1
@@ -306,22 +408,40 @@ def _trace_one(
         if not torch.isfinite(tl).all():
             raise NonFiniteActivationError(f"fact {fid!r}: non-finite logits in the patch sweep")
         new = torch.empty_like(x)
-        for k in row_steps.unique().tolist():  # each step has its own commit count and block
+        for k in row_steps.unique().tolist():  # each step has its own commit rule
             rows = (row_steps == k).nonzero().flatten()
-            lo, hi, n_commit = schedule[k]
-            new[rows] = commit(
+            new[rows] = rule.update(
                 x[rows].to(device),
                 logits[rows.to(device)],
                 answer_start=p,
-                block=(lo, hi),
-                n_commit=n_commit,
-                mask_id=model.mask_token_id,
-                temperature=config.temperature,
-                seeds=[config.seed] * len(rows),
                 step=k,
+                steps=steps,
+                mask_id=model.mask_token_id,
+                seeds=[config.seed] * len(rows),
                 logprobs=logprobs[rows.to(device)],
             ).cpu()
         return tl, new
+
+    def fact_tensors(ie_draws: torch.Tensor, changed: torch.Tensor | None) -> dict:
+        """The fact's tensors from per-draw IE ``[N, sites, T, T]`` and, per patch row, whether
+        its commits differed from the corrupted run's."""
+        if changed is None:
+            diverged = torch.full((n_sites, steps), float("nan"))
+        else:
+            shape = (steps, n_draws, n_sites)
+            diverged = changed.view(shape).permute(1, 2, 0).float().mean(0)
+        answer_slice = slice(p, p + len(query.answer_ids))
+        return dict(
+            ie=ie_draws.mean(0),
+            diverged=diverged,
+            lp_clean=clean_lp,
+            lp_corrupt=lp_corrupt.mean(0),
+            lp_corrupt_draws=lp_corrupt,
+            clean_tokens=clean_states[:, answer_slice],
+            corrupt_tokens=corrupt_states[:, :, answer_slice],
+            target_mask=weight.bool(),
+            object_mask=query.target_mask("answer" if query.fact.object is None else "object"),
+        )
 
     # 2. every patch (step, draw, site) is a row: it starts from the corrupted state before
     # its step, so all of them run as rows of batched forwards (chunks of `batch_size`)
@@ -331,11 +451,70 @@ def _trace_one(
     before = torch.cat(
         [query_ids.expand(n_draws, 1, -1), corrupt_states[:, :-1]], dim=1
     )  # [N, T, seq]
-    clean_by_site = [clean_h[site] for site in sites]  # each [T, |S|, d]
+    clean_by_site = [clean_h[site] for site in sites if site in clean_h]  # each [T, |S|, d]
+    # under lp="frozen", a step whose input has no masked answer position commits nothing and
+    # reads only frozen terms, so a patch there has IE = 0 at every later step exactly (the
+    # engine would compute 0.0 for it): such rows are not run
+    if config.lp == "frozen":
+        open_step = (before[:, :, p:] == model.mask_token_id).any(-1)  # [N, T]
+    else:
+        open_step = torch.ones(n_draws, steps, dtype=torch.bool)
+    active = open_step[row_draw, row_step].nonzero().flatten()
+    if batch_size is None:
+        batch_size = rows_per_forward(
+            model, query.length, len(query.answer_ids), budget, grad=config.mode == "attribution"
+        )
+        if rule.doubles_batch:  # CFG runs each row with its unconditional copy
+            batch_size = max(1, batch_size // 2)
+    stats.setdefault("rows_per_forward", []).append(batch_size)
+    if config.mode == "attribution":
+        ie_draws = torch.full((n_draws, n_sites, steps, steps), float("nan"))
+        ie_draws[:, :, range(steps), range(steps)] = 0.0
+        pairs = open_step.nonzero()  # (draw, step) rows, each one forward + one backward
+        targets_cpu = torch.tensor(query.answer_ids)
+        needed = pairs[:, 1].unique()  # the clean activations of those steps, one forward
+        clean_at = torch.full((steps,), -1, dtype=torch.long)
+        clean_at[needed] = torch.arange(len(needed))
+        clean_acts: list[torch.Tensor] = [torch.empty(0)] * len(sites)
+        for lo in range(0, len(needed), batch_size):
+            ks = needed[lo : lo + batch_size]
+            part = site_outputs(model, clean_before[ks], sites=sites, subject=subject, steps=ks)
+            clean_acts = [
+                part[i] if lo == 0 else torch.cat([clean_acts[i], part[i]])
+                for i in range(len(sites))
+            ]
+            stats["forwards"] += 1
+            stats["rows"] += len(ks)
+            stats["shapes"].append([len(ks), query.length])
+        for lo in range(0, len(pairs), batch_size):
+            d_, k_ = pairs[lo : lo + batch_size].unbind(-1)
+            x = before[d_, k_]
+            w = weight.expand(len(d_), -1)
+            if config.lp == "frozen":
+                w = w * (x[:, p:] == model.mask_token_id)
+            est = attribution_rows(
+                model,
+                x,
+                noise=noise[d_.to(device)],
+                subject=subject,
+                replace=corruption.replace,
+                sites=sites,
+                clean=[c[clean_at[k_].to(c.device)] for c in clean_acts],
+                steps=k_,
+                targets=targets_cpu,
+                weight=w,
+                answer_start=p,
+            )
+            stats["forwards"] += 1
+            stats["backwards"] = stats.get("backwards", 0) + 1
+            stats["rows"] += len(d_)
+            stats["shapes"].append(list(x.shape))
+            ie_draws[d_, :, k_, k_] = est
+        return fact_tensors(ie_draws, None)  # divergence is not known: NaN
     patch_tl = torch.empty(len(row_step), len(query.answer_ids))
-    patch_new = torch.empty(len(row_step), query.length, dtype=torch.long)
-    for lo in range(0, len(row_step), batch_size):
-        chunk = slice(lo, lo + batch_size)
+    patch_new = corrupt_states[row_draw, row_step].clone()  # idle rows commit nothing
+    for lo in range(0, len(active), batch_size):
+        chunk = active[lo : lo + batch_size]
         k_, d_, s_ = row_step[chunk], row_draw[chunk], row_site[chunk]
         patches = {}
         for si, site in enumerate(sites):
@@ -346,13 +525,28 @@ def _trace_one(
     # a patch run whose commits equal the corrupted run's continues on the corrupted nodes
     # (memoised by state); the others open new trajectories
     same = (patch_new == corrupt_states[row_draw, row_step]).all(-1)
-    patch_next: list[int | None] = [
-        sweep.successor(int(row_draw[r]), int(row_step[r]) + 1, patch_new[r])
-        for r in range(len(row_step))
-    ]
+    ie_draws = torch.full((n_draws, n_sites, steps, steps), float("nan"))
+    if config.mode == "immediate":  # IE at the patched step only: no future is followed
+        for r in active.tolist():
+            n, k, s = int(row_draw[r]), int(row_step[r]), int(row_site[r])
+            lp_k, _ = sweep.step_lp(patch_tl[r], before[n, k], frozen_before[n][k])
+            ie_draws[n, s, k, k : k + 1] = torch.tensor([lp_k]) - lp_corrupt[n, k : k + 1]
+        idle = (~open_step[row_draw, row_step]).nonzero().flatten()
+        ie_draws[row_draw[idle], row_site[idle], row_step[idle], row_step[idle]] = 0.0
+        return fact_tensors(ie_draws, ~same)
+    # a divergent future is followed up to `deadline` (its patch step + horizon); a node shared
+    # by several runs is followed as far as the furthest of them needs
+    reach = steps if config.horizon is None else config.horizon
+    deadline: dict[int, int] = {}
+    patch_next: list[int | None] = [None] * len(row_step)
+    for r in active.tolist():
+        nxt = sweep.successor(int(row_draw[r]), int(row_step[r]) + 1, patch_new[r])
+        patch_next[r] = nxt
+        if nxt is not None:
+            deadline[nxt] = max(deadline.get(nxt, -1), int(row_step[r]) + reach)
     # 3. the distinct futures of diverged runs, step by step (runs reaching one state share it)
     for j in range(1, steps):
-        live = sweep.live.pop(j, [])
+        live = [i for i in sweep.live.pop(j, []) if deadline.get(i, -1) >= j]
         for lo in range(0, len(live), batch_size):
             nodes = live[lo : lo + batch_size]
             x = torch.stack([sweep.nodes[i].state for i in nodes])  # type: ignore[misc]
@@ -360,35 +554,26 @@ def _trace_one(
             tl, new = forward_rows(x, draws, torch.full((len(nodes),), j), {})
             for i, node_id in enumerate(nodes):
                 sweep.nodes[node_id].tl = tl[i]
-                sweep.nodes[node_id].next = sweep.successor(
-                    sweep.nodes[node_id].draw, j + 1, new[i]
-                )
-    stats["divergent_continuations"] += len(sweep.nodes) - n_draws * steps
+                nxt = sweep.successor(sweep.nodes[node_id].draw, j + 1, new[i])
+                sweep.nodes[node_id].next = nxt
+                if nxt is not None:
+                    deadline[nxt] = max(deadline.get(nxt, -1), deadline[node_id])
+    stats["divergent_continuations"] += sum(n.tl is not None for n in sweep.nodes) - n_draws * steps
     # IE(k, k') = LP_patched(k') - LP_corrupt(k'): the patched forward at k, then its future
     # (the corrupted nodes when it committed as the corrupted run did) with the frozen terms
     # it carries: under lp="frozen" a position committed in the patched forward keeps that
-    # forward's value, so even a shared future can have a non-zero effect
-    ie_draws = torch.full((n_draws, n_sites, steps, steps), float("nan"))
-    for r in range(len(row_step)):
+    # forward's value, so even a shared future can have a non-zero effect. Beyond a horizon
+    # the future of a divergent run ends where it was not followed: IE stays NaN there
+    for r in active.tolist():
         n, k, s = int(row_draw[r]), int(row_step[r]), int(row_site[r])
         lp_k, frozen = sweep.step_lp(patch_tl[r], before[n, k], frozen_before[n][k])
         lps = [lp_k] + sweep.walk(patch_next[r], frozen)[0]
-        ie_draws[n, s, k, k:] = torch.tensor(lps) - lp_corrupt[n, k:]
-    shape = (steps, n_draws, n_sites)
-    diverged = (~same).view(shape).permute(1, 2, 0).float()
-    ie = ie_draws.mean(0)
-    answer_slice = slice(p, p + len(query.answer_ids))
-    return dict(
-        ie=ie,
-        diverged=diverged.mean(0),
-        lp_clean=clean_lp,
-        lp_corrupt=lp_corrupt.mean(0),
-        lp_corrupt_draws=lp_corrupt,
-        clean_tokens=clean_states[:, answer_slice],
-        corrupt_tokens=corrupt_states[:, :, answer_slice],
-        target_mask=weight.bool(),
-        object_mask=query.target_mask("answer" if query.fact.object is None else "object"),
-    )
+        ie_draws[n, s, k, k : k + len(lps)] = torch.tensor(lps) - lp_corrupt[n, k : k + len(lps)]
+    idle = (~open_step[row_draw, row_step]).nonzero().flatten().tolist()
+    for r in idle:
+        n, k, s = int(row_draw[r]), int(row_step[r]), int(row_site[r])
+        ie_draws[n, s, k, k:] = 0.0
+    return fact_tensors(ie_draws, ~same)
 
 
 def _to_result(
@@ -407,9 +592,14 @@ def _to_result(
         "normalized": False,
         "mask_token_id": int(model.mask_token_id),
     }
+    if config.mode == "exact":
+        cfg["horizon_weight"] = horizon_weight(steps, config.decay, config.horizon)
+    # a horizon, or a mode that reads the patched step only, leaves later steps NaN: Eq. 4
+    # then weighs the steps it has (for the immediate modes, TIE is IE at k' = k)
+    policy = "omit" if config.limited or config.mode != "exact" else "propagate"
     fact = query.fact
     return TIEResult(
-        tie=tie_from_ie(ie, config.decay),
+        tie=tie_from_ie(ie, config.decay, nan_policy=policy),
         ie=ie,
         lp_clean=tensors["lp_clean"][None],
         lp_corrupt=tensors["lp_corrupt"][None],
@@ -461,14 +651,20 @@ def trace_tie(
     n_noise: int = 1,
     decay: float = 0.5,
     seed: int = 0,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     block_length: int | None = None,
     lp: str = "frozen",
     target: str = "answer",
+    sampler=None,
+    mentions: str = "all",
+    mode: str = "exact",
+    horizon: int | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    batch_size: int = 256,
+    max_memory: int | str | None = None,
+    batch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> TIEResult:
     """Diffusion-time causal tracing: TIE of every ``(layer, step, module)`` for each fact.
 
@@ -486,8 +682,18 @@ def trace_tie(
         decay: ``γ`` of Eq. 4.
         seed: Seed of the noise (and of the Gumbel noise when ``temperature > 0``).
         temperature: Sampler temperature (> 0: every run of a fact draws the same Gumbel
-            noise at a step, keyed by ``(seed, step)``).
-        block_length: Semi-autoregressive block size (LLaDA-Instruct style sampling).
+            noise at a step, keyed by ``(seed, step)``); a shorthand of
+            ``LLaDASampler(temperature=...)``.
+        block_length: Semi-autoregressive block size (LLaDA-Instruct style sampling); a
+            shorthand of ``LLaDASampler(block_length=...)``.
+        sampler: A :mod:`~tie_tracing.samplers` config, registry name or dict: LLaDA's
+            (``remasking``, blocks, CFG, EOS switches, fixed-``T`` threshold, explicit
+            counts) or Dream's (``alg``, ``alg_temp``, ``top_p``/``top_k``). Every sampler
+            is traced exactly: its random choices are keyed by ``(seed, step)``, so runs in
+            one state at one step commit identically. Samplers that carry state between
+            steps (KV caches, re-masking, a varying number of forwards) raise
+            :class:`~tie_tracing.errors.UnsupportedSamplerError`. Recorded in
+            ``result.config["sampler"]``.
         lp: ``"frozen"`` (default): a committed answer position keeps the log-probability of
             the forward that committed it, so ``LP`` measures only what the trajectory still
             has to decide and a step with no masked target position left has ``TIE = 0``
@@ -495,15 +701,47 @@ def trace_tie(
             state (an MDLM's output at a visible position is untrained; for comparison).
         target: ``"answer"`` (default): ``LP`` sums over the whole answer span; ``"object"``:
             over the object's tokens only (facts must record ``Fact.object``).
+        mentions: ``"all"`` (default): every mention of the subject in the question is
+            corrupted and patched; ``"first"``: only the first (ROME's rule).
         out: Directory for a resumable sweep: each finished fact is written there as it
             completes; rerunning with the same ``out`` skips finished facts. Resuming is
             keyed by content: other settings, another model or retrained weights (a
             fingerprint of configuration and weights), or a fact whose fields changed are
             errors that say what changed.
         overwrite: Discard a sweep in ``out`` that does not match instead of raising.
+        mode: What is computed per cell:
+
+            * ``"exact"`` (default): Eq. 4 over every later step, each divergent future
+              followed (see ``horizon``).
+            * ``"immediate"``: ``IE`` at the patched step only (``k' = k``), exactly; no future
+              is run, so it costs the clean and corrupted runs plus ``T·N·L·M`` patch rows.
+              ``.tie`` holds ``IE_k`` (the ``γ → 0`` limit of Eq. 4); ``.ie`` is NaN at
+              ``k' > k``.
+            * ``"attribution"``: a first-order estimate of the immediate effect, one forward
+              and one backward per step and draw for all cells at once
+              (:mod:`tie_tracing.attribution`: ``(h_clean − h_corrupt) · ∂LP_k/∂h`` at the
+              corrupted forward). Same layout as ``"immediate"``; ``.diverged`` is NaN.
+        horizon: Follow each divergent future at most ``h`` steps after its patch
+            (``mode="exact"`` only). Non-divergent runs, and divergent ones that rejoin a
+            followed trajectory, are still exact at every later step; where a future was not
+            followed, ``.ie`` is NaN and ``.tie`` weighs the later steps it has (Eq. 4 with
+            the missing weights left out and the rest renormalised). A cell at step ``k``
+            then leaves out at most ``w_h(k) = Σ_{j=h+1}^{T-1-k} γ^j / Σ_{j=0}^{T-1-k} γ^j
+            ≤ γ^{h+1}`` of its weight, and ``|TIE_h − TIE| ≤ w_h(k) · max_{k'>k+h}
+            |IE_{k'} − TIE_h|``. ``result.config`` records ``horizon`` and
+            ``horizon_weight`` (``max_k w_h(k)``, :func:`horizon_weight`). ``None`` (default)
+            or ``h ≥ T - 1`` is the exact sweep, bit for bit. (With a horizon or an immediate
+            mode, normalise with ``result.normalized(nan_policy="omit")``.)
         progress: Show a progress bar over facts.
-        batch_size: Most rows per forward of the patch sweep (lower it for big models on a
-            small GPU); it changes speed and memory, not results.
+        max_memory: Memory budget of one forward, bytes or a string such as ``"2GB"``;
+            rows per forward are chosen from it (:mod:`tie_tracing.budget`). Default: 90% of
+            the free CUDA memory on a GPU, half the available RAM on CPU. It changes speed
+            and memory, never results.
+        batch_size: Rows per forward, overriding ``max_memory`` (results are the same).
+        shard: ``(rank, world)``: trace only the facts ``i`` with ``i % world == rank`` into
+            ``out`` (required) and return those; the fact-sharded sweep of
+            :mod:`tie_tracing.distributed` runs one shard per process and merges them by
+            resuming ``out``. ``ν`` is still resolved on all ``facts``.
 
     Returns:
         A :class:`~tie_tracing.results.TIEResult`: ``.tie`` ``[fact, layer, step, module]``,
@@ -532,11 +770,27 @@ def trace_tie(
         raise ValueError(
             f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing"
         )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
-    facts = [facts] if isinstance(facts, Fact) else list(facts)
-    if not facts:
-        raise ValueError("trace_tie needs at least one fact")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be an integer ≥ 1 or None, got {batch_size!r}")
+    budget = (
+        parse_memory(max_memory) if max_memory is not None else default_budget(model.param_device)
+    )
+    if shard is not None:
+        rank, world = shard
+        if not (
+            isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world
+        ):
+            raise ValueError(f"shard must be (rank, world) with 0 ≤ rank < world, got {shard!r}")
+        if out is None:
+            raise ValueError("shard= writes its facts to `out`: give an output directory")
+    facts = as_facts(facts, "trace_tie")
+    if shard is not None and shard[0] >= len(facts):
+        raise ValueError(
+            f"shard {shard!r} holds none of the {len(facts)} facts: use at most {len(facts)} "
+            "shards (processes)"
+        )
     ids = [fact_key(f) for f in facts]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate fact ids: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -552,10 +806,12 @@ def trace_tie(
         n_noise=n_noise,
         decay=decay,
         seed=seed,
-        temperature=temperature,
-        block_length=block_length,
         lp=lp,
         target=target,
+        mentions=mentions,
+        mode=mode,
+        horizon=horizon,
+        **_sampler_settings(model, sampler, temperature, block_length),
     )
     if target == "object":
         missing = [fact_key(f) for f in facts if f.object is None]
@@ -567,16 +823,26 @@ def trace_tie(
             )
     layer_list = list(range(model.num_layers)) if config.layers is None else list(config.layers)
     sites = all_sites(model, config.modules, layer_list)
-    queries = [encode_query(model, f) for f in facts]
+    queries = [encode_query(model, f, mentions=config.mentions) for f in facts]
     _warn_idle(queries, config)
     nu_value = config.corruption().resolve_nu(model, queries)
-    store = _Store(out, config, nu_value, model, overwrite=overwrite) if out is not None else None
+    store = None
+    if out is not None and shard is None:
+        store = _Store(out, config, nu_value, model, overwrite=overwrite)
+    elif out is not None and shard is not None:  # one shard: rank 0 prepares `out` first
+        from .distributed import rank_zero_first
+
+        with rank_zero_first():
+            first = shard[0] == 0  # the others leave the files of running writes alone
+            store = _Store(out, config, nu_value, model, overwrite=overwrite and first, clean=first)
     stats: dict = {"forwards": 0, "rows": 0, "divergent_continuations": 0, "shapes": []}
     results, unknown = [], []
-    for i, query in enumerate(tqdm(queries, desc="trace_tie", unit="fact", disable=not progress)):
+    mine = range(len(queries)) if shard is None else range(shard[0], len(queries), shard[1])
+    for i in tqdm(mine, desc="trace_tie", unit="fact", disable=not progress):
+        query = queries[i]
         done = store.get(i, query.fact) if store else None
         if done is None:
-            tensors = _trace_one(model, query, config, nu_value, sites, stats, batch_size)
+            tensors = _trace_one(model, query, config, nu_value, sites, stats, batch_size, budget)
             done = _to_result(model, query, tensors, config, nu_value, sites, layer_list)
             if store:
                 done = dataclasses.replace(
@@ -595,13 +861,29 @@ def trace_tie(
     return dataclasses.replace(result, config=result.config | extra)
 
 
+def _sampler_settings(model, sampler, temperature, block_length) -> dict:
+    """TraceConfig's sampler settings: the resolved sampler (checked against the model and
+    refused when exact TIE cannot trace it) and the shorthands it implies."""
+    from .samplers import resolve_sampler
+
+    rule = resolve_sampler(sampler, temperature=temperature, block_length=block_length, model=model)
+    return dict(
+        sampler=rule,
+        temperature=float(getattr(rule, "temperature", 0.0)),
+        block_length=getattr(rule, "block_length", None),
+    )
+
+
 def _warn_idle(queries: Sequence[Query], config: TraceConfig) -> None:
     """Warn when the schedule leaves steps with no answer position to commit (SPEC §4)."""
     idle = []
     for q in queries:
-        schedule = transfer_schedule(len(q.answer_ids), config.steps, config.block_length)
+        config.sampler.check_shape(len(q.answer_ids), config.steps)
+        counts = config.sampler.expected_counts(len(q.answer_ids), config.steps)
+        if counts is None:  # data-dependent counts (threshold, Dream's origin)
+            continue
         done, n_idle = 0, 0
-        for _lo, _hi, n in schedule:
+        for n in counts:
             n_idle += done >= len(q.answer_ids)
             done += n
         if n_idle:
@@ -636,7 +918,16 @@ class _Store:
     which discards the old sweep. Temporary files left by a killed write are removed.
     """
 
-    def __init__(self, out, config: TraceConfig, nu: float, model, *, overwrite: bool = False):
+    def __init__(
+        self,
+        out,
+        config: TraceConfig,
+        nu: float,
+        model,
+        *,
+        overwrite: bool = False,
+        clean: bool = True,
+    ):
         from .editing.fingerprint import model_fingerprint
 
         self.dir = Path(out)
@@ -645,7 +936,7 @@ class _Store:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not os.access(self.dir, os.W_OK):
             raise PermissionError(f"out={self.dir} is not writable: choose another directory")
-        for tmp in self.dir.glob(".*.tmp"):  # killed atomic writes
+        for tmp in self.dir.glob(".*.tmp") if clean else ():  # killed atomic writes
             tmp.unlink(missing_ok=True)
         meta = {
             "config": config.to_dict() | {"nu": nu},
