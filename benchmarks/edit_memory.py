@@ -14,13 +14,13 @@ unedited / edited runs ``--repeats`` times and comparing medians. Also:
 
 The memory holds forget10 (120 facts) then retain facts outside ``retain_eval`` (the pool of
 ``experiments/edit_scaling.py``) at an explicit operating point (``--points`` / ``--point``,
-default ``gated``: the subject gate scans every forward, so this measures its cost too; the
+default ``gated_tokens``: the subject gate scans every forward, so this measures its cost too; the
 timed queries are retain facts, mostly about people outside the memory). Prints, last,
 ``edited_over_unedited=<x> zero_alpha_over_unedited=<y> build_ms_per_fact=<z> install_ms=<i>
 extra_kib=<w>``: ``build_ms_per_fact`` is ``EditMemory.build``'s wall time / N (capture +
 solve), ``install_ms`` the median time of ``install`` (registering the nnsight edit).
 
-Usage: ``python benchmarks/edit_memory.py [--n 400] [--facts 200] [--repeats 7] [--threads 1] [--point gated]``
+Usage: ``python benchmarks/edit_memory.py [--n 400] [--facts 200] [--repeats 7] [--threads 1] [--point gated_tokens]``
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=C.MODEL)
-    C.point_arguments(ap, default="gated")
+    C.point_arguments(ap, default="gated_tokens")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = C.load(args.model)

@@ -16,7 +16,8 @@
 
 **Operating points are explicit inputs.** The tuning scripts write them to JSON files
 (``figures/edit_tune.json``: ``paper_tie``, ``paper_grid`` and the installation layers;
-``figures/edit_tune_gate.json``: ``gated`` and its calibration ids); every other experiment
+``figures/edit_tune_gate.json``: ``gated`` and its calibration ids;
+``figures/edit_tune_token_gate.json``: ``gated_tokens``); every other experiment
 reads them with ``--points FILE ...``. :func:`load` removes the shipped operating point from
 ``model.info`` so no ``EditMemory.build`` argument can silently fall back to it, and the
 shipped file (``tie_tracing/zoo/models/<model>/tie_tracing.json``) is written only by a
@@ -47,10 +48,15 @@ from tie_tracing._io import atomic_write_text  # noqa: E402
 
 FIGURES = ROOT / "figures"
 MODEL = os.environ.get("TT_EDIT_MODEL", "tiny-mdlm")
-DEFAULT_POINTS = (FIGURES / "edit_tune.json", FIGURES / "edit_tune_gate.json")
+DEFAULT_POINTS = (
+    FIGURES / "edit_tune.json",
+    FIGURES / "edit_tune_gate.json",
+    FIGURES / "edit_tune_token_gate.json",
+)
 #: Every build argument an operating point fixes (all passed explicitly; None = dense / all).
 POINT_KEYS = (
-    "layer", "module", "alpha", "lam", "q", "steps", "subject_gate", "gate_margin",
+    "layer", "module", "alpha", "lam", "q", "steps", "subject_gate", "gate_kind", "gate_margin",
+    "ridge_blocks",
     "gate_shrinkage", "apply_at", "key_at",
 )  # fmt: skip
 PAPER_FORM = {"subject_gate": False, "apply_at": "all", "key_at": "subject"}
@@ -175,6 +181,7 @@ def build(model, facts, point: dict[str, Any], *, calibration=None, **changes) -
     kwargs = {k: point.get(k) for k in POINT_KEYS}
     kwargs.update(changes)
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("q", "steps")}
+    kwargs["edit_steps"] = kwargs.pop("steps", None)  # a point's step set (build's edit_steps)
     if not kwargs.get("subject_gate"):
         kwargs.pop("gate_margin", None)
         kwargs.pop("gate_shrinkage", None)
@@ -220,8 +227,12 @@ def point_label(point: dict[str, Any]) -> str:
         f"λ={point['lam']:g}",
         f"q={point['q']}",
     ]
-    if point.get("subject_gate"):
-        parts.append(f"gate margin {point['gate_margin']:g}")
+    if point.get("subject_gate") and point.get("gate_kind", "cosine") == "tokens":
+        parts.append("token gate")
+    elif point.get("subject_gate"):
+        parts.append(f"cosine gate, margin {point['gate_margin']:g}")
+    if point.get("ridge_blocks", "memory") != "memory":
+        parts.append(f"ridge per {point['ridge_blocks']}")
     if point.get("apply_at", "all") != "all" or point.get("key_at", "subject") != "subject":
         parts.append(f"apply {point.get('apply_at')}, keys {point.get('key_at')}")
     return ", ".join(parts)

@@ -1,8 +1,8 @@
 """Headline table (SPEC §10.4, issue 12): forgetting and collateral damage of each edit, honestly labelled.
 
 Rows (every memory forgets the same facts with refusal targets; operating points are read
-from ``--points``, written by ``experiments/edit_tune.py`` and
-``experiments/edit_tune_gate.py`` on ``validation`` people only — never from the model's
+from ``--points``, written by ``experiments/edit_tune.py``,
+``experiments/edit_tune_gate.py`` and ``experiments/edit_tune_token_gate.py`` on ``validation`` people only — never from the model's
 shipped operating point, which :func:`edit_common.load` removes from ``model.info``):
 
 * ``no_edit`` — the frozen model;
@@ -10,8 +10,10 @@ shipped operating point, which :func:`edit_common.load` removes from ``model.inf
   **TIE-selected** layer (Eq. 5 on validation facts), hyper-parameters tuned at that layer;
 * ``paper_grid`` — the same memory at the **best layer by grid** (all layers searched on
   validation) — *not* a TIE selection, and labelled so;
-* ``gated`` — the gated memory (subject-detection gate, update at the answer slots,
+* ``gated`` — the gated memory with the cosine subject gate (update at the answer slots,
   answer-slot keys; its gate calibrated on the named ``retain_cal`` prompts);
+* ``gated_tokens`` — the same with the token subject gate (``gate_kind="tokens"``, tuned by
+  ``experiments/edit_tune_token_gate.py``: no calibration prompts);
 * ``random_layer`` — the paper's memory at a seeded random other layer (``paper_tie``'s
   hyper-parameters);
 * ``act_steer`` — one fixed direction (the mean delta) added with ``paper_tie``'s α at every
@@ -138,9 +140,16 @@ def run(model, sets, points, forget_name: str, args, reference) -> dict:
     if "gated" in points["points"]:
         gated = C.require(points, "gated")
         methods["gated"] = (
-            f"gated TimeROME (subject gate, {gated['apply_at']} slots, {gated['key_at']} keys), "
-            f"layer {gated['layer']}",
+            f"gated TimeROME (cosine subject gate, {gated['apply_at']} slots, "
+            f"{gated['key_at']} keys), layer {gated['layer']}",
             C.build(model, forget, gated, calibration=C.calibration_facts(points, sets)),
+        )
+    if "gated_tokens" in points["points"]:
+        tokens = C.require(points, "gated_tokens")
+        methods["gated_tokens"] = (
+            f"gated TimeROME (token subject gate, {tokens['apply_at']} slots, "
+            f"{tokens['key_at']} keys), layer {tokens['layer']}",
+            C.build(model, forget, tokens),
         )
     if "random" in layers:
         methods["random_layer"] = (

@@ -7,9 +7,9 @@ build time (capture of keys and deltas + Cholesky solve), install time, and the 
 estimator, mean over facts with bootstrap 95% CIs. Build is timed ``--repeats`` times
 (median).
 
-The operating point comes from ``--points`` / ``--point`` (default ``gated``).
+The operating point comes from ``--points`` / ``--point`` (default ``gated_tokens``).
 Writes ``figures/edit_scaling[_<point>].{json,md,html}``.
-Run: ``python experiments/edit_scaling.py [--point gated|paper_tie|paper_grid] [--repeats 3]``.
+Run: ``python experiments/edit_scaling.py [--point gated_tokens|gated|paper_tie|paper_grid] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ NS = (10, 20, 50, 100, 200, 400)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    C.point_arguments(ap, default="gated")
+    C.point_arguments(ap, default="gated_tokens")
     args = ap.parse_args()
     C.setup()
     t_start = time.perf_counter()
     model = C.load()
     sets = C.fact_sets()
     op, calibration, points = C.chosen_point(args, sets)
-    stem = "edit_scaling" if args.point == "gated" else f"edit_scaling_{args.point}"
+    stem = "edit_scaling" if args.point == "gated_tokens" else f"edit_scaling_{args.point}"
     pool = sets["forget10"] + sets["retain_pool"]
     retain, world = sets["retain_eval"], sets["world"]
     base_pool, base_r, base_w = (

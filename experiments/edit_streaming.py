@@ -5,11 +5,12 @@ The memory starts with the first of 50 forget05 facts, is installed once, and gr
 then refactorises ``G``; the installed edit sees the new state at once). After every insert:
 RetainLP on ``retain_eval`` (200), WorldFact (50), ForgetLP of the facts inserted so far,
 and the insert time. Masked estimator, refusal targets, at an explicit operating point
-(``--points`` / ``--point``, default ``gated``: each insert calibrates only the new fact's
-gate threshold, on the stored calibration prompts).
+(``--points`` / ``--point``, default ``gated_tokens``, the token-gated memory; with
+``--point gated`` each insert calibrates only the new fact's cosine-gate threshold, on the
+stored calibration prompts).
 
 Writes ``figures/edit_streaming[_<point>].{json,md,html}``.
-Run: ``python experiments/edit_streaming.py [--point gated|paper_tie|paper_grid]``.
+Run: ``python experiments/edit_streaming.py [--point gated_tokens|gated|paper_tie|paper_grid]``.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ N_INSERTS = 50
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    C.point_arguments(ap, default="gated")
+    C.point_arguments(ap, default="gated_tokens")
     args = ap.parse_args()
     C.setup()
     t_start = time.perf_counter()
     model = C.load()
     sets = C.fact_sets()
     op, calibration, points = C.chosen_point(args, sets)
-    stem = "edit_streaming" if args.point == "gated" else f"edit_streaming_{args.point}"
+    stem = "edit_streaming" if args.point == "gated_tokens" else f"edit_streaming_{args.point}"
     stream = sets["forget05"][:N_INSERTS]
     retain, world = sets["retain_eval"], sets["world"]
     base_r, base_w, base_f = (

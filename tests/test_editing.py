@@ -429,12 +429,15 @@ def test_handle_counts_forwards_per_step_not_rows(memory, mdlm):
 
 
 def test_build_accepts_an_int_step_and_refuses_bad_steps(mdlm):
-    """steps=3 is the one-step set {3}; negative, non-integer or empty steps raise ValueError."""
-    mem = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps=3)
+    """edit_steps=3 is the one-step set {3}; negative, non-integer or empty step sets raise
+    ValueError; steps= (a count elsewhere) raises a TypeError naming edit_steps."""
+    mem = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, edit_steps=3)
     assert mem.config.steps == (3,)
     assert tt.EditMemory.build(
-        mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps=[2, 0, 2]
+        mdlm, FACTS[:2], layer=LAYER, lam=0.1, edit_steps=[2, 0, 2]
     ).config.steps == (0, 2)
+    with pytest.raises(TypeError, match="edit_steps"):
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps={0, 1})
     assert mem.with_config(steps=1).config.steps == (1,)
     assert EditConfig(layer=0, steps=torch.tensor([1, 0])).steps == (0, 1)
     x, p = _query_x(mdlm, FACTS[0])
@@ -451,7 +454,7 @@ def test_build_accepts_an_int_step_and_refuses_bad_steps(mdlm):
         ([], "non-empty"),
     ):
         with pytest.raises(ValueError, match=match):
-            tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps=bad)
+            tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, edit_steps=bad)
 
 
 # ------------------------------------------------------------------------------ algebra (pure)
@@ -792,3 +795,147 @@ def test_gate_options_are_validated(mdlm, gated, replicas):
         gated.update(torch.randn(1, 4, mdlm.hidden_size))
     with pytest.raises(EditMemoryError, match=r"\[MASK\]"):
         tt.EditMemory.build(replicas["llama"], ADA, layer=1, apply_at="answer")
+
+
+# --------------------------------------------------------------------------- the token gate
+
+
+def test_token_matches_match_a_loop():
+    """g_f = 1 iff the pattern's ids occur consecutively at valid positions (padding -1)."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 5, (4, 9), generator=g)
+    valid = torch.rand(4, 9, generator=g) > 0.2
+    patterns = torch.tensor([[1, 2, -1], [3, -1, -1], [0, 4, 1], [-1, -1, -1], [2, 2, -1]])
+    got = algebra.token_matches(ids, valid, patterns)
+    for b in range(4):
+        row, ok = ids[b].tolist(), valid[b].tolist()
+        for f, pat in enumerate(patterns.tolist()):
+            pat = [p for p in pat if p >= 0]
+            want = bool(pat) and any(
+                row[j : j + len(pat)] == pat and all(ok[j : j + len(pat)])
+                for j in range(9 - len(pat) + 1)
+            )
+            assert bool(got[b, f]) == want, (b, f)
+
+
+@pytest.fixture(scope="module")
+def token_gated(mdlm):
+    return tt.EditMemory.build(
+        mdlm, ADA, layer=LAYER, alpha=2.0, lam=0.1, subject_gate=True, gate_kind="tokens",
+        apply_at="answer", key_at="answer",
+    )  # fmt: skip
+
+
+def test_token_gate_needs_no_calibration_and_opens_only_on_the_subject(mdlm, token_gated):
+    """No calibration statistics; the gate opens on every question naming the subject (also
+    held-out ones), never on others, whose logits and trajectories stay bit-identical."""
+    assert token_gated.gate is None and token_gated.subject_tokens is not None
+    assert token_gated.gate_blind == () and "tokens" in repr(token_gated)
+    for f in ADA + ADA_HELD_OUT:
+        x = _query(mdlm, f)
+        assert (token_gated.gate_scores(_site(mdlm, x), x)[0] > 0.5).all(), f.id
+    base = {f.id: mdlm.logits(_query(mdlm, f)) for f in ADA_HELD_OUT + CALIBRATION}
+    others = CALIBRATION[:3]
+    ref = tt.diffuse(mdlm, others, steps=4)
+    with token_gated.install(mdlm):
+        assert not torch.equal(mdlm.logits(_query(mdlm, ADA_HELD_OUT[0])), base["ada-year"])
+        for f in CALIBRATION:  # "lyra vell" shares the surname: no full-name match
+            assert torch.equal(mdlm.logits(_query(mdlm, f)), base[f.id]), f.id
+        out = tt.diffuse(mdlm, others, steps=4)
+    assert torch.equal(out.tokens, ref.tokens)
+    assert torch.equal(out.target_logprobs, ref.target_logprobs)
+
+
+def test_token_gate_reads_the_prompt_only_inside_the_loop(mdlm, token_gated):
+    """A subject written into an *answer* does not open the gate in the diffusion loop (the
+    loop exposes ``model.current_answer_start``); a stand-alone forward scans every token."""
+    f = tt.Fact(
+        subject="kess", question="who was the writer of kess", answer="ada vell porto", id="w"
+    )
+    prompt, answer = mdlm.encode(f.question, f.answer)
+    filled = torch.tensor([prompt + answer])
+    assert (token_gated.gate_scores(_site(mdlm, filled), filled)[0] > 0.5).any()
+    hidden = torch.randn(1, filled.shape[1], mdlm.hidden_size)
+    filled[0, -1] = mdlm.mask_token_id  # one slot still to decode: the edit would act there
+    mdlm.current_answer_start = len(prompt)
+    try:
+        inside = hidden.clone()
+        EditHandle(token_gated, mdlm)(inside, 1, filled)
+    finally:
+        mdlm.current_answer_start = None
+    outside = hidden.clone()
+    EditHandle(token_gated, mdlm)(outside, 1, filled)
+    assert torch.equal(inside, hidden) and not torch.equal(outside, hidden)
+    assert mdlm.current_answer_start is None
+    x = _query(mdlm, f)
+    ref = mdlm.denoise(x, answer_start=len(prompt), steps=2)
+    assert mdlm.current_answer_start is None
+    with token_gated.install(mdlm):
+        out = mdlm.denoise(x, answer_start=len(prompt), steps=2)
+    assert torch.equal(out.states, ref.states)
+
+
+def test_token_gated_round_trip_insert_and_remove(tmp_path, mdlm, token_gated):
+    """subject_tokens save and load exactly; inserts pad patterns of another length; a fresh
+    build of the same facts equals the grown memory."""
+    loaded = tt.EditMemory.load(token_gated.save(tmp_path / "tok.safetensors"))
+    assert loaded.equals(token_gated)
+    assert torch.equal(loaded.subject_tokens, token_gated.subject_tokens)
+    kess = [FACTS[2]]  # a one-token subject next to two-token ones
+    grown = token_gated.with_config().insert(kess, model=mdlm)
+    assert grown.subject_tokens.shape == (3, 2) and int(grown.subject_tokens[2, 1]) == -1
+    fresh = tt.EditMemory.build(
+        mdlm, ADA + kess, layer=LAYER, alpha=2.0, lam=0.1, subject_gate=True,
+        gate_kind="tokens", apply_at="answer", key_at="answer",
+    )  # fmt: skip
+    assert torch.equal(fresh.subject_tokens, grown.subject_tokens)
+    x = _query(mdlm, FACTS[2])
+    with grown.install(mdlm):
+        a = mdlm.logits(x)
+    with fresh.install(mdlm):
+        b = mdlm.logits(x)
+    assert torch.equal(a, b)
+    grown.remove("kess")
+    assert torch.equal(grown.subject_tokens, token_gated.subject_tokens[:, :2])
+
+
+def test_gate_kind_is_validated(mdlm):
+    with pytest.raises(ValueError, match="gate_kind"):
+        EditConfig(layer=0, gate_kind="regex")
+    with pytest.raises(EditMemoryError, match="token ids"):
+        _synthetic(3, 4).with_config(subject_gate=True, gate_kind="tokens")
+
+
+def test_block_ridge_matches_per_group_solves():
+    """factorize_blocks: each group's rows are (K_g K_gᵀ + λ_g I)⁻¹ K_g with the group's own
+    λ_g = λ·mean‖k‖² (checked with torch.linalg.solve); one group is factorize's G⁻¹K."""
+    g = torch.Generator().manual_seed(11)
+    keys = torch.randn(7, 5, generator=g)
+    groups = torch.tensor([0, 1, 0, 2, 1, 0, 2])
+    got = algebra.factorize_blocks(keys, 0.3, groups)
+    k = keys.double()
+    for label in (0, 1, 2):
+        idx = (groups == label).nonzero().flatten()
+        kg = k[idx]
+        lam = 0.3 * float((kg * kg).sum(-1).mean())
+        want = torch.linalg.solve(kg @ kg.T + lam * torch.eye(len(idx), dtype=torch.float64), kg)
+        torch.testing.assert_close(got[idx], want)
+    one = algebra.factorize_blocks(keys, 0.3, torch.zeros(7, dtype=torch.int64))
+    torch.testing.assert_close(one, algebra.factorize(keys, 0.3)[1])
+
+
+def test_per_subject_ridge_does_not_dilute_a_person(mdlm):
+    """ridge_blocks='subject': a person's edit is the same whoever else is in the memory;
+    the memory-wide ridge changes it."""
+    kw = dict(layer=LAYER, alpha=2.0, lam=0.1, subject_gate=True, gate_kind="tokens",
+              apply_at="answer", key_at="answer")  # fmt: skip
+    others = [FACTS[1], FACTS[2]]
+    x = _query(mdlm, ADA_HELD_OUT[0])
+    h = _site(mdlm, x)
+    alone = tt.EditMemory.build(mdlm, ADA, ridge_blocks="subject", **kw)
+    crowd = tt.EditMemory.build(mdlm, ADA + others, ridge_blocks="subject", **kw)
+    torch.testing.assert_close(alone.update(h, x), crowd.update(h, x), atol=1e-5, rtol=1e-5)
+    joint = tt.EditMemory.build(mdlm, ADA + others, **kw)
+    assert not torch.allclose(joint.update(h, x), alone.update(h, x), atol=1e-4)
+    with pytest.raises(EditMemoryError, match="primal map"):
+        crowd.with_config(subject_gate=False, apply_at="all").primal_map()

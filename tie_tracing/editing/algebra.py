@@ -28,6 +28,7 @@ __all__ = [
     "eq10_gate_keys",
     "eq10_update",
     "factorize",
+    "factorize_blocks",
     "lam_abs",
     "length_groups",
     "primal_map",
@@ -82,6 +83,42 @@ def factorize(keys: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tenso
     return chol, coef
 
 
+def factorize_blocks(keys: torch.Tensor, lam: float, groups: torch.Tensor) -> torch.Tensor:
+    """``[N, d]`` ``G_B⁻¹K`` for the block-diagonal ``G_B = blockdiag_g(K_g K_gᵀ + λ_g I)``.
+
+    Facts with the same ``groups`` label form one block (one ridge per subject), each with its
+    own scale-free ridge ``λ_g = λ · mean(diag(K_g K_gᵀ))``: a fact's coefficient depends only
+    on the keys of its own group, so adding facts of other groups never changes it. With a
+    single group this is :func:`factorize`'s ``G⁻¹K``.
+
+    Args:
+        keys: ``[N, d]``.
+        lam: Scale-free ``λ ≥ 0``.
+        groups: ``[N]`` integer group label per fact.
+
+    Raises:
+        EditMemoryError: a block is (numerically) singular (see :func:`factorize`).
+    """
+    k = keys.double()
+    coef = torch.empty_like(k)
+    for label in torch.unique(groups).tolist():
+        idx = torch.nonzero(groups == label).flatten()
+        kg = k[idx]
+        gram = kg @ kg.T
+        gram = gram + lam * float(gram.diagonal().mean()) * torch.eye(len(idx), dtype=torch.float64)
+        chol, info = torch.linalg.cholesky_ex(gram)
+        pivots = chol.diagonal()
+        if int(info) != 0 or float((pivots.min() / pivots.max()) ** 2) < MIN_RCOND:
+            raise EditMemoryError(
+                f"the Gram block of {len(idx)} keys of one subject is (numerically) singular "
+                f"(λ={lam:g}): linearly dependent keys. Use lam > 0 (e.g. 1e-3)."
+            )
+        coef[idx] = torch.cholesky_solve(kg, chol)
+    if not torch.isfinite(coef).all():
+        raise EditMemoryError("the ridge solve produced non-finite coefficients; raise lam")
+    return coef
+
+
 def coefficients(hidden: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """``[..., N]`` ridge fact-coefficients ``c = G⁻¹ K h`` (Eq. 11) for ``hidden [..., d]``."""
     return hidden @ coef.T
@@ -123,6 +160,18 @@ def ridge_update(
     n = coef.shape[0]
     if q >= n and gate is None and dense_map is not None:
         return alpha * (hidden @ dense_map)
+    if gate is not None:
+        # only facts whose gate is open somewhere contribute: drop the others' columns (a
+        # gated memory usually has a few open facts among many; top_q never keeps a zero
+        # that a dropped column would have given, unless fewer than q are open — then all
+        # open ones are kept either way)
+        gate = gate.expand(*hidden.shape[:-1], n)
+        cols = torch.nonzero(gate.reshape(-1, n).any(0)).flatten()
+        if len(cols) < n:
+            coef, deltas, gate = coef[cols], deltas[cols], gate[..., cols]
+            n, q = len(cols), min(q, len(cols))
+            if n == 0:
+                return torch.zeros_like(hidden)
     c = hidden @ coef.T
     if gate is not None:
         c = c * gate
@@ -268,4 +317,35 @@ def window_scores(
         if len(groups) == 1:
             return sim.amax(1)
         out[:, idx.to(u.device)] = sim.amax(1)
+    return out
+
+
+def token_matches(
+    token_ids: torch.Tensor, valid: torch.Tensor, patterns: torch.Tensor
+) -> torch.Tensor:
+    """``[B, N]`` bool: fact ``f``'s subject tokens occur consecutively among the valid tokens.
+
+    Args:
+        token_ids: ``[B, S]`` int64 input ids.
+        valid: ``[B, S]`` bool, the positions a match may cover (the prompt's tokens).
+        patterns: ``[N, L]`` int64 subject token ids, padded on the right with ``-1`` (a
+            row of ``-1`` never matches).
+
+    ``g_f = 1[∃ j: x_{j+t} = p_{f,t} and valid_{j+t} for t < |p_f|]``, computed per pattern
+    length with one unfolded comparison (no Python loop over facts). Callers with many facts
+    per subject pass the distinct patterns and index the result (see ``EditMemory``).
+    """
+    b, s = token_ids.shape
+    n = patterns.shape[0]
+    out = torch.zeros((b, n), dtype=torch.bool, device=token_ids.device)
+    lengths = (patterns >= 0).sum(-1)
+    for length in sorted({int(x) for x in lengths.tolist()}):
+        if length == 0 or length > s:
+            continue
+        idx = torch.nonzero(lengths == length).flatten().to(token_ids.device)
+        pat = patterns[idx, :length].to(token_ids.device)  # [n_L, L]
+        win = token_ids.unfold(1, length, 1)  # [B, W, L]
+        ok = valid.unfold(1, length, 1).all(-1)  # [B, W]
+        hit = (win[:, :, None, :] == pat[None, None]).all(-1) & ok[..., None]  # [B, W, n_L]
+        out[:, idx] = hit.any(1)
     return out

@@ -44,6 +44,8 @@ class Captured:
         answer_values: ``v_f`` (Eq. 7).
         target_values: ``v*_f`` (Eq. 8).
         subject_lengths: ``|S_f|``, the subject's token count (the gate's window length).
+        subject_tokens: ``[N, L]`` int64, the token ids of the subject's first mention in the
+            prompt, padded with ``-1`` (what the ``"tokens"`` gate matches).
     """
 
     subject_keys: torch.Tensor
@@ -51,6 +53,26 @@ class Captured:
     answer_values: torch.Tensor
     target_values: torch.Tensor
     subject_lengths: torch.Tensor
+    subject_tokens: torch.Tensor | None = None
+
+
+def first_run(positions: Sequence[int]) -> list[int]:
+    """The first maximal run of consecutive positions (a mention's tokens are consecutive)."""
+    out: list[int] = []
+    for p in sorted(positions):
+        if out and p != out[-1] + 1:
+            break
+        out.append(int(p))
+    return out
+
+
+def pad_tokens(rows: Sequence[Sequence[int]], width: int = 0) -> torch.Tensor:
+    """``[len(rows), max(width, longest row)]`` int64 token ids padded with ``-1``."""
+    width = max([width, *(len(r) for r in rows)]) if rows else width
+    out = torch.full((len(rows), width), -1, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(list(r), dtype=torch.int64)
+    return out
 
 
 @contextmanager
@@ -128,8 +150,10 @@ def capture(
         raise ShapeError(f"{len(targets)} targets for {len(facts)} facts")
     rows: list[tuple[list[int], list[list[int]]]] = []
     lengths = []
+    subject_ids: list[list[int]] = []
     for fact, target in zip(facts, targets):
-        query = encode_query(model, fact)
+        # the subject's first mention: the key of Eq. 6 and the gate's pattern are one span
+        query = encode_query(model, fact, mentions="first")
         prompt, answer = list(query.prompt_ids), list(query.answer_ids)
         p = len(prompt)
         _, target_ids = model.encode(fact.question, target)
@@ -138,6 +162,7 @@ def capture(
         rows.append((prompt + answer, [slots]))
         rows.append((prompt + list(target_ids), [list(range(p, p + len(target_ids)))]))
         lengths.append(len(query.subject_positions))
+        subject_ids.append([prompt[i] for i in first_run(query.subject_positions)])
     pooled = _pooled(model, rows, layer=layer, module=module, batch_size=batch_size)
     n = len(facts)
     d = int(model.hidden_size)
@@ -150,6 +175,7 @@ def capture(
         answer_values=a_pooled,
         target_values=t_pooled,
         subject_lengths=torch.tensor(lengths, dtype=torch.int64),
+        subject_tokens=pad_tokens(subject_ids),
     )
     for name in ("subject_keys", "slot_keys", "answer_values", "target_values"):
         if not torch.isfinite(getattr(out, name)).all():

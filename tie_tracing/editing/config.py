@@ -22,6 +22,8 @@ from ..errors import TieTracingError
 __all__ = [
     "APPLY_AT",
     "EDIT_MODES",
+    "GATE_KINDS",
+    "RIDGE_BLOCKS",
     "KEY_AT",
     "PACKAGE_DEFAULTS",
     "TARGET_KINDS",
@@ -35,6 +37,12 @@ __all__ = [
 EDIT_MODES: tuple[str, ...] = ("ridge", "gated", "steer")
 #: Where the update is added: every position (the paper) or the answer's ``[MASK]`` slots.
 APPLY_AT: tuple[str, ...] = ("all", "answer")
+#: How the subject gate detects a fact's subject: the whitened residual cosine of the
+#: subject's window (``"cosine"``) or its exact token ids in the prompt (``"tokens"``).
+GATE_KINDS: tuple[str, ...] = ("cosine", "tokens")
+#: How the ridge couples facts: one Gram matrix over the whole memory (Eq. 11) or one block
+#: per subject (block-diagonal ``G``).
+RIDGE_BLOCKS: tuple[str, ...] = ("memory", "subject")
 #: Where the keys of ``G⁻¹K`` are pooled: the subject tokens (Eq. 6) or the answer slots.
 KEY_AT: tuple[str, ...] = ("subject", "answer")
 #: Named target choices of :meth:`EditMemory.build`.
@@ -47,10 +55,12 @@ PACKAGE_DEFAULTS: dict[str, Any] = {
     "q": None,
     "kappa": 1.0,
     "subject_gate": False,
+    "gate_kind": "cosine",
     "gate_margin": 0.05,
     "gate_shrinkage": 0.1,
     "apply_at": "all",
     "key_at": "subject",
+    "ridge_blocks": "memory",
 }
 
 
@@ -89,11 +99,18 @@ class EditConfig:
             ``q > N``.
         subject_gate: Multiply each fact's coefficient by the subject-detection gate
             ``g_f = 1[score_f > τ_f]`` (needs calibration statistics; not with ``"steer"``).
-        gate_margin: ``τ_f = max_{calibration prompts} score_f + gate_margin``.
+        gate_kind: How the gate detects the subject: ``"cosine"`` (the whitened residual
+            cosine of a window against the subject key, thresholded at ``τ_f``; needs
+            calibration statistics) or ``"tokens"`` (``g_f = 1`` when the subject's token ids
+            occur consecutively in the prompt; needs no calibration). See the package docstring.
+        gate_margin: ``τ_f = max_{calibration prompts} score_f + gate_margin`` (cosine gate).
         apply_at: ``"all"`` positions (the paper) or the ``"answer"`` slots (the positions
             whose input token is ``[MASK]``; MDLMs only).
         key_at: Keys of ``G⁻¹K`` (and of Eq. 10's gate): ``"subject"`` (Eq. 6) or the
             ``"answer"`` slots of the query. Detection always uses subject keys.
+        ridge_blocks: ``"memory"`` (Eq. 11: ``G = K Kᵀ + λ_abs I`` over all facts) or
+            ``"subject"`` (``G`` block-diagonal by subject, each block with its own
+            scale-free ``λ``: a person's edit is the same whoever else is in the memory).
     """
 
     layer: int
@@ -106,16 +123,24 @@ class EditConfig:
     mode: str = "ridge"
     cap_q: bool = False
     subject_gate: bool = False
+    gate_kind: str = "cosine"
     gate_margin: float = 0.05
     apply_at: str = "all"
     key_at: str = "subject"
+    ridge_blocks: str = "memory"
 
     def __post_init__(self) -> None:
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ValueError(f"layer must be an integer ≥ 0, got {self.layer!r}")
         if self.module not in MODULES:
             raise ValueError(f"unknown module {self.module!r}; the sites are {MODULES}")
-        for name, choices in (("mode", EDIT_MODES), ("apply_at", APPLY_AT), ("key_at", KEY_AT)):
+        for name, choices in (
+            ("mode", EDIT_MODES),
+            ("apply_at", APPLY_AT),
+            ("key_at", KEY_AT),
+            ("gate_kind", GATE_KINDS),
+            ("ridge_blocks", RIDGE_BLOCKS),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {choices}")
         for name in ("alpha", "lam", "kappa", "gate_margin"):
@@ -155,6 +180,7 @@ class EditConfig:
             and not self.subject_gate
             and self.apply_at == "all"
             and self.key_at == "subject"
+            and self.ridge_blocks == "memory"
         )
 
     @property

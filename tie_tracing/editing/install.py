@@ -77,16 +77,17 @@ class EditHandle:
         ``token_ids`` the forward's ``[rows, seq]`` input ids (gated / answer-slot memories).
         """
         memory = self.memory
+        answer_start = getattr(self.model, "current_answer_start", None)
         if isinstance(step, torch.Tensor):
             row_steps = [int(k) for k in step.reshape(-1).tolist()]
             firing = {k for k in row_steps if len(memory) and memory.config.fires_at(k)}
             if len(firing) == len(set(row_steps)):  # every row fires (or the step set is all)
                 if firing:
-                    memory.apply_(hidden, token_ids)
+                    memory.apply_(hidden, token_ids, answer_start)
             elif firing:
                 rows = torch.tensor([k in firing for k in row_steps], device=hidden.device)
                 part = hidden[rows]
-                memory.apply_(part, None if token_ids is None else token_ids[rows])
+                memory.apply_(part, None if token_ids is None else token_ids[rows], answer_start)
                 hidden[rows] = part
             for k in sorted(set(row_steps)):  # once per forward and step, not per row
                 (self.fired if k in firing else self.skipped)[k] += 1
@@ -94,7 +95,7 @@ class EditHandle:
         if not len(memory) or not memory.config.fires_at(step):
             self.skipped[step] += 1
             return
-        memory.apply_(hidden, token_ids)
+        memory.apply_(hidden, token_ids, answer_start)
         self.fired[step] += 1
 
     def remove(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import ShapeError
-from ..facts import Fact, load_refusals
+from ..facts import Fact, as_facts, load_refusals
 from ..patching import fact_key
 from . import algebra
 from .capture import capture
@@ -43,6 +43,7 @@ _ROWS = (
     "answer_values",
     "target_values",
     "subject_lengths",
+    "subject_tokens",
     "gate_score_max",
 )
 
@@ -65,6 +66,8 @@ class EditMemory:
         targets: The target text of each fact.
         subjects: The subject of each fact.
         subject_lengths: ``[N]`` ``|S_f|`` in tokens (``None`` for a hand-built memory).
+        subject_tokens: ``[N, L]`` int64 token ids of each subject's first mention, padded
+            with ``-1`` (the ``"tokens"`` gate's patterns; ``None`` for a hand-built memory).
         gate: The :class:`SubjectGate` statistics (``None`` when built without calibration).
         gate_score_max: ``[N]`` each fact's highest score on calibration prompts about other
             subjects (``τ_f = gate_score_max + gate_margin``).
@@ -97,6 +100,7 @@ class EditMemory:
         subject_lengths: torch.Tensor | None = None,
         gate: SubjectGate | None = None,
         gate_score_max: torch.Tensor | None = None,
+        subject_tokens: torch.Tensor | None = None,
     ) -> None:
         ids = tuple(str(i) for i in ids)
         n = len(ids)
@@ -118,6 +122,16 @@ class EditMemory:
         for name, t1 in (("subject_lengths", subject_lengths), ("gate_score_max", gate_score_max)):
             if t1 is not None and (not isinstance(t1, torch.Tensor) or tuple(t1.shape) != (n,)):
                 raise ShapeError(f"{name} must be [N={n}], got {getattr(t1, 'shape', type(t1))}")
+        if subject_tokens is not None and (
+            not isinstance(subject_tokens, torch.Tensor)
+            or subject_tokens.ndim != 2
+            or subject_tokens.shape[0] != n
+            or subject_tokens.is_floating_point()
+        ):
+            raise ShapeError(
+                f"subject_tokens must be an integer [N={n}, L] tensor, got "
+                f"{getattr(subject_tokens, 'shape', type(subject_tokens))}"
+            )
         if len(targets) != n:
             raise ShapeError(f"{len(targets)} targets for {n} facts")
         if subjects is not None and len(subjects) != n:
@@ -132,6 +146,7 @@ class EditMemory:
         self.targets = tuple(str(t) for t in targets)
         self.subjects = None if subjects is None else tuple(str(s) for s in subjects)
         self.subject_lengths = None if subject_lengths is None else subject_lengths.long()
+        self.subject_tokens = None if subject_tokens is None else subject_tokens.long()
         self.gate = gate
         self.gate_score_max = None if gate_score_max is None else gate_score_max.float()
         self.model_info = dict(model_info)
@@ -160,17 +175,20 @@ class EditMemory:
         alpha: float | None = None,
         lam: float | None = None,
         q: int | None = None,
-        steps: Iterable[int] | int | None = None,
+        edit_steps: Iterable[int] | int | None = None,
         kappa: float | None = None,
         mode: str = "ridge",
         targets: str | Sequence[str] = "auto",
         subject_gate: bool | None = None,
+        gate_kind: str | None = None,
+        ridge_blocks: str | None = None,
         gate_margin: float | None = None,
         gate_shrinkage: float | None = None,
         apply_at: str | None = None,
         key_at: str | None = None,
         calibration: Sequence[Fact] | None = None,
         batch_size: int = 64,
+        steps: Any = None,
     ) -> EditMemory:
         """Capture keys and deltas for ``facts`` on ``model`` and factorise the memory.
 
@@ -186,9 +204,10 @@ class EditMemory:
             facts: The facts to forget or edit (unique ids; subjects must occur in questions).
             layer, module: The site ``(l*, m*)``.
             alpha, lam, q, kappa: Hyper-parameters (see :class:`EditConfig`).
-            steps: The *set of denoising steps* the edit fires at — an int is a one-step set
-                (``steps=3`` is ``{3}``), an iterable of ints a set, ``None`` every step. It is
-                not a step count, unlike ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
+            edit_steps: The *set of denoising steps* the edit fires at — an int is a one-step
+                set (``edit_steps=3`` is ``{3}``), an iterable of ints a set, ``None`` every
+                step (stored as ``EditConfig.steps``). It is not a step count, unlike
+                ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
                 sampler's forwards are numbered ``0 … T-1``, so the set should lie within that
                 range — a step ``≥ T`` never fires (nothing checks this, since ``T`` is chosen
                 later, per run). Stand-alone forwards (``current_step is None``) always fire.
@@ -197,8 +216,13 @@ class EditMemory:
                 unlearning), ``"refusal"`` (a line of TOFU's ``idontknow.jsonl``, chosen by a
                 hash of the fact id), ``"perturbed"`` (the fact's first perturbed answer),
                 ``"target"`` (``Fact.target``, required), or one string per fact.
-            subject_gate: Gate each fact by subject detection (needs calibration prompts).
-            gate_margin: ``τ_f = max calibration score + gate_margin``.
+            subject_gate: Gate each fact by subject detection.
+            gate_kind: ``"cosine"`` (whitened residual cosine against a threshold calibrated
+                on ``calibration`` prompts) or ``"tokens"`` (the subject's token ids in the
+                prompt; no calibration needed).
+            ridge_blocks: ``"memory"`` (one ridge over all facts, Eq. 11) or ``"subject"``
+                (one ridge per subject).
+            gate_margin: ``τ_f = max calibration score + gate_margin`` (cosine gate).
             gate_shrinkage: ``s`` of ``C_s = (1 − s) C + s (tr C / d) I``.
             apply_at: ``"all"`` positions or the ``"answer"`` slots.
             key_at: Keys of ``G⁻¹K``: ``"subject"`` (Eq. 6) or ``"answer"`` slots.
@@ -206,6 +230,8 @@ class EditMemory:
                 alone, never the facts reported on. Given with ``subject_gate=False`` the
                 statistics are still fitted, so ``with_config(subject_gate=True)`` works.
             batch_size: Rows per capture forward.
+            steps: Not accepted: across the package ``steps`` is a count of denoising
+                steps; the step set of an edit is ``edit_steps``. Passing it raises.
 
         Returns:
             An :class:`EditMemory` (``timings`` holds the capture, calibration and solve seconds).
@@ -214,17 +240,25 @@ class EditMemory:
             EditMemoryError: no layer for a model without an operating point, duplicate ids,
                 a bad ``q``, a fact lacking the requested target, a singular ``G``, a gate
                 without calibration prompts, answer slots on a causal model.
-            ValueError: a negative, non-integer or empty ``steps``.
+            ValueError: a negative, non-integer or empty ``edit_steps``.
+            TypeError: ``steps=`` given (use ``edit_steps=``).
             SubjectNotFoundError: a fact's subject is not in its question.
         """
+        if steps is not None:
+            raise TypeError(
+                f"EditMemory.build(steps={steps!r}): `steps` is a step count elsewhere in "
+                "tie_tracing; the set of denoising steps an edit fires at is `edit_steps=` "
+                f"(e.g. edit_steps={steps!r})"
+            )
         start = time.perf_counter()
-        facts = [facts] if isinstance(facts, Fact) else list(facts)
-        if not facts:
+        if isinstance(facts, Sequence) and not isinstance(facts, (str, Fact)) and not facts:
             raise EditMemoryError("EditMemory.build needs at least one fact")
+        facts = as_facts(facts, "EditMemory.build")
         config = resolve_config(
-            model, layer=layer, module=module, alpha=alpha, lam=lam, q=q, steps=steps,
+            model, layer=layer, module=module, alpha=alpha, lam=lam, q=q, steps=edit_steps,
             kappa=kappa, mode=mode, subject_gate=subject_gate, gate_margin=gate_margin,
-            apply_at=apply_at, key_at=key_at, n_facts=len(facts),
+            apply_at=apply_at, key_at=key_at, n_facts=len(facts), gate_kind=gate_kind,
+            ridge_blocks=ridge_blocks,
         )  # fmt: skip
         model.check_site(config.layer, config.module)
         if config.apply_at == "answer" and (model.is_causal or model.mask_token_id is None):
@@ -232,7 +266,9 @@ class EditMemory:
         ids = [fact_key(f) for f in facts]
         _check_unique(ids)
         target_texts = _resolve_targets(facts, targets)
-        calib = resolve_calibration(model, calibration, needed=config.subject_gate)
+        calib = resolve_calibration(
+            model, calibration, needed=config.subject_gate and config.gate_kind == "cosine"
+        )
         t0 = time.perf_counter()
         captured = capture(
             model, facts, target_texts, layer=config.layer, module=config.module,
@@ -258,6 +294,7 @@ class EditMemory:
             answer_values=captured.answer_values, target_values=captured.target_values,
             targets=target_texts, subjects=subjects, subject_lengths=captured.subject_lengths,
             gate=gate, gate_score_max=score_max, model_info=describe_model(model),
+            subject_tokens=captured.subject_tokens,
         )  # fmt: skip
         memory._model = model
         memory._warn_blind()
@@ -314,7 +351,7 @@ class EditMemory:
     def gate_blind(self) -> tuple[str, ...]:
         """Ids of facts whose ``τ_f ≥ 1``: a cosine never exceeds it, so their gate never opens."""
         tau = self.gate_thresholds
-        if tau is None:
+        if tau is None or self.config.gate_kind != "cosine":
             return ()
         return tuple(self.ids[i] for i in torch.nonzero(tau >= 1.0).flatten().tolist())
 
@@ -322,7 +359,9 @@ class EditMemory:
         c = self.config
         ids = list(self.ids[:3]) + (["…"] if len(self) > 3 else [])
         gate = "off"
-        if c.subject_gate and self.gate is not None:
+        if c.subject_gate and c.gate_kind == "tokens":
+            gate = "subject(tokens)"
+        elif c.subject_gate and self.gate is not None:
             gate = f"subject(margin={c.gate_margin:g}, calibration={len(self.gate)} prompts)"
         return (
             f"EditMemory(mode={c.mode!r}, site=({c.layer}, {c.module!r}), N={len(self)}, "
@@ -337,8 +376,15 @@ class EditMemory:
     def _check_config(self, config: EditConfig) -> None:
         if config.key_at == "answer" and self.slot_keys is None:
             raise EditMemoryError("key_at='answer' needs answer-slot keys (build the memory)")
-        if config.subject_gate and (
-            self.gate is None or self.subject_lengths is None or self.gate_score_max is None
+        if config.subject_gate and config.gate_kind == "tokens" and self.subject_tokens is None:
+            raise EditMemoryError(
+                "gate_kind='tokens' needs the subjects' token ids: build the memory with "
+                "EditMemory.build"
+            )
+        if (
+            config.subject_gate
+            and config.gate_kind == "cosine"
+            and (self.gate is None or self.subject_lengths is None or self.gate_score_max is None)
         ):
             raise EditMemoryError(
                 "subject_gate=True needs gate statistics: build with calibration=facts"
@@ -366,7 +412,10 @@ class EditMemory:
         solved: dict[str, torch.Tensor] = {"deltas": deltas, "mean_delta": deltas.mean(0)}
         keys = self.active_keys
         if self.config.mode == "ridge":
-            _chol, coef = algebra.factorize(keys, self.config.lam)
+            if self.config.ridge_blocks == "subject":
+                coef = algebra.factorize_blocks(keys, self.config.lam, self._subject_groups())
+            else:
+                _chol, coef = algebra.factorize(keys, self.config.lam)
             solved["coef"] = coef.float()
             if len(self) > keys.shape[1]:
                 solved["dense_map"] = (coef.T @ deltas.double()).float()  # (G⁻¹K)ᵀD = W
@@ -375,7 +424,12 @@ class EditMemory:
                 solved["gate_keys"] = algebra.eq10_gate_keys(keys).float()
             except EditMemoryError as exc:
                 raise EditMemoryError(f"{exc} (facts {list(self.ids)})") from exc
-        if self.config.subject_gate:
+        if self.config.subject_gate and self.config.gate_kind == "tokens":
+            assert self.subject_tokens is not None
+            # facts about one subject share a pattern: match the distinct ones, then index
+            distinct, inverse = torch.unique(self.subject_tokens, dim=0, return_inverse=True)
+            solved["gate_patterns"], solved["gate_inverse"] = distinct, inverse
+        elif self.config.subject_gate:
             assert self.gate is not None and self.gate_thresholds is not None
             assert self.subject_lengths is not None
             solved.update(
@@ -388,12 +442,23 @@ class EditMemory:
         self._solved = solved
         self.timings["solve"] = time.perf_counter() - t0
 
+    def _subject_groups(self) -> torch.Tensor:
+        """``[N]`` one integer label per distinct subject (case- and space-insensitive)."""
+        if self.subjects is None:
+            raise EditMemoryError("ridge_blocks='subject' needs the facts' subjects (build it)")
+        labels: dict[str, int] = {}
+        keys = [" ".join(s.casefold().split()) for s in self.subjects]
+        return torch.tensor([labels.setdefault(k, len(labels)) for k in keys], dtype=torch.int64)
+
     def _tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
         key = (str(device), self._version)
         cached = self._device_cache.get(key)
         if cached is None:
             assert self._solved is not None
-            cached = {k: v.to(device, torch.float32) for k, v in self._solved.items()}
+            cached = {
+                k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device)
+                for k, v in self._solved.items()
+            }
             self._device_cache = {key: cached}
         return cached
 
@@ -418,10 +483,24 @@ class EditMemory:
         ``N < d``.
         """
         self._require_facts()
+        if self.config.ridge_blocks != "memory":
+            raise EditMemoryError(
+                "the primal map is the memory-wide ridge's (ridge_blocks='memory'); this memory "
+                "solves one ridge per subject"
+            )
         return algebra.primal_map(self.active_keys, self.deltas, self.lam_abs)
 
     def gate_scores(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` detection scores ``score_f`` of ``hidden [B, S, d]`` (ids ``[B, S]``)."""
+        """``[B, N]`` detection scores ``score_f`` of ``hidden [B, S, d]`` (ids ``[B, S]``).
+
+        For ``gate_kind="tokens"``: ``1.0`` where the subject's tokens occur among the
+        non-``[MASK]`` tokens, else ``0.0`` (the gate opens above ``0.5``).
+        """
+        if self.config.gate_kind == "tokens" and self.subject_tokens is not None:
+            ids = self._check_token_ids(token_ids, hidden)
+            mask_id = self.model_info.get("mask_token_id")
+            valid = torch.ones_like(ids, dtype=torch.bool) if mask_id is None else ids != mask_id
+            return algebra.token_matches(ids, valid, self.subject_tokens).float()
         if self.gate is None or self.subject_lengths is None:
             raise EditMemoryError("this memory has no gate statistics (build with calibration=)")
         ids = self._check_token_ids(token_ids, hidden)
@@ -451,10 +530,16 @@ class EditMemory:
         return token_ids.to(hidden.device)
 
     def _plan(
-        self, hidden: torch.Tensor, token_ids: torch.Tensor | None, s: dict[str, torch.Tensor]
+        self,
+        hidden: torch.Tensor,
+        token_ids: torch.Tensor | None,
+        s: dict[str, torch.Tensor],
+        answer_start: int | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(where, gate)``: the ``[B, S]`` positions to update (``None``: all) and the
-        ``[B, N]`` subject gate (``None``: ungated)."""
+        ``[B, N]`` subject gate (``None``: ungated). ``answer_start`` (known inside the
+        diffusion loop) keeps the token gate to the prompt: a subject *written* into an
+        answer does not open it."""
         c = self.config
         if not c.needs_token_ids:
             return None, None
@@ -463,7 +548,15 @@ class EditMemory:
         masked = torch.zeros_like(ids, dtype=torch.bool) if mask_id is None else ids == mask_id
         where = masked if c.apply_at == "answer" else torch.ones_like(masked)
         gate = None
-        if c.subject_gate:
+        if c.subject_gate and c.gate_kind == "tokens":
+            valid = ~masked
+            if answer_start is not None:
+                valid = valid.clone()
+                valid[:, answer_start:] = False
+            matched = algebra.token_matches(ids, valid, s["gate_patterns"])
+            gate = matched[:, s["gate_inverse"]].float()
+            where = where & (gate > 0).any(-1)[:, None]
+        elif c.subject_gate:
             assert self.subject_lengths is not None
             u = (hidden.float() - s["gate_mean"]) @ s["gate_whiten"]
             scores = algebra.window_scores(
@@ -515,13 +608,19 @@ class EditMemory:
             out[where] = self._token_update(h[where], s, None if gate is None else gate[rows])
         return out
 
-    def apply_(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
+    def apply_(
+        self,
+        hidden: torch.Tensor,
+        token_ids: torch.Tensor | None = None,
+        answer_start: int | None = None,
+    ) -> None:
         """Add :meth:`update` to ``hidden`` in place, writing only the positions it changes
-        (so every other position keeps its exact bits)."""
+        (so every other position keeps its exact bits). ``answer_start``: where the answer
+        span begins, when the caller knows it (the token gate then reads the prompt only)."""
         if not len(self):
             return
         s = self._tensors(hidden.device)
-        where, gate = self._plan(hidden, token_ids, s)
+        where, gate = self._plan(hidden, token_ids, s, answer_start)
         if where is None:
             hidden += self._token_update(hidden.float(), s).to(hidden.dtype)
             return
@@ -584,6 +683,7 @@ class EditMemory:
             answer_values=torch.cat([self.answer_values, new.answer_values]),
             target_values=torch.cat([self.target_values, new.target_values]),
             subject_lengths=_cat(self.subject_lengths, new.subject_lengths),
+            subject_tokens=_cat_tokens(self.subject_tokens, new.subject_tokens),
             gate_score_max=_cat(self.gate_score_max, score_max),
         )
         self._model = model
@@ -633,7 +733,7 @@ class EditMemory:
             raise
 
     def _warn_blind(self, among: Sequence[str] | None = None) -> None:
-        if not self.config.subject_gate:
+        if not self.config.subject_gate or self.config.gate_kind != "cosine":
             return
         blind = [i for i in self.gate_blind if among is None or i in among]
         if blind:
@@ -735,7 +835,7 @@ class EditMemory:
             target_values=self.target_values, targets=self.targets, model_info=self.model_info,
             timings=dict(self.timings), slot_keys=self.slot_keys, subjects=self.subjects,
             subject_lengths=self.subject_lengths, gate=self.gate,
-            gate_score_max=self.gate_score_max,
+            gate_score_max=self.gate_score_max, subject_tokens=self.subject_tokens,
         )  # fmt: skip
         memory._model = self._model
         return memory
@@ -746,6 +846,15 @@ class EditMemory:
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return None if a is None or b is None else torch.cat([a, b])
+
+
+def _cat_tokens(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Stack two ``-1``-padded token-id tables of possibly different widths."""
+    if a is None or b is None:
+        return None
+    width = max(a.shape[1], b.shape[1])
+    pad = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in (a, b)]
+    return torch.cat(pad)
 
 
 def _cat_tuple(a: tuple[str, ...] | None, b: Sequence[str]) -> tuple[str, ...] | None:
@@ -785,7 +894,16 @@ def _resolve_targets(facts: Sequence[Fact], targets: str | Sequence[str]) -> lis
             else:
                 out.append(refusals[zlib.crc32(fact_key(f).encode()) % len(refusals)])
         return out
-    texts = [str(t) for t in targets]
+    texts = list(targets)
     if len(texts) != len(facts):
-        raise EditMemoryError(f"{len(texts)} targets given for {len(facts)} facts")
+        raise EditMemoryError(
+            f"{len(texts)} targets given for {len(facts)} facts: give one target string per "
+            f"fact, or one of {TARGET_KINDS}"
+        )
+    for f, t in zip(facts, texts):
+        if not isinstance(t, str) or not t.strip():
+            raise EditMemoryError(
+                f"fact {fact_key(f)!r}: its target {t!r} is not a non-empty string; give "
+                "the text the edited model should say instead"
+            )
     return texts

@@ -5,7 +5,7 @@ documented tuning command (``python experiments/edit_tune_gate.py --write`` or
 ``python experiments/edit_tune.py --write``; never as a side effect of an experiment)::
 
     {"layer": 4, "module": "resid", "alpha": 8.0, "lam": 0.1, "q": null, "steps": null,
-     "subject_gate": true, "gate_margin": 0.05, "gate_shrinkage": 0.1,
+     "subject_gate": true, "gate_kind": "cosine", "gate_margin": 0.05, "gate_shrinkage": 0.1,
      "apply_at": "answer", "key_at": "answer",
      "calibration": {"corpus": "tiny", "split": "retain", "ids": ["p003-birthplace", ...]},
      "fingerprint": "…", "tuned_on": …, "measured": …, "rule": …, "command": …, "date": …}
@@ -66,6 +66,8 @@ def resolve_config(
     apply_at: str | None,
     key_at: str | None,
     n_facts: int,
+    gate_kind: str | None = None,
+    ridge_blocks: str | None = None,
 ) -> EditConfig:
     """The :class:`EditConfig` of a build: given arguments, then the operating point, then defaults.
 
@@ -113,9 +115,11 @@ def resolve_config(
         mode=mode,
         cap_q=cap_q,
         subject_gate=gate,
+        gate_kind=str(_pick("gate_kind", gate_kind, op)),
         gate_margin=float(_pick("gate_margin", gate_margin, op)),
         apply_at=str(_pick("apply_at", apply_at, op)),
         key_at=str(_pick("key_at", key_at, op)),
+        ridge_blocks=str(_pick("ridge_blocks", ridge_blocks, op)),
     )
 
 

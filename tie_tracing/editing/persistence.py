@@ -1,7 +1,8 @@
 """Persistence: an edit memory as one ``.safetensors`` file (tensors + a JSON header), never pickle.
 
 Tensors (float32 unless noted): ``keys``, ``answer_values``, ``target_values`` ``[N, d]``;
-when present ``slot_keys`` ``[N, d]``, ``subject_lengths`` ``[N]`` (int64) and, for a memory
+when present ``slot_keys`` ``[N, d]``, ``subject_lengths`` ``[N]`` (int64), ``subject_tokens``
+``[N, L]`` (int64, ``-1``-padded subject token ids) and, for a memory
 with gate statistics, ``gate_mean`` ``[d]``, ``gate_whiten`` ``[d, d]`` (``C_s^{-½}``),
 ``gate_score_max`` ``[N]``, ``gate_tau`` ``[N]`` (``τ_f``, stored for readers and checked
 against ``gate_score_max + gate_margin`` on load) and the calibration prompts' token ids
@@ -46,7 +47,7 @@ def save_memory(memory: EditMemory, path: str | os.PathLike) -> Path:
         "answer_values": memory.answer_values,
         "target_values": memory.target_values,
     }
-    for name in ("slot_keys", "subject_lengths", "gate_score_max"):
+    for name in ("slot_keys", "subject_lengths", "subject_tokens", "gate_score_max"):
         if getattr(memory, name) is not None:
             tensors[name] = getattr(memory, name)
     gate_meta = None
@@ -146,6 +147,7 @@ def load_memory(path: str | os.PathLike) -> EditMemory:
             subject_lengths=tensors.get("subject_lengths"),
             gate=gate,
             gate_score_max=tensors.get("gate_score_max"),
+            subject_tokens=tensors.get("subject_tokens"),
         )
     except EditMemoryError:
         raise
