@@ -304,3 +304,15 @@ def test_card_describes_gated_and_ungated_operating_points():
         assert part in text, part
     ungated = operating_point_text({**base, "q": 4, "subject_gate": False})
     assert "paper's ungated memory" in ungated and "q = 4" in ungated and "gate (" not in ungated
+
+
+def test_embedded_models_load_quietly(capfd):
+    """No weight-loading bar for the embedded models (notebooks stay clean); the global
+    progress-bar setting of transformers is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    tt.load_model("tiny-mdlm")
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert hf_logging.is_progress_bar_enabled() == before

@@ -21,11 +21,12 @@ single rows on every architecture).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +331,19 @@ def _resolve_path(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _loading_bar(show: bool) -> Iterator[None]:
+    """transformers' weight-loading progress bar on or off for the duration (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
 def load_model(
     name_or_path: str | os.PathLike = "tiny-mdlm",
     *,
@@ -340,6 +354,7 @@ def load_model(
     trust_remote_code: bool = False,
     template: str | None = None,
     mask_token_id: int | None = None,
+    progress: bool | None = None,
 ) -> TracedModel:
     """Load an embedded model or a local checkpoint, offline, wrapped for nnsight.
 
@@ -348,6 +363,8 @@ def load_model(
             checkpoint directory (LLaDA, MMaDA, LLaDA-MoE, Dream, DiffuLLaMA, GPT-2, Llama,
             Qwen2).
         family: Force a backbone-table family (needed for DiffuLLaMA, whose config says llama).
+        progress: Show transformers' weight-loading bar; default (``None``): only for a local
+            checkpoint, not for the embedded models, which load in milliseconds.
         device, dtype, device_map: Passed to ``from_pretrained`` (GPU users: ``dtype=
             torch.bfloat16, device_map="cuda"``). Nothing here forces CPU.
         trust_remote_code: Run the checkpoint's own modelling code (LLaDA, Dream). Off unless
@@ -406,9 +423,10 @@ def load_model(
     module = None
     errors = []
     loading: dict = {}
+    show_bar = (str(name_or_path) not in EMBEDDED_MODELS) if progress is None else progress
     for auto in (AutoModelForCausalLM, AutoModel):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _loading_bar(show_bar):
                 warnings.simplefilter("ignore")  # missing weights are checked below
                 module, loading = auto.from_pretrained(path, **kwargs)  # type: ignore[misc]
             break
