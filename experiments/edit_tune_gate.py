@@ -32,6 +32,9 @@ Writes ``figures/edit_tune_gate.json`` (``points.gated``, ``calibration`` ids, t
 ``figures/edit_tune_gate.html``. ``--write`` also stores the chosen point, with its
 calibration ids and the model's fingerprint, as the model's shipped operating point
 (``tie_tracing.json``), so that ``tt.EditMemory.build(model, facts)`` builds this gated memory.
+The model now ships the token-gated point of ``experiments/edit_tune_token_gate.py`` instead:
+under the sampler this cosine gate closes as the answer is decoded
+(``experiments/edit_gate_sampling.py``).
 
 Run: ``python experiments/edit_tune_gate.py [--write]`` (a few CPU-minutes, one thread).
 """

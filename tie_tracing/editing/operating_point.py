@@ -1,7 +1,8 @@
 """Operating points: the defaults :meth:`EditMemory.build` takes from the model's ``tie_tracing.json``.
 
 An embedded model's ``tie_tracing.json`` may hold an ``"operating_point"`` written once by a
-documented tuning command (``python experiments/edit_tune_gate.py --write`` or
+documented tuning command (``python experiments/edit_tune_token_gate.py --write``, which wrote
+the shipped one, ``python experiments/edit_tune_gate.py --write`` or
 ``python experiments/edit_tune.py --write``; never as a side effect of an experiment)::
 
     {"layer": 4, "module": "resid", "alpha": 8.0, "lam": 0.1, "q": null, "steps": null,
