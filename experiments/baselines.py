@@ -51,8 +51,9 @@ the MDLM and where it does nothing.
 The edit memory is measured on the same facts, in the same kind of child process: build +
 install time and memory at each operating point, then its α sweep (``ALPHA_SCALES`` × the
 point's α) as the curves of the Pareto figure. The points are read from ``--points`` (the
-tuning scripts' ``figures/edit_tune.json`` / ``edit_tune_gate.json``: ``paper_grid``, the
-paper's ungated memory, and ``gated``), else from the model's shipped operating point, else
+tuning scripts' ``figures/edit_tune.json`` / ``edit_tune_gate.json`` /
+``edit_tune_token_gate.json``: ``paper_grid``, the paper's ungated memory, ``gated``, the
+cosine-gated one, and ``gated_tokens``, the token-gated one the model ships), else from the model's shipped operating point, else
 ``FALLBACK_POINTS`` (chosen for this experiment on ``validation`` / ``retain_tune``, never on a
 reported set); where each came from is recorded. ``speed_ratio`` is the training time the
 fastest converged baseline needs to reach the edit's ΔForgetLP (training time × the first
@@ -125,7 +126,7 @@ RMU_STEERING_X_NORM = 4.0
 EVAL_SETS = {"retain": "retain_eval", "neighbour": "neighbour", "world": "world"}
 COLORS = {"ga": "#d62728", "gd": "#ff7f0e", "npo": "#2ca02c", "simnpo": "#1f77b4", "rmu": "#9467bd"}
 #: The edit memory's operating points drawn beside the baselines (names in the tuning files).
-EDIT_POINTS = ("paper_grid", "gated")
+EDIT_POINTS = ("paper_grid", "gated", "gated_tokens")
 #: Used only when neither the tuning files nor the model carry a point. Chosen for this
 #: experiment by the tuning scripts' rule (strongest ΔForgetLP with |ΔRetainLP| ≤ 0.5) on one
 #: validation person (20 facts) and ``retain_tune[:100]`` over layers 1–4, α ∈ {1, 4, 8, 16},
@@ -141,7 +142,7 @@ FALLBACK_POINTS: dict[str, dict[str, Any]] = {
         "apply_at": "all", "key_at": "subject",
     },
 }  # fmt: skip
-EDIT_STYLE = {"paper_grid": "dash", "gated": "solid", "shipped": "dot"}
+EDIT_STYLE = {"paper_grid": "dash", "gated": "dashdot", "gated_tokens": "solid", "shipped": "dot"}
 
 #: What the parent loaded before forking (the children inherit it).
 _STATE: dict[str, Any] = {}
@@ -380,8 +381,11 @@ def edit_points(paths, model, sets) -> dict[str, dict[str, Any]]:
                 "point": dict(point),
                 "source": "FALLBACK_POINTS (experiments/baselines.py)",
             }
-    for entry in found.values():
-        if entry["point"].get("subject_gate"):
+    for entry in found.values():  # only the cosine gate is calibrated
+        if (
+            entry["point"].get("subject_gate")
+            and entry["point"].get("gate_kind", "cosine") == "cosine"
+        ):
             spec = entry["point"].get("calibration") or calibration_spec
             entry["calibration"] = C.calibration_facts({"calibration": spec}, sets)
     return found
