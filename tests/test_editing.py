@@ -939,3 +939,18 @@ def test_per_subject_ridge_does_not_dilute_a_person(mdlm):
     assert not torch.allclose(joint.update(h, x), alone.update(h, x), atol=1e-4)
     with pytest.raises(EditMemoryError, match="primal map"):
         crowd.with_config(subject_gate=False, apply_at="all").primal_map()
+
+
+def test_token_gate_ignores_the_answer_in_the_elbo_estimator(mdlm, token_gated):
+    """The ELBO estimator leaves some answer tokens visible; a subject written there (a retain
+    fact whose answer names the forgotten person) must not open the gate."""
+    f = tt.Fact(
+        subject="kess", question="who was the writer of kess", answer="ada vell porto", id="w"
+    )
+    base = tt.answer_logprob(mdlm, [f], estimator="elbo", mc=16)
+    with token_gated.install(mdlm):
+        edited = tt.answer_logprob(mdlm, [f], estimator="elbo", mc=16)
+        forgotten = tt.answer_logprob(mdlm, ADA[:1], estimator="elbo", mc=16)
+    assert torch.equal(edited, base)
+    assert not torch.equal(forgotten, tt.answer_logprob(mdlm, ADA[:1], estimator="elbo", mc=16))
+    assert mdlm.current_answer_start is None

@@ -108,7 +108,13 @@ def answer_logprob(
                 m = masks[lo : lo + batch_size]
                 body = torch.where(m, torch.full_like(answer_t, model.mask_token_id), answer_t)
                 x = torch.cat([torch.tensor(prompt).expand(len(m), -1), body], dim=1).to(device)
-                logits = model.logits(x)[:, len(prompt) :]
+                # the answer span is known: interventions that read only the prompt (the edit
+                # memory's token gate) must not read the answer tokens left visible here
+                model.current_answer_start = len(prompt)
+                try:
+                    logits = model.logits(x)[:, len(prompt) :]
+                finally:
+                    model.current_answer_start = None
                 check_finite(logits, f"{model.name} logits for fact {facts[i].id!r}")
                 logp = target_logprob(logits, answer_t.expand(len(m), -1).to(device)).cpu()
                 weight = len(answer) / m.sum(-1)
