@@ -91,7 +91,11 @@ def answer_logprob(
                 else:
                     body = torch.full_like(answers, model.mask_token_id)
                 prompts = torch.tensor([pairs[i][0] for i in chunk], device=device)
-                logits = model.logits(torch.cat([prompts, body], dim=1))[:, p_len:]
+                model.current_answer_start = p_len  # a causal model sees the answer tokens
+                try:
+                    logits = model.logits(torch.cat([prompts, body], dim=1))[:, p_len:]
+                finally:
+                    model.current_answer_start = None
                 check_finite(
                     logits, f"{model.name} logits for facts {[facts[i].id for i in chunk]}"
                 )
