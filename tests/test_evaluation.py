@@ -385,3 +385,19 @@ def test_truth_ratio_of_facts_that_record_an_object(fake_api):
     without = evaluate(_fake_model(), {"forget": plain}, mc=4, seed=3)["forget"]
     torch.testing.assert_close(with_object["truth_ratio"].per_fact, without["truth_ratio"].per_fact)
     assert torch.isfinite(with_object["truth_ratio"].per_fact).all()
+
+
+def test_evaluate_samples_with_the_given_sampler_and_records_it(mdlm):
+    """evaluate(sampler=...) samples with that config (the answers equal diffuse's under it)
+    and records it; the default records None and samples with the default sampler."""
+    facts = [
+        tt.Fact(subject="ada vell", question="where was ada vell born", answer="lisbon", id="a"),
+        tt.Fact(subject="kess", question="when was kess born", answer="1962", id="k"),
+    ]
+    sampler = tt.LLaDASampler(remasking="random")
+    ev = tt.evaluate(mdlm, {"forget": facts}, truth_ratios=False, sampler=sampler, n_resamples=50)
+    assert ev.config["sampler"] == sampler.to_dict()
+    assert tuple(ev.answers["forget"]) == tuple(tt.diffuse(mdlm, facts, sampler=sampler).answers)
+    plain = tt.evaluate(mdlm, {"forget": facts}, truth_ratios=False, n_resamples=50)
+    assert plain.config["sampler"] is None
+    assert tuple(plain.answers["forget"]) == tuple(tt.diffuse(mdlm, facts).answers)

@@ -47,6 +47,7 @@ from ._version import __version__
 from .analysis import bootstrap_ci
 from .facts import Fact
 from .patching import fact_key
+from .samplers import make_sampler
 
 __all__ = [
     "Evaluation",
@@ -663,6 +664,7 @@ def evaluate(
     n_resamples: int = 2000,
     batch_size: int = 64,
     progress: bool = False,
+    sampler=None,
 ) -> Evaluation:
     """SPEC §9 metrics of ``model`` on each named fact set, with bootstrap CIs over facts.
 
@@ -690,6 +692,8 @@ def evaluate(
         n_resamples: Bootstrap resamples per CI.
         batch_size: Rows per forward (passed to ``answer_logprob`` and ``diffuse``).
         progress: Show progress bars.
+        sampler: The sampler config of the sampled answers (see :mod:`tie_tracing.samplers`;
+            default: the package's greedy LLaDA sampler), recorded in ``config``.
 
     Returns:
         An :class:`Evaluation`.
@@ -745,7 +749,11 @@ def evaluate(
         per["logprob"] = Metric.from_values(lp, n_resamples=n_resamples, seed=seed)
         per["logprob_per_token"] = Metric.from_values(lp / lens, n_resamples=n_resamples, seed=seed)
         if generate:
-            sampled = tuple(_api("diffuse")(model, facts, steps=steps, seed=seed, **rows).answers)
+            sampled = tuple(
+                _api("diffuse")(
+                    model, facts, steps=steps, seed=seed, sampler=sampler, **rows
+                ).answers
+            )
             answers[name] = sampled
             em = [float(exact_match(a, f.answer)) for a, f in zip(sampled, facts)]
             rl = [rouge_l_recall(a, f.answer) for a, f in zip(sampled, facts)]
@@ -776,6 +784,7 @@ def evaluate(
         "reference": None if reference is None else _model_label(reference),
         "estimator": estimator,
         "steps": steps,
+        "sampler": None if sampler is None else make_sampler(sampler).to_dict(),
         "seed": seed,
         "mc": mc,
         "generate": generate,
