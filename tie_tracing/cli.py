@@ -823,10 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="embed plotly.js in the html (~4 MB); by default the html loads plotly.min.js "
         "written once beside it, which also opens offline",
     )
-    pl.add_argument("--quiet", action="store_true", help="no loading or progress bars, no warnings")
-    pl.add_argument(
-        "--debug", action="store_true", help="on an error, show the traceback instead of one line"
-    )
+    _common(pl, model=False)
     return parser
 
 

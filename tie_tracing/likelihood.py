@@ -91,11 +91,8 @@ def answer_logprob(
                 else:
                     body = torch.full_like(answers, model.mask_token_id)
                 prompts = torch.tensor([pairs[i][0] for i in chunk], device=device)
-                model.current_answer_start = p_len  # a causal model sees the answer tokens
-                try:
+                with model.running(answer_start=p_len):  # a causal model sees the answer
                     logits = model.logits(torch.cat([prompts, body], dim=1))[:, p_len:]
-                finally:
-                    model.current_answer_start = None
                 check_finite(
                     logits, f"{model.name} logits for facts {[facts[i].id for i in chunk]}"
                 )
@@ -114,11 +111,8 @@ def answer_logprob(
                 x = torch.cat([torch.tensor(prompt).expand(len(m), -1), body], dim=1).to(device)
                 # the answer span is known: interventions that read only the prompt (the edit
                 # memory's token gate) must not read the answer tokens left visible here
-                model.current_answer_start = len(prompt)
-                try:
+                with model.running(answer_start=len(prompt)):
                     logits = model.logits(x)[:, len(prompt) :]
-                finally:
-                    model.current_answer_start = None
                 check_finite(logits, f"{model.name} logits for fact {facts[i].id!r}")
                 logp = target_logprob(logits, answer_t.expand(len(m), -1).to(device)).cpu()
                 weight = len(answer) / m.sum(-1)

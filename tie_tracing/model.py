@@ -227,6 +227,17 @@ class TracedModel(NNsight):
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
+    @contextlib.contextmanager
+    def running(self, *, step=None, answer_start: int | None = None) -> Iterator[None]:
+        """Expose the running forward's ``current_step`` and ``current_answer_start`` to
+        interventions for the duration of a ``with`` block (the previous values come back)."""
+        saved = self.current_step, self.current_answer_start
+        self.current_step, self.current_answer_start = step, answer_start
+        try:
+            yield
+        finally:
+            self.current_step, self.current_answer_start = saved
+
     @traceable
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """One backbone forward as a traceable call: ``with model.logits(x) as tracer``.

@@ -321,11 +321,8 @@ def run_loop(
     states, token_lps, masked = [], [], []
     for k in range(steps):
         masked.append(x[:, answer_start:] == model.mask_token_id)
-        model.current_step, model.current_answer_start = k, answer_start
-        try:
+        with model.running(step=k, answer_start=answer_start):
             raw = model.forward_logits(rule.model_input(x, answer_start, model.mask_token_id))
-        finally:
-            model.current_step, model.current_answer_start = None, None
         logits = rule.combine(raw, batch)[:, answer_start:]
         check_finite(logits, f"{model.name} logits at step {k}")
         logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -551,7 +551,6 @@ class EditMemory:
         if c.subject_gate and c.gate_kind == "tokens":
             valid = ~masked
             if answer_start is not None:
-                valid = valid.clone()
                 valid[:, answer_start:] = False
             matched = algebra.token_matches(ids, valid, s["gate_patterns"])
             gate = matched[:, s["gate_inverse"]].float()
