@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import tie_tracing as tt
-from tie_tracing.reference import reference_ie
+from tie_tracing.tracing.reference import reference_ie
 
 
 def quiet_trace(model, facts, **kw):

@@ -172,7 +172,7 @@ def main() -> None:
                 for r in rows
             ],
         }
-        from tie_tracing._io import atomic_write_text
+        from tie_tracing.core._io import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps(report, indent=1) + "\n")
         print(f"\nwrote {args.out}")

@@ -26,7 +26,7 @@ import warnings
 import torch
 
 import tie_tracing as tt
-from tie_tracing.reference import reference_ie
+from tie_tracing.tracing.reference import reference_ie
 
 
 def best_of(fn, repeats):

@@ -96,7 +96,7 @@ import edit_common as C  # noqa: E402
 import tie_tracing as tt  # noqa: E402
 
 SPLITS = ("forget01", "forget05")
-METHODS = tt.unlearning.METHODS
+METHODS = tt.evaluation.unlearning.METHODS
 #: Named learning-rate grid; ``1e-5`` is open-unlearning's TOFU default.
 LR_GRID = {"1e-5": 1e-5, "1e-4": 1e-4, "1e-3": 1e-3, "1e-2": 1e-2, "1e-1": 1e-1}
 STANDARD_LR = "1e-5"
@@ -192,7 +192,7 @@ def _rmu_steering(model, forget, layer: int) -> float:
     """``RMU_STEERING_X_NORM`` × the mean norm of block ``layer``'s output at answer tokens."""
     import torch
 
-    from tie_tracing.backbones import hidden_of
+    from tie_tracing.core.backbones import hidden_of
 
     norms = []
 

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import tie_tracing as tt  # noqa: E402
-from tie_tracing._io import atomic_write_text  # noqa: E402
+from tie_tracing.core._io import atomic_write_text  # noqa: E402
 
 FIGURES = ROOT / "figures"
 MODEL = os.environ.get("TT_EDIT_MODEL", "tiny-mdlm")
@@ -87,7 +87,7 @@ def load(name: str = MODEL):
 
 
 def model_dir(name: str = MODEL) -> Path:
-    return Path(name) if Path(name).is_dir() else tt.model.ZOO_DIR / name
+    return Path(name) if Path(name).is_dir() else tt.core.model.ZOO_DIR / name
 
 
 def fact_sets() -> dict[str, list[tt.Fact]]:

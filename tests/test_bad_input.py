@@ -19,15 +19,15 @@ import pytest
 import torch
 
 import tie_tracing as tt
-from tie_tracing.editing import EditMemoryError
-from tie_tracing.errors import (
+from tie_tracing.core.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     ShapeError,
     SubjectNotFoundError,
 )
-from tie_tracing.patching import Patch
-from tie_tracing.results import PositionalResult, ResultFileError, TIEResult
+from tie_tracing.core.results import PositionalResult, ResultFileError, TIEResult
+from tie_tracing.editing import EditMemoryError
+from tie_tracing.tracing.patching import Patch
 
 FACT = tt.Fact("ada vell", "where was ada vell born", "lisbon porto", id="f0")
 FACT2 = tt.Fact("mara tov", "who wrote the book of mara tov", "orion", id="f1")
@@ -55,7 +55,7 @@ def _build(env, facts=(FACT, FACT2), **kw):
 
 def _checkpoint(env, damage) -> Path:
     """A copy of the embedded tiny-mdlm checkpoint, damaged by ``damage(weights_file)``."""
-    from tie_tracing.model import ZOO_DIR
+    from tie_tracing.core.model import ZOO_DIR
 
     path = env.tmp / "checkpoint"
     shutil.copytree(ZOO_DIR / "tiny-mdlm", path)

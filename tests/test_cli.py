@@ -10,7 +10,7 @@ import torch
 
 import tie_tracing as tt
 from tie_tracing import cli
-from tie_tracing.results import TIEResult
+from tie_tracing.core.results import TIEResult
 
 
 def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
@@ -257,7 +257,7 @@ def test_figure2_resumes_an_interrupted_run(tmp_path, capsys, monkeypatch):
     assert len(files) == 2
     files[0].unlink()  # as if the run had been killed after the second fact
     traced = []
-    import tie_tracing.tie as tie_module
+    import tie_tracing.tracing.tie as tie_module
 
     original = tie_module._trace_one
     monkeypatch.setattr(
@@ -274,7 +274,7 @@ def test_figure2_on_a_checkpoint_directory_with_tofu_facts(tmp_path, capsys):
     import shutil
     import warnings
 
-    from tie_tracing.model import ZOO_DIR
+    from tie_tracing.core.model import ZOO_DIR
 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(ZOO_DIR / "tiny-mdlm", checkpoint)

@@ -6,7 +6,17 @@ backbones → diffusion loop (model, sampler) → tracing / editing → analysis
 """
 
 from ._version import __version__
-from .analysis import (
+from .analysis.compare import (
+    aligned_positional,
+    category_support,
+    compare_paradigms,
+    edit_efficacy,
+    localisation_summary,
+    pick_layers,
+    plot_ar_vs_diffusion,
+)
+from .analysis.selection import select_coordinate
+from .analysis.stats import (
     BetaTradeoff,
     LocalisationStats,
     PerFactOptima,
@@ -20,18 +30,8 @@ from .analysis import (
     seed_stability,
     selection_stability,
 )
-from .backbones import BACKBONES, MODULES, Backbone
-from .compare import (
-    aligned_positional,
-    category_support,
-    compare_paradigms,
-    edit_efficacy,
-    localisation_summary,
-    pick_layers,
-    plot_ar_vs_diffusion,
-)
-from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
-from .errors import (
+from .core.backbones import BACKBONES, MODULES, Backbone
+from .core.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     NonFiniteActivationError,
@@ -42,7 +42,22 @@ from .errors import (
     UnsupportedModelError,
     UnsupportedSamplerError,
 )
-from .evaluation import (
+from .core.facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
+from .core.likelihood import answer_logprob
+from .core.model import TracedModel, load_model
+from .core.results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
+from .core.sampler import DiffusionResult, diffuse
+from .core.samplers import (
+    SAMPLERS,
+    DreamSampler,
+    FastDLLMSampler,
+    LLaDASampler,
+    ReMaskingSampler,
+    Sampler,
+    make_sampler,
+)
+from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
+from .evaluation.metrics import (
     Evaluation,
     Metric,
     PairedTest,
@@ -56,20 +71,8 @@ from .evaluation import (
     rouge_l_recall,
     truth_ratio,
 )
-from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
-from .likelihood import answer_logprob
-from .model import TracedModel, load_model
-from .patching import (
-    Capture,
-    Corruption,
-    Patch,
-    PatchedRun,
-    Query,
-    SweepSettings,
-    encode_query,
-    run_patched,
-)
-from .plotting import (
+from .evaluation.unlearning import LoraSpec, UnlearnConfig, UnlearningError, UnlearnLog, unlearn
+from .figures.plotting import (
     StaticExportError,
     notebook_figures,
     plot_beta_tradeoff,
@@ -84,20 +87,17 @@ from .plotting import (
     static_export_available,
     trajectory_table,
 )
-from .positional import PositionalConfig, reference_positional, trace_positional
-from .reference import reference_ie
-from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
-from .sampler import DiffusionResult, diffuse
-from .samplers import (
-    SAMPLERS,
-    DreamSampler,
-    FastDLLMSampler,
-    LLaDASampler,
-    ReMaskingSampler,
-    Sampler,
-    make_sampler,
+from .tracing.patching import (
+    Capture,
+    Corruption,
+    Patch,
+    PatchedRun,
+    Query,
+    SweepSettings,
+    encode_query,
+    run_patched,
 )
-from .selection import select_coordinate
-from .tie import TraceConfig, trace_tie
-from .unlearning import LoraSpec, UnlearnConfig, UnlearningError, UnlearnLog, unlearn
+from .tracing.positional import PositionalConfig, reference_positional, trace_positional
+from .tracing.reference import reference_ie
+from .tracing.tie import TraceConfig, trace_tie
 from .zoo.corpus import load_facts

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write_text
+from .core._io import atomic_write_text
 
 DEFAULT_N_FACTS = 12
 DEFAULT_N_NOISE = 4
@@ -94,7 +94,7 @@ def decay_value(text: str) -> float:
 
 
 def memory_size(text: str) -> int:
-    from .budget import parse_memory
+    from .tracing.budget import parse_memory
 
     try:
         return parse_memory(text)
@@ -118,7 +118,7 @@ class _Parser(argparse.ArgumentParser):
 
 def write_facts_jsonl(facts, path: str | os.PathLike) -> Path:
     """Write facts as JSON lines (every field of :class:`~tie_tracing.facts.Fact`)."""
-    from .tie import fact_record
+    from .tracing.tie import fact_record
 
     lines = [json.dumps(fact_record(f), ensure_ascii=False) for f in facts]
     path = Path(path)
@@ -129,7 +129,7 @@ def write_facts_jsonl(facts, path: str | os.PathLike) -> Path:
 def read_facts_jsonl(path: str | os.PathLike) -> list:
     """Facts from a JSON-lines file, one object with :class:`~tie_tracing.facts.Fact` fields
     per line (blank lines skipped). Errors name the line."""
-    from .facts import Fact
+    from .core.facts import Fact
 
     path = Path(path)
     if not path.is_file():
@@ -355,14 +355,14 @@ def _fmt_cell(c: dict[str, Any]) -> str:
 
 def figure2(args: argparse.Namespace) -> int:
     import tie_tracing as tt
-    from tie_tracing.plotting import save_figure
+    from tie_tracing.figures.plotting import save_figure
 
     _check_dtype(args)
     out = _writable_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    from tie_tracing.model import EMBEDDED_MODELS
+    from tie_tracing.core.model import EMBEDDED_MODELS
 
     facts_spec = args.facts or (
         "tiny:forget01" if args.model in EMBEDDED_MODELS else "tofu:forget01"
@@ -456,7 +456,7 @@ def figure2(args: argparse.Namespace) -> int:
 
 
 def _static_image(fig, path: Path, *, quiet: bool) -> list:
-    from tie_tracing.plotting import StaticExportError, save_figure, static_export_available
+    from tie_tracing.figures.plotting import StaticExportError, save_figure, static_export_available
 
     if static_export_available():
         try:
@@ -476,7 +476,7 @@ def _static_image(fig, path: Path, *, quiet: bool) -> list:
 
 def trace(args: argparse.Namespace) -> int:
     """``tie-tracing trace``: a resumable (and, under torchrun, fact-sharded) sweep."""
-    from .distributed import local_device, trace_sharded, world
+    from .tracing.distributed import local_device, trace_sharded, world
 
     _check_dtype(args)
     out = _writable_dir(args.out)
@@ -553,7 +553,7 @@ def trace(args: argparse.Namespace) -> int:
 def plot(args: argparse.Namespace) -> int:
     """``tie-tracing plot DIR``: Figure 2 from a saved trace."""
     import tie_tracing as tt
-    from tie_tracing.plotting import save_figure
+    from tie_tracing.figures.plotting import save_figure
 
     source = Path(args.trace)
     if source.is_dir():

@@ -81,6 +81,7 @@ Example:
     ...     edited = tt.answer_logprob(model, facts)
 """
 
+from ..core.fingerprint import describe_model, model_fingerprint
 from .algebra import (
     coefficients,
     eq10_update,
@@ -107,7 +108,6 @@ from .config import (
     EditMemoryError,
     EditMemoryWarning,
 )
-from .fingerprint import describe_model, model_fingerprint
 from .gate import CalibrationSet, SubjectGate
 from .install import EditHandle
 from .memory import EditMemory

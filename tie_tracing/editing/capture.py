@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import nnsight
 import torch
 
-from .._nnsight import suspended_edits
-from ..backbones import hidden_of
-from ..errors import ShapeError
-from ..facts import Fact
-from ..patching import encode_query
+from ..core._nnsight import suspended_edits
+from ..core.backbones import hidden_of
+from ..core.errors import ShapeError
+from ..core.facts import Fact
+from ..tracing.patching import encode_query
 from .config import EditMemoryError
 
 __all__ = ["Captured", "capture", "capture_keys_and_deltas", "capture_states", "query_ids"]

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..backbones import MODULES
-from ..errors import TieTracingError
+from ..core.backbones import MODULES
+from ..core.errors import TieTracingError
 
 __all__ = [
     "APPLY_AT",

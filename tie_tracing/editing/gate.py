@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..facts import Fact
-from ..patching import fact_key
+from ..core.facts import Fact
+from ..tracing.patching import fact_key
 from . import algebra
 from .capture import capture_states, query_ids
 from .config import EditMemoryError

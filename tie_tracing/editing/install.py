@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._nnsight import has_edit, register_edit, register_edit_with_inputs, remove_edit
+from ..core._nnsight import has_edit, register_edit, register_edit_with_inputs, remove_edit
+from ..core.fingerprint import format_model, model_fingerprint
 from .config import EditMemoryError
-from .fingerprint import format_model, model_fingerprint
 
 if TYPE_CHECKING:
     from .memory import EditMemory

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from ..errors import ShapeError
-from ..facts import Fact, as_facts, load_refusals
-from ..patching import fact_key
+from ..core.errors import ShapeError
+from ..core.facts import Fact, as_facts, load_refusals
+from ..core.fingerprint import describe_model
+from ..tracing.patching import fact_key
 from . import algebra
 from .capture import capture
 from .config import TARGET_KINDS, EditConfig, EditMemoryError, EditMemoryWarning
-from .fingerprint import describe_model
 from .gate import SubjectGate
 from .install import EditHandle, check_model, install
 from .operating_point import gate_shrinkage as resolve_shrinkage

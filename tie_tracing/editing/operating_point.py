@@ -25,7 +25,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from ..facts import Fact
+from ..core.facts import Fact
+from ..core.fingerprint import model_fingerprint
 from .config import (
     PACKAGE_DEFAULTS,
     EditConfig,
@@ -33,7 +34,6 @@ from .config import (
     EditMemoryWarning,
     normalize_steps,
 )
-from .fingerprint import model_fingerprint
 
 __all__ = ["operating_point", "resolve_calibration", "resolve_config"]
 

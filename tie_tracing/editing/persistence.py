@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._io import atomic_write_bytes
 from .._version import __version__
+from ..core._io import atomic_write_bytes
 from .config import EditConfig, EditMemoryError
 from .gate import CalibrationSet, SubjectGate
 

@@ -38,7 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..facts import Fact
+from ..core.facts import Fact
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPORA = {"tiny": DATA_DIR / "tiny_facts.json"}

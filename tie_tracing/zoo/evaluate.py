@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..prompting import encode_pair, group_by_shape
+from ..core.prompting import encode_pair, group_by_shape
 from .corpus import load_corpus, load_facts
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -117,7 +117,7 @@ def _pairs(tok, facts, paraphrase: bool = False):
 
 def _object_hits(tok, facts, pairs, predictions) -> list[bool]:
     """Per fact: every token of its object (``locate_object``) was produced."""
-    from ..facts import locate_object
+    from ..core.facts import locate_object
 
     hits = []
     for f, (_, a), pred in zip(facts, pairs, predictions):

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_text
-from ..prompting import encode_pair
+from ..core._io import atomic_write_text
+from ..core.prompting import encode_pair
 from .corpus import load_facts
 from .evaluate import MODELS_DIR, plain_metrics
 from .tokenizer import load_tokenizer
