@@ -8,7 +8,8 @@ import torch
 from conftest import MDLM_FAMILIES, count_forwards, hooked
 
 import tie_tracing as tt
-from tie_tracing.core.sampler import commit, run_loop, transfer_schedule
+from tie_tracing.core.commit import commit, transfer_schedule
+from tie_tracing.core.sampler import run_loop
 
 MASK = 3
 

@@ -25,7 +25,7 @@ import replicas as R
 import torch
 
 import tie_tracing as tt
-from tie_tracing.core.sampler import step_noise_generator
+from tie_tracing.core.commit import step_noise_generator
 from tie_tracing.core.samplers import DreamSampler, LLaDASampler
 from tie_tracing.tracing.reference import reference_ie
 
@@ -611,7 +611,7 @@ def test_sampler_dicts_round_trip(sampler):
 def test_ranked_commit_equals_the_classic_commit():
     """The general per-row commit, fed low-confidence scores, commits what the historical
     commit() does (random logits, blocks, several rows)."""
-    from tie_tracing.core.sampler import commit
+    from tie_tracing.core.commit import commit
     from tie_tracing.core.samplers import commit_ranked
 
     gen = torch.Generator().manual_seed(0)

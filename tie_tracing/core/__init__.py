@@ -7,7 +7,8 @@
 * :mod:`.prompting` — the token format; :mod:`.facts` — :class:`Fact` and the TOFU/RWKU
   loaders (the shipped files live in ``tie_tracing/data/``);
 * :mod:`.sampler` — the diffusion loop (SPEC §4); :mod:`.samplers` — the sampler configs;
-  :mod:`.likelihood` — ``answer_logprob``;
+  :mod:`.commit` — the step rule both use (transfer schedule, keyed noise, the
+  low-confidence commit); :mod:`.likelihood` — ``answer_logprob``;
 * :mod:`.results` — the result values tracing constructs (:class:`TIEResult`,
   :class:`PositionalResult`, :class:`Coordinate`).
 

@@ -34,8 +34,6 @@ has a **commit map**: the step at which each answer position was committed
 
 from __future__ import annotations
 
-import math
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +44,7 @@ from ._io import Saveable
 from .errors import NonFiniteActivationError
 from .facts import Fact, locate_object
 from .prompting import chunks_by_shape, encode_prompt
+from .samplers import resolve_sampler
 
 #: How ``LP(k)`` reads a committed position (SPEC §4).
 LP_MODES: tuple[str, ...] = ("frozen", "raw")
@@ -120,131 +119,6 @@ def commit_steps(tokens: torch.Tensor, mask_id: int) -> torch.Tensor:
     return torch.where(done.any(-2), first, torch.full_like(first, -1))
 
 
-def transfer_schedule(
-    answer_length: int, steps: int, block_length: int | None = None
-) -> list[tuple[int, int, int]]:
-    """Per step ``(block_start, block_end, n_commit)``, offsets within the answer span.
-
-    Example:
-        >>> transfer_schedule(3, 8)
-        [(0, 3, 1), (0, 3, 1), (0, 3, 1), (0, 3, 0), (0, 3, 0), (0, 3, 0), (0, 3, 0), (0, 3, 0)]
-    """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
-    if answer_length < 1:
-        raise ValueError(f"the answer span must hold at least one token, got {answer_length}")
-    block = answer_length if block_length is None else int(block_length)
-    if block < 1:
-        raise ValueError(f"block_length must be ≥ 1, got {block_length!r}")
-    n_blocks = math.ceil(answer_length / block)
-    if steps % n_blocks:
-        raise ValueError(
-            f"steps={steps} must be divisible by the number of blocks ({n_blocks} blocks of "
-            f"{block} over an answer of {answer_length} tokens)"
-        )
-    per_block = steps // n_blocks
-    schedule = []
-    for b in range(n_blocks):
-        lo, hi = b * block, min((b + 1) * block, answer_length)
-        base, extra = divmod(hi - lo, per_block)
-        for s in range(per_block):
-            schedule.append((lo, hi, base + (1 if s < extra else 0)))
-    return schedule
-
-
-def step_noise_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """The generator of row seed ``seed`` at step ``step``, for noise stream ``stream``.
-
-    Every random choice of a sampler is keyed this way (stream 0: token noise; 1: random
-    positions; 2: Dream's ``alg_temp`` position noise; see :mod:`tie_tracing.samplers`), so
-    runs in the same state at the same step with the same seed draw the same numbers.
-
-    Example:
-        >>> a = torch.rand(3, generator=step_noise_generator(5, 2))
-        >>> torch.equal(a, torch.rand(3, generator=step_noise_generator(5, 2)))
-        True
-    """
-    if stream == 0:
-        return torch.Generator().manual_seed((int(seed) * 1_000_003 + step) % (2**63))
-    key = zlib.crc32(f"{int(seed)}:{int(step)}:{int(stream)}".encode())
-    return torch.Generator().manual_seed(key)
-
-
-def commit(
-    x: torch.Tensor,
-    logits: torch.Tensor,
-    *,
-    answer_start: int,
-    block: tuple[int, int],
-    n_commit: int,
-    mask_id: int,
-    temperature: float = 0.0,
-    seeds: Sequence[int] | None = None,
-    step: int = 0,
-    logprobs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One low-confidence-remasking update; returns the new state (``x`` is not modified).
-
-    Args:
-        x: ``[batch, seq]`` current tokens.
-        logits: ``[batch, answer_len, vocab]`` aligned logits of the answer span.
-        block: ``(lo, hi)`` offsets of the current block within the answer span.
-        n_commit: How many masked positions of the block each row commits.
-        logprobs: ``log_softmax(logits)`` when the caller already has it (saves a pass).
-
-    The mask token is excluded from the choice, so a commit always writes a real token.
-    """
-    x = x.clone()
-    if n_commit == 0:
-        return x
-    logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1) if logprobs is None else logprobs
-    # Never commit the mask token itself: that would be a silent re-mask (and break the
-    # schedule's counts). Confidences still come from the full softmax.
-    if temperature > 0:
-        if seeds is None:
-            raise ValueError("temperature > 0 needs per-row seeds")
-        gumbel = torch.stack(
-            [
-                -torch.log(
-                    -torch.log(
-                        torch.rand(
-                            logits.shape[1:], generator=step_noise_generator(s, step)
-                        ).clamp_min(1e-20)
-                    )
-                )
-                for s in seeds
-            ]
-        ).to(logits.device)
-        scores = logits / temperature + gumbel
-        scores[..., mask_id] = -math.inf
-        choice = scores.argmax(-1)
-    else:
-        choice = logprobs.argmax(-1)
-        wrong = choice == mask_id
-        if bool(wrong.any()):  # rare: take the runner-up where the mask token won
-            alternatives = logprobs[wrong].clone()
-            alternatives[..., mask_id] = -math.inf
-            choice[wrong] = alternatives.argmax(-1)
-    confidence = logprobs.gather(-1, choice[..., None])[..., 0].exp()
-    answer = x[:, answer_start:]
-    eligible = answer == mask_id
-    in_block = torch.zeros_like(eligible)
-    in_block[:, block[0] : block[1]] = True
-    eligible &= in_block
-    confidence = torch.where(eligible, confidence, torch.full_like(confidence, -math.inf))
-    available = int(eligible.sum(-1).min())
-    k = min(n_commit, available)
-    if k == 0:
-        return x
-    top = confidence.topk(k, dim=-1).indices
-    rows = torch.arange(x.shape[0], device=x.device)[:, None]
-    answer = answer.clone()
-    answer[rows, top] = choice[rows, top]
-    x[:, answer_start:] = answer
-    return x
-
-
 @dataclass(frozen=True)
 class LoopOutput:
     """What one run of the diffusion loop returns.
@@ -306,8 +180,6 @@ def run_loop(
     ``[batch, answer_len]`` are scored at the positions of ``target_mask`` (``[answer_len]``
     or ``[batch, answer_len]`` bool; default all) in mode ``lp``.
     """
-    from .samplers import resolve_sampler
-
     check_lp_mode(lp)
     if model.is_causal:
         raise ValueError(f"{model.name} is a causal (AR) model; diffusion sampling needs an MDLM")
@@ -487,8 +359,6 @@ def diffuse(
         ['Lisbon', '1962']
         >>> tt.diffuse(model, facts[:2], sampler=tt.LLaDASampler(remasking="random"))  # doctest: +SKIP
     """
-    from .samplers import resolve_sampler
-
     items = (
         [facts_or_prompts] if isinstance(facts_or_prompts, (Fact, str)) else list(facts_or_prompts)
     )

@@ -24,7 +24,7 @@ record ``sampler.to_dict()`` in their results.
   :class:`~tie_tracing.errors.UnsupportedSamplerError` with the assumption that fails.
 
 **Randomness.** Every random choice is keyed by ``(row seed, step, stream)`` through
-:func:`~tie_tracing.sampler.step_noise_generator`: stream 0 gives the token noise
+:func:`~tie_tracing.core.commit.step_noise_generator`: stream 0 gives the token noise
 (``[answer_len, vocab]`` uniforms, Gumbel-max sampling), stream 1 the per-position uniforms
 of random remasking and of Dream's ``origin`` (``[answer_len]``), stream 2 the position noise
 of Dream's ``alg_temp`` (``[answer_len]``, Gumbel-top-k, i.e. sampling without replacement).
@@ -69,6 +69,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .commit import commit, step_noise_generator, transfer_schedule
 from .errors import UnsupportedSamplerError
 
 #: Backbone families whose own sampler is LLaDA's / Dream's.
@@ -84,8 +85,6 @@ CACHES: tuple[str, ...] = ("none", "prefix", "dual")
 
 def _noise(seeds: Sequence[int], step: int, stream: int, shape, device) -> torch.Tensor:
     """``[rows, *shape]`` uniforms keyed by ``(seed, step, stream)`` (see the module docstring)."""
-    from .sampler import step_noise_generator
-
     return torch.stack(
         [torch.rand(shape, generator=step_noise_generator(s, step, stream)) for s in seeds]
     ).to(device)
@@ -362,8 +361,6 @@ class LLaDASampler(Sampler):
 
     def schedule(self, answer_length: int, steps: int) -> list[tuple[int, int, int]]:
         """Per step ``(block_start, block_end, n_commit)``, offsets within the answer span."""
-        from .sampler import transfer_schedule
-
         plan = transfer_schedule(answer_length, steps, self.block_length)
         if self.transfer_counts is None:
             return plan
@@ -435,8 +432,6 @@ class LLaDASampler(Sampler):
         seeds,
         logprobs=None,
     ):
-        from .sampler import commit
-
         answer_length = x.shape[1] - answer_start
         lo, hi, n = self.schedule(answer_length, steps)[step]
         if self._is_classic():
