@@ -476,7 +476,8 @@ def _static_image(fig, path: Path, *, quiet: bool) -> list:
 
 def trace(args: argparse.Namespace) -> int:
     """``tie-tracing trace``: a resumable (and, under torchrun, fact-sharded) sweep."""
-    from .tracing.distributed import local_device, trace_sharded, world
+    from .tracing.distributed import trace_sharded
+    from .tracing.ranks import local_device, world
 
     _check_dtype(args)
     out = _writable_dir(args.out)

@@ -4,7 +4,7 @@
   :class:`Patch`, :class:`Capture`, :class:`SweepSettings`);
 * :mod:`.tie` — the TIE engine (:func:`trace_tie`: exact, horizon, immediate);
   :mod:`.attribution` — its attribution scan; :mod:`.budget` — rows per forward from a
-  memory budget; :mod:`.distributed` — ``torchrun`` fact shards;
+  memory budget; :mod:`.ranks` and :mod:`.distributed` — ``torchrun`` fact shards;
 * :mod:`.positional` — ROME's positional tracing (:func:`trace_positional`);
 * :mod:`.reference` — the slow hook-based references the engines are checked against.
 

@@ -85,6 +85,7 @@ from .patching import (
     patched_forward,
     run_patched,
 )
+from .ranks import rank_zero_first
 
 #: Sweep modes of :func:`trace_tie`.
 MODES: tuple[str, ...] = ("exact", "immediate", "attribution")
@@ -830,8 +831,6 @@ def trace_tie(
     if out is not None and shard is None:
         store = _Store(out, config, nu_value, model, overwrite=overwrite)
     elif out is not None and shard is not None:  # one shard: rank 0 prepares `out` first
-        from .distributed import rank_zero_first
-
         with rank_zero_first():
             first = shard[0] == 0  # the others leave the files of running writes alone
             store = _Store(out, config, nu_value, model, overwrite=overwrite and first, clean=first)
