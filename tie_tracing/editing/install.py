@@ -21,16 +21,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..core._nnsight import has_edit, register_edit, register_edit_with_inputs, remove_edit
 from ..core.fingerprint import format_model, model_fingerprint
 from .config import EditMemoryError
-
-if TYPE_CHECKING:
-    from .memory import EditMemory
 
 __all__ = ["EditHandle", "check_model", "install"]
 
@@ -54,7 +51,7 @@ class EditHandle:
             per step, counted the same way.
     """
 
-    memory: EditMemory
+    memory: Any  # the EditMemory (memory.py imports this module, not the reverse)
     model: Any
     fired: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
@@ -116,7 +113,7 @@ class EditHandle:
         return f"EditHandle({state}, model={getattr(self.model, 'name', '?')!r}, memory={self.memory!r})"
 
 
-def check_model(memory: EditMemory, model) -> None:
+def check_model(memory: Any, model) -> None:
     """Refuse a model other than the one ``memory`` was built on (names both).
 
     Raises:
@@ -146,7 +143,7 @@ def check_model(memory: EditMemory, model) -> None:
         )
 
 
-def install(memory: EditMemory, model) -> EditHandle:
+def install(memory: Any, model) -> EditHandle:
     """Install ``memory`` on ``model`` as an nnsight edit (see the module docstring).
 
     Raises:

@@ -30,6 +30,7 @@ from .gate import SubjectGate
 from .install import EditHandle, check_model, install
 from .operating_point import gate_shrinkage as resolve_shrinkage
 from .operating_point import resolve_calibration, resolve_config
+from .persistence import load_memory, save_memory
 
 __all__ = ["EditMemory"]
 
@@ -773,8 +774,6 @@ class EditMemory:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the memory to one ``.safetensors`` file (JSON config in its header), atomically."""
-        from .persistence import save_memory
-
         return save_memory(self, path)
 
     @classmethod
@@ -785,9 +784,7 @@ class EditMemory:
             FileNotFoundError: no such file.
             EditMemoryError: truncated or corrupt file, or not an edit memory.
         """
-        from .persistence import load_memory
-
-        return load_memory(path)
+        return load_memory(path, cls)
 
     def equals(self, other: EditMemory) -> bool:
         """Exact equality of config, per-fact rows, gate statistics, model info and tensors."""

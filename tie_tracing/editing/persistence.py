@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -27,9 +27,6 @@ from ..core._io import atomic_write_bytes
 from .config import EditConfig, EditMemoryError
 from .gate import CalibrationSet, SubjectGate
 
-if TYPE_CHECKING:
-    from .memory import EditMemory
-
 __all__ = ["FORMAT", "load_memory", "save_memory"]
 
 FORMAT = 2
@@ -37,8 +34,9 @@ _META_KEY = "tie_tracing"
 _KIND = "EditMemory"
 
 
-def save_memory(memory: EditMemory, path: str | os.PathLike) -> Path:
-    """Write ``memory`` to ``path`` (see the module docstring); returns the path."""
+def save_memory(memory: Any, path: str | os.PathLike) -> Path:
+    """Write ``memory`` (an :class:`~tie_tracing.editing.EditMemory`) to ``path`` (see the module
+    docstring); returns the path."""
     from safetensors.torch import save as st_save
 
     path = Path(path)
@@ -85,8 +83,8 @@ def save_memory(memory: EditMemory, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_memory(path: str | os.PathLike) -> EditMemory:
-    """Read a memory written by :func:`save_memory`.
+def load_memory(path: str | os.PathLike, memory_class: Any) -> Any:
+    """Read a memory written by :func:`save_memory`, as a ``memory_class`` (``EditMemory``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -94,8 +92,6 @@ def load_memory(path: str | os.PathLike) -> EditMemory:
             stored ``gate_tau`` that disagrees with ``gate_score_max + gate_margin``.
     """
     from safetensors import SafetensorError, safe_open
-
-    from .memory import EditMemory
 
     path = Path(path)
     if not path.is_file():
@@ -133,7 +129,7 @@ def load_memory(path: str | os.PathLike) -> EditMemory:
                     tokens=tokens,
                 ),
             )
-        memory = EditMemory(
+        memory = memory_class(
             EditConfig.from_dict(meta["config"]),
             ids=meta["ids"],
             keys=tensors["keys"],
