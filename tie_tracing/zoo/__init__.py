@@ -3,7 +3,8 @@
 * :mod:`.corpus` — the seeded TOFU-shaped corpus and :func:`load_facts` (``tt.load_facts``);
 * :mod:`.tokenizer` — the byte-level BPE tokenizer trained on the corpus;
 * :mod:`.train` — ``python -m tie_tracing.zoo.train <name>`` retrains a model;
-* :mod:`.evaluate` — the knowledge checks reported in each ``models/<name>/MODEL_CARD.md``.
+* :mod:`.evaluate` — the knowledge checks reported in each ``models/<name>/MODEL_CARD.md``;
+* :mod:`.cards` — ``python -m tie_tracing.zoo.cards <name>`` rewrites a card's numbers.
 
 Shipped models (``models/``): ``tiny-mdlm``, ``tiny-ar``, ``tiny-mdlm-retain``.
 """

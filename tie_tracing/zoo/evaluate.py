@@ -14,7 +14,8 @@ Sampler semantics (SPEC §4, default): query = prompt + ``len(answer)`` masks; f
 is never committed (excluded from the argmax, as in ``tt.diffuse``).
 Exact match (EM) = every answer token equals the reference token.
 
-``python -m tie_tracing.zoo.evaluate <name> [--write-card]`` measures one shipped model.
+``python -m tie_tracing.zoo.evaluate <name>`` measures one shipped model; ``python -m
+tie_tracing.zoo.cards <name>`` also rewrites its card.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def _package_metrics(lm, facts, *, steps: int, paraphrase: bool) -> dict:
     """The same measurement through a ``tt.load_model`` model and ``tt.diffuse``."""
     import dataclasses
 
-    import tie_tracing as tt
+    from .. import core as tt
 
     if paraphrase:
         facts = [dataclasses.replace(f, question=f.paraphrased_question) for f in facts]
@@ -231,7 +232,7 @@ def evaluate_model(
     family, mask_id = info["family"], info.get("mask_token_id")
     lm = None
     if use_package and family != "tiny-ar":
-        import tie_tracing as tt
+        from .. import core as tt
 
         path = Path(name) if Path(name).is_dir() else MODELS_DIR / str(name)
         lm = tt.load_model(str(path))
@@ -256,17 +257,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
     ap.add_argument("--plain", action="store_true", help="use the plain evaluator only")
-    ap.add_argument("--write-card", action="store_true", help="rewrite MODEL_CARD.md's numbers")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     res = evaluate_model(args.name, use_package=not args.plain)
     print(json.dumps(res, indent=1))
-    if args.write_card:
-        from .train import write_card
-
-        path = Path(args.name) if Path(args.name).is_dir() else MODELS_DIR / args.name
-        write_card(path, metrics=res)
 
 
 if __name__ == "__main__":
