@@ -10,10 +10,8 @@ from .analysis.compare import (
     aligned_positional,
     category_support,
     compare_paradigms,
-    edit_efficacy,
     localisation_summary,
     pick_layers,
-    plot_ar_vs_diffusion,
 )
 from .analysis.selection import select_coordinate
 from .analysis.stats import (
@@ -56,7 +54,7 @@ from .core.samplers import (
     Sampler,
     make_sampler,
 )
-from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
+from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError, edit_efficacy
 from .evaluation.metrics import (
     Evaluation,
     Metric,
@@ -72,6 +70,7 @@ from .evaluation.metrics import (
     truth_ratio,
 )
 from .evaluation.unlearning import LoraSpec, UnlearnConfig, UnlearningError, UnlearnLog, unlearn
+from .figures.compare import plot_ar_vs_diffusion
 from .figures.plotting import (
     StaticExportError,
     notebook_figures,

@@ -16,10 +16,10 @@ from tie_tracing.analysis.compare import (
     compare_paradigms,
     localisation_summary,
     pick_layers,
-    plot_ar_vs_diffusion,
     token_categories,
 )
 from tie_tracing.core.results import PositionalResult, TIEResult
+from tie_tracing.figures.compare import plot_ar_vs_diffusion
 
 
 def _positional(
@@ -270,29 +270,6 @@ def test_end_to_end_with_an_object_mid_answer(replicas):
     assert rows[0]["share_prediction"] == pytest.approx(float(a[:, -1].sum() / a.sum()), rel=1e-5)
     fig = plot_ar_vs_diffusion(ar, md, tie, module="mlp")
     assert "last prefix" in list(fig.data[0].x) and "object [MASK]" in list(fig.data[1].x)
-
-
-def test_edit_efficacy_rows(replicas):
-    """edit_efficacy gives one row per installation layer with ΔForgetLP / ΔRetainLP and CIs."""
-    pytest.importorskip("tie_tracing.editing")
-    fact = tt.Fact(
-        subject="ada vell",
-        question="where was ada vell born",
-        answer="lisbon",
-        target="paris",
-        id="f0",
-    )
-    keep = [
-        tt.Fact(
-            subject="mara", question="what book was mara the writer of", answer="orion", id="r0"
-        ),
-        tt.Fact(subject="kess", question="where was kess born", answer="porto", id="r1"),
-    ]
-    rows = tt.edit_efficacy(
-        replicas["tiny-mdlm"], [fact], keep, {"a": 0, "b": 2}, alpha=1.0, lam=0.1, q=1
-    )
-    assert [r["installation"] for r in rows] == ["a", "b"] and rows[1]["layer"] == 2
-    assert all(math.isfinite(r["d_forget_lp"]) and math.isfinite(r["d_retain_lp"]) for r in rows)
 
 
 def test_rare_category_cannot_decide_the_peak():

@@ -1,7 +1,7 @@
 """Layer 3, analysis: summaries of tracing results; nothing here runs a model.
 
 * :mod:`.selection` — Eq. 5, :func:`select_coordinate` (SPEC §7);
-* :mod:`.stats` — bootstrap CIs, the selection studies (landscape, β trade-off, stability,
+* :mod:`.stats` — bootstrap CIs (per cell, and :func:`mean_ci` of a 1-D sample), the selection studies (landscape, β trade-off, stability,
   per-fact optima), seed stability and localisation statistics;
 * :mod:`.compare` — the AR-versus-diffusion summaries (SPEC §6, §10.3).
 """
@@ -13,10 +13,8 @@ from .compare import (
     aligned_positional,
     category_support,
     compare_paradigms,
-    edit_efficacy,
     localisation_summary,
     pick_layers,
-    plot_ar_vs_diffusion,
     token_categories,
 )
 from .selection import select_coordinate
@@ -29,6 +27,7 @@ from .stats import (
     beta_tradeoff,
     bootstrap_ci,
     localisation_stats,
+    mean_ci,
     per_fact_optima,
     score_landscape,
     seed_stability,
@@ -49,12 +48,11 @@ __all__ = [
     "bootstrap_ci",
     "category_support",
     "compare_paradigms",
-    "edit_efficacy",
     "localisation_stats",
     "localisation_summary",
+    "mean_ci",
     "per_fact_optima",
     "pick_layers",
-    "plot_ar_vs_diffusion",
     "score_landscape",
     "seed_stability",
     "select_coordinate",

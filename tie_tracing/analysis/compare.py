@@ -18,11 +18,11 @@ answer slots masked), and the MDLM's diffusion-time TIE (``[fact, layer, step, m
   shares of ``|effect|`` at the last subject token, the last prompt token and the prediction
   position (the same token for an AR trace of a fact without an object, not when the AR
   query carries an answer prefix).
-* :func:`compare_paradigms` — the three summaries as table rows; :func:`plot_ar_vs_diffusion`
-  the three maps side by side (a Plotly figure; nothing is shown or written).
-* :func:`edit_efficacy` — the edit memory installed at the TIE layer, the AR-positional layer
-  and a random layer: ΔForgetLP and ΔRetainLP with bootstrap CIs (:func:`pick_layers` chooses
-  the three layers).
+* :func:`compare_paradigms` — the three summaries as table rows (the three maps side by side:
+  :func:`tie_tracing.figures.plot_ar_vs_diffusion`).
+* :func:`pick_layers` — the three installation layers of SPEC §10.3: the TIE layer, the
+  AR-positional layer and a random layer (the edit memory installed at each:
+  :func:`tie_tracing.editing.edit_efficacy`).
 
 The toolkit takes no side in the AR-versus-diffusion debate (the paper: the AR positional
 hot-spot disappears in MDLMs; Park & Jo 2026: an early-to-mid-layer MLP hot-spot at the last
@@ -52,7 +52,6 @@ the one of ``result.metric`` (probability by default, as ROME), the TIE effect i
 
 from __future__ import annotations
 
-import html
 import math
 import random
 import statistics
@@ -65,9 +64,8 @@ import torch
 
 from ..core._io import Saveable
 from ..core.results import PositionalResult, TIEResult
-from ..figures.plotting import COMMIT_LINE, DIVERGING, _commit_counts
 from .selection import _analysis_tensor
-from .stats import LocalisationStats, _np, localisation_stats
+from .stats import LocalisationStats, localisation_stats
 
 __all__ = [
     "CATEGORIES",
@@ -76,10 +74,8 @@ __all__ = [
     "category_support",
     "Rows",
     "compare_paradigms",
-    "edit_efficacy",
     "localisation_summary",
     "pick_layers",
-    "plot_ar_vs_diffusion",
     "token_categories",
 ]
 
@@ -535,187 +531,7 @@ def compare_paradigms(
     return Rows(tuple(rows), kind="compare_paradigms")
 
 
-def plot_ar_vs_diffusion(
-    ar_positional: PositionalResult,
-    mdlm_positional: PositionalResult,
-    mdlm_tie: TIEResult,
-    *,
-    module: str = "mlp",
-    normalized: bool = False,
-    title: str | None = None,
-):
-    """The three maps of one module side by side, statistics in the panel titles.
-
-    Panels: AR positional and MDLM positional (fact-mean effect per token category × layer,
-    see :func:`aligned_positional`; categories fewer than a quarter of the facts have are
-    dropped, partial ones are labelled with their fact count) and MDLM TIE (fact-mean
-    Eq. 4 per denoising step × layer; the steps at which the clean trajectories committed the
-    object's first token are outlined, dashed — shapes named "object commit", thicker for more
-    facts — and counted in the panel title, SPEC §5). Each panel averages the facts its model knows
-    (``known_only()``, as :func:`localisation_summary`); a panel title says "n of N facts"
-    when some are left out. Each panel has its own colour scale (the units differ
-    unless ``normalized``). Returns a ``plotly.graph_objects.Figure``; shows and writes nothing.
-
-    Example:
-        >>> fig = plot_ar_vs_diffusion(PositionalResult.synthetic(), PositionalResult.synthetic(),
-        ...                            TIEResult.synthetic(n_facts=3), module="resid")  # doctest: +SKIP
-    """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    _check_same_facts(ar_positional, mdlm_positional, mdlm_tie)
-    sums = [
-        localisation_summary(r, module=module, normalized=normalized)
-        for r in (ar_positional, mdlm_positional, mdlm_tie)
-    ]
-    names = ("AR positional", "MDLM positional", "MDLM TIE")
-    unit = "normalised effect" if normalized else None
-    panels = []
-    for r in (ar_positional.known_only(), mdlm_positional.known_only()):
-        mi = _module_slice(r.modules, module)[0]
-        m, support = _aligned_mean(r, normalized, [mi])
-        m = m[..., 0]  # [layer, category]
-        keep = [c for c in range(len(CATEGORIES)) if not torch.isnan(m[:, c]).all()]
-        cats = [
-            CATEGORIES[c] + (f" (n={int(support[c])})" if support[c] < r.n_facts else "")
-            for c in keep
-        ]
-        label = unit or (
-            "Δp (object's first token)" if r.metric == "prob" else "Δlog p (object's first token)"
-        )
-        panels.append((_np(m[:, keep]), cats, list(r.layers), label))
-    known_tie = mdlm_tie.known_only()
-    view = known_tie.normalized() if normalized else known_tie
-    mi = _module_slice(view.modules, module)[0]
-    commits = _object_commits(known_tie)
-    panels.append(
-        (
-            _np(torch.nanmean(_analysis_tensor(view.tie[..., mi]), 0)),
-            [f"step {k}" for k in view.steps],
-            list(view.layers),
-            unit or "TIE (nats)",
-        )
-    )
-
-    def subtitle(name: str, s: LocalisationSummary) -> str:
-        where = s.peak.get("category", s.peak.get("step"))
-        where = f"step {where}" if "step" in s.peak else where
-        facts = (
-            f", {s.n_facts} known of {s.n_traced} facts"
-            if s.n_traced is not None and s.n_facts < s.n_traced
-            else ""
-        )
-        text = (
-            f"{name} ({html.escape(s.model_id)}{facts})<br>peak L{s.peak['layer']} @ "
-            f"{html.escape(str(where))}; top-1 {s.top_share.get(1, math.nan):.0%}, H={s.entropy:.2f}"
-        )
-        if "step" in s.peak:
-            text += "<br>" + (
-                f"object committed (clean run): {_commit_counts(commits)}"
-                if commits is not None
-                else "no commit maps recorded"
-            )
-        return text
-
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        horizontal_spacing=0.09,
-        subplot_titles=[subtitle(n, s) for n, s in zip(names, sums)],
-    )
-    for col, (z, x, y, label) in enumerate(panels, start=1):
-        fig.add_trace(
-            go.Heatmap(
-                z=z,
-                x=x,
-                y=y,
-                colorscale=DIVERGING,
-                zmid=0.0,
-                name=names[col - 1],
-                colorbar=dict(
-                    title=dict(text=label.split(" (")[0] if col < 3 else label, side="right"),
-                    x=0.285 + 0.355 * (col - 1),
-                    len=0.8,
-                    thickness=10,
-                ),
-                hovertemplate=f"{names[col - 1]}<br>layer %{{y}}, %{{x}}<br>{label}: %{{z:.4g}}<extra></extra>",
-            ),
-            row=1,
-            col=col,
-        )
-        fig.update_yaxes(title_text="layer" if col == 1 else None, dtick=1, row=1, col=col)
-    if commits is not None:
-        for shape in _commit_outlines(commits, view.steps, col=3):
-            fig.add_shape(shape)
-    pos_sums = sums[:2]
-    note = "<br>".join(
-        f"{n}: |effect| share at last subject {s.share_last_subject:.0%}, at last prompt token "
-        f"{s.share_last_prompt:.0%}, at the prediction position {s.share_prediction:.0%}; "
-        f"peak at last subject for {s.frac_peak_at_last_subject:.0%} of facts"
-        for n, s in zip(names[:2], pos_sums)
-    )
-    fig.add_annotation(
-        text=note,
-        xref="paper",
-        yref="paper",
-        x=0.0,
-        y=-0.62,
-        showarrow=False,
-        xanchor="left",
-        font=dict(size=11),
-    )
-    fig.update_layout(
-        title=title
-        or (
-            f"AR versus diffusion on the same {ar_positional.n_facts} facts — module {module}"
-            + (" (normalised)" if normalized else "")
-        ),
-        margin=dict(b=200, t=110),
-        height=520,
-        width=1350,
-    )
-    fig.layout.meta = {"rows": [s.as_row(n) for n, s in zip(names, sums)]}
-    return fig
-
-
-def _object_commits(result: TIEResult) -> list[int] | None:
-    """Per fact, the clean trajectory's object-commit step (``None``: no commit maps)."""
-    if "mask_token_id" not in result.config:
-        return None
-    return [int(k) for k in result.object_commit_step.tolist()]
-
-
-def _commit_outlines(commits: Sequence[int], steps: Sequence[int], *, col: int) -> list[dict]:
-    """Dashed outlines of the object-commit steps' columns in subplot ``col`` (SPEC §5: the
-    figures mark the commit step); line width grows with the share of facts committing there.
-    The x axis is categorical (``"step k"``), so a column's centre is its index in ``steps``."""
-    counts: dict[int, int] = {}
-    for k in commits:
-        if k >= 0:
-            counts[k] = counts.get(k, 0) + 1
-    total = max(1, len(commits))
-    order = list(steps)
-    suffix = "" if col == 1 else str(col)
-    return [
-        dict(
-            type="rect",
-            name="object commit",
-            xref=f"x{suffix}",
-            yref=f"y{suffix} domain",
-            x0=order.index(k) - 0.5,
-            x1=order.index(k) + 0.5,
-            y0=0,
-            y1=1,
-            line=dict(color=COMMIT_LINE, width=1.0 + 2.0 * n / total, dash="dash"),
-            fillcolor="rgba(0,0,0,0)",
-            layer="above",
-        )
-        for k, n in sorted(counts.items())
-        if k in order
-    ]
-
-
-# ----------------------------------------------------------------------------- edit efficacy
+# ----------------------------------------------------------------------------- installation layers
 
 
 def pick_layers(
@@ -754,81 +570,3 @@ def pick_layers(
     others = [layer for layer in range(num_layers) if layer not in (tie_layer, ar_layer)]
     rand = random.Random(seed).choice(others or list(range(num_layers)))
     return {"tie": tie_layer, "ar_positional": ar_layer, "random": int(rand)}
-
-
-def edit_efficacy(
-    model,
-    facts,
-    retain,
-    layers: Mapping[str, int],
-    *,
-    module: str = "resid",
-    estimator: str = "masked",
-    n_resamples: int = 2000,
-    seed: int = 0,
-    **memory_kwargs,
-) -> Rows:
-    """Edit efficacy of the same memory installed at several layers (SPEC §10.3).
-
-    For each named layer, an :class:`~tie_tracing.editing.EditMemory` of ``facts`` is built
-    at ``(layer, module)`` (other hyper-parameters: the model's operating point, or
-    ``memory_kwargs`` such as ``alpha=``, ``lam=``, ``q=``), installed, and the per-fact
-    answer log-probabilities of ``facts`` (forget) and ``retain`` are compared with the
-    unedited model's: ``ΔForgetLP`` (more negative = more forgotten) and ``ΔRetainLP``
-    (closer to 0 = better kept), means over facts with percentile-bootstrap 95% CIs.
-
-    Args:
-        model: The MDLM to edit (its weights are never changed; the memory is removed after).
-        facts: The forget facts (each needs a ``target`` or the memory's default refusal).
-        retain: Facts to keep.
-        layers: ``{name: layer}``, e.g. :func:`pick_layers`'s output.
-        module: The site of the memory (the paper: ``resid``).
-        estimator: ``"masked"`` or ``"elbo"`` (see :func:`~tie_tracing.likelihood.answer_logprob`).
-
-    Returns:
-        One row per layer name: ``installation, layer, module, d_forget_lp, d_forget_lp_low,
-        d_forget_lp_high, d_retain_lp, d_retain_lp_low, d_retain_lp_high, forget_lp_base,
-        retain_lp_base, estimator, n_forget, n_retain``.
-
-    Raises:
-        ImportError: the edit memory (``tie_tracing.editing``) is not available in this build.
-    """
-    try:
-        from ..editing import EditMemory
-    except ImportError as error:  # pragma: no cover - depends on the build
-        raise ImportError(
-            "edit_efficacy needs tie_tracing.editing.EditMemory, which this build lacks"
-        ) from error
-    from ..core.likelihood import answer_logprob
-    from ..evaluation.metrics import mean_ci
-
-    facts, retain = list(facts), list(retain)
-    base_f = answer_logprob(model, facts, estimator=estimator, seed=seed)
-    base_r = answer_logprob(model, retain, estimator=estimator, seed=seed)
-    rows = []
-    for name, layer in layers.items():
-        memory = EditMemory.build(model, facts, layer=int(layer), module=module, **memory_kwargs)
-        with memory.install(model):
-            lp_f = answer_logprob(model, facts, estimator=estimator, seed=seed)
-            lp_r = answer_logprob(model, retain, estimator=estimator, seed=seed)
-        df = mean_ci((lp_f - base_f).tolist(), n_resamples=n_resamples, seed=seed)
-        dr = mean_ci((lp_r - base_r).tolist(), n_resamples=n_resamples, seed=seed)
-        rows.append(
-            {
-                "installation": name,
-                "layer": int(layer),
-                "module": module,
-                "d_forget_lp": df[0],
-                "d_forget_lp_low": df[1],
-                "d_forget_lp_high": df[2],
-                "d_retain_lp": dr[0],
-                "d_retain_lp_low": dr[1],
-                "d_retain_lp_high": dr[2],
-                "forget_lp_base": float(base_f.mean()),
-                "retain_lp_base": float(base_r.mean()),
-                "estimator": estimator,
-                "n_forget": len(facts),
-                "n_retain": len(retain),
-            }
-        )
-    return Rows(tuple(rows), kind="edit_efficacy")

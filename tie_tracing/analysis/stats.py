@@ -1,6 +1,7 @@
 """Analyses of tracing results and of the coordinate choice (SPEC §9 statistics, §10.2–3).
 
 * :func:`bootstrap_ci` — percentile bootstrap CI over facts, per cell (scipy, vectorised).
+  :func:`mean_ci` — the same for a 1-D sample (facts or seeds): ``(mean, low, high)``.
 * :func:`score_landscape`, :func:`beta_tradeoff`, :func:`selection_stability`,
   :func:`per_fact_optima` — study the Eq. 5 choice: the whole landscape, how β trades forget
   strength for neighbour damage, how often each cell wins when facts are resampled, and
@@ -45,6 +46,7 @@ __all__ = [
     "beta_tradeoff",
     "bootstrap_ci",
     "localisation_stats",
+    "mean_ci",
     "per_fact_optima",
     "score_landscape",
     "seed_stability",
@@ -139,6 +141,56 @@ def bootstrap_ci(
     low = np.where(const, data[0], low)
     high = np.where(const, data[0], high)
     return torch.from_numpy(low).to(dtype), torch.from_numpy(high).to(dtype)
+
+
+# ----------------------------------------------------------------------------- 1-D samples
+
+
+def _as_float64(x) -> torch.Tensor:
+    if torch.is_tensor(x):
+        return x.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def _finite(x) -> torch.Tensor:
+    t = _as_float64(x).reshape(-1)
+    return t[torch.isfinite(t)]
+
+
+def mean_ci(
+    values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of a 1-D sample and its percentile-bootstrap confidence interval.
+
+    A thin 1-D wrapper around :func:`tie_tracing.analysis.bootstrap_ci` (resampling the
+    values — facts or seeds — with replacement ``n_resamples`` times, percentile method,
+    fixed ``seed``), so both helpers give the same interval for the same sample. Non-finite
+    values are dropped first. As in ``bootstrap_ci``, a single value gives ``(v, v, v)``
+    (the bootstrap of one value has no spread), and so does a constant sample; an empty (or
+    all non-finite) sample gives ``(nan, nan, nan)``.
+
+    Args:
+        values: ``[n]`` numbers.
+        n_resamples: Bootstrap resamples (SPEC §9: 2000).
+        confidence: Confidence level in ``(0, 1)``.
+        seed: Seed of the resampling generator.
+
+    Returns:
+        ``(mean, low, high)``.
+
+    Example:
+        >>> m, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0])
+        >>> m, lo <= m <= hi
+        (2.5, True)
+        >>> mean_ci([3.0])
+        (3.0, 3.0, 3.0)
+    """
+    x = _finite(values)
+    if x.numel() == 0:
+        return math.nan, math.nan, math.nan
+    # One cell ([n, 1]): bootstrap_ci's bookkeeping assumes a cell axis.
+    low, high = bootstrap_ci(x[:, None], n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return float(x.mean()), float(low[0]), float(high[0])
 
 
 # ----------------------------------------------------------------------------- selection studies

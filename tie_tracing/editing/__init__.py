@@ -58,6 +58,8 @@ trace and direct call of ``model.denoise`` / ``model.logits`` (hence ``tt.diffus
 model it was built on (:mod:`.fingerprint`), at most once at a time; removal restores the
 unedited outputs bit for bit; inserts and removals act on an installed memory at once.
 **Persistence** (:mod:`.persistence`): one safetensors file, exact round trip.
+**Efficacy by layer** (:mod:`.efficacy`): :func:`edit_efficacy` installs the same memory at
+several layers and measures ΔForgetLP / ΔRetainLP (SPEC §10.3).
 **Operating points** (:mod:`.operating_point`): ``build`` arguments left ``None`` come from the
 model's ``tie_tracing.json``, written only by a tuning command run with ``--write``.
 
@@ -108,6 +110,7 @@ from .config import (
     EditMemoryError,
     EditMemoryWarning,
 )
+from .efficacy import edit_efficacy
 from .gate import CalibrationSet, SubjectGate
 from .install import EditHandle
 from .memory import EditMemory
@@ -133,6 +136,7 @@ __all__ = [
     "capture_states",
     "coefficients",
     "describe_model",
+    "edit_efficacy",
     "eq10_update",
     "factorize",
     "factorize_blocks",

@@ -12,8 +12,8 @@ The metrics are pure functions on tensors and strings, so each can be checked by
 * :func:`forget_quality`: KS-test p-value between two samples of truth ratios (edited model
   versus the retain-only model on the forget set).
 * :func:`exact_match` and :func:`rouge_l_recall` on sampled answers.
-* :func:`mean_ci` (percentile bootstrap over facts or seeds; a 1-D wrapper of
-  :func:`tie_tracing.analysis.bootstrap_ci`) and :func:`paired_ttest`.
+* :func:`paired_ttest`; the bootstrap CIs of the metrics come from
+  :func:`tie_tracing.analysis.mean_ci` (re-exported here).
 
 :func:`evaluate` runs all of them on a dict of named splits and returns an
 :class:`Evaluation` (frozen; ``.table()``, ``.compare(baseline)``, ``save``/``load``).
@@ -43,7 +43,7 @@ import torch
 from scipy import stats
 
 from .._version import __version__
-from ..analysis.stats import bootstrap_ci
+from ..analysis.stats import _as_float64, _finite, mean_ci
 from ..core._io import Saveable, load_object, save_object
 from ..core.facts import Fact
 from ..core.samplers import make_sampler
@@ -70,12 +70,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 # Truth ratio and its scores
 # ---------------------------------------------------------------------------------------
-
-
-def _as_float64(x) -> torch.Tensor:
-    if torch.is_tensor(x):
-        return x.detach().to("cpu", torch.float64)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64))
 
 
 def truth_ratio(lp_perturbed, len_perturbed, lp_paraphrased, len_paraphrased) -> torch.Tensor:
@@ -130,11 +124,6 @@ def truth_ratio(lp_perturbed, len_perturbed, lp_paraphrased, len_paraphrased) ->
     return torch.where(count > 0, torch.exp(log_r), torch.full_like(log_r, math.nan))
 
 
-def _finite(x) -> torch.Tensor:
-    t = _as_float64(x).reshape(-1)
-    return t[torch.isfinite(t)]
-
-
 def forget_tr_score(ratios, *, reduce: bool = True):
     """Forget-side truth-ratio score ``mean(min(R, 1/R))`` (1: indifferent, 0: decided).
 
@@ -182,42 +171,6 @@ def forget_quality(tr_edited, tr_reference) -> float:
 # ---------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------
-
-
-def mean_ci(
-    values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of a 1-D sample and its percentile-bootstrap confidence interval.
-
-    A thin 1-D wrapper around :func:`tie_tracing.analysis.bootstrap_ci` (resampling the
-    values — facts or seeds — with replacement ``n_resamples`` times, percentile method,
-    fixed ``seed``), so both helpers give the same interval for the same sample. Non-finite
-    values are dropped first. As in ``bootstrap_ci``, a single value gives ``(v, v, v)``
-    (the bootstrap of one value has no spread), and so does a constant sample; an empty (or
-    all non-finite) sample gives ``(nan, nan, nan)``.
-
-    Args:
-        values: ``[n]`` numbers.
-        n_resamples: Bootstrap resamples (SPEC §9: 2000).
-        confidence: Confidence level in ``(0, 1)``.
-        seed: Seed of the resampling generator.
-
-    Returns:
-        ``(mean, low, high)``.
-
-    Example:
-        >>> m, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0])
-        >>> m, lo <= m <= hi
-        (2.5, True)
-        >>> mean_ci([3.0])
-        (3.0, 3.0, 3.0)
-    """
-    x = _finite(values)
-    if x.numel() == 0:
-        return math.nan, math.nan, math.nan
-    # One cell ([n, 1]): bootstrap_ci's bookkeeping assumes a cell axis.
-    low, high = bootstrap_ci(x[:, None], n_resamples=n_resamples, confidence=confidence, seed=seed)
-    return float(x.mean()), float(low[0]), float(high[0])
 
 
 def significance_marker(p: float) -> str:

@@ -2,9 +2,11 @@
 
 Every ``plot_*`` function takes a result or a summary and returns a
 ``plotly.graph_objects.Figure``; none shows it or writes a file. :func:`save_figure` is the one
-function that writes (see :mod:`.plotting`).
+function that writes (see :mod:`.plotting`). :mod:`.compare` draws the AR-versus-diffusion
+figure.
 """
 
+from .compare import plot_ar_vs_diffusion
 from .plotting import (
     StaticExportError,
     notebook_figures,
@@ -24,6 +26,7 @@ from .plotting import (
 __all__ = [
     "StaticExportError",
     "notebook_figures",
+    "plot_ar_vs_diffusion",
     "plot_beta_tradeoff",
     "plot_ie_by_later_step",
     "plot_per_fact_optima",
