@@ -453,6 +453,30 @@ def test_every_result_type_round_trips_through_one_serialiser(name, tmp_path):
         wrong.load(path)
 
 
+@pytest.mark.parametrize("name", RESULT_TYPES)
+def test_files_naming_the_modules_of_the_flat_layout_still_load(name, tmp_path):
+    """A file written before the layered layout names its nested classes by their old modules
+    (``tie_tracing.results:Coordinate``); it loads into an equal object."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from tie_tracing.core._io import MOVED_MODULES
+
+    obj = _every_result_type()[name]
+    path = obj.save(tmp_path / "new.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        header = fh.metadata()["tie_tracing"]
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    old_header = header
+    for old, new in MOVED_MODULES.items():
+        old_header = old_header.replace(f'"{new}:', f'"{old}:')
+    nested = header.count('"__dataclass__"')
+    assert nested == 0 or old_header != header, "a nested class of an unmoved module"
+    old_path = tmp_path / "old.safetensors"
+    old_path.write_bytes(save(tensors, metadata={"tie_tracing": old_header}))
+    assert _deep_equal(type(obj).load(old_path), obj), name
+
+
 def test_select_coordinate_save_is_not_nnsights(tmp_path):
     """The issue's case: tt.select_coordinate(r).save(path) writes a file (nnsight's global
     save would raise 'save() was called outside a trace')."""

@@ -102,8 +102,30 @@ def _encode(value: Any, key: str, tensors: dict[str, Any]) -> Any:
     raise TypeError(f"cannot save a value of type {type(value).__name__} ({key})")
 
 
+#: Where the saved classes' modules moved when the package took its layered layout (files
+#: written before name the old module; :func:`load_object` reads them as the new one).
+MOVED_MODULES: dict[str, str] = {
+    f"{_PACKAGE}.{old}": f"{_PACKAGE}.{new}"
+    for old, new in {
+        "results": "core.results",
+        "sampler": "core.sampler",
+        "samplers": "core.samplers",
+        "facts": "core.facts",
+        "patching": "tracing.patching",
+        "tie": "tracing.tie",
+        "positional": "tracing.positional",
+        "selection": "analysis.selection",
+        "analysis": "analysis.stats",
+        "compare": "analysis.compare",
+        "evaluation": "evaluation.metrics",
+        "unlearning": "evaluation.unlearning",
+    }.items()
+}
+
+
 def _resolve_class(name: str) -> type:
     module_name, _, qualname = name.partition(":")
+    module_name = MOVED_MODULES.get(module_name, module_name)
     if module_name != _PACKAGE and not module_name.startswith(_PACKAGE + "."):
         raise ResultFileError(f"refusing to load {name!r}: not a {_PACKAGE} type")
     obj: Any = importlib.import_module(module_name)
