@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_default_dtype(default_dtype)
     for p in module.parameters():
         p.requires_grad_(False)
-    model = tt.TracedModel.from_module(
+    model = tt.core.TracedModel.from_module(
         module, tokenizer(mask_id), name="llada-layout-random", mask_token_id=mask_id
     )
     n_params = sum(p.numel() for p in module.parameters())

@@ -9,7 +9,7 @@ seed, fact and draw, so a pool of ``k`` single-draw seeds is ``k`` independent d
 as one seed with ``n_noise=k``. Per row:
 
 * ``r_resid`` — Pearson correlation of the two mean ``resid`` maps ``[layer, step]``
-  (``tt.seed_stability``; cells that are exactly 0 in both maps, such as idle steps under
+  (``tt.analysis.seed_stability``; cells that are exactly 0 in both maps, such as idle steps under
   ``lp="frozen"``, are left out), and ``r_all`` over all modules;
 * the Eq. 5 cell (β = 0, all modules) each map selects, and each map's ``resid`` cell;
 * ``est. seconds`` — the cost of tracing both maps, ``2·k·n`` times the measured seconds per
@@ -134,7 +134,7 @@ def main() -> None:
             ]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "knows none of the facts": averages all
-                st = tt.seed_stability(maps)
+                st = tt.analysis.seed_stability(maps)
             row = {
                 "n_facts": n_facts,
                 "n_noise": n_noise,

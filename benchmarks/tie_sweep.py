@@ -53,7 +53,7 @@ def random_like(model, width: int):
         is_causal=False,
     )
     torch.manual_seed(0)
-    return tt.TracedModel.from_module(
+    return tt.core.TracedModel.from_module(
         LlamaForCausalLM(cfg).eval(),
         model.tokenizer,
         family=model.backbone.family,

@@ -769,7 +769,7 @@ def write_outputs(summary: dict, out: Path) -> None:
     C.write_text(out.with_suffix(".md"), table_markdown(summary))
     rows, edits = summary["runs"], summary["edit_memory"]
     fig = plot_pareto([r for r in rows if r.get("status") == "ok"], edits, summary["splits"])
-    tt.save_figure(fig, out.with_suffix(".html"), include_plotlyjs="directory")
+    tt.figures.save_figure(fig, out.with_suffix(".html"), include_plotlyjs="directory")
     print(table_markdown(summary))
     for split, es in edits.items():
         for name, e in es.items():

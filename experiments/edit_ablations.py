@@ -60,7 +60,7 @@ def main() -> None:
             dr = C.logprobs(model, retain) - base_r
         row = dict(extra)
         for name, d in (("d_forget", df), ("d_retain", dr)):
-            row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d)
+            row[name], row[name + "_low"], row[name + "_high"] = tt.analysis.mean_ci(d)
         return row
 
     rows: dict[str, list] = {
@@ -117,7 +117,7 @@ def main() -> None:
 
         row = {"value": label, "fired": dict(handle.fired)}
         for name, d in (("d_traj_forget", d_traj_f), ("d_traj_retain", d_traj_r)):
-            row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d)
+            row[name], row[name + "_low"], row[name + "_high"] = tt.analysis.mean_ci(d)
         row["em_forget"], row["em_retain"] = (
             sum(em(out_f, forget)) / n,
             sum(em(out_r, retain)) / len(retain),

@@ -258,15 +258,15 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def save_plot(fig, name: str) -> None:
-    """``figures/<name>.html`` (small, plotly.js from the CDN) via ``tt.save_figure``."""
-    tt.save_figure(fig, FIGURES / f"{name}.html", include_plotlyjs="cdn")
+    """``figures/<name>.html`` (small, plotly.js from the CDN) via ``tt.figures.save_figure``."""
+    tt.figures.save_figure(fig, FIGURES / f"{name}.html", include_plotlyjs="cdn")
 
 
 def delta_row(values: torch.Tensor, base: torch.Tensor, n_resamples: int = 2000) -> dict:
     """Mean of ``values``, its change from ``base`` (same facts) with a bootstrap CI and a
     paired t-test."""
-    d, lo, hi = tt.mean_ci(values - base, n_resamples=n_resamples)
-    test = tt.paired_ttest(values, base)
+    d, lo, hi = tt.analysis.mean_ci(values - base, n_resamples=n_resamples)
+    test = tt.evaluation.paired_ttest(values, base)
     return {"delta": d, "delta_low": lo, "delta_high": hi, "p": test.pvalue, "marker": test.marker}
 
 

@@ -207,7 +207,11 @@ def run(model, sets, points, forget_name: str, args, reference) -> dict:
                 rows[f"{split}/{metric}"] = row
             h = hits[name][split]
             if h.numel():
-                row = dict(zip(("value", "low", "high"), tt.mean_ci(h, n_resamples=args.resamples)))
+                row = dict(
+                    zip(
+                        ("value", "low", "high"), tt.analysis.mean_ci(h, n_resamples=args.resamples)
+                    )
+                )
                 if name != "no_edit":
                     row.update(C.delta_row(h, hits["no_edit"][split], args.resamples))
                 rows[f"{split}/object_in_answer"] = row

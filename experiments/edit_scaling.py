@@ -68,7 +68,7 @@ def main() -> None:
                "solve_s": statistics.median(solves), "install_s": memory.install_seconds,
                "q_effective": memory.q_effective}  # fmt: skip
         for name, d in (("d_forget", df), ("d_retain", dr), ("d_world", dw)):
-            row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d)
+            row[name], row[name + "_low"], row[name + "_high"] = tt.analysis.mean_ci(d)
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     C.write_json(

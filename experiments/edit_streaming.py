@@ -60,7 +60,9 @@ def main() -> None:
             df = C.logprobs(model, stream[: i + 1]) - base_f[: i + 1]
             row = {"n": i + 1, "insert_s": insert_s, "d_forget": float(df.mean())}
             for name, d in (("d_retain", dr), ("d_world", dw)):
-                row[name], row[name + "_low"], row[name + "_high"] = tt.mean_ci(d, n_resamples=500)
+                row[name], row[name + "_low"], row[name + "_high"] = tt.analysis.mean_ci(
+                    d, n_resamples=500
+                )
             rows.append(row)
             if (i + 1) % 10 == 0:
                 print(

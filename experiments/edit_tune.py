@@ -7,7 +7,7 @@ calibration prompts; see ``edit_common``).
 
 1. **Layers.** TIE tracing (``tt.trace_tie`` on 8 validation facts, ``resid``) and Eq. 5
    (``tt.select_coordinate``) give the *TIE-selected* layer; ``tiny-ar``'s positional trace
-   on the same facts gives the *AR-positional* layer; ``tt.pick_layers`` draws the *random*
+   on the same facts gives the *AR-positional* layer; ``tt.analysis.pick_layers`` draws the *random*
    layer among the others (seeded).
 2. **Grid** over every layer × α × λ × q (keys captured once per layer and person,
    ``with_config`` for the rest): ΔForgetLP (validation) and ΔRetainLP (retain_tune), masked
@@ -81,7 +81,7 @@ def main() -> None:
     try:
         ar = tt.load_model("tiny-ar")
         pos = tt.trace_positional(ar, trace_facts, modules=("resid",), progress=False)
-        picked = tt.pick_layers(pos, tie, model.num_layers)
+        picked = tt.analysis.pick_layers(pos, tie, model.num_layers)
         layers.update(ar_positional=picked["ar_positional"], random=picked["random"])
     except tt.CheckpointNotFoundError:
         import random

@@ -28,13 +28,13 @@ ALL_FAMILIES = MDLM_FAMILIES + CAUSAL_FAMILIES
 
 
 @pytest.fixture(scope="module")
-def replicas() -> dict[str, tt.TracedModel]:
+def replicas() -> dict[str, tt.core.TracedModel]:
     """One wrapped replica per family: tiny-mdlm, llada, dream, llama, qwen2, gpt2."""
     return R.replica_models()
 
 
 @pytest.fixture(scope="module")
-def mdlm(replicas) -> tt.TracedModel:
+def mdlm(replicas) -> tt.core.TracedModel:
     """The tiny-mdlm replica (transformers Llama classes with is_causal=False)."""
     return replicas["tiny-mdlm"]
 
@@ -56,7 +56,7 @@ def hooked(module: torch.nn.Module, hook):
 
 
 @contextlib.contextmanager
-def count_forwards(model: tt.TracedModel):
+def count_forwards(model: tt.core.TracedModel):
     """Count calls of the root module's forward; yields a one-element list."""
     calls = [0]
 

@@ -254,7 +254,7 @@ def diffullama_replica(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**_llama_config(is_causal=False))).eval()
 
 
-def more_replicas() -> dict[str, tt.TracedModel]:
+def more_replicas() -> dict[str, tt.core.TracedModel]:
     """Replicas of the other MDLM table entries: MMaDA, LLaDA-MoE, DiffuLLaMA."""
     return {
         "mmada": wrap(MMaDAReplica()),
@@ -263,12 +263,14 @@ def more_replicas() -> dict[str, tt.TracedModel]:
     }
 
 
-def wrap(module: nn.Module, family: str | None = None) -> tt.TracedModel:
+def wrap(module: nn.Module, family: str | None = None) -> tt.core.TracedModel:
     tok = make_tokenizer()
-    return tt.TracedModel.from_module(module, tok, family=family, mask_token_id=tok.mask_token_id)
+    return tt.core.TracedModel.from_module(
+        module, tok, family=family, mask_token_id=tok.mask_token_id
+    )
 
 
-def replica_models() -> dict[str, tt.TracedModel]:
+def replica_models() -> dict[str, tt.core.TracedModel]:
     """One wrapped replica per family the tests exercise."""
     return {
         "tiny-mdlm": wrap(tiny_mdlm()),

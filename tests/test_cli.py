@@ -37,7 +37,7 @@ def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
     low, high = sel["ci95"]
     assert low <= sel["score"] + 1e-9 and sel["score"] <= high + 1e-9
     per_fact = result.known_only().tie[:, best.index[0], best.index[1], best.index[2]].abs()
-    expected = tt.bootstrap_ci(per_fact.double())
+    expected = tt.analysis.bootstrap_ci(per_fact.double())
     assert (low, high) == pytest.approx((float(expected[0]), float(expected[1])))
     stab = summary["seed_stability"]
     assert stab["seeds"] == [[0], [1]] and len(stab["same_cell"]) == 2

@@ -304,8 +304,8 @@ def _cell_ci(result, coordinate) -> dict[str, Any]:
     known = result.known_only()
     li, si, mi = coordinate.index
     per_fact = known.tie[:, li, si, mi].detach().to("cpu", torch.float64)
-    low, high = tt.bootstrap_ci(per_fact.abs())
-    t_low, t_high = tt.bootstrap_ci(per_fact)
+    low, high = tt.analysis.bootstrap_ci(per_fact.abs())
+    t_low, t_high = tt.analysis.bootstrap_ci(per_fact)
     return coordinate.to_dict() | {
         "n_facts": int(per_fact.numel()),
         "ci95": [float(low), float(high)],
@@ -403,8 +403,8 @@ def figure2(args: argparse.Namespace) -> int:
     result.save(out / "figure2_tie.safetensors")
     best = tt.select_coordinate(result)
     resid = tt.select_coordinate(result, modules="resid")
-    stability = tt.seed_stability(traces) if len(traces) > 1 else None
-    bootstrap = tt.selection_stability(result, seeds=traces if len(traces) > 1 else None)
+    stability = tt.analysis.seed_stability(traces) if len(traces) > 1 else None
+    bootstrap = tt.analysis.selection_stability(result, seeds=traces if len(traces) > 1 else None)
     commits = _commit_summary(result)
     summary = {
         "model": str(model.name),

@@ -306,7 +306,7 @@ def test_seed_stability_of_scaled_copies_is_perfect():
     """Maps that differ only in scale correlate with r = 1 and select the same cells."""
     a = TIEResult.synthetic(n_facts=4, n_layers=5, seed=0)
     b = _reseeded(a, 1, 3.0 * a.tie)
-    s = tt.seed_stability([a, b])
+    s = tt.analysis.seed_stability([a, b])
     assert s.values is s.correlation and s.dims == ("seed", "other_seed")
     assert s.correlation.shape == (2, 2) and s.mean_correlation == pytest.approx(1.0)
     assert s.mean_correlation_all == pytest.approx(1.0)
@@ -316,7 +316,7 @@ def test_seed_stability_of_scaled_copies_is_perfect():
     assert "SeedStability(seeds=[0, 1]" in repr(s) and "r[resid]=1.000" in repr(s)
     d = s.to_dict()
     assert json.loads(json.dumps(d))["same_cell"] == [True, True]
-    anti = tt.seed_stability([a, _reseeded(a, 2, -a.tie)])
+    anti = tt.analysis.seed_stability([a, _reseeded(a, 2, -a.tie)])
     assert anti.mean_correlation == pytest.approx(-1.0)
 
 
@@ -325,7 +325,7 @@ def test_seed_stability_of_independent_maps_is_near_zero():
     base = TIEResult.synthetic(n_facts=2, n_layers=30, n_steps=20, seed=0)
     g = torch.Generator().manual_seed(7)
     maps = [torch.randn(base.tie.shape, generator=g) for _ in range(3)]
-    s = tt.seed_stability([_reseeded(base, i, m) for i, m in enumerate(maps)])
+    s = tt.analysis.seed_stability([_reseeded(base, i, m) for i, m in enumerate(maps)])
     assert s.correlation.shape == (3, 3)
     off = s.correlation[~torch.eye(3, dtype=torch.bool)]
     assert off.abs().max() < 0.2 and abs(s.mean_correlation) < 0.2
@@ -335,7 +335,7 @@ def test_seed_stability_of_independent_maps_is_near_zero():
     zeroed = [m.clone() for m in maps[:2]]
     for m in zeroed:
         m[:, :, 10:] = 0.0
-    z = tt.seed_stability([_reseeded(base, i, m) for i, m in enumerate(zeroed)])
+    z = tt.analysis.seed_stability([_reseeded(base, i, m) for i, m in enumerate(zeroed)])
     means = [m[:, :, :10, 0].mean(0).flatten().double() for m in zeroed]
     assert z.correlation[0, 1] == pytest.approx(float(torch.corrcoef(torch.stack(means))[0, 1]))
     assert int(z.n_cells[0, 1]) == 30 * 10
@@ -349,19 +349,21 @@ def test_seed_stability_selection_per_seed_and_errors():
     two = torch.zeros(base.tie.shape)
     two[:, 0, 1, 0] = 1.0
     two[:, 2, 3, 0] = 2.0
-    s = tt.seed_stability([_reseeded(base, 0, one), _reseeded(base, 1, two)])
+    s = tt.analysis.seed_stability([_reseeded(base, 0, one), _reseeded(base, 1, two)])
     assert (s.pooled.layer, s.pooled.step) == (0, 1)
     assert [(c.layer, c.step) for c in s.coordinates] == [(0, 1), (2, 3)]
     assert s.same_cell == (True, False) and s.agreement == 0.5
     with pytest.raises(ValueError, match="fact_ids"):
-        tt.seed_stability([base, _reseeded(base, 1).select_facts([1, 0, 2])])
+        tt.analysis.seed_stability([base, _reseeded(base, 1).select_facts([1, 0, 2])])
     with pytest.raises(ValueError, match="at least 2"):
-        tt.seed_stability([base])
+        tt.analysis.seed_stability([base])
     with pytest.raises(ValueError, match="seed 0 appears"):
-        tt.seed_stability([base, base])
+        tt.analysis.seed_stability([base, base])
     with pytest.raises(ValueError, match="'embed'"):
-        tt.seed_stability([base, _reseeded(base, 1)], module="embed")
-    all_modules = tt.seed_stability([_reseeded(base, 0, one), _reseeded(base, 1, two)], module=None)
+        tt.analysis.seed_stability([base, _reseeded(base, 1)], module="embed")
+    all_modules = tt.analysis.seed_stability(
+        [_reseeded(base, 0, one), _reseeded(base, 1, two)], module=None
+    )
     torch.testing.assert_close(all_modules.correlation, all_modules.correlation_all)
     assert all_modules.correlation[0, 1] == -1.0  # two informative cells, opposite order
 
@@ -369,7 +371,7 @@ def test_seed_stability_selection_per_seed_and_errors():
 @pytest.mark.filterwarnings("ignore:TIEResult.*does not know")
 def test_seed_stability_of_replica_traces(replica_traces):
     """Two noise seeds of a replica give a finite correlation in [-1, 1] over informative cells."""
-    s = tt.seed_stability(replica_traces)
+    s = tt.analysis.seed_stability(replica_traces)
     r = s.mean_correlation
     assert -1.0 <= r <= 1.0 and int(s.n_cells[0, 1]) > 0
     assert s.n_noise == (1, 2) and s.fact_ids == ("f0", "f1")

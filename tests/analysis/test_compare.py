@@ -284,7 +284,7 @@ def test_rare_category_cannot_decide_the_peak():
         r = _positional(lp, n_prompt=n)
         parts.append(dataclasses.replace(r, fact_ids=(f"f{i}",)))
     r = PositionalResult.concat(parts)
-    assert int(tt.category_support(r)[CATEGORIES.index("further tokens")]) == 1
+    assert int(tt.analysis.category_support(r)[CATEGORIES.index("further tokens")]) == 1
     assert localisation_summary(r).peak["category"] == "last subject"
     t = TIEResult.synthetic(n_facts=5)
     t = dataclasses.replace(t, fact_ids=tuple(f"f{i}" for i in range(5)))

@@ -25,7 +25,7 @@ from tie_tracing.core.backbones import (
 X = torch.tensor([[1, 5, 6, 7, 8, 3, 3], [1, 9, 10, 11, 12, 3, 3]])
 
 
-def raw_logits(model: tt.TracedModel, x: torch.Tensor) -> torch.Tensor:
+def raw_logits(model: tt.core.TracedModel, x: torch.Tensor) -> torch.Tensor:
     """Logits of the plain module, as its own forward returns them."""
     with torch.no_grad():
         return model._module(input_ids=x).logits

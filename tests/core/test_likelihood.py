@@ -77,7 +77,7 @@ class ContextFreeMDLM(nn.Module):
 @pytest.fixture(scope="module")
 def context_free():
     module = ContextFreeMDLM()
-    return tt.TracedModel.from_module(module, R.make_tokenizer()), module
+    return tt.core.TracedModel.from_module(module, R.make_tokenizer()), module
 
 
 def token_logprobs(model, module, f: tt.Fact) -> torch.Tensor:
@@ -134,7 +134,7 @@ def test_elbo_is_exact_when_every_token_is_equally_likely():
     module = ContextFreeMDLM()
     with torch.no_grad():
         module.table.zero_()
-    model = tt.TracedModel.from_module(module, R.make_tokenizer())
+    model = tt.core.TracedModel.from_module(module, R.make_tokenizer())
     got = tt.answer_logprob(model, FACTS, estimator="elbo", mc=16)
     lengths = torch.tensor(
         [len(model.encode(f.question, f.answer)[1]) for f in FACTS], dtype=torch.float

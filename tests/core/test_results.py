@@ -401,19 +401,19 @@ def _every_result_type():
         config={"steps": 3, "mask_token_id": 3},
         object_offsets=((0,), (0, 1)),
     )
-    summary = tt.localisation_summary(p, module="resid")
+    summary = tt.analysis.localisation_summary(p, module="resid")
     assert isinstance(summary, LocalisationSummary)
     return {
         "TIEResult": r,
         "PositionalResult": p,
         "Coordinate": tt.select_coordinate(r),
-        "BetaTradeoff": tt.beta_tradeoff(r, other, [0.0, 0.5]),
-        "SelectionStability": tt.selection_stability(r, n_boot=5),
-        "PerFactOptima": tt.per_fact_optima(r),
-        "SeedStability": tt.seed_stability(
+        "BetaTradeoff": tt.analysis.beta_tradeoff(r, other, [0.0, 0.5]),
+        "SelectionStability": tt.analysis.selection_stability(r, n_boot=5),
+        "PerFactOptima": tt.analysis.per_fact_optima(r),
+        "SeedStability": tt.analysis.seed_stability(
             [r, dataclasses.replace(r, seeds=(1,), ie=2 * r.ie, tie=2 * r.tie)]
         ),
-        "LocalisationStats": tt.localisation_stats(r),
+        "LocalisationStats": tt.analysis.localisation_stats(r),
         "LocalisationSummary": summary,
         "Rows": Rows(({"a": 1, "b": math.nan}, {"a": 2, "b": 0.5}), kind="demo"),
         "Evaluation": evaluation,

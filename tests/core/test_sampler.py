@@ -299,7 +299,7 @@ def test_bad_inputs_raise(mdlm):
 
 def test_causal_model_is_rejected(tokenizer):
     """Diffusion sampling on a causal model (no mask token) raises a clear ``ValueError``."""
-    model = tt.TracedModel.from_module(R.causal("llama"), tokenizer)
+    model = tt.core.TracedModel.from_module(R.causal("llama"), tokenizer)
     assert model.is_causal and model.mask_token_id is None
     with pytest.raises(ValueError, match="causal"):
         tt.diffuse(model, TWO_TOKEN, steps=2)

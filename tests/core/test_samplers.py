@@ -410,11 +410,13 @@ def test_cfg_patched_run_records_sampler_and_leaves_unconditional_rows(models):
     """run_patched under CFG records the sampler; its noise acts on the conditional rows only
     (the clean row of a mixed run equals a clean run alone)."""
     model = models["tiny-mdlm"]
-    q = tt.encode_query(model, FACTS[0])
+    q = tt.tracing.encode_query(model, FACTS[0])
     s = LLaDASampler(cfg_scale=1.0)
-    alone = tt.run_patched(model, q, steps=4, sampler=s)
+    alone = tt.tracing.run_patched(model, q, steps=4, sampler=s)
     noise = torch.randn(1, len(q.subject_positions), model.hidden_size) * 3
-    mixed = tt.run_patched(model, q, steps=4, rows=2, noise=noise, noise_rows=[1], sampler=s)
+    mixed = tt.tracing.run_patched(
+        model, q, steps=4, rows=2, noise=noise, noise_rows=[1], sampler=s
+    )
     assert torch.equal(mixed.states[0], alone.states[0])
     assert alone.config["sampler"] == s.to_dict()
 
@@ -426,7 +428,7 @@ def test_trace_config_round_trips_with_the_sampler(models, tmp_path):
     result = _trace(model, FACTS, steps=2, nu=2.0, sampler=sampler, modules="resid")
     loaded = tt.TIEResult.load(result.save(tmp_path / "r.safetensors"))
     assert loaded.config["sampler"] == sampler.to_dict() == result.config["sampler"]
-    assert tt.make_sampler(loaded.config["sampler"]) == sampler
+    assert tt.core.make_sampler(loaded.config["sampler"]) == sampler
 
 
 # -- threshold decoding and refusals -------------------------------------------------------
@@ -434,7 +436,7 @@ def test_trace_config_round_trips_with_the_sampler(models, tmp_path):
 
 def split_threshold(model, fact: tt.Fact) -> float:
     """A threshold between the 2nd and 3rd highest step-0 confidences of ``fact``'s answer."""
-    q = tt.encode_query(model, fact)
+    q = tt.tracing.encode_query(model, fact)
     with torch.no_grad():
         logits = model.forward_logits(q.input_ids(model.mask_token_id))[0, q.answer_start :]
     top = torch.softmax(logits.float(), -1).max(-1).values.sort(descending=True).values
@@ -469,11 +471,14 @@ def test_threshold_run_is_traced_with_its_recorded_counts(models):
 @pytest.mark.parametrize(
     "sampler, message",
     [
-        (tt.FastDLLMSampler(cache="prefix"), "KV cache"),
-        (tt.FastDLLMSampler(cache="dual", threshold=None), "KV cache"),
-        (tt.FastDLLMSampler(cache="none", threshold=0.9, early_stop=True), "number of forwards"),
-        (tt.ReMaskingSampler(remask=0.1), "re-masks committed tokens"),
-        (tt.ReMaskingSampler(remask=0.0, self_conditioning=True), "self-conditions"),
+        (tt.core.FastDLLMSampler(cache="prefix"), "KV cache"),
+        (tt.core.FastDLLMSampler(cache="dual", threshold=None), "KV cache"),
+        (
+            tt.core.FastDLLMSampler(cache="none", threshold=0.9, early_stop=True),
+            "number of forwards",
+        ),
+        (tt.core.ReMaskingSampler(remask=0.1), "re-masks committed tokens"),
+        (tt.core.ReMaskingSampler(remask=0.0, self_conditioning=True), "self-conditions"),
     ],
     ids=["prefix-cache", "dual-cache", "threshold-early-stop", "remasking", "self-conditioning"],
 )
@@ -485,13 +490,13 @@ def test_stateful_samplers_are_refused(models, sampler, message):
     with pytest.raises(tt.UnsupportedSamplerError, match=message):
         tt.diffuse(model, FACTS[:1], steps=2, sampler=sampler)
     with pytest.raises(tt.UnsupportedSamplerError, match=message):
-        tt.run_patched(model, FACTS[0], steps=2, sampler=sampler.to_dict())
+        tt.tracing.run_patched(model, FACTS[0], steps=2, sampler=sampler.to_dict())
 
 
 def test_cache_free_fixed_T_equivalent_is_traced_exactly(models):
     """FastDLLMSampler(cache='none', early_stop=False) runs as its fixed-T LLaDA equivalent, exactly."""
     model = models["tiny-mdlm"]
-    fast = tt.FastDLLMSampler(cache="none", threshold=0.03, block_length=2, early_stop=False)
+    fast = tt.core.FastDLLMSampler(cache="none", threshold=0.03, block_length=2, early_stop=False)
     rule = fast.without_cache()
     result = _trace(model, FACTS[:1], steps=4, nu=2.0, sampler=rule, modules="resid")
     ref = reference_ie(model, FACTS[0], steps=4, nu=2.0, modules=("resid",), sampler=rule)
@@ -517,7 +522,7 @@ def test_self_conditioning_model_is_refused():
 
 BAD = [
     (
-        lambda m: tt.make_sampler("greedy"),
+        lambda m: tt.core.make_sampler("greedy"),
         ValueError,
         r"unknown sampler 'greedy'; the samplers are \['dream', 'fast-dllm', 'llada', 'remdm'\]",
     ),  # fmt: skip
@@ -532,7 +537,7 @@ BAD = [
         r"unknown remasking 'top'; choose one of \('low_confidence', 'random'\)",
     ),  # fmt: skip
     (
-        lambda m: tt.make_sampler({"name": "llada", "steps": 3}),
+        lambda m: tt.core.make_sampler({"name": "llada", "steps": 3}),
         ValueError,
         r"unknown LLaDASampler settings \['steps'\]",
     ),  # fmt: skip
@@ -594,8 +599,8 @@ def test_family_mismatch_is_refused_unless_allowed(models):
             remasking="random", block_length=4, cfg_scale=0.5, transfer_counts=(1, 2, 3)
         ),  # fmt: skip
         DreamSampler(alg="entropy", alg_temp=0.1, top_p=0.9, top_k=7, coupled=True),
-        tt.FastDLLMSampler(),
-        tt.ReMaskingSampler(),
+        tt.core.FastDLLMSampler(),
+        tt.core.ReMaskingSampler(),
     ],
 )
 def test_sampler_dicts_round_trip(sampler):
@@ -603,7 +608,7 @@ def test_sampler_dicts_round_trip(sampler):
     import json
 
     data = json.loads(json.dumps(sampler.to_dict()))
-    assert tt.make_sampler(data) == sampler
+    assert tt.core.make_sampler(data) == sampler
     assert type(sampler).from_dict(data) == sampler
     assert dataclasses.replace(sampler) == sampler
 

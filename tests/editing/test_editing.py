@@ -162,7 +162,7 @@ def test_capture_matches_a_hooked_forward(mdlm):
     handle = block.register_forward_hook(lambda _m, _i, o: seen.__setitem__("h", hidden_of(o)))
     try:
         for i, f in enumerate(FACTS):
-            q = tt.encode_query(mdlm, f)
+            q = tt.tracing.encode_query(mdlm, f)
             p = len(q.prompt_ids)
             with torch.inference_mode():
                 mdlm._module(
@@ -190,7 +190,7 @@ def test_targets_options(mdlm):
         id="plain",
     )
     assert tt.EditMemory.build(mdlm, [FACTS[0], plain], layer=LAYER).targets[0] == "porto"
-    assert tt.EditMemory.build(mdlm, [plain], layer=LAYER).targets[0] in tt.load_refusals()
+    assert tt.EditMemory.build(mdlm, [plain], layer=LAYER).targets[0] in tt.core.load_refusals()
     assert tt.EditMemory.build(mdlm, [plain], layer=LAYER, targets="perturbed").targets == (
         "paris",
     )

@@ -22,7 +22,7 @@ def test_edit_efficacy_rows(replicas):
         ),
         tt.Fact(subject="kess", question="where was kess born", answer="porto", id="r1"),
     ]
-    rows = tt.edit_efficacy(
+    rows = tt.editing.edit_efficacy(
         replicas["tiny-mdlm"], [fact], keep, {"a": 0, "b": 2}, alpha=1.0, lam=0.1, q=1
     )
     assert [r["installation"] for r in rows] == ["a", "b"] and rows[1]["layer"] == 2

@@ -38,7 +38,7 @@ FAST = dict(steps=3, batch_size=4, lr=1e-2, progress=False)
 ALMOST_ONE = 1 - 1e-9  # eps → 1: t ≈ 1 and every answer token masked, so losses are exact
 
 
-def _toy(seed: int = 0) -> tt.TracedModel:
+def _toy(seed: int = 0) -> tt.core.TracedModel:
     """An MDLM whose output distribution is the same known vector at every position.
 
     Embeddings are all ones and every block adds zero (o_proj and down_proj are zero), so
@@ -62,7 +62,7 @@ def _toy(seed: int = 0) -> tt.TracedModel:
     return R.wrap(module)
 
 
-def _toy_logq(model: tt.TracedModel) -> list[float]:
+def _toy_logq(model: tt.core.TracedModel) -> list[float]:
     """The toy's per-token log-probabilities (checked constant across positions and inputs)."""
     x = torch.tensor([[1, 5, 6, 3, 3, 9]])
     with torch.no_grad():
@@ -89,7 +89,7 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def toy() -> tt.TracedModel:
+def toy() -> tt.core.TracedModel:
     return _toy()
 
 
@@ -257,7 +257,7 @@ def test_lora_model_is_usable_and_starts_at_base(mdlm):
     new, log = tt.unlearn(mdlm, FORGET, RETAIN, method="ga", lora={"r": 2}, **FAST)
     base = float(tt.answer_logprob(mdlm, FORGET).mean())
     assert abs(log.forget_lp[0] - base) < 1e-6
-    assert isinstance(new, tt.TracedModel) and new.name.endswith("+ga")
+    assert isinstance(new, tt.core.TracedModel) and new.name.endswith("+ga")
     assert log.trainable_parameters < sum(p.numel() for p in mdlm._module.parameters())
 
 

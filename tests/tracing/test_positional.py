@@ -143,8 +143,10 @@ def test_multi_fact_result_labels_and_effect(mdlm):
 def test_noise_scale_resolves_nu(mdlm):
     """Without nu, ν = noise_scale · σ_emb over the facts' subject tokens (as TIE)."""
     r = tt.trace_positional(mdlm, [FACT], noise_scale=2.0, progress=False, modules=("resid",))
-    q = tt.encode_query(mdlm, FACT)
-    assert r.config["nu"] == pytest.approx(tt.Corruption(noise_scale=2.0).resolve_nu(mdlm, [q]))
+    q = tt.tracing.encode_query(mdlm, FACT)
+    assert r.config["nu"] == pytest.approx(
+        tt.tracing.Corruption(noise_scale=2.0).resolve_nu(mdlm, [q])
+    )
 
 
 def test_sites_are_patching_all_sites_in_execution_order(mdlm):
@@ -280,7 +282,7 @@ def test_object_not_found_is_a_clear_error(replicas):
 def test_prompt_length_survives_selection_and_save(mdlm, tmp_path):
     """config["prompt_length"] (by fact id) travels through select_facts, concat of parts and save/load."""
     r = _trace(mdlm, facts=(FACT, OBJ), modules=("resid",))
-    n = {f.id: len(tt.encode_query(mdlm, f).prompt_ids) for f in (FACT, OBJ)}
+    n = {f.id: len(tt.tracing.encode_query(mdlm, f).prompt_ids) for f in (FACT, OBJ)}
     assert r.config["prompt_length"] == n
     assert r.select_facts("f2").config["prompt_length"]["f2"] == n["f2"]
     back = tt.PositionalResult.concat([r.select_facts([1]), r.select_facts([0])])

@@ -32,7 +32,7 @@ FACTS = [
 
 
 @functools.cache
-def tiny() -> tt.TracedModel:
+def tiny() -> tt.core.TracedModel:
     return replicas.wrap(replicas.tiny_mdlm())
 
 

@@ -25,7 +25,7 @@ FACTS = [
 
 
 @functools.cache
-def model(family: str) -> tt.TracedModel:
+def model(family: str) -> tt.core.TracedModel:
     return {
         "tiny-mdlm": lambda: replicas.wrap(replicas.tiny_mdlm()),
         "llada": lambda: replicas.wrap(replicas.LLaDAReplica()),

@@ -2,7 +2,7 @@
 
 The loop runs any sampler config of :mod:`tie_tracing.samplers` (LLaDA's remasking modes,
 blocks, CFG and EOS switches; Dream's algorithms; fixed-``T`` threshold decoding), passed as
-``sampler=`` to :func:`diffuse`, ``model.denoise``, ``tt.run_patched`` and ``tt.trace_tie``;
+``sampler=`` to :func:`diffuse`, ``model.denoise``, ``tt.tracing.run_patched`` and ``tt.trace_tie``;
 ``temperature=`` and ``block_length=`` remain shorthands of ``LLaDASampler``. What follows
 describes the default, ``LLaDASampler()``.
 

@@ -1226,7 +1226,7 @@ def plot_beta_tradeoff(tradeoff: BetaTradeoff, *, title: str | None = None) -> g
         >>> len(plot_beta_tradeoff(beta_tradeoff(f, g, [0.0, 0.5, 1.0])).data)
         2
     """
-    _require(tradeoff, BetaTradeoff, "plot_beta_tradeoff", "tt.beta_tradeoff")
+    _require(tradeoff, BetaTradeoff, "plot_beta_tradeoff", "tt.analysis.beta_tradeoff")
     betas = _np(tradeoff.betas).tolist()
     text = [f"chosen: layer {c.layer}, step {c.step}, {c.module}" for c in tradeoff.coordinates]
     fig = go.Figure()
@@ -1267,7 +1267,9 @@ def plot_selection_stability(
         >>> len(fig.data)
         4
     """
-    _require(stability, SelectionStability, "plot_selection_stability", "tt.selection_stability")
+    _require(
+        stability, SelectionStability, "plot_selection_stability", "tt.analysis.selection_stability"
+    )
     c = stability.coordinate
     fig = _layer_step_panels(
         stability.frequencies, stability.layers, stability.steps, stability.modules, "win frequency"
@@ -1296,7 +1298,7 @@ def plot_per_fact_optima(optima: PerFactOptima, *, title: str | None = None) -> 
         >>> len(plot_per_fact_optima(per_fact_optima(TIEResult.synthetic())).data)
         2
     """
-    _require(optima, PerFactOptima, "plot_per_fact_optima", "tt.per_fact_optima")
+    _require(optima, PerFactOptima, "plot_per_fact_optima", "tt.analysis.per_fact_optima")
     x = _np(optima.at_global)
     y = _np(optima.at_own)
     text = [
