@@ -65,12 +65,24 @@ def test_bootstrap_ci_edge_cases():
         bootstrap_ci(torch.zeros(3, 3), confidence=1.5)
 
 
-def test_score_landscape_is_the_coordinates_scores():
-    """score_landscape returns select_coordinate(...).scores."""
-    r = TIEResult.synthetic(n_facts=2, n_layers=2, n_steps=3)
-    torch.testing.assert_close(
-        score_landscape(r, steps=[0, 1]), select_coordinate(r, steps=[0, 1]).scores, equal_nan=True
-    )
+def test_score_landscape_is_eq5_written_out():
+    """score_landscape is Eq. 5 cell by cell: mean_f |TIE_f| − β · mean_g |TIE_g|, NaN outside
+    the step/module restriction, and its argmax is the selected coordinate."""
+    g = torch.Generator().manual_seed(3)
+    forget = torch.randn(4, 3, 5, 3, generator=g, dtype=torch.float64)
+    neighbours = torch.randn(6, 3, 5, 3, generator=g, dtype=torch.float64)
+    beta = 0.7
+    land = score_landscape(forget, beta=beta, neighbours=neighbours, steps=[1, 3], modules="mlp")
+    expected = torch.full((3, 5, 3), math.nan, dtype=torch.float64)
+    for layer in range(3):
+        for step in (1, 3):
+            f = sum(abs(float(forget[i, layer, step, 2])) for i in range(4)) / 4
+            n = sum(abs(float(neighbours[j, layer, step, 2])) for j in range(6)) / 6
+            expected[layer, step, 2] = f - beta * n
+    torch.testing.assert_close(land, expected, equal_nan=True)
+    best = torch.nan_to_num(expected, nan=-math.inf).argmax()
+    c = select_coordinate(forget, beta=beta, neighbours=neighbours, steps=[1, 3], modules="mlp")
+    assert (c.layer, c.step, c.module) == (int(best // 15), int(best % 15 // 3), "mlp")
 
 
 def test_beta_tradeoff_neighbour_effect_never_increases():

@@ -149,15 +149,33 @@ def test_noise_scale_resolves_nu(mdlm):
     )
 
 
-def test_sites_are_patching_all_sites_in_execution_order(mdlm):
-    """_sites delegates to patching.all_sites: every layer, attn, mlp, resid within a layer."""
-    from tie_tracing.tracing.patching import EXECUTION_ORDER, all_sites
+@pytest.mark.parametrize("family", ["tiny-mdlm", "llada", "dream", "llama", "qwen2", "gpt2"])
+def test_sites_are_listed_in_the_order_the_backbone_runs_them(replicas, family):
+    """nnsight must be asked for a forward's sites in execution order: the order in which
+    forward hooks on every site module fire during one forward of each backbone equals the
+    order of positional._sites (patching.all_sites) — attn, mlp, resid within each layer."""
+    from tie_tracing.core.backbones import MODULES
     from tie_tracing.tracing.positional import _sites
 
-    sites = _sites(mdlm, ("resid", "attn", "mlp"))
-    assert sites == all_sites(mdlm, ("resid", "attn", "mlp"))
-    assert sites == [(layer, m) for layer in range(mdlm.num_layers) for m in EXECUTION_ORDER]
-    assert _sites(mdlm, ("mlp",)) == [(layer, "mlp") for layer in range(mdlm.num_layers)]
+    model = replicas[family]
+    fired: list[tuple[int, str]] = []
+    handles = []
+    for layer in range(model.num_layers):
+        for m in MODULES:
+
+            def hook(_module, _inputs, _output, site=(layer, m)):
+                if site not in fired:
+                    fired.append(site)
+
+            handles.append(model.site_module(layer, m).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.forward_logits(torch.tensor([[1, 5, 6, 7, 8]]))
+    finally:
+        for h in handles:
+            h.remove()
+    assert fired == _sites(model, MODULES)
+    assert _sites(model, ("mlp",)) == [(layer, "mlp") for layer in range(model.num_layers)]
 
 
 # ----------------------------------------------------------------------- the object (SPEC §6)
