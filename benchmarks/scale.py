@@ -3,7 +3,7 @@
 Everything is measured side by side in one run, one CPU thread (``torch.set_num_threads``;
 the machines are shared, so compare ratios within a run, not times across runs):
 
-1. **exact vs naive at T = 8** — ``tt.trace_tie`` against ``tie_tracing.reference.reference_ie``
+1. **exact vs naive at T = 8** — ``tt.trace_tie`` against ``tie_tracing.tracing.reference.reference_ie``
    (one full hook-patched trajectory per coordinate), and their largest |ΔIE|.
 2. **horizon at T = 32** — ``horizon = 1, 2, 4, 8`` against the exact sweep: relative error of
    Σ|TIE| (over facts and cells), the largest |ΔTIE| of a cell, the stated weight bound, time.

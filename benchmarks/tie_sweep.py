@@ -3,7 +3,7 @@
 All three are measured side by side in one run (machines are noisy):
 
 * **engine** — ``tt.trace_tie`` (nnsight interventions, batched patch rows, memoised futures);
-* **naive** — ``tie_tracing.reference.reference_ie``: one full corrupted trajectory per
+* **naive** — ``tie_tracing.tracing.reference.reference_ie``: one full corrupted trajectory per
   coordinate, batch size 1, plain hooks (``L·M·T²`` forwards per fact and draw);
 * **floor** — bare batched forwards of exactly the rows the engine ran (same batch shapes,
   no nnsight, no patching, no bookkeeping).

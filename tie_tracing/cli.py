@@ -12,9 +12,9 @@ Three commands:
 * ``tie-tracing trace --model PATH --facts FILE.jsonl --out DIR`` — a resumable sweep for real
   work: each finished fact is written to ``DIR`` as it completes, the merged result to
   ``DIR/trace.safetensors``. Facts are JSON lines with the fields of :class:`tt.Fact
-  <tie_tracing.facts.Fact>` (``subject``, ``question``, ``answer``, ``object``, ``id``, …).
+  <tie_tracing.core.facts.Fact>` (``subject``, ``question``, ``answer``, ``object``, ``id``, …).
   Launched by ``torchrun --nproc-per-node N`` it shards the facts over the processes
-  (:mod:`tie_tracing.distributed`); the merged result is the single-process one, bit for bit.
+  (:mod:`tie_tracing.tracing.distributed`); the merged result is the single-process one, bit for bit.
 * ``tie-tracing plot DIR`` — Figure 2 from a saved trace.
 
 Every argument is checked, and the output directory tried for writing, before a model is
@@ -117,7 +117,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def write_facts_jsonl(facts, path: str | os.PathLike) -> Path:
-    """Write facts as JSON lines (every field of :class:`~tie_tracing.facts.Fact`)."""
+    """Write facts as JSON lines (every field of :class:`~tie_tracing.core.facts.Fact`)."""
     from .tracing.tie import fact_record
 
     lines = [json.dumps(fact_record(f), ensure_ascii=False) for f in facts]
@@ -127,7 +127,7 @@ def write_facts_jsonl(facts, path: str | os.PathLike) -> Path:
 
 
 def read_facts_jsonl(path: str | os.PathLike) -> list:
-    """Facts from a JSON-lines file, one object with :class:`~tie_tracing.facts.Fact` fields
+    """Facts from a JSON-lines file, one object with :class:`~tie_tracing.core.facts.Fact` fields
     per line (blank lines skipped). Errors name the line."""
     from .core.facts import Fact
 

@@ -29,7 +29,7 @@ hot-spot disappears in MDLMs; Park & Jo 2026: an early-to-mid-layer MLP hot-spot
 subject token in LLaDA and Dream): these functions measure.
 
 **Positions.** A positional trace scores the object's first token at its prediction position
-(SPEC §6, :mod:`~tie_tracing.positional`): the AR query is the question followed by the
+(SPEC §6, :mod:`~tie_tracing.tracing.positional`): the AR query is the question followed by the
 answer's tokens before the object, so its prediction position is the last answer-prefix
 token, not the last prompt token; an MDLM reads at the object's first masked slot, which is
 the first answer slot only when the object starts the answer. Each fact's prompt length
@@ -105,7 +105,7 @@ def _object_position(result: PositionalResult, f: int) -> int:
 
 def _prompt_length(result: PositionalResult, f: int) -> int:
     """Prompt length of fact ``f``: ``config["prompt_length"][fact_id]``, as
-    :func:`~tie_tracing.positional.trace_positional` records it; for results without it
+    :func:`~tie_tracing.tracing.positional.trace_positional` records it; for results without it
     (older traces, hand-made results) the object's position, i.e. the object is taken to
     start the answer (the only layout those traces had)."""
     lengths = result.config.get("prompt_length")

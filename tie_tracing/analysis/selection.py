@@ -6,7 +6,7 @@ neighbour facts to keep (traced the same way). ``β = 0`` is naive max-magnitude
 paper's headline setting); ``β > 0`` trades forget strength for selectivity.
 
 The function works on plain tensors ``[fact, layer, step, module]`` or on
-:class:`~tie_tracing.results.TIEResult` objects (whose ``tie`` it uses, with their labels).
+:class:`~tie_tracing.core.results.TIEResult` objects (whose ``tie`` it uses, with their labels).
 Limits: it scores ``|TIE|`` per fact, so the sign of an effect is ignored; it refuses NaN
 (normalised heatmaps can hold NaN where the clean–corrupt gap vanished: select on the raw
 result, or fill the NaN yourself and say so). Ties go to the first cell in
@@ -148,7 +148,7 @@ def select_coordinate(
 
     Args:
         heatmaps: Per-fact TIE of the forget/validation facts ``V``: a
-            :class:`~tie_tracing.results.TIEResult` or a float tensor
+            :class:`~tie_tracing.core.results.TIEResult` or a float tensor
             ``[fact, layer, step, module]``. A bare tensor gets layer/step labels ``0 …`` and
             module labels ``("resid", "attn", "mlp")`` when it has 3 modules (the package
             convention), else ``("m0", "m1", …)``.
@@ -159,7 +159,7 @@ def select_coordinate(
         steps: Restrict to these step labels.
 
     Returns:
-        A :class:`~tie_tracing.results.Coordinate` with the winner's labels, its score and
+        A :class:`~tie_tracing.core.results.Coordinate` with the winner's labels, its score and
         ``scores`` ``[layer, step, module]``, where cells excluded by ``modules=``/``steps=``
         are NaN.
 

@@ -9,12 +9,12 @@
 * :func:`seed_stability` — whether a Figure 2 survives a change of noise seed: traces of
   the same facts under different seeds, the seed-to-seed Pearson correlation of their mean
   maps and whether every seed selects the same Eq. 5 cell as the pooled trace
-  (:meth:`~tie_tracing.results.TIEResult.pool_seeds`).
+  (:meth:`~tie_tracing.core.results.TIEResult.pool_seeds`).
 * :func:`localisation_stats` — how concentrated an effect map is (peak, top-k share,
   normalised entropy), and for positional maps where the peak sits relative to the subject.
 
 Everything is plain tensor arithmetic on ``[fact, layer, step, module]`` heatmaps (tensors
-or :class:`~tie_tracing.results.TIEResult`); nothing here runs a model. Limits: bootstrap
+or :class:`~tie_tracing.core.results.TIEResult`); nothing here runs a model. Limits: bootstrap
 CIs resample facts only (the noise draws of a trace are taken as given; ``selection_stability``
 can resample noise seeds too, from per-seed traces, and ``seed_stability`` compares seeds);
 with a handful of facts the percentile CI is narrow and optimistic, and with one fact it
@@ -268,7 +268,7 @@ def beta_tradeoff(
         forget: per-fact TIE of the forget facts ``[fact, layer, step, module]``.
         neighbours: per-fact TIE of the neighbour facts, same cell shape.
         betas: the β grid (each ``≥ 0``).
-        modules, steps: restriction, as in :func:`~tie_tracing.selection.select_coordinate`.
+        modules, steps: restriction, as in :func:`~tie_tracing.analysis.selection.select_coordinate`.
 
     Example:
         >>> f = torch.zeros(2, 2, 1, 1); f[:, 0] = 2.0; f[:, 1] = 1.0
@@ -402,7 +402,7 @@ def selection_stability(
     product per fact set.
 
     **Noise seeds too** (``seeds=``): given per-seed traces of the same facts (e.g. the parts
-    that :meth:`~tie_tracing.results.TIEResult.pool_seeds` pooled into ``heatmaps``), each
+    that :meth:`~tie_tracing.core.results.TIEResult.pool_seeds` pooled into ``heatmaps``), each
     resample also draws the seeds with replacement: per fact, the resampled seeds' TIE maps
     are pooled (draw-weighted mean, as ``pool_seeds`` does; a seed drawn twice counts twice)
     and Eq. 5 scores the mean over the resampled facts of ``|pooled TIE|``. The frequencies
@@ -413,7 +413,7 @@ def selection_stability(
 
     Args:
         heatmaps, beta, neighbours, modules, steps: as in
-            :func:`~tie_tracing.selection.select_coordinate`.
+            :func:`~tie_tracing.analysis.selection.select_coordinate`.
         n_boot: number of resamples.
         seed: seed of the resampling generator.
         seeds: optional per-seed traces of ``heatmaps``' facts: TIEResults of one experiment
@@ -583,8 +583,8 @@ def per_fact_optima(
 ) -> PerFactOptima:
     """Per-fact coordinate selection (SPEC §11, paper §VI.4) against the global choice.
 
-    For a :class:`~tie_tracing.results.TIEResult` only the facts the model knows are
-    analysed (:meth:`~tie_tracing.results.TIEResult.known_only`, as in Eq. 5 selection);
+    For a :class:`~tie_tracing.core.results.TIEResult` only the facts the model knows are
+    analysed (:meth:`~tie_tracing.core.results.TIEResult.known_only`, as in Eq. 5 selection);
     ``fact_ids`` names them, one per row of ``indices``.
 
     Example:
@@ -805,8 +805,8 @@ def seed_stability(results: Sequence[TIEResult], *, module: str | None = "resid"
     worth reporting should not depend on which sample was drawn: this computes the pairwise
     Pearson correlation of the traces' mean maps (``TIEResult.mean()``, the facts the model
     knows) on ``module`` and over all modules, each trace's Eq. 5 coordinate
-    (:func:`~tie_tracing.selection.select_coordinate`, β = 0) and whether it matches the
-    coordinate of the pooled trace (:meth:`~tie_tracing.results.TIEResult.pool_seeds`).
+    (:func:`~tie_tracing.analysis.selection.select_coordinate`, β = 0) and whether it matches the
+    coordinate of the pooled trace (:meth:`~tie_tracing.core.results.TIEResult.pool_seeds`).
 
     Cells that are exactly 0 in both maps of a pair are left out of its correlation (under
     ``lp="frozen"`` the steps with nothing left to decide are 0 by construction, whatever the

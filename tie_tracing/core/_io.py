@@ -170,7 +170,7 @@ def save_object(obj: Any, path: str | os.PathLike) -> Path:
     """Write a result dataclass to one ``.safetensors`` file, atomically; returns the path.
 
     The one serialiser of the package: tensors (at any depth: fields, tuples, dicts, nested
-    results such as a :class:`~tie_tracing.results.Coordinate` inside an analysis) are
+    results such as a :class:`~tie_tracing.core.results.Coordinate` inside an analysis) are
     stored as CPU safetensors; everything else goes, as JSON, into the safetensors header,
     with tuples, non-string dict keys and nested dataclasses tagged so that
     :func:`load_object` rebuilds an equal object. No pickle is involved: only dataclasses

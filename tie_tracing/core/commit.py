@@ -55,7 +55,7 @@ def step_noise_generator(seed: int, step: int, stream: int = 0) -> torch.Generat
     """The generator of row seed ``seed`` at step ``step``, for noise stream ``stream``.
 
     Every random choice of a sampler is keyed this way (stream 0: token noise; 1: random
-    positions; 2: Dream's ``alg_temp`` position noise; see :mod:`tie_tracing.samplers`), so
+    positions; 2: Dream's ``alg_temp`` position noise; see :mod:`tie_tracing.core.samplers`), so
     runs in the same state at the same step with the same seed draw the same numbers.
 
     Example:

@@ -783,7 +783,7 @@ def locate_subject(
     Args:
         tokenizer: A Hugging Face tokenizer.
         prompt_ids: The prompt's token ids, ``[prompt_len]`` (e.g. from
-            :func:`tie_tracing.prompting.encode_prompt`).
+            :func:`tie_tracing.core.prompting.encode_prompt`).
         subject: The subject string.
         text: Optional prompt text that ``prompt_ids`` encode (enables offset mapping).
         fact_id: Named in the error message.

@@ -57,7 +57,7 @@ def answer_logprob(
     """``log p(answer | question)`` per fact, in nats.
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel`.
+        model: A :class:`~tie_tracing.core.model.TracedModel`.
         facts: Facts whose ``answer`` is scored given their ``question``.
         estimator: ``"masked"`` or ``"elbo"`` (MDLMs); ignored for causal models.
         mc: Monte-Carlo draws of the ``elbo`` estimator (LLaDA uses 128).

@@ -48,7 +48,7 @@ class TracedModel(NNsight):
     Build it with :func:`load_model` (or :meth:`from_module` for a module in memory).
 
     Attributes:
-        backbone: The :class:`~tie_tracing.backbones.Backbone` entry, checked at load.
+        backbone: The :class:`~tie_tracing.core.backbones.Backbone` entry, checked at load.
         tokenizer: The tokenizer (``PreTrainedTokenizerFast`` or compatible).
         num_layers: Number of transformer blocks.
         mask_token_id: The ``[MASK]`` id (``None`` for causal models).
@@ -268,9 +268,9 @@ class TracedModel(NNsight):
         Use it traced (``with model.denoise(x, answer_start=p) as tracer``) to intervene at
         steps through ``tracer.iter``; called directly it simply runs. ``input_ids`` is
         ``[batch, seq]`` with mask tokens from ``answer_start`` on. Returns a
-        :class:`~tie_tracing.sampler.LoopOutput` (states after each step, target
+        :class:`~tie_tracing.core.sampler.LoopOutput` (states after each step, target
         log-probs per step in mode ``lp`` over ``target_mask``). ``sampler`` is a
-        :mod:`~tie_tracing.samplers` config (default ``LLaDASampler`` from the
+        :mod:`~tie_tracing.core.samplers` config (default ``LLaDASampler`` from the
         ``temperature`` / ``block_length`` shorthands); under CFG each step's single forward
         holds the rows and, after them, their unconditional copies.
         """

@@ -348,7 +348,7 @@ class _ResultBase:
         """Write the result to one ``.safetensors`` file, atomically; returns the path.
 
         Tensors are stored as CPU copies; every other field goes, as JSON, into the
-        safetensors header metadata (:func:`tie_tracing._io.save_object`, the one serialiser
+        safetensors header metadata (:func:`tie_tracing.core._io.save_object`, the one serialiser
         of every result type). ``type(self).load(path)`` gives back an equal result.
         """
         return save_object(self, path)
@@ -642,7 +642,7 @@ class TIEResult(_ResultBase):
         """Mean of ``tie`` over facts, ``[layer, step, module]`` (NaN-aware: ``torch.nanmean``).
 
         Averages over :meth:`known_only` (facts the model does not know,
-        ``config["unknown_facts"]``, warned about by :func:`~tie_tracing.tie.trace_tie`, are
+        ``config["unknown_facts"]``, warned about by :func:`~tie_tracing.tracing.tie.trace_tie`, are
         left out; when no fact is known all are averaged, with a warning) unless
         ``include_unknown=True``. A cell that is NaN for some facts averages the others; NaN
         for all facts stays NaN.

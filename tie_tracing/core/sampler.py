@@ -1,6 +1,6 @@
 """The diffusion loop (SPEC §4) and its default sampler: LLaDA low-confidence remasking, batch-aware.
 
-The loop runs any sampler config of :mod:`tie_tracing.samplers` (LLaDA's remasking modes,
+The loop runs any sampler config of :mod:`tie_tracing.core.samplers` (LLaDA's remasking modes,
 blocks, CFG and EOS switches; Dream's algorithms; fixed-``T`` threshold decoding), passed as
 ``sampler=`` to :func:`diffuse`, ``model.denoise``, ``tt.tracing.run_patched`` and ``tt.trace_tie``;
 ``temperature=`` and ``block_length=`` remain shorthands of ``LLaDASampler``. What follows
@@ -171,11 +171,11 @@ def run_loop(
     lp: str = "frozen",
     sampler=None,
 ) -> LoopOutput:
-    """Run the diffusion loop on ``model`` (a :class:`~tie_tracing.model.TracedModel`).
+    """Run the diffusion loop on ``model`` (a :class:`~tie_tracing.core.model.TracedModel`).
 
     Exactly ``steps`` backbone forwards (one per step, CFG included: its unconditional copy
     rides in the same forward); see the module docstring. ``sampler`` is a
-    :mod:`~tie_tracing.samplers` config (default :class:`~tie_tracing.samplers.LLaDASampler`
+    :mod:`~tie_tracing.core.samplers` config (default :class:`~tie_tracing.core.samplers.LLaDASampler`
     built from the ``temperature`` / ``block_length`` shorthands). ``targets``
     ``[batch, answer_len]`` are scored at the positions of ``target_mask`` (``[answer_len]``
     or ``[batch, answer_len]`` bool; default all) in mode ``lp``.
@@ -237,7 +237,7 @@ class DiffusionResult(Saveable):
         prompt_lengths, answer_lengths: Per row.
         config: Sampler settings (``lp``, ``target`` and ``mask_token_id`` included;
             ``config["sampler"]`` is the sampler's ``to_dict()``, which
-            :func:`~tie_tracing.samplers.make_sampler` turns back into the config).
+            :func:`~tie_tracing.core.samplers.make_sampler` turns back into the config).
         object_offsets: Per row, the offsets within the answer of the object's tokens (the
             whole answer for facts without an object; empty for plain prompts).
     """
@@ -325,7 +325,7 @@ def diffuse(
     """Sample answers with the diffusion loop (SPEC §4).
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel` of an MDLM.
+        model: A :class:`~tie_tracing.core.model.TracedModel` of an MDLM.
         facts_or_prompts: Facts (their answers fix the answer length and are scored per step)
             or plain prompt strings (give ``answer_length``).
         steps: ``T``, the number of forwards (default 8, the paper's setting).
@@ -340,7 +340,7 @@ def diffuse(
         lp: How ``.target_logprobs`` reads committed positions: ``"frozen"`` (default, the
             value of the forward that committed them) or ``"raw"`` (SPEC §4).
         target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over.
-        sampler: A :mod:`~tie_tracing.samplers` config, registry name or dict (default
+        sampler: A :mod:`~tie_tracing.core.samplers` config, registry name or dict (default
             ``LLaDASampler()``, low-confidence remasking); recorded as ``config["sampler"]``.
             A ``temperature`` / ``block_length`` given beside it must agree with it.
 

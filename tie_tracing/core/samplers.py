@@ -1,9 +1,9 @@
 """Sampler configurations: the samplers LLaDA and Dream users run, as typed, serialisable configs.
 
 A sampler decides, after each backbone forward, which masked answer positions to commit and
-to which tokens. The diffusion loop (:func:`~tie_tracing.sampler.run_loop`), the TIE engine
-(:func:`~tie_tracing.tie.trace_tie`), :func:`~tie_tracing.patching.run_patched` and the slow
-reference (:mod:`tie_tracing.reference`) all take one of these configs as ``sampler=`` and
+to which tokens. The diffusion loop (:func:`~tie_tracing.core.sampler.run_loop`), the TIE engine
+(:func:`~tie_tracing.tracing.tie.trace_tie`), :func:`~tie_tracing.tracing.patching.run_patched` and the slow
+reference (:mod:`tie_tracing.tracing.reference`) all take one of these configs as ``sampler=`` and
 record ``sampler.to_dict()`` in their results.
 
 * :class:`LLaDASampler` — LLaDA's ``generate.py``: ``remasking="low_confidence"`` (commit the
@@ -21,7 +21,7 @@ record ``sampler.to_dict()`` in their results.
   ``linspace(1, eps, T + 1)``, ``m`` the masked count) and everything left at the last step.
 * :class:`FastDLLMSampler` and :class:`ReMaskingSampler` — descriptions of accelerated or
   re-masking samplers that exact TIE cannot trace: asking to run them raises
-  :class:`~tie_tracing.errors.UnsupportedSamplerError` with the assumption that fails.
+  :class:`~tie_tracing.core.errors.UnsupportedSamplerError` with the assumption that fails.
 
 **Randomness.** Every random choice is keyed by ``(row seed, step, stream)`` through
 :func:`~tie_tracing.core.commit.step_noise_generator`: stream 0 gives the token noise
@@ -300,7 +300,7 @@ class LLaDASampler(Sampler):
             whatever happens; positions left at a block's last step are all committed).
         transfer_counts: Explicit commits per step (``len == T``; the counts of each block sum
             to its size), e.g. the per-step counts a threshold run recorded
-            (:meth:`~tie_tracing.sampler.DiffusionResult.transfer_counts`).
+            (:meth:`~tie_tracing.core.sampler.DiffusionResult.transfer_counts`).
 
     Example:
         >>> LLaDASampler(block_length=32, cfg_scale=0.5).to_dict()["cfg_scale"]
@@ -684,7 +684,7 @@ class FastDLLMSampler(Sampler):
     recomputed them; threshold decoding that stops a block when it is complete makes the
     number of forwards depend on the run, so step ``k`` stops meaning the same thing across
     clean, corrupted and patched runs. Asking the package to run this config raises
-    :class:`~tie_tracing.errors.UnsupportedSamplerError` naming the assumption.
+    :class:`~tie_tracing.core.errors.UnsupportedSamplerError` naming the assumption.
 
     What can be traced: the same commits without the cache and with ``T`` fixed,
     :meth:`without_cache` (``LLaDASampler(threshold=..., block_length=...)``), or the

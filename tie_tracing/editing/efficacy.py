@@ -43,7 +43,7 @@ def edit_efficacy(
         retain: Facts to keep.
         layers: ``{name: layer}``, e.g. :func:`pick_layers`'s output.
         module: The site of the memory (the paper: ``resid``).
-        estimator: ``"masked"`` or ``"elbo"`` (see :func:`~tie_tracing.likelihood.answer_logprob`).
+        estimator: ``"masked"`` or ``"elbo"`` (see :func:`~tie_tracing.core.likelihood.answer_logprob`).
 
     Returns:
         One row per layer name: ``installation, layer, module, d_forget_lp, d_forget_lp_low,

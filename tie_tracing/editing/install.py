@@ -1,7 +1,7 @@
 """Installation: an edit memory as one nnsight edit on a model, and the handle that removes it.
 
 :func:`install` records one nnsight edit (``with model.edit(inplace=True)``, via
-:mod:`tie_tracing._nnsight`) whose body loops over every occurrence of the memory's site, so it
+:mod:`tie_tracing.core._nnsight`) whose body loops over every occurrence of the memory's site, so it
 is replayed on every trace and every direct call of a traceable method — ``model.denoise``
 (each of its ``T`` forwards), ``model.logits``, hence ``tt.diffuse``, ``tt.answer_logprob``,
 ``tt.evaluate`` and ``tt.trace_tie``. A memory whose config needs the forward's token ids (a

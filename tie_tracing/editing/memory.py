@@ -201,7 +201,7 @@ class EditMemory:
         satisfy ``1 ≤ q ≤ N``.
 
         Args:
-            model: A :class:`~tie_tracing.model.TracedModel` (MDLM, or causal for an AR edit).
+            model: A :class:`~tie_tracing.core.model.TracedModel` (MDLM, or causal for an AR edit).
             facts: The facts to forget or edit (unique ids; subjects must occur in questions).
             layer, module: The site ``(l*, m*)``.
             alpha, lam, q, kappa: Hyper-parameters (see :class:`EditConfig`).

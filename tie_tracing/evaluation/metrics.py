@@ -334,7 +334,7 @@ class Evaluation(Saveable):
             ``tr_retain_score`` (when facts carry perturbed answers), ``forget_quality``
             (on the forget split, when a reference model was given).
         fact_ids: ``split -> fact keys`` (each fact's id, or its question when it has no id:
-            :func:`tie_tracing.patching.fact_key`) aligned with every ``per_fact`` tensor of
+            :func:`tie_tracing.tracing.patching.fact_key`) aligned with every ``per_fact`` tensor of
             that split; :meth:`compare` refuses splits whose keys differ.
         answers: ``split -> sampled answers`` (empty when not generating).
         config: Estimator, steps, seed, mc, model label, package version.
@@ -497,7 +497,7 @@ class Evaluation(Saveable):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.safetensors`` file atomically, through the package's one serialiser
-        (:func:`tie_tracing._io.save_object`: per-fact tensors as tensors, the rest as JSON);
+        (:func:`tie_tracing.core._io.save_object`: per-fact tensors as tensors, the rest as JSON);
         :meth:`load` round-trips exactly (:meth:`equals`)."""
         return save_object(self, path)
 
@@ -551,7 +551,7 @@ class Evaluation(Saveable):
 
 
 def _api(name: str):
-    """The lead's compute function, looked up at call time (so tests can substitute it)."""
+    """The core's compute function, looked up at call time (so tests can substitute it)."""
     module = {"answer_logprob": "likelihood", "diffuse": "sampler"}[name]
     return getattr(importlib.import_module(f"..core.{module}", __package__), name)
 
@@ -645,7 +645,7 @@ def evaluate(
         n_resamples: Bootstrap resamples per CI.
         batch_size: Rows per forward (passed to ``answer_logprob`` and ``diffuse``).
         progress: Show progress bars.
-        sampler: The sampler config of the sampled answers (see :mod:`tie_tracing.samplers`;
+        sampler: The sampler config of the sampled answers (see :mod:`tie_tracing.core.samplers`;
             default: the package's greedy LLaDA sampler), recorded in ``config``.
 
     Returns:

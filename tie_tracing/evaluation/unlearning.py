@@ -2,7 +2,7 @@
 
 :func:`unlearn` runs one of open-unlearning's gradient methods — gradient ascent (``"ga"``),
 gradient difference (``"gd"``), NPO, SimNPO and RMU — on a deep copy of a
-:class:`~tie_tracing.model.TracedModel`, so the edit memory (a training-free intervention)
+:class:`~tie_tracing.core.model.TracedModel`, so the edit memory (a training-free intervention)
 can be set beside them on the same model, facts and metrics. The definitions and defaults
 follow open-unlearning; what changes is the likelihood they are written in:
 
@@ -47,7 +47,7 @@ Full fine-tuning (``lora=None``) trains a deep copy of the model; ``lora=dict(r=
 injects a LoRA adapter through ``peft`` into a structural copy that *shares* the base weights
 (frozen, so an 8B model is not duplicated; the base's ``requires_grad`` flags are restored
 afterwards). Either way the base model's weights are never written to, and the result is a new
-:class:`~tie_tracing.model.TracedModel` that every tracing, editing and evaluation function
+:class:`~tie_tracing.core.model.TracedModel` that every tracing, editing and evaluation function
 accepts; :func:`adapter_state_dict` returns a LoRA run's adapter tensors.
 
 Limits and choices, stated once:
@@ -69,7 +69,7 @@ Limits and choices, stated once:
   for a clean number. On a GPU it is ``torch.cuda.max_memory_allocated`` over the run.
 * Converged runs keep one copy of the trainable parameters (the last evaluation within the
   threshold) to restore on early stopping: with full fine-tuning of a large model, use LoRA.
-* A non-finite loss (a collapsed model) raises :class:`~tie_tracing.errors.NonFiniteActivationError`
+* A non-finite loss (a collapsed model) raises :class:`~tie_tracing.core.errors.NonFiniteActivationError`
   naming the step: failure is an exception, never a partial result.
 """
 
@@ -820,7 +820,7 @@ def unlearn(
     (documented there) and is recorded in the log.
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel` (an MDLM, or a causal LM with
+        model: A :class:`~tie_tracing.core.model.TracedModel` (an MDLM, or a causal LM with
             ``objective="ar"``). Never modified: its weights stay bit-identical.
         forget: Facts to forget.
         retain: Facts to keep (the retain terms' batches).
@@ -829,7 +829,7 @@ def unlearn(
         progress: Show a progress bar.
 
     Returns:
-        ``(unlearned, log)``: a new :class:`~tie_tracing.model.TracedModel` (named
+        ``(unlearned, log)``: a new :class:`~tie_tracing.core.model.TracedModel` (named
         ``"<name>+<method>"``; with ``lora`` its LoRA layers are injected and it shares the
         base model's frozen weights — :func:`adapter_state_dict` gives the adapter) and an
         :class:`UnlearnLog`.

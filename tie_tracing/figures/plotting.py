@@ -15,7 +15,7 @@ installed, so callers can skip static export with a message.
 * :func:`plot_ie_by_later_step` — how one patch's effect unfolds over later steps (Eq. 3).
 * :func:`trajectory_table`, :func:`plot_trajectory` — one trajectory's commit map (which
   answer token was decided at which step, the object highlighted), from a traced
-  :class:`~tie_tracing.results.TIEResult` or a plain :func:`tt.diffuse` run.
+  :class:`~tie_tracing.core.results.TIEResult` or a plain :func:`tt.diffuse` run.
 * :func:`plot_positional` — ROME-style positional map of one fact, tokens labelled, subject
   marked.
 * :func:`plot_selection_landscape`, :func:`plot_beta_tradeoff`,
@@ -245,7 +245,7 @@ def plot_tie_heatmaps(
     gives the value, the percentile-bootstrap 95% CI over facts and the per-fact values;
     cells whose CI contains 0 (``low < 0 < high``) carry a small open circle (legend entry
     "95% CI crosses 0"). Mean, CI and hover values cover the same facts, those the model
-    knows (:meth:`~tie_tracing.results.TIEResult.known_only`); when some are left out, the
+    knows (:meth:`~tie_tracing.core.results.TIEResult.known_only`); when some are left out, the
     title, the hover and the "mean" entry say "n known of N facts".
 
     **Per-fact views**: a dropdown ("mean" plus one entry per fact, unknown facts included
@@ -254,7 +254,7 @@ def plot_tie_heatmaps(
     **Commit-aware marks** (SPEC §4–§5, from the result's commit maps):
 
     * idle steps — steps where no corrupted trajectory has a masked target position left
-      (:attr:`~tie_tracing.results.TIEResult.idle_steps`), so nothing is decided there and,
+      (:attr:`~tie_tracing.core.results.TIEResult.idle_steps`), so nothing is decided there and,
       under ``lp="frozen"``, TIE is 0 exactly — are greyed: one grey overlay heatmap per
       panel (legend entry "idle step"), NaN where the step is not idle. Per-fact views grey
       that fact's idle steps; the mean view greys the steps idle for every averaged fact;
@@ -275,7 +275,7 @@ def plot_tie_heatmaps(
     is plotted as it is.
 
     Args:
-        result: a :class:`~tie_tracing.results.TIEResult`.
+        result: a :class:`~tie_tracing.core.results.TIEResult`.
         normalized: plot the normalised view.
         modules: module names to show (default: all, in the result's order).
         title: figure title (default: names the view and the fact count); the provenance
@@ -580,11 +580,11 @@ def plot_ie_by_later_step(
     the package's one convention (:data:`DIVERGING`): the mean's markers are coloured by
     value, red positive, blue negative, centred at 0, and the mean-TIE line is red or blue
     by its sign. Later steps idle for every averaged fact (no masked target position left
-    in any corrupted trajectory, :attr:`~tie_tracing.results.TIEResult.idle_steps`) are
+    in any corrupted trajectory, :attr:`~tie_tracing.core.results.TIEResult.idle_steps`) are
     shaded grey. Mean, band and mean TIE cover the facts the model knows
-    (:meth:`~tie_tracing.results.TIEResult.known_only`); unknown facts keep their thin line,
+    (:meth:`~tie_tracing.core.results.TIEResult.known_only`); unknown facts keep their thin line,
     dotted and marked "(unknown)". Arguments are labels (a layer number, a denoising step, a
-    module name), e.g. those of a :class:`~tie_tracing.results.Coordinate`.
+    module name), e.g. those of a :class:`~tie_tracing.core.results.Coordinate`.
 
     Returns:
         A figure with ``n_facts + 2`` traces (facts, CI band, mean).
@@ -812,7 +812,7 @@ def trajectory_table(
     """One trajectory's commit map as a table: which answer token was decided at which step.
 
     One row per answer position (padding left out), in answer order, with the keys of
-    :meth:`~tie_tracing.results.TIEResult.commit_map` plus the decoded token:
+    :meth:`~tie_tracing.core.results.TIEResult.commit_map` plus the decoded token:
 
     * ``position`` — offset within the answer span;
     * ``token`` — the token id after the last step;
@@ -823,8 +823,8 @@ def trajectory_table(
     * ``target`` — the position counts in ``LP`` (``config["target"]``).
 
     Args:
-        result: a :class:`~tie_tracing.results.TIEResult`, or the
-            :class:`~tie_tracing.sampler.DiffusionResult` of a plain :func:`tt.diffuse` run.
+        result: a :class:`~tie_tracing.core.results.TIEResult`, or the
+            :class:`~tie_tracing.core.sampler.DiffusionResult` of a plain :func:`tt.diffuse` run.
         fact: for a TIEResult a fact index or id; for a DiffusionResult the row index.
         trajectory: ``"clean"`` or (TIEResult only) the index of a corrupted noise draw.
         tokenizer: decodes token ids (a Hugging Face tokenizer, or a model wrapper whose
@@ -889,9 +889,9 @@ def plot_trajectory(
     a dashed column (a layout shape named "object commit"). The title gives the fact's
     question and answer. Read the table behind it with :func:`trajectory_table`.
 
-    Works on a :class:`~tie_tracing.results.TIEResult` (the clean trajectory of a traced
+    Works on a :class:`~tie_tracing.core.results.TIEResult` (the clean trajectory of a traced
     fact, or one of its corrupted noise draws) and on the
-    :class:`~tie_tracing.sampler.DiffusionResult` of a plain :func:`tt.diffuse` run (``fact``
+    :class:`~tie_tracing.core.sampler.DiffusionResult` of a plain :func:`tt.diffuse` run (``fact``
     is then the row; its question is decoded from the prompt when a tokenizer is given), so
     one can see when the object was decided without tracing.
 

@@ -76,7 +76,7 @@ def attribution_rows(
     """Attribution estimates of the immediate effect for a batch of corrupted rows.
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel`.
+        model: A :class:`~tie_tracing.core.model.TracedModel`.
         x: ``[rows, seq]`` each row's state before its step.
         noise: ``[rows, |S|, d]`` each row's noise draw (added, or written if ``replace``).
         subject: ``[|S|]`` subject positions.

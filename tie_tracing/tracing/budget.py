@@ -1,6 +1,6 @@
 """Memory budgets: how many rows one forward of a sweep may carry.
 
-The sweeps (:func:`~tie_tracing.tie.trace_tie`) batch independent rows (patch runs, divergent
+The sweeps (:func:`~tie_tracing.tracing.tie.trace_tie`) batch independent rows (patch runs, divergent
 futures, attribution passes) into forwards. Instead of a fixed row count, the batch size is
 chosen from a memory budget: ``max_memory`` in bytes (an int) or a string such as ``"2GB"``,
 ``"512MiB"``; by default the free memory of the model's device (``torch.cuda.mem_get_info``
@@ -96,7 +96,7 @@ def row_bytes(model, seq_len: int, answer_len: int, *, grad: bool = False) -> in
     """Estimated peak bytes of one row of a forward over ``seq_len`` tokens (see the module doc).
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel`.
+        model: A :class:`~tie_tracing.core.model.TracedModel`.
         seq_len: Tokens per row.
         answer_len: Answer positions whose float32 log-softmax the sweep computes.
         grad: Count the activations a backward pass keeps (attribution patching).

@@ -34,14 +34,14 @@ def trace_sharded(model, facts: Sequence[Fact], *, out, progress: bool = False, 
     """Trace ``facts`` across the ranks of a ``torchrun`` launch; rank 0 returns the merge.
 
     Args:
-        model: This rank's :class:`~tie_tracing.model.TracedModel` (on its own device).
+        model: This rank's :class:`~tie_tracing.core.model.TracedModel` (on its own device).
         facts: All facts, in the same order on every rank.
         out: The shared output directory (resumable; see ``trace_tie(out=...)``).
         progress: Progress bar over this rank's facts.
-        **kwargs: Settings of :func:`~tie_tracing.tie.trace_tie` (the same on every rank).
+        **kwargs: Settings of :func:`~tie_tracing.tracing.tie.trace_tie` (the same on every rank).
 
     Returns:
-        On rank 0 the merged :class:`~tie_tracing.results.TIEResult` of all facts, with
+        On rank 0 the merged :class:`~tie_tracing.core.results.TIEResult` of all facts, with
         ``config["world_size"]``; ``None`` on the other ranks.
 
     The process group is initialised here when it is not already (``nccl`` for a CUDA model,

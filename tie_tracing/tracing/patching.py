@@ -1,6 +1,6 @@
 """Step-indexed patching: corruptions, captures and patches as nnsight interventions.
 
-This is the public, general-purpose layer under :func:`~tie_tracing.tie.trace_tie`. A user
+This is the public, general-purpose layer under :func:`~tie_tracing.tracing.tie.trace_tie`. A user
 names sites (``resid``/``attn``/``mlp`` of a layer), denoising steps and token positions and
 gets back, from one traced run of the diffusion loop (``model.denoise``), the per-step
 log-probabilities of the answer, the committed tokens, and any captured activations:
@@ -51,7 +51,7 @@ class Query:
 
     Attributes:
         fact: The fact.
-        prompt_ids, answer_ids: Token ids (see :mod:`tie_tracing.prompting`).
+        prompt_ids, answer_ids: Token ids (see :mod:`tie_tracing.core.prompting`).
         subject_positions: Token positions ``S`` of the subject in the prompt: every mention
             by default (not necessarily contiguous), or the first (``mentions="first"``).
         object_offsets: Offsets within the answer span of the object's tokens (the whole
@@ -105,11 +105,11 @@ def encode_query(model, fact: Fact, *, mentions: str = "all") -> Query:
     """Encode ``fact`` for ``model`` and locate its subject.
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel`.
+        model: A :class:`~tie_tracing.core.model.TracedModel`.
         fact: The fact.
         mentions: ``"all"`` (default): the subject positions cover every mention of the
             subject in the prompt; ``"first"``: only its first mention (ROME's rule). See
-            :func:`~tie_tracing.facts.locate_subject`.
+            :func:`~tie_tracing.core.facts.locate_subject`.
 
     Raises:
         SubjectNotFoundError: the subject is not in the prompt as whole words, or is
@@ -193,7 +193,7 @@ class SweepSettings:
         layers: Layers (default: all).
         noise_scale, nu, replace, n_noise, seed: The corruption (see :class:`Corruption`).
         mentions: Which mentions of the subject are corrupted (and patched): ``"all"``
-            (default) or ``"first"`` (see :func:`~tie_tracing.facts.locate_subject`).
+            (default) or ``"first"`` (see :func:`~tie_tracing.core.facts.locate_subject`).
     """
 
     modules: tuple[str, ...] = MODULES
@@ -444,8 +444,8 @@ def run_patched(
     """One traced diffusion run with corruption, patches and captures at chosen steps.
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel` (MDLM).
-        query: A :class:`Query` or a :class:`~tie_tracing.facts.Fact` (encoded here).
+        model: A :class:`~tie_tracing.core.model.TracedModel` (MDLM).
+        query: A :class:`Query` or a :class:`~tie_tracing.core.facts.Fact` (encoded here).
         steps: ``T``.
         rows: Batch rows (identical queries; rows differ by their noise or patches).
         corruption: Noise on the subject embeddings at every step (its draw ``i`` goes to
@@ -463,7 +463,7 @@ def run_patched(
             ``LLaDASampler(temperature=...)``.
         seeds: Per-row seeds of the sampler's noise (default ``0, 1, …``); rows with the same
             seed draw the same noise at each step.
-        sampler: A :mod:`~tie_tracing.samplers` config (default ``LLaDASampler()``); each row
+        sampler: A :mod:`~tie_tracing.core.samplers` config (default ``LLaDASampler()``); each row
             is its own trajectory (no batch coupling). Under CFG the unconditional copies
             ride in the same forwards, and noise, patches and captures concern the
             conditional rows only. Recorded in ``.config["sampler"]``.

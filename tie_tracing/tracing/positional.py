@@ -5,8 +5,8 @@ single forward of the same query, as nnsight interventions on ``model.logits``:
 
 1. **clean** — no noise; every site's output at every position is captured;
 2. **corrupted** — the subject embeddings get the fact's noise draws ``ε`` (the same
-   :class:`~tie_tracing.patching.Corruption` and common random numbers as TIE: a fact sees the
-   same ``ε`` here as in :func:`~tie_tracing.tie.trace_tie` with the same seed and ``ν``);
+   :class:`~tie_tracing.tracing.patching.Corruption` and common random numbers as TIE: a fact sees the
+   same ``ε`` here as in :func:`~tie_tracing.tracing.tie.trace_tie` with the same seed and ``ν``);
 3. **restorations** — the corrupted forward, except that the output of site ``m`` in layer
    ``l`` at one token position is overwritten with its clean value. For ``attn``/``mlp`` and
    ``window = w > 1`` the site is restored in layers ``l − w//2 … l + w − w//2 − 1`` (clipped to
@@ -19,14 +19,14 @@ forwards instead of one per cell.
 
 **What is measured.** The probability (and log-probability) of the **object's first token**
 where the model predicts it (SPEC §6). The object is ``Fact.object`` (a substring of the
-answer, located by :func:`~tie_tracing.facts.locate_object`); a fact without an object
+answer, located by :func:`~tie_tracing.core.facts.locate_object`); a fact without an object
 (``object=None``) has the whole answer as its object, so its first token is the answer's.
 
 * Causal (AR) models read the question followed by the answer's tokens *before* the object,
   teacher-forced (``"Where was Ada Vell born?" + " Ada Vell was born in"`` for the object
   ``"Gdansk"``); the prediction position is the last token of that query and the scored
   token the object's first (index ``len(prompt) + k`` of the aligned logits of
-  :meth:`~tie_tracing.model.TracedModel.logits`, ``k`` the object's offset in the answer).
+  :meth:`~tie_tracing.core.model.TracedModel.logits`, ``k`` the object's offset in the answer).
   For a fact without an object the query is the question alone and the answer's first
   token is scored at the last prompt position (ROME's protocol). The forward is fed the
   whole teacher-forced answer: the causal mask keeps the tokens after the prediction
@@ -49,7 +49,7 @@ trace, the masked slots of an MDLM trace) and the object's first token sits at
 ``prediction_position + shifted``.
 
 **Which subject mentions are corrupted.** The question's: the subject positions are found
-in the prompt (:func:`~tie_tracing.facts.locate_subject`, whole-word matching), every
+in the prompt (:func:`~tie_tracing.core.facts.locate_subject`, whole-word matching), every
 mention by default (``mentions="all"``; a question that names the subject twice is corrupted
 at both places, as TIE does) or the first only (``mentions="first"``, ROME's rule). The answer prefix of an AR query often names the subject
 again (``" Ada Vell was born in"``); that mention stays clean and is traced like any other
@@ -57,7 +57,7 @@ answer-prefix token.
 
 **Noise draws.** With ``n_noise > 1`` the probabilities are averaged over draws (ROME) and
 ``lp`` is the log of that average, so ``prob == exp(lp)`` always and the indirect effects of
-:meth:`~tie_tracing.results.PositionalResult.effect` (``p_restored − p_corrupt`` and
+:meth:`~tie_tracing.core.results.PositionalResult.effect` (``p_restored − p_corrupt`` and
 ``log p_restored − log p_corrupt``) compare like with like. ``lp_corrupt`` is likewise
 ``log mean_n p_corrupt,n``.
 
@@ -67,7 +67,7 @@ whose first token the tokenizer merged with the preceding text (``"(Gdansk"``) i
 that merged token, and the answer prefix then ends before it; a fact the clean model does
 not predict (top-1 at the prediction position is not the object's first token) is traced,
 warned about and listed in ``result.config["unknown_facts"]``. ``config["prompt_length"]`` is
-keyed by fact id, so :meth:`~tie_tracing.results.PositionalResult.concat` accepts parts of
+keyed by fact id, so :meth:`~tie_tracing.core.results.PositionalResult.concat` accepts parts of
 one trace and of separate traces alike (the per-fact entries are joined).
 :func:`reference_positional` is the deliberately slow one-forward-per-cell reference (plain
 PyTorch hooks, its own query layout) that the tests hold the batched sweep to.
@@ -119,7 +119,7 @@ class PositionalConfig(SweepSettings):
     Attributes:
         modules, layers, noise_scale, nu, replace, n_noise, seed, mentions: Sites, corruption
             and the subject mentions corrupted (see
-            :class:`~tie_tracing.patching.SweepSettings`). Window layers may lie outside
+            :class:`~tie_tracing.tracing.patching.SweepSettings`). Window layers may lie outside
             ``layers``.
         window: Layers restored together for ``attn``/``mlp`` (1, or ROME's 10).
         batch_size: Restoration rows per forward.
@@ -158,7 +158,7 @@ class PositionalQuery:
     """A fact encoded for positional tracing on one model (see the module docstring).
 
     Attributes:
-        query: The :class:`~tie_tracing.patching.Query` (prompt, answer, subject positions,
+        query: The :class:`~tie_tracing.tracing.patching.Query` (prompt, answer, subject positions,
             object offsets).
         input_ids: The forward's input: ``prompt + answer`` (causal, teacher-forced; only the
             positions up to the prediction position are the traced query) or
@@ -228,7 +228,7 @@ def _sites(model, modules: Sequence[str]) -> list[tuple[int, str]]:
     """Every ``(layer, module)`` of every layer, in execution order (``attn, mlp, resid``).
 
     All layers, not only the traced ones: a window restores layers outside ``layers``.
-    :func:`~tie_tracing.patching.all_sites` returns them sorted by ``(layer,
+    :func:`~tie_tracing.tracing.patching.all_sites` returns them sorted by ``(layer,
     EXECUTION_ORDER)``, the order nnsight must be asked in within one forward.
     """
     return all_sites(model, modules)
@@ -399,7 +399,7 @@ def trace_positional(
     subject again. The module docstring has the details.
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel`.
+        model: A :class:`~tie_tracing.core.model.TracedModel`.
         facts: Facts whose subject occurs in the question (``Fact.object``, when given,
             chooses the scored token and, for AR models, the answer prefix).
         modules: Sites to restore (subset of ``resid``, ``attn``, ``mlp``; one name such as
@@ -415,11 +415,11 @@ def trace_positional(
         mentions: ``"all"`` (default): every mention of the subject in the question is
             corrupted; ``"first"``: only the first (ROME's rule).
         batch_size: Restoration rows per forward (bounds memory; the same default as
-            :func:`~tie_tracing.tie.trace_tie`'s rows per forward).
+            :func:`~tie_tracing.tracing.tie.trace_tie`'s rows per forward).
         progress: Show a progress bar over facts.
 
     Returns:
-        A :class:`~tie_tracing.results.PositionalResult`: ``prob``/``lp`` ``[fact, layer,
+        A :class:`~tie_tracing.core.results.PositionalResult`: ``prob``/``lp`` ``[fact, layer,
         position, module]`` (positions NaN-padded to the longest fact), ``lp_clean``,
         ``lp_corrupt``, token labels of the traced positions, subject positions (in the
         question), prediction positions, config. ``config["prompt_length"]`` maps each fact
@@ -506,7 +506,7 @@ def reference_positional(
 ) -> dict:
     """A deliberately slow positional trace: plain PyTorch hooks, one batch-1 forward per cell.
 
-    Builds its own query from the fact's encoding (:func:`~tie_tracing.patching.encode_query`:
+    Builds its own query from the fact's encoding (:func:`~tie_tracing.tracing.patching.encode_query`:
     prompt and answer ids, subject positions in the question, object offsets) and shares with
     :func:`trace_positional` only that encoding, the model's forward and the noise draws. It
     follows SPEC §6 literally: a causal model is fed the question and the answer's tokens up to

@@ -3,10 +3,10 @@
 One full corrupted trajectory per coordinate ``(draw, layer, step, module)``, batch size 1,
 exactly as SPEC §5 defines the patch run: the corrupted run except that at step ``k`` the
 site's output at the subject positions is replaced by the clean run's. It costs
-``L · M · T²`` forwards per fact and draw, which is why :func:`~tie_tracing.tie.trace_tie`
+``L · M · T²`` forwards per fact and draw, which is why :func:`~tie_tracing.tracing.tie.trace_tie`
 exists; the tests check the engine against it and ``benchmarks/tie_sweep.py`` times it as the
 naive protocol. It shares with the engine only the model's forward, the sampler's commit rule
-(any :mod:`~tie_tracing.samplers` config) and the noise draws (common random numbers make the two comparable draw for draw).
+(any :mod:`~tie_tracing.core.samplers` config) and the noise draws (common random numbers make the two comparable draw for draw).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _trajectory(
 ):
     """One batch-1 trajectory; returns ``LP(k)`` per step. ``patch = (module, step, value)``.
 
-    ``sampler`` is a resolved :mod:`~tie_tracing.samplers` config; its random choices draw
+    ``sampler`` is a resolved :mod:`~tie_tracing.core.samplers` config; its random choices draw
     from ``(seed, step)``. Under CFG the forward holds the trajectory (row 0, the only row
     the hooks touch) and its unconditional copy (row 1).
     ``lp="frozen"``: a target position committed at step ``c`` contributes, at every later
@@ -139,10 +139,10 @@ def reference_ie(
     """``IE`` ``[layer, step, module, later_step]`` (mean over draws), ``LP_clean``, ``LP_corrupt``.
 
     ``sampler`` (or the ``temperature`` / ``block_length`` shorthands) is the sampler of
-    :func:`~tie_tracing.tie.trace_tie`; ``"sampler"`` in the returned dict is its ``to_dict()``.
+    :func:`~tie_tracing.tracing.tie.trace_tie`; ``"sampler"`` in the returned dict is its ``to_dict()``.
 
     The subject positions (every mention, or the first with ``mentions="first"``; they need
-    not be contiguous) come from :func:`~tie_tracing.patching.encode_query`, as in the engine.
+    not be contiguous) come from :func:`~tie_tracing.tracing.patching.encode_query`, as in the engine.
     """
     rule = resolve_sampler(
         sampler, temperature=temperature, block_length=block_length, model=model

@@ -10,7 +10,7 @@ For each fact the engine runs, as nnsight interventions:
 2. the **patch forwards**: every patch ``(step k, draw, layer, module)`` starts from the
    corrupted state before ``k`` (a patch at ``k`` shares the corrupted trajectory up to
    ``k``), so all ``T·N·L·M`` of them run as rows of batched traced forwards (as many rows
-   each as the memory budget allows, :mod:`tie_tracing.budget`; rows of different steps in
+   each as the memory budget allows, :mod:`tie_tracing.tracing.budget`; rows of different steps in
    one forward, ``model.current_step`` per row);
 3. the **futures** of the patch runs whose commits at their step differ from the corrupted
    run's, step by step, batched — to the end, or at most ``horizon`` steps after the patch.
@@ -26,9 +26,9 @@ only frozen terms, so its IE is 0 at every later step exactly; such rows are not
 
 Cheaper modes: ``mode="immediate"`` stops after step 2 and reports ``IE`` at the patched step
 (exact); ``mode="attribution"`` replaces step 2 by one forward and one backward per step and
-draw (:mod:`tie_tracing.attribution`), a first-order estimate of the same quantity. A
+draw (:mod:`tie_tracing.tracing.attribution`), a first-order estimate of the same quantity. A
 ``horizon`` bounds the futures of step 3 (the weight Eq. 4 then leaves out is bounded, see
-:func:`horizon_weight`). Facts shard over processes with :mod:`tie_tracing.distributed`.
+:func:`horizon_weight`). Facts shard over processes with :mod:`tie_tracing.tracing.distributed`.
 
 Semantics are the paper's free-running ones: after the patched forward the run commits
 autonomously with the noise still on. With temperature > 0 every run of the fact (clean,
@@ -38,7 +38,7 @@ same state at the same step commit identically and memoisation stays exact.
 Cost per fact: ``T`` forwards of ``1 + N`` rows for the clean and corrupted runs, about
 ``T·N·L·M / batch_size`` patch forwards and one small forward per step that still has
 divergent runs — against ``N·L·M·T`` full trajectories (``N·L·M·T²`` forwards) for the naive
-protocol (``tie_tracing.reference``).
+protocol (``tie_tracing.tracing.reference``).
 
 Limits: facts are traced one at a time in a process (rows of a forward share one prompt);
 the clean captures of the exact and immediate modes hold every site's output at every step
@@ -116,7 +116,7 @@ class TraceConfig(SweepSettings):
     Attributes:
         modules, layers, noise_scale, nu, replace, n_noise, seed, mentions: Sites, corruption
             and the subject mentions corrupted (see
-            :class:`~tie_tracing.patching.SweepSettings`).
+            :class:`~tie_tracing.tracing.patching.SweepSettings`).
         steps: ``T`` denoising steps.
         decay: ``γ`` of Eq. 4, in ``(0, 1]``.
         temperature: Sampler temperature (0: argmax commits; > 0: Gumbel noise from
@@ -129,7 +129,7 @@ class TraceConfig(SweepSettings):
             see :func:`trace_tie`.
         horizon: Follow each divergent future at most this many steps after its patch
             (``None``: to the end, exact); ``mode="exact"`` only.
-        sampler: The sampler config (:mod:`tie_tracing.samplers`; default
+        sampler: The sampler config (:mod:`tie_tracing.core.samplers`; default
             ``LLaDASampler(temperature=temperature, block_length=block_length)``), recorded
             as ``to_dict()["sampler"]``; ``temperature`` and ``block_length`` are set from it.
     """
@@ -271,7 +271,7 @@ class _Sweep:
     ) -> tuple[float, torch.Tensor]:
         """``LP`` of one forward and the frozen terms after it (SPEC §4).
 
-        The rule of :func:`~tie_tracing.sampler.step_logprobs`, for one 1-D step: written out
+        The rule of :func:`~tie_tracing.core.sampler.step_logprobs`, for one 1-D step: written out
         because it runs once per patch row and later step, where the general function's
         reshaping costs more than the arithmetic. Every ``LP`` of a fact's sweep (clean,
         corrupted, patched, continued) goes through here, so equal inputs give bit-equal
@@ -313,7 +313,7 @@ def _trace_one(
     batch_size: int | None,
     budget: int,
 ) -> dict:
-    """All tensors of one fact's trace (see :class:`~tie_tracing.results.TIEResult`).
+    """All tensors of one fact's trace (see :class:`~tie_tracing.core.results.TIEResult`).
 
     ``batch_size`` rows per forward, or (``None``) as many as ``budget`` bytes allow.
     """
@@ -670,7 +670,7 @@ def trace_tie(
     """Diffusion-time causal tracing: TIE of every ``(layer, step, module)`` for each fact.
 
     Args:
-        model: A :class:`~tie_tracing.model.TracedModel` of an MDLM.
+        model: A :class:`~tie_tracing.core.model.TracedModel` of an MDLM.
         facts: Facts whose subject occurs in the question.
         steps: ``T`` denoising steps (default 8).
         modules: Sites to patch (subset of ``resid``, ``attn``, ``mlp``).
@@ -687,13 +687,13 @@ def trace_tie(
             ``LLaDASampler(temperature=...)``.
         block_length: Semi-autoregressive block size (LLaDA-Instruct style sampling); a
             shorthand of ``LLaDASampler(block_length=...)``.
-        sampler: A :mod:`~tie_tracing.samplers` config, registry name or dict: LLaDA's
+        sampler: A :mod:`~tie_tracing.core.samplers` config, registry name or dict: LLaDA's
             (``remasking``, blocks, CFG, EOS switches, fixed-``T`` threshold, explicit
             counts) or Dream's (``alg``, ``alg_temp``, ``top_p``/``top_k``). Every sampler
             is traced exactly: its random choices are keyed by ``(seed, step)``, so runs in
             one state at one step commit identically. Samplers that carry state between
             steps (KV caches, re-masking, a varying number of forwards) raise
-            :class:`~tie_tracing.errors.UnsupportedSamplerError`. Recorded in
+            :class:`~tie_tracing.core.errors.UnsupportedSamplerError`. Recorded in
             ``result.config["sampler"]``.
         lp: ``"frozen"`` (default): a committed answer position keeps the log-probability of
             the forward that committed it, so ``LP`` measures only what the trajectory still
@@ -720,7 +720,7 @@ def trace_tie(
               ``k' > k``.
             * ``"attribution"``: a first-order estimate of the immediate effect, one forward
               and one backward per step and draw for all cells at once
-              (:mod:`tie_tracing.attribution`: ``(h_clean − h_corrupt) · ∂LP_k/∂h`` at the
+              (:mod:`tie_tracing.tracing.attribution`: ``(h_clean − h_corrupt) · ∂LP_k/∂h`` at the
               corrupted forward). Same layout as ``"immediate"``; ``.diverged`` is NaN.
         horizon: Follow each divergent future at most ``h`` steps after its patch
             (``mode="exact"`` only). Non-divergent runs, and divergent ones that rejoin a
@@ -735,17 +735,17 @@ def trace_tie(
             mode, normalise with ``result.normalized(nan_policy="omit")``.)
         progress: Show a progress bar over facts.
         max_memory: Memory budget of one forward, bytes or a string such as ``"2GB"``;
-            rows per forward are chosen from it (:mod:`tie_tracing.budget`). Default: 90% of
+            rows per forward are chosen from it (:mod:`tie_tracing.tracing.budget`). Default: 90% of
             the free CUDA memory on a GPU, half the available RAM on CPU. It changes speed
             and memory, never results.
         batch_size: Rows per forward, overriding ``max_memory`` (results are the same).
         shard: ``(rank, world)``: trace only the facts ``i`` with ``i % world == rank`` into
             ``out`` (required) and return those; the fact-sharded sweep of
-            :mod:`tie_tracing.distributed` runs one shard per process and merges them by
+            :mod:`tie_tracing.tracing.distributed` runs one shard per process and merges them by
             resuming ``out``. ``ν`` is still resolved on all ``facts``.
 
     Returns:
-        A :class:`~tie_tracing.results.TIEResult`: ``.tie`` ``[fact, layer, step, module]``,
+        A :class:`~tie_tracing.core.results.TIEResult`: ``.tie`` ``[fact, layer, step, module]``,
         ``.ie`` ``[fact, layer, step, module, later_step]``, baselines, tokens, config.
 
     Warns:
