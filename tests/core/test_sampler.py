@@ -8,8 +8,9 @@ import torch
 from conftest import MDLM_FAMILIES, count_forwards, hooked
 
 import tie_tracing as tt
-from tie_tracing.core.commit import commit, transfer_schedule
+from tie_tracing.core.commit import transfer_schedule
 from tie_tracing.core.sampler import run_loop
+from tie_tracing.core.samplers import commit
 
 MASK = 3
 

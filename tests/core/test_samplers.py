@@ -9,9 +9,9 @@ package: their own schedule, their own top-p/top-k filters, their own Gumbel ari
 references draw from a global RNG they draw here the same keyed numbers the package draws
 (``step_noise_generator(seed, step, stream)`` over the answer span; categorical sampling
 and Dream's multinomial position sampling by the Gumbel trick on those numbers). They follow
-one documented deviation of the package: the mask token is never committed (the runner-up is),
-and, where ``torch.topk`` leaves the order of equal confidences unspecified (the EOS switches
-give confidence 0 to every EOS/EoT choice), positions are taken in order.
+one documented deviation of the package: the mask token is never committed (the runner-up is).
+Equal confidences (the EOS switches give confidence 0 to every EOS/EoT choice) are ranked by
+``torch.topk`` over the whole row, as the references rank them.
 """
 
 from __future__ import annotations
@@ -147,9 +147,8 @@ def reference_llada(
             x0_p[:, prompt_len + (b + 1) * block_length :] = -math.inf
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, torch.full_like(x0_p, -math.inf))
-            for r in range(batch):  # top-k; equal confidences (EOS switches) go by position
-                order = torch.sort(confidence[r], descending=True, stable=True).indices
-                pick = order[: int(counts[r, i])]
+            for r in range(batch):  # generate.py's 1-D top-k over the whole row, ties included
+                pick = torch.topk(confidence[r], int(counts[r, i])).indices
                 x[r, pick] = x0[r, pick]
             states.append(x.clone())
     return torch.stack(states, 1)
@@ -616,8 +615,7 @@ def test_sampler_dicts_round_trip(sampler):
 def test_ranked_commit_equals_the_classic_commit():
     """The general per-row commit, fed low-confidence scores, commits what the historical
     commit() does (random logits, blocks, several rows)."""
-    from tie_tracing.core.commit import commit
-    from tie_tracing.core.samplers import commit_ranked
+    from tie_tracing.core.samplers import commit, commit_ranked
 
     gen = torch.Generator().manual_seed(0)
     x = torch.tensor([[1, 5, 3, 3, 3, 3, 3], [1, 6, 3, 7, 3, 3, 3]])
@@ -625,8 +623,8 @@ def test_ranked_commit_equals_the_classic_commit():
     logits[0, 2, 3] = 50.0  # the mask token wins here: both take the runner-up
     for block, n in (((0, 5), 2), ((1, 4), 1), ((0, 5), 3)):
         classic = commit(x, logits, answer_start=2, block=block, n_commit=n, mask_id=3)
-        logprobs = torch.log_softmax(logits, -1)
-        choice = no_mask_argmax(logprobs, 3)
+        probs = torch.softmax(logits, -1)
+        choice = no_mask_argmax(probs, 3)
         eligible = x[:, 2:] == 3
         eligible[:, : block[0]] = False
         eligible[:, block[1] :] = False
@@ -634,7 +632,7 @@ def test_ranked_commit_equals_the_classic_commit():
             x,
             answer_start=2,
             choice=choice,
-            confidence=logprobs.gather(-1, choice[..., None])[..., 0].exp(),
+            confidence=probs.gather(-1, choice[..., None])[..., 0],
             eligible=eligible,
             counts=torch.tensor([n, n]),
         )

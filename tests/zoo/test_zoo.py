@@ -267,7 +267,7 @@ def test_plain_greedy_sampler_never_commits_the_mask_token():
     tt.diffuse's commit does; it matches commit step by step on a model favouring the mask."""
     from types import SimpleNamespace
 
-    from tie_tracing.core.commit import commit
+    from tie_tracing.core.samplers import commit
     from tie_tracing.zoo.evaluate import greedy_diffuse, step_counts
 
     vocab, mask_id = 11, 10

@@ -3,9 +3,8 @@
 * :func:`transfer_schedule` — how many positions each step of a block commits (LLaDA's even
   split, the remainder to the first steps);
 * :func:`step_noise_generator` — the generator behind every random choice, keyed by
-  ``(row seed, step, stream)`` (see :mod:`tie_tracing.core.samplers`);
-* :func:`commit` — one low-confidence-remasking update (argmax, or Gumbel-max with
-  temperature > 0), the historical sampler's step (``LLaDASampler()``).
+  ``(row seed, step, stream)`` (see :mod:`tie_tracing.core.samplers`, which also holds
+  :func:`~tie_tracing.core.samplers.commit`, one low-confidence-remasking update).
 
 The rules themselves are described in :mod:`tie_tracing.core.sampler` (SPEC §4).
 """
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
 
 import torch
 
@@ -67,78 +65,3 @@ def step_noise_generator(seed: int, step: int, stream: int = 0) -> torch.Generat
         return torch.Generator().manual_seed((int(seed) * 1_000_003 + step) % (2**63))
     key = zlib.crc32(f"{int(seed)}:{int(step)}:{int(stream)}".encode())
     return torch.Generator().manual_seed(key)
-
-
-def commit(
-    x: torch.Tensor,
-    logits: torch.Tensor,
-    *,
-    answer_start: int,
-    block: tuple[int, int],
-    n_commit: int,
-    mask_id: int,
-    temperature: float = 0.0,
-    seeds: Sequence[int] | None = None,
-    step: int = 0,
-    logprobs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One low-confidence-remasking update; returns the new state (``x`` is not modified).
-
-    Args:
-        x: ``[batch, seq]`` current tokens.
-        logits: ``[batch, answer_len, vocab]`` aligned logits of the answer span.
-        block: ``(lo, hi)`` offsets of the current block within the answer span.
-        n_commit: How many masked positions of the block each row commits.
-        logprobs: ``log_softmax(logits)`` when the caller already has it (saves a pass).
-
-    The mask token is excluded from the choice, so a commit always writes a real token.
-    """
-    x = x.clone()
-    if n_commit == 0:
-        return x
-    logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1) if logprobs is None else logprobs
-    # Never commit the mask token itself: that would be a silent re-mask (and break the
-    # schedule's counts). Confidences still come from the full softmax.
-    if temperature > 0:
-        if seeds is None:
-            raise ValueError("temperature > 0 needs per-row seeds")
-        gumbel = torch.stack(
-            [
-                -torch.log(
-                    -torch.log(
-                        torch.rand(
-                            logits.shape[1:], generator=step_noise_generator(s, step)
-                        ).clamp_min(1e-20)
-                    )
-                )
-                for s in seeds
-            ]
-        ).to(logits.device)
-        scores = logits / temperature + gumbel
-        scores[..., mask_id] = -math.inf
-        choice = scores.argmax(-1)
-    else:
-        choice = logprobs.argmax(-1)
-        wrong = choice == mask_id
-        if bool(wrong.any()):  # rare: take the runner-up where the mask token won
-            alternatives = logprobs[wrong].clone()
-            alternatives[..., mask_id] = -math.inf
-            choice[wrong] = alternatives.argmax(-1)
-    confidence = logprobs.gather(-1, choice[..., None])[..., 0].exp()
-    answer = x[:, answer_start:]
-    eligible = answer == mask_id
-    in_block = torch.zeros_like(eligible)
-    in_block[:, block[0] : block[1]] = True
-    eligible &= in_block
-    confidence = torch.where(eligible, confidence, torch.full_like(confidence, -math.inf))
-    available = int(eligible.sum(-1).min())
-    k = min(n_commit, available)
-    if k == 0:
-        return x
-    top = confidence.topk(k, dim=-1).indices
-    rows = torch.arange(x.shape[0], device=x.device)[:, None]
-    answer = answer.clone()
-    answer[rows, top] = choice[rows, top]
-    x[:, answer_start:] = answer
-    return x

@@ -42,10 +42,28 @@ reproduces the coupling with ``DreamSampler(coupled=True)`` in :func:`~tie_traci
 so the two agree there; a TIE trace follows one trajectory per row, where coupling is the
 identity, and runs per row).
 
-**The mask token.** Both references take an argmax over the whole vocabulary, so they can
-"commit" the mask token itself (a silent re-mask). The package never does: where the mask
-token wins, it commits the runner-up (sampled choices exclude it); confidences still come from
-the full distribution.
+**Ties: upstream's rule.** Which positions a step commits is decided by ``torch.topk`` called
+exactly as the upstream sampler calls it — on the whole row's confidences (prompt, committed
+and out-of-block positions at ``-inf``), with the step's count as ``k``; LLaDA row by row,
+Dream on the batch (:func:`commit_ranked`). ``torch.topk`` orders equal values by its own
+algorithm (the order depends on the row's length and ``k``, not simply on position), and
+exact ties are common (saturated confidences; bfloat16), so commit maps agree with upstream's
+only when the call is the same. Token choices take the first maximum (``torch.argmax``).
+
+**Precision** (``precision=``): ``"float32"`` (the default) upcasts the logits before the
+softmax, the choice and the ranking, which resolves most near-ties the way the model's real
+numbers order them; ``"model"`` computes all of it in the logits' own dtype, as the upstream
+samplers do, so a bfloat16 run follows upstream's bfloat16 trajectory token for token
+(bfloat16 confidences tie often, and upstream's ``torch.topk`` decides). For a float32 model
+the two agree (at temperature > 0 ``"model"`` uses LLaDA's float64 Gumbel form).
+
+**The mask token** (``commit_mask=``). Both references take an argmax over the whole
+vocabulary, so they can "commit" the mask token itself (a silent re-mask: the position stays
+masked, the schedule's counts no longer add up, the answer may end with masks).
+``commit_mask=True`` does the same. The default, ``False``, commits the runner-up where the
+mask token wins (sampled choices exclude it), so every committed position holds a real token
+and every commit map is complete — what TIE's step axis and the frozen ``LP`` rely on;
+confidences still come from the full distribution.
 
 **Log-probabilities.** ``LP`` (SPEC §4) reads the distribution the sampler samples from: the
 guided logits under CFG, the backbone's logits otherwise; the EOS switches and Dream's
@@ -69,7 +87,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .commit import commit, step_noise_generator, transfer_schedule
+from .commit import step_noise_generator, transfer_schedule
 from .errors import UnsupportedSamplerError
 
 #: Backbone families whose own sampler is LLaDA's / Dream's.
@@ -81,12 +99,20 @@ GENERIC_MODELS: frozenset[str] = frozenset({"tiny-mdlm"})
 REMASKINGS: tuple[str, ...] = ("low_confidence", "random")
 DREAM_ALGS: tuple[str, ...] = ("origin", "maskgit_plus", "topk_margin", "entropy")
 CACHES: tuple[str, ...] = ("none", "prefix", "dual")
+#: Where a sampler computes token choices and ranks confidences: in float32 (upcast logits,
+#: the default) or in the logits' own dtype, as the upstream samplers do.
+PRECISIONS: tuple[str, ...] = ("float32", "model")
 
 
-def _noise(seeds: Sequence[int], step: int, stream: int, shape, device) -> torch.Tensor:
+def _noise(
+    seeds: Sequence[int], step: int, stream: int, shape, device, dtype=torch.float32
+) -> torch.Tensor:
     """``[rows, *shape]`` uniforms keyed by ``(seed, step, stream)`` (see the module docstring)."""
     return torch.stack(
-        [torch.rand(shape, generator=step_noise_generator(s, step, stream)) for s in seeds]
+        [
+            torch.rand(shape, generator=step_noise_generator(s, step, stream), dtype=dtype)
+            for s in seeds
+        ]
     ).to(device)
 
 
@@ -94,32 +120,23 @@ def _gumbel(u: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u.clamp_min(1e-20)))
 
 
-def _choose(
-    logits: torch.Tensor,
-    logprobs: torch.Tensor,
-    *,
-    temperature: float,
-    seeds: Sequence[int],
-    step: int,
-    mask_id: int,
-) -> torch.Tensor:
-    """Token choice per answer position, never the mask token (see the module docstring).
-
-    Temperature 0: the argmax of ``logprobs`` (runner-up where the mask token wins);
-    temperature > 0: Gumbel-max on ``logits / temperature`` with stream-0 noise.
-    """
-    if temperature > 0:
-        gumbel = _gumbel(_noise(seeds, step, 0, logits.shape[1:], logits.device))
-        scores = logits / temperature + gumbel
-        scores[..., mask_id] = -math.inf
-        return scores.argmax(-1)
-    choice = logprobs.argmax(-1)
+def _argmax(scores: torch.Tensor, mask_id: int, commit_mask: bool) -> torch.Tensor:
+    """``scores.argmax(-1)`` (the first maximum, as ``torch.argmax`` and ``torch.max`` take it);
+    where the mask token wins and ``commit_mask`` is off, the runner-up."""
+    choice = scores.argmax(-1)
+    if commit_mask:
+        return choice
     wrong = choice == mask_id
     if bool(wrong.any()):
-        alternatives = logprobs[wrong].clone()
+        alternatives = scores[wrong].clone()
         alternatives[..., mask_id] = -math.inf
         choice[wrong] = alternatives.argmax(-1)
     return choice
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
 
 
 def commit_ranked(
@@ -130,6 +147,7 @@ def commit_ranked(
     confidence: torch.Tensor,
     eligible: torch.Tensor,
     counts: torch.Tensor,
+    layout: str = "row",
 ) -> torch.Tensor:
     """Commit, in each row ``r``, the ``counts[r]`` eligible positions of highest confidence.
 
@@ -137,15 +155,38 @@ def commit_ranked(
         x: ``[batch, seq]`` tokens (not modified).
         choice, confidence, eligible: ``[batch, answer_len]``.
         counts: ``[batch]`` long; clipped to the row's eligible count.
+        layout: How ``torch.topk`` is called, as upstream calls it: ``"row"`` (LLaDA's
+            ``generate.py``): each row alone, a 1-D call over its ``seq`` confidences;
+            ``"batch"`` (Dream's ``_sample`` on a batch): one call over ``[batch, seq]`` (rows
+            of unequal counts: each as ``[1, seq]``); ``"single"`` (Dream's ``_sample`` on one
+            row): each row as ``[1, seq]``.
 
-    Ties are broken by position (a stable sort).
+    **Ties** are broken as the upstream samplers break them: ``torch.topk`` over the *whole*
+    row (prompt and non-eligible positions at ``-inf``), in ``confidence``'s dtype, with the
+    row's count as ``k``. Which of equal confidences ``torch.topk`` returns first depends on
+    the row's length and on ``k`` (not simply on position), so the row is laid out exactly as
+    upstream lays it out; a trajectory then commits what upstream commits on the same values.
     """
-    conf = torch.where(eligible, confidence.float(), torch.full_like(confidence.float(), -math.inf))
-    order = torch.sort(conf, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    k = torch.minimum(counts.to(x.device), eligible.sum(-1))
-    take = (rank < k[:, None]) & eligible
+    batch, seq = x.shape
+    rows_conf = torch.full(
+        (batch, seq), -math.inf, dtype=confidence.dtype, device=confidence.device
+    )
+    rows_conf[:, answer_start:] = torch.where(
+        eligible, confidence, torch.full_like(confidence, -math.inf)
+    )
+    k = torch.minimum(counts.to(eligible.device), eligible.sum(-1)).tolist()
+    take = torch.zeros((batch, seq), dtype=torch.bool, device=confidence.device)
+    if layout not in ("row", "batch", "single"):
+        raise ValueError(f"unknown layout {layout!r}")
+    if layout == "batch" and len(set(k)) == 1:
+        if k[0] > 0:
+            take.scatter_(-1, torch.topk(rows_conf, int(k[0]), dim=-1).indices, True)
+    else:
+        for r, n in enumerate(k):
+            if n > 0:
+                row = rows_conf[r] if layout == "row" else rows_conf[r : r + 1]
+                take[r, torch.topk(row, int(n), dim=-1).indices.flatten()] = True
+    take = take[:, answer_start:].to(x.device) & eligible.to(x.device)
     out = x.clone()
     answer = out[:, answer_start:]
     out[:, answer_start:] = torch.where(take, choice.to(answer.dtype), answer)
@@ -301,6 +342,19 @@ class LLaDASampler(Sampler):
         transfer_counts: Explicit commits per step (``len == T``; the counts of each block sum
             to its size), e.g. the per-step counts a threshold run recorded
             (:meth:`~tie_tracing.core.sampler.DiffusionResult.transfer_counts`).
+        precision: ``"float32"`` (default): choices and confidences from float32-upcast logits;
+            ``"model"``: in the logits' own dtype, as ``generate.py`` computes them (softmax and
+            ``torch.topk`` in bfloat16 for a bfloat16 model, float64 Gumbel noise), so a
+            bfloat16 run follows upstream's trajectory, ties included. Identical for a float32
+            model except for the form of the Gumbel noise at temperature > 0.
+        commit_mask: ``False`` (default): where the mask token wins the choice, commit the
+            runner-up; ``True``: commit the mask token as ``generate.py`` does (the position
+            stays masked, so the schedule's counts no longer add up to the answer and the
+            answer may end with masks left).
+
+    **Ties.** The ``n_k`` positions are chosen by ``torch.topk`` over the whole row's
+    confidences (prompt, committed and later-block positions at ``-inf``), row by row, as in
+    ``generate.py``; see :func:`commit_ranked`.
 
     Example:
         >>> LLaDASampler(block_length=32, cfg_scale=0.5).to_dict()["cfg_scale"]
@@ -320,8 +374,11 @@ class LLaDASampler(Sampler):
     eot_token_id: int | None = None
     threshold: float | None = None
     transfer_counts: tuple[int, ...] | None = None
+    precision: str = "float32"
+    commit_mask: bool = False
 
     def __post_init__(self) -> None:
+        _check_precision(self.precision)
         if self.remasking not in REMASKINGS:
             raise ValueError(f"unknown remasking {self.remasking!r}; choose one of {REMASKINGS}")
         if self.block_length is not None and (
@@ -349,15 +406,6 @@ class LLaDASampler(Sampler):
             if self.threshold is not None:
                 raise ValueError("give either threshold or transfer_counts, not both")
             object.__setattr__(self, "transfer_counts", counts)
-
-    def _is_classic(self) -> bool:
-        """The historical sampler's update (low confidence, no switches, no threshold)."""
-        return (
-            self.remasking == "low_confidence"
-            and not self.logits_eos_inf
-            and not self.confidence_eos_eot_inf
-            and self.threshold is None
-        )
 
     def schedule(self, answer_length: int, steps: int) -> list[tuple[int, int, int]]:
         """Per step ``(block_start, block_end, n_commit)``, offsets within the answer span."""
@@ -420,6 +468,30 @@ class LLaDASampler(Sampler):
         cond, uncond = logits[:rows], logits[rows:]
         return uncond + (self.cfg_scale + 1) * (cond - uncond)
 
+    def choose(
+        self, logits: torch.Tensor, *, seeds: Sequence[int], step: int, mask_id: int
+    ) -> torch.Tensor:
+        """The token each answer position would take: ``generate.py``'s ``x0``.
+
+        Temperature 0: the argmax of the logits. Temperature ``T > 0``: Gumbel-max, with
+        stream-0 noise; ``precision="float32"`` takes ``argmax(l / T + g)`` in float32,
+        ``precision="model"`` computes ``generate.py``'s own float64 expression
+        ``exp(l) / (-log u)^T`` on float64 uniforms (the same argmax up to rounding).
+        Where the mask token wins, the runner-up unless ``commit_mask``.
+        """
+        if self.temperature <= 0:
+            scores = logits if self.precision == "model" else logits.float()
+            return _argmax(scores, mask_id, self.commit_mask)
+        if self.precision == "model":
+            u = _noise(seeds, step, 0, logits.shape[1:], logits.device, torch.float64)
+            scores = logits.double().exp() / (-torch.log(u)) ** self.temperature
+        else:
+            gumbel = _gumbel(_noise(seeds, step, 0, logits.shape[1:], logits.device))
+            scores = logits.float() / self.temperature + gumbel
+        if not self.commit_mask:
+            scores[..., mask_id] = -math.inf
+        return scores.argmax(-1)
+
     def update(
         self,
         x,
@@ -432,36 +504,20 @@ class LLaDASampler(Sampler):
         seeds,
         logprobs=None,
     ):
+        """``generate.py``'s step: the choice (:meth:`choose`), its confidence (the softmax
+        probability of the choice, or a stream-1 uniform under ``remasking="random"``), and
+        the ``n_k`` most confident masked positions before the block's end committed, ranked
+        as ``torch.topk`` ranks the whole row (:func:`commit_ranked`). ``precision="model"``
+        keeps the logits' dtype throughout, as upstream does."""
         answer_length = x.shape[1] - answer_start
-        lo, hi, n = self.schedule(answer_length, steps)[step]
-        if self._is_classic():
-            return commit(
-                x,
-                logits,
-                answer_start=answer_start,
-                block=(lo, hi),
-                n_commit=n,
-                mask_id=mask_id,
-                temperature=self.temperature,
-                seeds=seeds,
-                step=step,
-                logprobs=logprobs,
-            )
-        logits = logits.float()
+        plan = self.schedule(answer_length, steps)
+        lo, hi, n = plan[step]
+        if self.precision != "model":
+            logits = logits.float()
         if self.logits_eos_inf:
             logits = logits.clone()
             logits[..., self.eos_token_id] = -math.inf
-            logprobs = None
-        if logprobs is None:
-            logprobs = torch.log_softmax(logits, dim=-1)
-        choice = _choose(
-            logits,
-            logprobs,
-            temperature=self.temperature,
-            seeds=seeds,
-            step=step,
-            mask_id=mask_id,
-        )
+        choice = self.choose(logits, seeds=seeds, step=step, mask_id=mask_id)
         if self.remasking == "random":
             confidence = _noise(seeds, step, 1, (answer_length,), x.device)
         else:
@@ -471,19 +527,16 @@ class LLaDASampler(Sampler):
                 for token in (self.eos_token_id, self.eot_token_id):
                     if token is not None:
                         scored[..., token] = -math.inf
-            probs = torch.softmax(scored, dim=-1)
-            confidence = probs.gather(-1, choice[..., None])[..., 0]
+            confidence = torch.softmax(scored, dim=-1).gather(-1, choice[..., None])[..., 0]
+        # upstream's eligible set: every masked position before the block's end (earlier
+        # blocks hold masks only where the mask token itself was committed)
         eligible = x[:, answer_start:] == mask_id
-        in_block = torch.zeros_like(eligible)
-        in_block[:, lo:hi] = True
-        eligible &= in_block
+        eligible[:, hi:] = False
         counts = torch.full((x.shape[0],), n, dtype=torch.long, device=x.device)
         if self.threshold is not None:
             sure = (eligible & (confidence >= self.threshold)).sum(-1)
             counts = torch.maximum(counts, sure)
-            last_of_block = step + 1 == steps or self.schedule(answer_length, steps)[step + 1][
-                :2
-            ] != (lo, hi)
+            last_of_block = step + 1 == steps or plan[step + 1][:2] != (lo, hi)
             if last_of_block:
                 counts = eligible.sum(-1)
         return commit_ranked(
@@ -537,6 +590,15 @@ class DreamSampler(Sampler):
             shape, whose masked counts stay equal under the count-based algorithms, so
             ``coupled=True`` commits what the per-row default does; the reference's coupling
             bites on left-padded batches of different lengths, which the package never forms.
+        precision: ``"float32"`` (default) or ``"model"``: ``sample_tokens``' softmax, filters,
+            confidences and the ranking in the logits' own dtype, as ``_sample`` computes them
+            (see :class:`LLaDASampler`).
+        commit_mask: Commit the mask token where it wins, as ``_sample`` does (default: the
+            runner-up).
+
+    **Ties.** The positions are chosen by ``torch.topk`` over the whole rows' confidences
+    (non-masked positions at ``-inf``), all rows of a coupled batch in one call as in
+    ``_sample``, each row alone otherwise; see :func:`commit_ranked`.
 
     Example:
         >>> DreamSampler(alg="entropy", top_p=0.95).to_dict()["alg"]
@@ -553,8 +615,11 @@ class DreamSampler(Sampler):
     top_k: int | None = None
     eps: float = 1e-3
     coupled: bool = False
+    precision: str = "float32"
+    commit_mask: bool = False
 
     def __post_init__(self) -> None:
+        _check_precision(self.precision)
         if self.alg not in DREAM_ALGS:
             raise ValueError(f"unknown Dream alg {self.alg!r}; choose one of {DREAM_ALGS}")
         if self.alg_temp is not None and not self.alg_temp >= 0:
@@ -590,8 +655,10 @@ class DreamSampler(Sampler):
         return out
 
     def distribution(self, logits: torch.Tensor) -> torch.Tensor:
-        """The filtered logits tokens are drawn from (temperature, then top-p, then top-k)."""
-        logits = logits.float()
+        """The filtered logits tokens are drawn from (temperature, then top-p, then top-k):
+        ``sample_tokens``' order, in float32 or (``precision="model"``) the logits' dtype."""
+        if self.precision != "model":
+            logits = logits.float()
         if self.temperature > 0:
             logits = logits / self.temperature
         if self.top_p is not None and self.top_p < 1:
@@ -612,19 +679,23 @@ class DreamSampler(Sampler):
         seeds,
         logprobs=None,
     ):
+        """``_sample``'s step: ``sample_tokens`` (choice and per-``alg`` confidence), the
+        transfer count, then ``torch.topk`` over the whole row's confidences (or, with
+        ``alg_temp``, sampling without replacement by Gumbel-top-k on stream-2 noise)."""
         answer_length = x.shape[1] - answer_start
         filtered = self.distribution(logits)
         probs = torch.softmax(filtered, dim=-1)
         if self.temperature > 0:
-            scores = torch.log_softmax(filtered, dim=-1) + _gumbel(
-                _noise(seeds, step, 0, filtered.shape[1:], x.device)
-            )
-            scores[..., mask_id] = -math.inf
+            gumbel = _gumbel(_noise(seeds, step, 0, filtered.shape[1:], x.device))
+            if self.precision == "model":  # Categorical(probs) by Gumbel-max on its probs
+                scores = torch.log(probs.float()) + gumbel
+            else:
+                scores = torch.log_softmax(filtered, dim=-1) + gumbel
+            if not self.commit_mask:
+                scores[..., mask_id] = -math.inf
             choice = scores.argmax(-1)
         else:
-            choice = _choose(
-                filtered, probs, temperature=0.0, seeds=seeds, step=step, mask_id=mask_id
-            )
+            choice = _argmax(probs, mask_id, self.commit_mask)
         masked = x[:, answer_start:] == mask_id
         grid = self.timesteps(steps, device=x.device)
         t, s = grid[step], grid[step + 1]
@@ -656,12 +727,19 @@ class DreamSampler(Sampler):
                 device=x.device,
             )
         if self.alg_temp:
-            weights = torch.where(
-                masked, confidence.float(), torch.full_like(confidence, -math.inf)
-            )
-            confidence = torch.log_softmax(weights / self.alg_temp, dim=-1) + _gumbel(
-                _noise(seeds, step, 2, (answer_length,), x.device)
-            )
+            noise = _gumbel(_noise(seeds, step, 2, (answer_length,), x.device))
+            if self.precision == "model":  # softmax over the whole row, as _sample has it
+                row = torch.full(x.shape, -math.inf, dtype=confidence.dtype, device=x.device)
+                row[:, answer_start:] = torch.where(
+                    masked, confidence, torch.full_like(confidence, -math.inf)
+                )
+                weights = torch.softmax(row / self.alg_temp, dim=-1)[:, answer_start:]
+                confidence = torch.log(weights.float()) + noise
+            else:
+                weights = torch.where(
+                    masked, confidence.float(), torch.full_like(confidence, -math.inf)
+                )
+                confidence = torch.log_softmax(weights / self.alg_temp, dim=-1) + noise
         return commit_ranked(
             x,
             answer_start=answer_start,
@@ -669,6 +747,7 @@ class DreamSampler(Sampler):
             confidence=confidence,
             eligible=masked,
             counts=counts,
+            layout="batch" if self.coupled else "single",
         )
 
 
@@ -881,3 +960,52 @@ def resolve_sampler(
             )
         chosen = chosen.bind(model)
     return chosen
+
+
+def commit(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    answer_start: int,
+    block: tuple[int, int],
+    n_commit: int,
+    mask_id: int,
+    temperature: float = 0.0,
+    seeds: Sequence[int] | None = None,
+    step: int = 0,
+    logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One low-confidence-remasking update; returns the new state (``x`` is not modified).
+
+    Args:
+        x: ``[batch, seq]`` current tokens.
+        logits: ``[batch, answer_len, vocab]`` aligned logits of the answer span.
+        block: ``(lo, hi)`` offsets of the current block within the answer span.
+        n_commit: How many masked positions of the block each row commits.
+        logprobs: Unused (kept for callers that pass it).
+
+    ``LLaDASampler(temperature=...)``'s step on one block: the mask token is never committed
+    (the runner-up is), confidences are the float32 softmax probabilities of the choices, and
+    equal confidences are ranked by ``torch.topk`` over the whole row, as LLaDA's
+    ``generate.py`` ranks them (:func:`commit_ranked`).
+    """
+    if n_commit == 0:
+        return x.clone()
+    if temperature > 0 and seeds is None:
+        raise ValueError("temperature > 0 needs per-row seeds")
+    logits = logits.float()
+    rule = LLaDASampler(temperature=temperature)
+    choice = rule.choose(logits, seeds=list(seeds or [0] * x.shape[0]), step=step, mask_id=mask_id)
+    confidence = torch.softmax(logits, dim=-1).gather(-1, choice[..., None])[..., 0]
+    eligible = x[:, answer_start:] == mask_id
+    eligible[:, : block[0]] = False
+    eligible[:, block[1] :] = False
+    counts = torch.full((x.shape[0],), int(n_commit), dtype=torch.long, device=x.device)
+    return commit_ranked(
+        x,
+        answer_start=answer_start,
+        choice=choice,
+        confidence=confidence,
+        eligible=eligible,
+        counts=counts,
+    )
