@@ -45,7 +45,11 @@ def realcode_dir() -> Path | None:
     """``../shared/realcode`` beside the repository (or ``$TIE_TRACING_REALCODE``), if present."""
     env = os.environ.get("TIE_TRACING_REALCODE")
     # a clone sits beside shared/; a git worktree one level further down
-    candidates = [Path(env)] if env else [ROOT / ".." / "shared" / "realcode", ROOT / ".." / ".." / "shared" / "realcode"]
+    candidates = (
+        [Path(env)]
+        if env
+        else [ROOT / ".." / "shared" / "realcode", ROOT / ".." / ".." / "shared" / "realcode"]
+    )
     for path in candidates:
         if (path / "SOURCES.md").is_file():
             return path.resolve()
@@ -66,6 +70,7 @@ def write_tokenizer(path: Path, vocab_size: int, specials: dict[str, int], **rol
     for w in WORDS:
         vocab[w] = len(vocab)
     taken = set(specials.values())
+    assert not taken & set(vocab.values()), "special ids must not collide with the words"
     filler = 0
     for i in range(len(vocab), vocab_size):
         if i in taken:
@@ -235,6 +240,11 @@ def build_dream(path: Path, *, seed: int = 0, std: float = 0.5, **sizes) -> Path
     (path / "config.json").write_text(json.dumps(config, indent=2))
     weights = random_weights(dream_shapes(config), seed, std)
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    # Dream's from_pretrained reads generation_config.json (the upstream checkpoint ships one)
+    ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id")}
+    (path / "generation_config.json").write_text(
+        json.dumps({**ids, "transformers_version": config["transformers_version"]}, indent=2)
+    )
     write_tokenizer(
         path,
         config["vocab_size"],
@@ -281,6 +291,10 @@ def build_diffullama(path: Path, *, seed: int = 0, std: float = 0.5) -> Path:
         shapes[p + "post_attention_layernorm.weight"] = (h,)
     save_file(random_weights(shapes, seed, std), str(path / "model.safetensors"))
     write_tokenizer(
-        path, v, {"</s>": 2, "<mask>": DIFFULLAMA_MASK}, eos_token="</s>", mask_token="<mask>"
+        path,
+        v,
+        {"</s>": DIFFULLAMA_MASK + 1, "<mask>": DIFFULLAMA_MASK},
+        eos_token="</s>",
+        mask_token="<mask>",
     )
     return path

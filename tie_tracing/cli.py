@@ -1,6 +1,6 @@
 """The ``tie-tracing`` command line.
 
-Three commands:
+Four commands:
 
 * ``tie-tracing figure2`` — the main job: trace the facts with diffusion-time causal tracing
   under ``--n-seeds`` noise seeds, pool them (``TIEResult.pool_seeds``), write the interactive
@@ -16,6 +16,8 @@ Three commands:
   Launched by ``torchrun --nproc-per-node N`` it shards the facts over the processes
   (:mod:`tie_tracing.tracing.distributed`); the merged result is the single-process one, bit for bit.
 * ``tie-tracing plot DIR`` — Figure 2 from a saved trace.
+* ``tie-tracing check --model DIR`` — load a checkpoint and print what the checkpoint check
+  finds (:mod:`tie_tracing.cli_check`).
 
 Every argument is checked, and the output directory tried for writing, before a model is
 loaded. ``--quiet`` prints no loading or progress bars and no warnings; an error prints one
@@ -825,10 +827,25 @@ def build_parser() -> argparse.ArgumentParser:
         "written once beside it, which also opens offline",
     )
     _common(pl, model=False)
+
+    from . import cli_check
+
+    cli_check.add_parser(sub, _common)
     return parser
 
 
-COMMANDS = {"figure2": figure2, "trace": trace, "plot": plot}
+def check(args: argparse.Namespace) -> int:
+    """``tie-tracing check`` (:mod:`tie_tracing.cli_check`)."""
+    from . import cli_check
+
+    def fail(message: str, hint: str = "") -> None:
+        raise CliError(message, hint)
+
+    cli_check.validate(args, fail)
+    return cli_check.run(args)
+
+
+COMMANDS = {"figure2": figure2, "trace": trace, "plot": plot, "check": check}
 
 
 def _hint(error: BaseException) -> str:

@@ -47,6 +47,10 @@ class Backbone:
         shifted: Logits at position ``i`` predict token ``i + 1`` (Dream, DiffuLLaMA, every
             causal LM); the sampler re-aligns them so that index ``i`` scores token ``i``.
         causal: Autoregressive (causal attention) rather than a bidirectional MDLM.
+        full_attention_mask: Every forward passes a 4-D all-zero additive attention mask
+            ``[batch, 1, seq, seq]`` (full bidirectional attention): how DiffuLLaMA's own
+            inference runs its Llama checkpoint, whose config says nothing about it (called
+            with input ids only, the Llama classes attend causally).
         model_types: ``config.model_type`` values recognised as this family.
         architectures: ``config.architectures`` class names recognised as this family.
         note: What the entry assumes, for error messages and the docs.
@@ -60,6 +64,7 @@ class Backbone:
     mask_token_id: int | None
     shifted: bool
     causal: bool
+    full_attention_mask: bool = False
     model_types: tuple[str, ...] = ()
     architectures: tuple[str, ...] = ()
     note: str = ""
@@ -130,7 +135,8 @@ BACKBONES: dict[str, Backbone] = {
             mask_token_id=None,
             shifted=True,
             causal=False,
-            note="DiffuLLaMA: a Llama checkpoint adapted to diffusion, shifted logits; load with family='diffullama'",
+            full_attention_mask=True,
+            note="DiffuLLaMA: a Llama checkpoint adapted to diffusion, run with a 4-D all-zero attention mask (bidirectional) and shifted logits; load with family='diffullama'",
             **_LLAMA_LAYOUT,
         ),
         Backbone(

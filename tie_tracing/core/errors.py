@@ -41,3 +41,7 @@ class UnsupportedSamplerError(TieTracingError, ValueError):
     tokens (a KV or prefix cache, self-conditioning, re-masking of committed tokens, a number
     of forwards that varies), so exact TIE cannot trace it; the message says which
     assumption fails and what to do."""
+
+
+class DeviceNotAvailableError(TieTracingError, ValueError):
+    """A ``device`` / ``device_map`` names a device this machine does not have."""

@@ -25,7 +25,6 @@ import contextlib
 import inspect
 import json
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,11 +214,19 @@ class TracedModel(NNsight):
     def forward_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """One backbone forward; logits aligned so index ``i`` scores token ``i``.
 
-        For shifted families (Dream, causal LMs) position ``i`` is predicted at ``i - 1``;
-        the returned tensor moves those predictions to ``i`` (index 0 repeats row 0 and
-        carries no prediction). Called inside a trace, the forward is intercepted as usual.
+        For shifted families (Dream, DiffuLLaMA, causal LMs) position ``i`` is predicted at
+        ``i - 1``; the returned tensor moves those predictions to ``i`` (index 0 repeats row 0
+        and carries no prediction). Families whose upstream inference passes a full attention
+        mask (DiffuLLaMA) get it here. Called inside a trace, the forward is intercepted as
+        usual.
         """
-        out = self._module(input_ids=input_ids, **self._forward_kwargs)
+        kwargs = self._forward_kwargs
+        if self.backbone.full_attention_mask:  # DiffuLLaMA: bidirectional, as its inference runs
+            batch, seq = input_ids.shape
+            dtype = get_module(self._module, self.backbone.embedding).weight.dtype  # type: ignore[union-attr]
+            zeros = torch.zeros(batch, 1, seq, seq, dtype=dtype, device=input_ids.device)
+            kwargs = {**kwargs, "attention_mask": zeros}
+        out = self._module(input_ids=input_ids, **kwargs)
         logits = (
             out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
         )
@@ -338,7 +345,10 @@ def _resolve_path(name_or_path: str | os.PathLike) -> Path:
             f"nor a local checkpoint directory (no such directory). Weights are never downloaded."
         )
     if not (path / "config.json").is_file():
-        raise CheckpointNotFoundError(f"checkpoint directory {path} has no config.json")
+        raise CheckpointNotFoundError(
+            f"checkpoint directory {path} has no config.json; copy the checkpoint's config.json "
+            "(and its weights and tokenizer files) into it"
+        )
     return path
 
 
@@ -366,6 +376,7 @@ def load_model(
     template: str | None = None,
     mask_token_id: int | None = None,
     progress: bool | None = None,
+    check: bool = True,
 ) -> TracedModel:
     """Load an embedded model or a local checkpoint, offline, wrapped for nnsight.
 
@@ -377,17 +388,33 @@ def load_model(
         progress: Show transformers' weight-loading bar; default (``None``): only for a local
             checkpoint, not for the embedded models, which load in milliseconds.
         device, dtype, device_map: Passed to ``from_pretrained`` (GPU users: ``dtype=
-            torch.bfloat16, device_map="cuda"``). Nothing here forces CPU.
+            torch.bfloat16, device_map="cuda"``). Nothing here forces CPU. ``dtype=None``
+            loads the checkpoint's own dtype (``config.json``'s ``torch_dtype``) under every
+            ``transformers`` version. A device the machine lacks is refused before loading.
         trust_remote_code: Run the checkpoint's own modelling code (LLaDA, Dream). Off unless
             asked for.
         template: Prompt template with ``{question}`` (default: the question itself).
         mask_token_id: Override the backbone table's mask id.
+        check: Run :func:`~tie_tracing.check.check_model` on the loaded model and refuse it
+            (``CheckpointError``) when a check fails: non-finite or uninitialised weights or
+            buffers, attention that is not bidirectional for an MDLM, logits that differ
+            between two identical calls, a mask id outside the vocabulary or disagreeing with
+            the tokenizer. A few tiny forwards; ``check=False`` skips it (``tie-tracing check``
+            prints the same findings).
+
+    Upstream code written for older ``transformers`` is repaired at load time where a known
+    breakage needs it (:mod:`~tie_tracing.compat`: LLaDA's missing ``post_init`` and
+    ``use_cache``, Dream's rope function and uninitialised rotary buffer); the applied fixes
+    are logged in one line and listed in ``model.info["compat_fixes"]``.
 
     Returns:
         A :class:`TracedModel`.
 
     Raises:
         CheckpointNotFoundError: unknown name or missing directory/config.
+        CheckpointError: a file that does not parse, a config that disagrees with the
+            weights, missing or unreadable tokenizer files, a failed check.
+        DeviceNotAvailableError: ``device`` / ``device_map`` names a device this machine lacks.
         UnsupportedModelError: an architecture with no backbone entry (lists the supported).
 
     Example:
@@ -395,23 +422,16 @@ def load_model(
         >>> model.num_layers, model.backbone.family             # doctest: +SKIP
         (6, 'tiny-mdlm')
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from . import checkpoints
+    from .compat import LoadFixes, fix_config
 
+    checkpoints.check_device(device, "device")
+    checkpoints.check_device(device_map, "device_map")
     path = _resolve_path(name_or_path)
     info: dict = {}
     if (path / "tie_tracing.json").is_file():
-        info = json.loads((path / "tie_tracing.json").read_text())
-    try:
-        config = AutoConfig.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except ValueError as error:
-        if not trust_remote_code and "trust_remote_code" in str(error):
-            raise UnsupportedModelError(
-                f"{path} needs its own modelling code (LLaDA, Dream, ...); pass "
-                f"trust_remote_code=True if you trust the files in that directory"
-            ) from error
-        raise
+        info = checkpoints.read_json(path / "tie_tracing.json", "tie_tracing.json (or delete it)")
+    config = checkpoints.load_config(path, trust_remote_code)
     family = family or info.get("family") or detect_family(config)
     if family not in BACKBONES:
         raise UnsupportedModelError(f"unknown family {family!r}; known: {sorted(BACKBONES)}")
@@ -421,46 +441,28 @@ def load_model(
             f"pickled .bin/.pt files). Convert the checkpoint first."
         )
     _check_safetensors(path)
+    fixes = LoadFixes()
+    fix_config(config, path, fixes)
     kwargs: dict[str, Any] = dict(
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        output_loading_info=True,
+        local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
     )
-    if dtype is not None:
-        kwargs["dtype"] = dtype
+    # None: the checkpoint's own dtype (config.json's torch_dtype), whatever the version's default
+    kwargs["dtype"] = dtype if dtype is not None else "auto"
     if device_map is not None:
         kwargs["device_map"] = device_map
-    module = None
-    errors = []
-    loading: dict = {}
     show_bar = (str(name_or_path) not in EMBEDDED_MODELS) if progress is None else progress
-    for auto in (AutoModelForCausalLM, AutoModel):
-        try:
-            with warnings.catch_warnings(), _loading_bar(show_bar):
-                warnings.simplefilter("ignore")  # missing weights are checked below
-                module, loading = auto.from_pretrained(path, **kwargs)  # type: ignore[misc]
-            break
-        except (ValueError, KeyError) as error:
-            errors.append(f"{auto.__name__}: {error}")
-    if module is None:
-        raise UnsupportedModelError(f"could not load {path}: " + "; ".join(errors))
-    missing = sorted(loading.get("missing_keys") or ())
-    if missing:
-        raise CheckpointError(
-            f"{path}: the checkpoint lacks {len(missing)} weights the model needs "
-            f"({', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}); they would be "
-            "randomly initialised. Check that the files are complete and match config.json"
+    with _loading_bar(show_bar):
+        module = checkpoints.load_module(
+            path, config, trust_remote_code=trust_remote_code, kwargs=kwargs, fixes=fixes
         )
+    checkpoints.verify_weights(module, path)
     if device is not None and device_map is None:
         module = module.to(device)  # type: ignore[arg-type]
     module.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    return TracedModel(
+    tokenizer = checkpoints.load_tokenizer(path, trust_remote_code)
+    info["compat_fixes"] = list(fixes.applied)
+    fixes.report(path, family)
+    model = TracedModel(
         module,
         tokenizer,
         backbone=BACKBONES[family],
@@ -469,3 +471,8 @@ def load_model(
         info=info,
         mask_token_id=mask_token_id,
     )
+    if check:
+        from .check import check_model
+
+        check_model(model).raise_for_failures()
+    return model
