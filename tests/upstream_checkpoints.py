@@ -156,8 +156,25 @@ def llada_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return {f"model.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+#: LM-head rows scaled up so that these tokens win the argmax at some positions (EOS and EoT
+#: exercise LLaDA's EOS switches and their confidence ties, the mask token the mask rule).
+LLADA_BOOST = {126081: 4.0, 126348: 4.0, 126336: 3.0}
+DREAM_BOOST = {151643: 4.0, 151666: 3.0}
+
+
+def boost_rows(weights: dict, name: str, boost: dict[int, float]) -> None:
+    for token, scale in boost.items():
+        weights[name][token] *= scale
+
+
 def build_llada(
-    path: Path, *, seed: int = 0, std: float = 0.5, model_type: str | None = None, **sizes
+    path: Path,
+    *,
+    seed: int = 0,
+    std: float = 0.5,
+    model_type: str | None = None,
+    boost: dict[int, float] | None = None,
+    **sizes,
 ) -> Path:
     """A tiny LLaDA checkpoint in ``path``: upstream code and config, sizes shrunk."""
     code = realcode_dir()
@@ -166,6 +183,7 @@ def build_llada(
     _copy(code / "llada", path, ["configuration_llada.py", "modeling_llada.py"])
     (path / "config.json").write_text(json.dumps(config, indent=2))
     weights = random_weights(llada_shapes(config), seed, std)
+    boost_rows(weights, "model.transformer.ff_out.weight", LLADA_BOOST if boost is None else boost)
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     write_tokenizer(
         path,
@@ -227,7 +245,9 @@ def dream_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def build_dream(path: Path, *, seed: int = 0, std: float = 0.5, **sizes) -> Path:
+def build_dream(
+    path: Path, *, seed: int = 0, std: float = 0.5, boost: dict[int, float] | None = None, **sizes
+) -> Path:
     """A tiny Dream checkpoint in ``path``: upstream code and config, sizes shrunk."""
     code = realcode_dir()
     assert code is not None, MISSING
@@ -239,6 +259,7 @@ def build_dream(path: Path, *, seed: int = 0, std: float = 0.5, **sizes) -> Path
     )
     (path / "config.json").write_text(json.dumps(config, indent=2))
     weights = random_weights(dream_shapes(config), seed, std)
+    boost_rows(weights, "lm_head.weight", DREAM_BOOST if boost is None else boost)
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     # Dream's from_pretrained reads generation_config.json (the upstream checkpoint ships one)
     ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id")}
