@@ -634,7 +634,7 @@ def test_exact_ties_follow_dream_sample(dirs, coupled):
             )
             flat._sample(
                 xr[:, :p], attention_mask=None, generation_config=config,
-                generation_tokens_hook_func=lambda i, y, lg: (states.append(y.clone()) if i is not None else None) or y,
+                generation_tokens_hook_func=lambda i, y, lg, states=states: (states.append(y.clone()) if i is not None else None) or y,
                 generation_logits_hook_func=lambda i, y, lg: lg,
             )  # fmt: skip
             rule = DreamSampler(alg=alg, coupled=coupled)
