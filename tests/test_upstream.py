@@ -683,3 +683,16 @@ def test_edit_memory_installs_and_removes_exactly(loaded, family):
         assert not torch.equal(model.logits(x), before)
     assert torch.equal(model.logits(x), before)
     assert torch.equal(model.denoise(x, answer_start=len(prompt), steps=2).states, states)
+
+
+def test_without_the_rotary_fix_the_check_refuses_dream(dirs, monkeypatch):
+    """Where transformers leaves Dream's rotary inv_freq unwritten (5.x), loading without the
+    rotary fix yields a model the check refuses, naming the buffer (no silent garbage)."""
+    from tie_tracing import compat
+
+    model = tt.load_model(dirs["dream"], trust_remote_code=True, progress=False, check=False)
+    if "rotary_inv_freq" not in model.info["compat_fixes"]:
+        pytest.skip("this transformers initialises Dream's rotary buffer itself")
+    monkeypatch.setattr(compat, "fix_rotary", lambda module, fixes: None)
+    with pytest.raises(tt.CheckpointError, match=r"initialised: .*inv_freq"):
+        tt.load_model(dirs["dream"], trust_remote_code=True, progress=False)

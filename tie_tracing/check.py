@@ -171,11 +171,14 @@ def _scan(model) -> tuple[Finding, Finding]:
 
 
 def _probe_ids(model, length: int = 8):
-    """A short query: ``length // 2`` ordinary tokens, then mask tokens (MDLMs)."""
+    """A short query: ``length // 2`` ordinary tokens, then mask tokens (MDLMs; an ordinary
+    token instead where the mask id is outside the vocabulary, which its own check reports)."""
     import torch
 
     vocab = _vocab(model)
     mask = model.mask_token_id
+    if mask is not None and not 0 <= int(mask) < vocab:
+        mask = None
     special = {mask, getattr(model.tokenizer, "eos_token_id", None)}
     ordinary = [i for i in range(min(vocab, 200) // 2, min(vocab, 200)) if i not in special]
     ids = ordinary[: length // 2]

@@ -192,10 +192,19 @@ def load_module(path: Path, config, *, trust_remote_code: bool, kwargs: dict, fi
                 AttributeError,
             ) as error:
                 text = str(error)
-                if "size mismatch" in text or ("shape" in text and "checkpoint" in text):
+                if "ignore_mismatched_sizes" in text or "size mismatch" in text:
+                    detail = (
+                        text.strip()
+                        if "size mismatch" in text
+                        else (
+                            "tensors in the weight files have other shapes than the model it "
+                            "describes"
+                        )
+                    )
                     raise CheckpointError(
-                        f"{path / 'config.json'} disagrees with the weights: {text.strip()}. "
-                        "The config must describe the model the weights were saved from"
+                        f"{path / 'config.json'} disagrees with the weights: {detail}. The "
+                        "config must describe the model the weights were saved from (check "
+                        "hidden_size, intermediate_size, heads and vocab_size)"
                     ) from error
                 if cls is not None:
                     raise CheckpointError(
