@@ -19,9 +19,18 @@ with a horizon, the immediate scan and the attribution scan, and prints one line
 ``torch.cuda.max_memory_allocated`` on CUDA (reset per run) and the process's peak RSS on CPU
 (a running maximum, so only growth is visible).
 
+The model goes through the package's loader (``tt.load_model``, the compatibility fixes and
+the checkpoint check included): ``--checkpoint DIR`` loads a real LLaDA checkpoint; otherwise,
+when LLaDA's upstream modelling code is beside the repository (``../shared/realcode``), a
+random-weight checkpoint of the requested size is written from it to a temporary directory
+and loaded (a ``--vocab`` below LLaDA's moves the mask, EOS and EoT ids to its last ids);
+without the upstream code, the in-file layout replica below is wrapped in memory and the run
+says so.
+
 Usage::
 
     python benchmarks/gpu_llada_layout.py                      # full size on a GPU
+    python benchmarks/gpu_llada_layout.py --checkpoint /models/LLaDA-8B-Instruct
     python benchmarks/gpu_llada_layout.py --width 256 --layers 4 --threads 1   # CPU
 """
 
@@ -31,8 +40,10 @@ import argparse
 import math
 import resource
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -41,6 +52,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 import tie_tracing as tt
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = (
     "where was who wrote the book of born in city ada vell mara tov lisbon porto paris "
@@ -172,28 +185,29 @@ def peak_mib(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def main(argv: list[str] | None = None) -> None:
-    cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--width", type=int, default=4096 if cuda else 256)
-    parser.add_argument("--layers", type=int, default=32 if cuda else 4)
-    parser.add_argument("--heads", type=int, default=None, help="default: width // 128")
-    parser.add_argument("--vocab", type=int, default=126464 if cuda else 8192)
-    parser.add_argument("--steps", type=int, nargs="+", default=[8, 64])
-    parser.add_argument("--facts", type=int, default=2)
-    parser.add_argument("--horizon", type=int, default=4)
-    parser.add_argument("--max-memory", default=None, help="budget, e.g. 60GB (default: device)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    heads = args.heads or max(1, args.width // 128)
-    mask_id = 126336 if args.vocab > 126336 else args.vocab - 1
-    torch.manual_seed(0)
-    start = time.perf_counter()
+def load(args, device, dtype, heads: int, mask_id: int):
+    """The model through tt.load_model (see the module docstring), and what it is."""
+    if args.checkpoint:
+        model = tt.load_model(args.checkpoint, trust_remote_code=True, dtype=dtype, device=device)
+        return model, f"checkpoint {args.checkpoint}"
+    sys.path.insert(0, str(ROOT / "tests"))
+    import upstream_checkpoints as U
+
+    if U.realcode_dir() is not None:
+        folder = Path(tempfile.mkdtemp(prefix="llada-layout-"))
+        vocab = None if args.vocab >= 126464 else args.vocab
+        U.build_llada(
+            folder, boost={}, std=0.02, vocab=vocab, d_model=args.width, n_heads=heads,
+            n_kv_heads=heads, n_layers=args.layers, mlp_hidden_size=3 * args.width,
+        )  # fmt: skip
+        model = tt.load_model(
+            folder, trust_remote_code=True, dtype=dtype, device=device,
+            mask_token_id=None if vocab is None else vocab - 1, progress=False,
+        )  # fmt: skip
+        return model, (
+            f"LLaDA upstream code through tt.load_model, random weights, d={args.width} "
+            f"heads={heads} vocab={vocab or 126464}"
+        )
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -208,10 +222,41 @@ def main(argv: list[str] | None = None) -> None:
     model = tt.core.TracedModel.from_module(
         module, tokenizer(mask_id), name="llada-layout-random", mask_token_id=mask_id
     )
+    return model, (
+        f"LLaDA layout replica in memory (no upstream code beside the repository), random "
+        f"weights, d={args.width} heads={heads} vocab={args.vocab}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--width", type=int, default=4096 if cuda else 256)
+    parser.add_argument("--layers", type=int, default=32 if cuda else 4)
+    parser.add_argument("--heads", type=int, default=None, help="default: width // 128")
+    parser.add_argument("--vocab", type=int, default=126464 if cuda else 8192)
+    parser.add_argument("--steps", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--facts", type=int, default=2)
+    parser.add_argument("--horizon", type=int, default=4)
+    parser.add_argument("--max-memory", default=None, help="budget, e.g. 60GB (default: device)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--checkpoint", default=None, help="a real LLaDA checkpoint directory")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    heads = args.heads or max(1, args.width // 128)
+    mask_id = 126336 if args.vocab > 126336 else args.vocab - 1
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model, source = load(args, device, dtype, heads, mask_id)
+    module = model._module
     n_params = sum(p.numel() for p in module.parameters())
     print(
-        f"model: LLaDA layout, random weights, d={args.width} layers={args.layers} heads={heads} "
-        f"vocab={args.vocab} params={n_params / 1e9:.2f}B dtype={dtype} device={device} "
+        f"model: {source}, layers={model.num_layers} params={n_params / 1e9:.2f}B "
+        f"dtype={dtype} device={device} "
         f"(built in {time.perf_counter() - start:.1f} s); threads={torch.get_num_threads()}"
     )
     runs = [

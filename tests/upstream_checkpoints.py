@@ -174,12 +174,24 @@ def build_llada(
     std: float = 0.5,
     model_type: str | None = None,
     boost: dict[int, float] | None = None,
+    vocab: int | None = None,
     **sizes,
 ) -> Path:
-    """A tiny LLaDA checkpoint in ``path``: upstream code and config, sizes shrunk."""
+    """A tiny LLaDA checkpoint in ``path``: upstream code and config, sizes shrunk.
+
+    ``vocab`` (benchmarks only, not parity fixtures) shrinks the vocabulary too, moving the
+    mask, EOS and EoT tokens to its last three ids (load with ``mask_token_id=vocab - 1``)."""
     code = realcode_dir()
     assert code is not None, MISSING
     config = llada_config(model_type, **sizes)
+    specials = dict(LLADA_SPECIALS)
+    if vocab is not None:
+        specials = {"<|endoftext|>": vocab - 2, "<|mdm_mask|>": vocab - 1, "<|eot_id|>": vocab - 3}
+        config.update(
+            vocab_size=vocab, embedding_size=vocab, mask_token_id=vocab - 1,
+            eos_token_id=vocab - 2, pad_token_id=vocab - 2,
+        )  # fmt: skip
+        boost = {}
     _copy(code / "llada", path, ["configuration_llada.py", "modeling_llada.py"])
     (path / "config.json").write_text(json.dumps(config, indent=2))
     weights = random_weights(llada_shapes(config), seed, std)
@@ -188,7 +200,7 @@ def build_llada(
     write_tokenizer(
         path,
         config["vocab_size"],
-        LLADA_SPECIALS,
+        specials,
         eos_token="<|endoftext|>",
         mask_token="<|mdm_mask|>",
         pad_token="<|endoftext|>",
