@@ -220,11 +220,11 @@ class TracedModel(NNsight):
         mask (DiffuLLaMA) get it here. Called inside a trace, the forward is intercepted as
         usual.
         """
-        kwargs = self._forward_kwargs
+        kwargs: dict[str, Any] = dict(self._forward_kwargs)
         if self.backbone.full_attention_mask:  # DiffuLLaMA: bidirectional, as its inference runs
             batch, seq = input_ids.shape
-            dtype = get_module(self._module, self.backbone.embedding).weight.dtype  # type: ignore[union-attr]
-            zeros = torch.zeros(batch, 1, seq, seq, dtype=dtype, device=input_ids.device)
+            weight: Any = get_module(self._module, self.backbone.embedding).weight
+            zeros = torch.zeros(batch, 1, seq, seq, dtype=weight.dtype, device=input_ids.device)
             kwargs = {**kwargs, "attention_mask": zeros}
         out = self._module(input_ids=input_ids, **kwargs)
         logits = (
