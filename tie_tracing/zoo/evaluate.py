@@ -77,10 +77,12 @@ def greedy_diffuse(
                 conf, tokens = probs.index_fill(-1, mask_ids, -math.inf).max(-1)
                 masked = x[:, lp:] == mask_id
                 conf = torch.where(masked, conf, torch.full_like(conf, -math.inf))
-                pick = conf.topk(n_k, dim=-1).indices
-                ans = x[:, lp:].clone()
-                ans.scatter_(1, pick, tokens.gather(1, pick))
-                x[:, lp:] = ans
+                # tt.diffuse's (and generate.py's) tie rule: top-k over each whole row
+                row = torch.full(x.shape, -math.inf, dtype=conf.dtype)
+                row[:, lp:] = conf
+                for r in range(x.shape[0]):
+                    pick = row[r].topk(n_k).indices
+                    x[r, pick] = tokens[r, pick - lp]
             for r, i in enumerate(rows):
                 out[i] = x[r, lp:].tolist()
                 probs_out[i] = float(p0[r])
