@@ -44,7 +44,7 @@ def main() -> None:
     import test_upstream as T
 
     import tie_tracing as tt
-    from tie_tracing.samplers import DreamSampler, LLaDASampler
+    from tie_tracing.core.samplers import DreamSampler, LLaDASampler
 
     root = Path(tempfile.mkdtemp())
     dirs = {"llada": U.build_llada(root / "llada"), "dream": U.build_dream(root / "dream")}

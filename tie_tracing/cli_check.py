@@ -1,8 +1,8 @@
 """``tie-tracing check --model DIR``: load a checkpoint and print what the checkpoint check finds.
 
 Prints the family, the sites, the mask and EOS ids, the dtype and device, the compatibility
-fixes loading applied (:mod:`~tie_tracing.compat`) and each check's finding
-(:mod:`~tie_tracing.check`); exits 0 when every check passes, 1 when one fails (the report is
+fixes loading applied (:mod:`~tie_tracing.core.compat`) and each check's finding
+(:mod:`~tie_tracing.core.check`); exits 0 when every check passes, 1 when one fails (the report is
 printed either way), 2 on a bad argument. Arguments are checked before the model is loaded;
 nothing here imports torch until then, so ``--help`` stays fast.
 """
@@ -46,7 +46,7 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace, error) -> None:
     """Check the arguments before anything is loaded; ``error(message, hint)`` raises."""
-    from .model import EMBEDDED_MODELS
+    from .core.model import EMBEDDED_MODELS
 
     if args.model not in EMBEDDED_MODELS:
         path = Path(args.model).expanduser()
@@ -59,7 +59,7 @@ def validate(args: argparse.Namespace, error) -> None:
         if not (path / "config.json").is_file():
             error(f"--model {args.model!r} has no config.json", "point --model at the checkpoint")
     if args.family is not None:
-        from .backbones import BACKBONES
+        from .core.backbones import BACKBONES
 
         if args.family not in BACKBONES:
             error(
@@ -67,7 +67,7 @@ def validate(args: argparse.Namespace, error) -> None:
                 f"one of {', '.join(sorted(BACKBONES))}",
             )
     if args.device is not None:
-        from .checkpoints import check_device
+        from .core.checkpoints import check_device
 
         try:
             check_device(args.device, "--device")
@@ -78,8 +78,8 @@ def validate(args: argparse.Namespace, error) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .check import check_model
-    from .model import load_model
+    from .core.check import check_model
+    from .core.model import load_model
 
     model = load_model(
         args.model,

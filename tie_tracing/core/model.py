@@ -395,7 +395,7 @@ def load_model(
             asked for.
         template: Prompt template with ``{question}`` (default: the question itself).
         mask_token_id: Override the backbone table's mask id.
-        check: Run :func:`~tie_tracing.check.check_model` on the loaded model and refuse it
+        check: Run :func:`~tie_tracing.core.check.check_model` on the loaded model and refuse it
             (``CheckpointError``) when a check fails: non-finite or uninitialised weights or
             buffers, attention that is not bidirectional for an MDLM, logits that differ
             between two identical calls, a mask id outside the vocabulary or disagreeing with
@@ -403,7 +403,7 @@ def load_model(
             prints the same findings).
 
     Upstream code written for older ``transformers`` is repaired at load time where a known
-    breakage needs it (:mod:`~tie_tracing.compat`: LLaDA's missing ``post_init`` and
+    breakage needs it (:mod:`~tie_tracing.core.compat`: LLaDA's missing ``post_init`` and
     ``use_cache``, Dream's rope function and uninitialised rotary buffer); the applied fixes
     are logged in one line and listed in ``model.info["compat_fixes"]``.
 

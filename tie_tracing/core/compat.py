@@ -2,7 +2,7 @@
 
 Policy: the package supports the ``transformers`` a fresh install brings (``>=4.56``, 5.x
 included). The remote code LLaDA and Dream ship was written for 4.38–4.46 and breaks on newer
-releases in known ways; :func:`load_model <tie_tracing.model.load_model>` repairs each of them
+releases in known ways; :func:`load_model <tie_tracing.core.model.load_model>` repairs each of them
 at load time, only where it is needed, and reports the ones it applied in one log line (and in
 ``model.info["compat_fixes"]``, which ``tie-tracing check`` prints). Nothing here edits files
 on disk or changes a model beyond what the named fix says.

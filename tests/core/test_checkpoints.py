@@ -15,8 +15,12 @@ import torch
 import upstream_checkpoints as U
 
 import tie_tracing as tt
-from tie_tracing.check import check_model
-from tie_tracing.errors import CheckpointError, CheckpointNotFoundError, DeviceNotAvailableError
+from tie_tracing.core.check import check_model
+from tie_tracing.core.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    DeviceNotAvailableError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +203,8 @@ def test_cli_check_prints_the_findings(ckpt, capsys):
     ],
 )
 def test_cli_check_validates_arguments_before_loading(ckpt, capsys, monkeypatch, argv, message):
-    from tie_tracing import model as model_module
     from tie_tracing.cli import main
+    from tie_tracing.core import model as model_module
 
     def never(*_a, **_k):
         raise AssertionError("the model was loaded before the arguments were checked")

@@ -1,6 +1,6 @@
 """The checkpoint check: refuse a loaded model that would trace garbage without an error.
 
-:func:`check_model` runs on every :func:`~tie_tracing.model.load_model` (``check=False`` skips
+:func:`check_model` runs on every :func:`~tie_tracing.core.model.load_model` (``check=False`` skips
 it) and behind ``tie-tracing check --model DIR``. Each check targets a silent failure seen on
 real checkpoints:
 
@@ -299,7 +299,7 @@ def _mask_checks(model, width: int) -> tuple[Finding, Finding]:
 
 
 def check_model(model) -> CheckReport:
-    """Run every check of :data:`CHECKS` on a loaded :class:`~tie_tracing.model.TracedModel`.
+    """Run every check of :data:`CHECKS` on a loaded :class:`~tie_tracing.core.model.TracedModel`.
 
     Returns:
         A :class:`CheckReport`; ``report.raise_for_failures()`` raises ``CheckpointError``

@@ -1,14 +1,14 @@
 """Reading a local checkpoint directory: every failure as one error naming the file or setting.
 
-:func:`~tie_tracing.model.load_model` calls these in order: :func:`check_device` (before
+:func:`~tie_tracing.core.model.load_model` calls these in order: :func:`check_device` (before
 anything is read), :func:`read_json` for ``config.json`` and ``tie_tracing.json``,
 :func:`load_module` (the model class — the checkpoint's own code under
-``trust_remote_code`` — with the :mod:`~tie_tracing.compat` fixes), :func:`verify_weights`
+``trust_remote_code`` — with the :mod:`~tie_tracing.core.compat` fixes), :func:`verify_weights`
 (the files against the model the config describes), :func:`load_tokenizer`.
 
 A dependency's exception never reaches the user bare: a config that disagrees with the
 weights, a file that does not parse or is missing, a device the machine lacks, each raises a
-:class:`~tie_tracing.errors.TieTracingError` subclass that says which file or setting and what
+:class:`~tie_tracing.core.errors.TieTracingError` subclass that says which file or setting and what
 to do (the dependency's exception is chained as ``__cause__``).
 """
 
@@ -164,7 +164,7 @@ def model_class(config, path: Path, trust_remote_code: bool, fixes) -> type | No
 
 
 def load_module(path: Path, config, *, trust_remote_code: bool, kwargs: dict, fixes):
-    """The model, loaded with the :mod:`~tie_tracing.compat` fixes (applied ones go in
+    """The model, loaded with the :mod:`~tie_tracing.core.compat` fixes (applied ones go in
     ``fixes``); a size mismatch is a :class:`CheckpointError` naming config.json."""
     from transformers import AutoModel, AutoModelForCausalLM
 

@@ -25,8 +25,8 @@ import torch
 import upstream_checkpoints as U
 
 import tie_tracing as tt
-from tie_tracing.sampler import step_noise_generator
-from tie_tracing.samplers import DreamSampler, LLaDASampler
+from tie_tracing.core.commit import step_noise_generator
+from tie_tracing.core.samplers import DreamSampler, LLaDASampler
 
 CODE = U.realcode_dir()
 if CODE is None:
@@ -236,12 +236,12 @@ def test_diffullama_runs_bidirectionally(loaded):
 
 
 def test_check_passes_on_every_upstream_checkpoint(loaded):
-    from tie_tracing.check import check_model
+    from tie_tracing.core.check import check_model
 
     for family in ("llada", "dream", "diffullama"):
         report = check_model(loaded(family, "bfloat16"))
         assert report.ok, str(report)
-        assert {f.check for f in report.findings if f.ok} == set(tt.check.CHECKS)
+        assert {f.check for f in report.findings if f.ok} == set(tt.core.check.CHECKS)
 
 
 def test_mmada_layout_on_llada_code(dirs):
@@ -655,7 +655,7 @@ FACTS = [
 )
 def test_trace_tie_equals_reference(loaded, family, sampler):
     """The batched TIE engine equals the slow hook reference on the real modelling code."""
-    from tie_tracing.reference import reference_ie
+    from tie_tracing.tracing.reference import reference_ie
 
     model = loaded(family, "float32")
     with warnings.catch_warnings():
@@ -688,7 +688,7 @@ def test_edit_memory_installs_and_removes_exactly(loaded, family):
 def test_without_the_rotary_fix_the_check_refuses_dream(dirs, monkeypatch):
     """Where transformers leaves Dream's rotary inv_freq unwritten (5.x), loading without the
     rotary fix yields a model the check refuses, naming the buffer (no silent garbage)."""
-    from tie_tracing import compat
+    from tie_tracing.core import compat
 
     model = tt.load_model(dirs["dream"], trust_remote_code=True, progress=False, check=False)
     if "rotary_inv_freq" not in model.info["compat_fixes"]:
