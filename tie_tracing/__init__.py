@@ -5,99 +5,39 @@ defined; ``docs/SPEC.md`` in the repository gives the equations. Data flows one 
 backbones → diffusion loop (model, sampler) → tracing / editing → analysis → plots and CLI.
 """
 
-from ._version import __version__
-from .analysis import (
-    BetaTradeoff,
-    LocalisationStats,
-    PerFactOptima,
-    SeedStability,
-    SelectionStability,
-    beta_tradeoff,
-    bootstrap_ci,
-    localisation_stats,
-    per_fact_optima,
-    score_landscape,
-    seed_stability,
-    selection_stability,
-)
-from .backbones import BACKBONES, MODULES, Backbone
-from .compare import (
-    aligned_positional,
-    category_support,
-    compare_paradigms,
-    edit_efficacy,
-    localisation_summary,
-    pick_layers,
-    plot_ar_vs_diffusion,
-)
-from .editing import EditConfig, EditHandle, EditMemory, EditMemoryError
-from .errors import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    NonFiniteActivationError,
-    ObjectNotFoundError,
-    ShapeError,
-    SubjectNotFoundError,
-    TieTracingError,
-    UnsupportedModelError,
-    UnsupportedSamplerError,
-)
-from .evaluation import (
-    Evaluation,
-    Metric,
-    PairedTest,
-    evaluate,
-    exact_match,
-    forget_quality,
-    forget_tr_score,
-    mean_ci,
-    paired_ttest,
-    retain_tr_score,
-    rouge_l_recall,
-    truth_ratio,
-)
-from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
-from .likelihood import answer_logprob
-from .model import TracedModel, load_model
-from .patching import (
-    Capture,
-    Corruption,
-    Patch,
-    PatchedRun,
-    Query,
-    SweepSettings,
-    encode_query,
-    run_patched,
-)
-from .plotting import (
-    StaticExportError,
-    notebook_figures,
-    plot_beta_tradeoff,
-    plot_ie_by_later_step,
-    plot_per_fact_optima,
-    plot_positional,
-    plot_selection_landscape,
-    plot_selection_stability,
-    plot_tie_heatmaps,
-    plot_trajectory,
-    save_figure,
-    static_export_available,
-    trajectory_table,
-)
-from .positional import PositionalConfig, reference_positional, trace_positional
-from .reference import reference_ie
-from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
-from .sampler import DiffusionResult, diffuse
-from .samplers import (
-    SAMPLERS,
-    DreamSampler,
-    FastDLLMSampler,
-    LLaDASampler,
-    ReMaskingSampler,
-    Sampler,
-    make_sampler,
-)
-from .selection import select_coordinate
-from .tie import TraceConfig, trace_tie
-from .unlearning import LoraSpec, UnlearnConfig, UnlearningError, UnlearnLog, unlearn
-from .zoo.corpus import load_facts
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__ as __version__
+
+if TYPE_CHECKING:  # the type checker sees every public name; at run time they load lazily
+    from ._api import *  # noqa: F403
+
+
+def __getattr__(name: str) -> Any:
+    """Load the public names on first use (PEP 562), so ``import tie_tracing`` and
+    ``tie-tracing --help`` stay fast; submodules import as usual."""
+    if name.startswith("_") and name != "__all__":  # private names are never lazy
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: only it
+        return importlib.import_module(f"{__name__}.{name}")
+    _api = importlib.import_module(f"{__name__}._api")
+
+    if name == "__all__":
+        return [n for n in vars(_api) if not n.startswith("_")]
+    namespace = globals()
+    if name in namespace:  # a submodule that importing _api bound here
+        return namespace[name]
+    try:
+        value = getattr(_api, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    namespace[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    _api = importlib.import_module(f"{__name__}._api")
+
+    return sorted(set(globals()) | {n for n in vars(_api) if not n.startswith("_")})

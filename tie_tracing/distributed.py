@@ -69,7 +69,7 @@ def rank_zero_first() -> Iterator[None]:
             _barrier()
 
 
-def trace_sharded(model, facts: Sequence[Fact], *, out, progress: bool = False, **kwargs):
+def trace_sharded(model, facts: Sequence[Fact], *, out, progress: bool | str = False, **kwargs):
     """Trace ``facts`` across the ranks of a ``torchrun`` launch; rank 0 returns the merge.
 
     Args:
