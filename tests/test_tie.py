@@ -549,3 +549,31 @@ def test_string_module_and_int_layer_are_accepted():
     """modules="mlp" and layers=1 mean one module and one layer."""
     r = trace(model("tiny-mdlm"), FACTS[:1], steps=2, nu=2.0, modules="mlp", layers=1)
     assert r.modules == ("mlp",) and r.layers == (1,)
+
+
+def test_trace_with_neighbours_returns_a_pair_that_select_coordinate_takes(tmp_path):
+    """trace_tie(..., neighbours=) traces both sets under one ν (resolved over both), into
+    out/forget and out/neighbours; select_coordinate(pair, beta=...) equals the two-argument
+    form, takes the mapping form too, and beta > 0 without neighbours stays an error."""
+    m = model("tiny-mdlm")
+    pair = trace(
+        m, FACTS[:1], neighbours=FACTS[1:], steps=2, modules="resid", out=tmp_path, n_noise=2
+    )
+    assert isinstance(pair, tt.TIEPair) and sorted(pair) == ["forget", "neighbours"]
+    assert pair.forget.fact_ids == ("f0",) and pair.neighbours.fact_ids == ("f1", "f2")
+    expected = tt.Corruption().resolve_nu(m, [tt.encode_query(m, f) for f in FACTS])
+    assert pair.forget.config["nu"] == pair.neighbours.config["nu"] == pytest.approx(expected)
+    assert (tmp_path / "forget" / "config.json").is_file()
+    assert len(list((tmp_path / "neighbours").glob("fact_*.safetensors"))) == 2
+    apart = tt.select_coordinate(pair.forget, beta=1.0, neighbours=pair.neighbours)
+    together = tt.select_coordinate(pair, beta=1.0)
+    assert together.index == apart.index and together.score == pytest.approx(apart.score)
+    as_mapping = {"forget": pair.forget, "neighbours": pair.neighbours}
+    assert tt.select_coordinate(as_mapping, beta=1.0).index == apart.index
+    assert tt.beta_tradeoff(pair, betas=[0.0, 1.0]).coordinates[1].index == apart.index
+    assert tt.selection_stability(pair, beta=1.0, n_boot=20).coordinate.index == apart.index
+    with pytest.raises(ValueError, match="needs neighbours="):
+        tt.select_coordinate(pair.forget, beta=1.0)
+    other_nu = trace(m, FACTS[1:], steps=2, modules="resid", n_noise=2)  # ν of its own facts
+    with pytest.raises(ValueError, match="noise level ν"):
+        tt.select_coordinate(pair.forget, beta=1.0, neighbours=other_nu)

@@ -58,6 +58,7 @@ from .evaluation import (
 from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
 from .likelihood import answer_logprob
 from .model import TracedModel, load_model
+from .notebook import figure_dir, prose
 from .patching import (
     Capture,
     Corruption,

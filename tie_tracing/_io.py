@@ -239,7 +239,8 @@ def load_object(cls: type, path: str | os.PathLike) -> Any:
     except (ValueError, KeyError, TypeError) as exc:
         raise ResultFileError(f"{path}: corrupt tie_tracing metadata: {exc}") from exc
     if kind != expected:
-        raise ResultFileError(f"{path} holds a {kind}, not a {expected}; use {kind}.load")
+        article = "an" if str(kind)[:1] in "AEIOU" else "a"
+        raise ResultFileError(f"{path} holds {article} {kind}, not a {expected}; use {kind}.load")
     try:
         fields = meta["fields"]
     except (KeyError, TypeError) as exc:

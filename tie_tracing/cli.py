@@ -7,8 +7,10 @@ Three commands:
   Figure 2 (and a static image where a renderer is available), the pooled result and the
   selected coordinate, and print a summary: the coordinate with its 95% bootstrap CI over
   facts, whether it survives a change of seed (seed-to-seed correlation of the mean ``resid``
-  map, each seed's choice), where the object is committed and how many steps are idle. Each
-  seed's trace is kept in ``OUT/trace_seed<s>/``, so an interrupted run resumes.
+  map, each seed's choice), where the object is committed and how many steps are idle. It
+  writes to ``runs/figure2/`` (ignored by git) unless ``--out`` names another folder; the
+  committed ``figures/`` are regenerated only by ``--out figures``. Each seed's trace is kept
+  in ``OUT/trace_seed<s>/``, so an interrupted run resumes.
 * ``tie-tracing trace --model PATH --facts FILE.jsonl --out DIR`` — a resumable sweep for real
   work: each finished fact is written to ``DIR`` as it completes, the merged result to
   ``DIR/trace.safetensors``. Facts are JSON lines with the fields of :class:`tt.Fact
@@ -18,8 +20,11 @@ Three commands:
 * ``tie-tracing plot DIR`` — Figure 2 from a saved trace.
 
 Every argument is checked, and the output directory tried for writing, before a model is
-loaded. ``--quiet`` prints no loading or progress bars and no warnings; an error prints one
-line and a hint (``--debug`` shows the traceback instead). ``--help`` shows every default.
+loaded; a run that fails before writing anything resumable removes the folders it created.
+A rerun says how far it resumes; ``--overwrite`` replaces only what changed. ``--quiet``
+prints nothing but errors (no bars, summary, notes or warnings); an error prints one line and
+a hint naming the flag to use (``--debug`` shows the traceback instead). ``--help`` shows
+every default and imports nothing heavy.
 
 The defaults of ``--n-facts``, ``--n-noise``, ``--n-seeds`` and ``--steps`` of ``figure2`` are
 the module constants below, to be tuned from ``benchmarks/seed_stability.py``.
@@ -182,8 +187,16 @@ def read_facts_jsonl(path: str | os.PathLike) -> list:
             "give a JSON-lines file of facts, or tiny:<split> / tofu:<split>",
         )
     fields = {f.name for f in dataclasses.fields(Fact)}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(
+            f"--facts {path} is not a JSON-lines text file (binary: a saved result or weights?)",
+            "give a .jsonl file of facts (one JSON object per line), or tiny:<split> / "
+            "tofu:<split>",
+        ) from None
     facts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

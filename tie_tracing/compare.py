@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._guards import as_int, require_model
 from ._io import Saveable
 from .analysis import LocalisationStats, _np, localisation_stats
 from .plotting import COMMIT_LINE, DIVERGING, _commit_counts
@@ -742,6 +743,7 @@ def pick_layers(
 
     _require(ar_positional, (PositionalResult,), "pick_layers (ar_positional)")
     _require(mdlm_tie, (TIEResult,), "pick_layers (mdlm_tie)")
+    num_layers = as_int(num_layers)
     if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
         raise ValueError(f"num_layers must be an integer ≥ 1 (the model's), got {num_layers!r}")
     tie_layer = int(select_coordinate(mdlm_tie, modules=module).layer)  # known facts (Eq. 5)
@@ -792,6 +794,7 @@ def edit_efficacy(
     Raises:
         ImportError: the edit memory (``tie_tracing.editing``) is not available in this build.
     """
+    require_model(model, "edit_efficacy")
     try:
         from .editing import EditMemory
     except ImportError as error:  # pragma: no cover - depends on the build

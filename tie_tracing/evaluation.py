@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ._guards import require_model
 from ._io import Saveable, load_object, save_object
 from ._version import __version__
 from .analysis import bootstrap_ci
@@ -707,6 +708,7 @@ def evaluate(
         >>> ev = evaluate(model, {"forget": tt.load_facts(split="forget01")})  # doctest: +SKIP
         >>> print(ev)  # doctest: +SKIP
     """
+    require_model(model, "evaluate")
     if not isinstance(splits, Mapping):
         raise TypeError(
             f"splits must map split names to facts, e.g. {{'forget': facts}}; got "

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._guards import as_int, as_ints, as_real, finite
+from ._guards import as_int, as_ints, as_real, finite, require_model
 from .backbones import MODULES, hidden_of
 from .errors import ShapeError, SubjectNotFoundError
 from .facts import Fact, check_mentions, locate_object, locate_subject
@@ -496,6 +496,7 @@ def run_patched(
     Returns:
         A :class:`PatchedRun`.
     """
+    require_model(model, "run_patched")
     from .samplers import resolve_sampler
 
     check_lp_mode(lp)

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from ._guards import as_int
 from ._io import ResultFileError, Saveable, load_object, save_object, to_dataframe
 from ._version import __version__
 from .errors import ShapeError
@@ -271,6 +272,7 @@ class _ResultBase:
             selection = selection.tolist()
         out: list[int] = []
         for item in selection:
+            item = as_int(item)  # a NumPy integer is an index too
             if isinstance(item, str):
                 try:
                     out.append(self.fact_ids.index(item))  # type: ignore[attr-defined]

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ._guards import as_int, require_model
 from ._io import Saveable
 from .errors import NonFiniteActivationError
 from .facts import Fact, locate_object
@@ -487,6 +488,7 @@ def diffuse(
         ['Lisbon', '1962']
         >>> tt.diffuse(model, facts[:2], sampler=tt.LLaDASampler(remasking="random"))  # doctest: +SKIP
     """
+    require_model(model, "diffuse")
     from .samplers import resolve_sampler
 
     items = (
@@ -494,6 +496,7 @@ def diffuse(
     )
     if not items:
         raise ValueError("diffuse needs at least one fact or prompt")
+    steps = as_int(steps)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
     if model.is_causal:

@@ -808,13 +808,13 @@ def trace_tie(  # type: ignore[misc]
         >>> result.mean().shape   # [layer, step, module]                   # doctest: +SKIP
         torch.Size([6, 8, 3])
     """
+    require_model(model, "trace_tie")
+    if neighbours is not None:
+        return _trace_pair(model, facts, neighbours, dict(locals()))
     if model.is_causal:
         raise ValueError(
             f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing"
         )
-    require_model(model, "trace_tie")
-    if neighbours is not None:
-        return _trace_pair(model, facts, neighbours, dict(locals()))
     batch_size = as_int(batch_size)
     if isinstance(max_memory, float) and not math.isfinite(max_memory):
         raise ValueError(
@@ -1145,10 +1145,11 @@ class _Store:
         try:
             result = TIEResult.load(self._path(i))
         except ResultFileError as error:
+            reason = str(error).removeprefix(str(self._path(i))).lstrip(": ")
             raise ResultFileError(
                 f"{self._path(i)}, a fact file of the resumable sweep in {self.dir}, is "
-                f"unreadable ({error}); delete that file and rerun to trace its fact again, "
-                "or rerun with overwrite=True"
+                f"unreadable (it {reason}); delete that file and rerun to trace its fact "
+                "again, or rerun with overwrite=True"
             ) from None
         fid = fact_key(fact)
         if result.fact_ids != (fid,):

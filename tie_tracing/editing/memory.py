@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .._guards import require_model
 from ..errors import ShapeError
 from ..facts import Fact, as_facts, load_refusals
 from ..patching import fact_key
@@ -244,6 +245,7 @@ class EditMemory:
             TypeError: ``steps=`` given (use ``edit_steps=``).
             SubjectNotFoundError: a fact's subject is not in its question.
         """
+        require_model(model, "EditMemory.build")
         if steps is not None:
             raise TypeError(
                 f"EditMemory.build(steps={steps!r}): `steps` is a step count elsewhere in "
