@@ -119,8 +119,8 @@ def require_model(model: Any, fn: str, *, needs: str = "a model loaded with tt.l
             f"got {kind} of facts where the model goes; the model comes first: "
             f"{fn}(model, facts, ...)"
         )
-    elif hasattr(model, "backbone") and hasattr(model, "tokenizer") and hasattr(model, "encode"):
-        return  # a wrapper with the TracedModel interface
+    elif hasattr(model, "tokenizer"):
+        return  # a wrapper with (enough of) the TracedModel interface: duck-typed
     else:
         hint = f"got {kind}"
     raise TypeError(f"{fn} needs {needs} (a tie_tracing TracedModel); {hint}")

@@ -1071,9 +1071,15 @@ class _Store:
             changes = ["its config.json is unreadable"] if old is None else []
             changes = changes or _describe_changes(old or {}, meta)
             if changes and not overwrite:
+                nu_note = (
+                    " (unless nu= is given, ν = noise_scale · σ_emb is resolved over the facts "
+                    "traced: a fixed nu= keeps it when the fact list changes)"
+                    if any(c.startswith("settings") and "nu:" in c for c in changes)
+                    else ""
+                )
                 raise ValueError(
                     f"{self.dir} holds a sweep of another experiment ({'; '.join(changes)}); "
-                    "use another `out` directory, or overwrite=True to discard it"
+                    f"use another `out` directory, or overwrite=True to discard it{nu_note}"
                 )
             if changes:  # every fact there was traced under other settings
                 self._remove(sorted(self.dir.glob("fact_*.safetensors")))
@@ -1213,9 +1219,4 @@ def _describe_changes(old: dict, new: dict) -> list[str]:
     keys = sorted(k for k in set(a) | set(b) if not same(a.get(k), b.get(k)))
     if keys:
         out.append("settings " + ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys))
-    if "nu" in keys:
-        out.append(
-            "ν = noise_scale · σ_emb is resolved over the facts traced; give a fixed nu= to "
-            "keep it when the fact list changes"
-        )
     return out
