@@ -258,8 +258,9 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def save_plot(fig, name: str) -> None:
-    """``figures/<name>.html`` (small, plotly.js from the CDN) via ``tt.figures.save_figure``."""
-    tt.figures.save_figure(fig, FIGURES / f"{name}.html", include_plotlyjs="cdn")
+    """``figures/<name>.html`` via ``tt.figures.save_figure``: small, plotly.js loaded from
+    ``plotly.min.js`` beside it, so it opens offline."""
+    tt.figures.save_figure(fig, FIGURES / f"{name}.html", include_plotlyjs="directory")
 
 
 def delta_row(values: torch.Tensor, base: torch.Tensor, n_resamples: int = 2000) -> dict:

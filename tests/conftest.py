@@ -65,3 +65,19 @@ def count_forwards(model: tt.core.TracedModel):
 
     with hooked(model._module, hook):
         yield calls
+
+
+@pytest.fixture(scope="session", autouse=True)
+def html_written_by_tests_opens_offline(tmp_path_factory):
+    """Every HTML page a test writes (into its temporary directories: figures, CLI runs,
+    executed notebooks) loads no script from the network, so it opens offline."""
+    yield
+    from tie_tracing.figures.plotting import network_scripts
+
+    base = tmp_path_factory.getbasetemp()
+    online = {
+        str(page.relative_to(base)): network_scripts(page.read_text(encoding="utf-8"))
+        for page in base.rglob("*.html")
+    }
+    online = {page: urls for page, urls in online.items() if urls}
+    assert not online, f"HTML written by the tests loads scripts from the network: {online}"

@@ -9,16 +9,21 @@ call receives an ``env`` with the tiny-mdlm replica (``env.m``), the llama repli
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import math
 import shutil
 import types
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import tie_tracing as tt
+from tie_tracing import cli
 from tie_tracing.core.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -86,6 +91,62 @@ def _truncated_result(env) -> Path:
 
 
 SYN = TIEResult.synthetic(n_facts=2, n_layers=3, n_steps=4)
+SYN_N = TIEResult.synthetic(n_facts=3, n_layers=3, n_steps=4, seed=5)
+
+
+def _with_config(result: TIEResult, **changes) -> TIEResult:
+    return dataclasses.replace(result, config=result.config | changes)
+
+
+class CliFailed(Exception):
+    """A command-line run that failed: its exit status and what it printed on stderr."""
+
+
+def _cli(argv: list[str]) -> None:
+    """Run the command line; a failure becomes CliFailed carrying its stderr."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    if code:
+        raise CliFailed(f"exit {code}: {err.getvalue()}")
+
+
+def _swept(env, damage) -> Path:
+    """A resumable sweep of FACT in env.tmp/sweep, then damaged by ``damage(directory)``; the
+    same call again is the case."""
+    out = env.tmp / "sweep"
+    _trace(env, out=out)
+    damage(out)
+    return out
+
+
+def _truncate_fact_file(out: Path) -> None:
+    _truncate(out / "fact_00000.safetensors")
+
+
+def _empty_fact_file(out: Path) -> None:
+    (out / "fact_00000.safetensors").write_bytes(b"")
+
+
+def _foreign_fact_file(out: Path) -> None:
+    PositionalResult.synthetic().save(out / "fact_00000.safetensors")
+
+
+def _cli_resume_truncated(env) -> None:
+    """`tie-tracing trace` into a folder, one fact file truncated, then the same command."""
+    argv = ["trace", "--facts", "tiny:forget01", "--n-facts", "1", "--out", str(env.tmp / "run"),
+            "--steps", "2", "--modules", "resid", "--quiet"]  # fmt: skip
+    _cli(argv)
+    _truncate_fact_file(env.tmp / "run")
+    _cli(argv)
+
+
+def _garble_config(out: Path) -> None:
+    (out / "config.json").write_text('{"config": {"steps": 2,', encoding="utf-8")
+
 
 CASES = [
     # --- facts ---------------------------------------------------------------------------
@@ -314,6 +375,160 @@ CASES = [
      "unknown TOFU split 'forget1'; valid splits"),
     ("rwku-unknown-target", lambda e: tt.load_rwku(targets="Nobody"), ValueError,
      "unknown RWKU target 'Nobody'"),
+    # --- non-finite settings and patch values: named before any forward ---------------------
+    ("trace-nu-inf", lambda e: _trace(e, nu=math.inf), ValueError,
+     "nu must be a finite number (the noise level ν added to the subject embeddings), got inf"),
+    ("trace-noise-scale-inf", lambda e: _trace(e, nu=None, noise_scale=math.inf), ValueError,
+     "noise_scale must be a finite number"),
+    ("trace-max-memory-inf", lambda e: _trace(e, max_memory=math.inf), ValueError,
+     "max_memory must be a finite"),
+    ("diffuse-temperature-inf", lambda e: tt.diffuse(e.m, [FACT], temperature=math.inf),
+     ValueError, "temperature must be a finite number"),
+    ("sampler-cfg-scale-nan", lambda e: tt.LLaDASampler(cfg_scale=math.nan), ValueError,
+     "cfg_scale must be a finite number (a setting of LLaDASampler)"),
+    ("dream-alg-temp-inf", lambda e: tt.DreamSampler(alg_temp=math.inf), ValueError,
+     "alg_temp must be a finite number"),
+    ("patch-value-nan",
+     lambda e: Patch(layer=0, module="resid", step=1, value=torch.full((1, 32), math.nan)),
+     ValueError, "Patch value (layer 0, resid, step 1) holds 32 NaN/inf of 32 entries"),
+    ("patch-value-inf-in-run",
+     lambda e: tt.tracing.run_patched(e.m, FACT, steps=2, patches=[
+         Patch(layer=0, module="mlp", step=0, value=torch.full((2, 32), -math.inf))]),
+     ValueError, "Patch value (layer 0, mlp, step 0) holds 64 NaN/inf"),
+    # --- a saved file of one type loaded as another ------------------------------------------
+    ("load-memory-as-result", lambda e: TIEResult.load(_build(e).save(e.tmp / "m.safetensors")),
+     ResultFileError, "holds an EditMemory, not a TIEResult; use EditMemory.load"),
+    ("load-result-as-memory", lambda e: tt.EditMemory.load(_saved(e, SYN)), EditMemoryError,
+     "holds a TIEResult, not an EditMemory; load it with tt.TIEResult.load"),
+    ("load-weights-as-result", lambda e: TIEResult.load(_checkpoint(e, lambda f: None) /
+     "model.safetensors"), ResultFileError,
+     "not a tie_tracing result but a plain safetensors file (model weights?)"),
+    ("load-json-as-result", lambda e: TIEResult.load(_checkpoint(e, lambda f: None) /
+     "config.json"), ResultFileError, "config.json is a JSON file, not a safetensors result"),
+    ("load-result-as-model", lambda e: tt.load_model(_saved(e, SYN)), CheckpointNotFoundError,
+     "r.safetensors' is a file (a saved TIEResult), not a checkpoint"),
+    ("load-memory-from-a-directory", lambda e: tt.EditMemory.load(e.tmp), IsADirectoryError,
+     "is a directory; give the path of a file written by EditMemory.save"),
+    ("facts-file-a-result", lambda e: cli.read_facts_jsonl(_saved(e, SYN)), cli.CliError,
+     "is not a JSON-lines text file (binary: a saved result or weights?)"),
+    # --- a corrupt file inside a resumable output folder ------------------------------------
+    ("resume-truncated-fact-file",
+     lambda e: _trace(e, out=_swept(e, _truncate_fact_file)), ResultFileError,
+     "fact_00000.safetensors, a fact file of the resumable sweep in"),
+    ("resume-empty-fact-file", lambda e: _trace(e, out=_swept(e, _empty_fact_file)),
+     ResultFileError, "is unreadable"),
+    ("resume-foreign-fact-file", lambda e: _trace(e, out=_swept(e, _foreign_fact_file)),
+     ResultFileError, "holds a PositionalResult, not a TIEResult"),
+    ("resume-garbled-config", lambda e: _trace(e, out=_swept(e, _garble_config)),
+     ResultFileError, "config.json is unreadable"),
+    ("resume-truncated-in-cli", _cli_resume_truncated, CliFailed,
+     "hint: delete the file named above and rerun (it resumes), or rerun with --overwrite"),
+    # --- a malformed JSON option on the command line ----------------------------------------
+    ("cli-sampler-json-malformed",
+     lambda e: _cli(["trace", "--facts", "tiny:forget01", "--out", str(e.tmp / "o"),
+                     "--sampler", '{"name": llada}']), CliFailed,
+     "argument --sampler: not valid JSON (Expecting value at column 10)"),
+    ("cli-sampler-json-not-an-object",
+     lambda e: _cli(["trace", "--facts", "tiny:forget01", "--out", str(e.tmp / "o"),
+                     "--sampler", '["llada"]']), CliFailed,
+     "argument --sampler: a JSON sampler config must be an object"),
+    ("cli-sampler-json-unknown-name",
+     lambda e: _cli(["trace", "--facts", "tiny:forget01", "--out", str(e.tmp / "o"),
+                     "--sampler", '{"name": "lada"}']), CliFailed,
+     "--sampler: unknown sampler 'lada'"),
+    ("cli-modules-unknown",
+     lambda e: _cli(["trace", "--facts", "tiny:forget01", "--out", str(e.tmp / "o"),
+                     "--modules", "resid,foo"]), CliFailed,
+     "argument --modules: unknown module(s) ['foo']"),
+    # --- an object passed where a model is expected -----------------------------------------
+    ("model-a-name", lambda e: tt.trace_tie("tiny-mdlm", [FACT]), TypeError,
+     "trace_tie needs a model loaded with tt.load_model (a tie_tracing TracedModel); got the "
+     "str 'tiny-mdlm'; load it first: model = tt.load_model('tiny-mdlm')"),
+    ("model-none", lambda e: tt.diffuse(None, [FACT]), TypeError, "diffuse needs a model"),
+    ("model-a-torch-module", lambda e: tt.answer_logprob(e.m._module, [FACT]), TypeError,
+     "got a bare torch module (LlamaForCausalLM); wrap it"),
+    ("model-a-path",
+     lambda e: tt.EditMemory.build(Path("/models/x"), [FACT, FACT2], layer=1), TypeError,
+     "EditMemory.build needs a model loaded with tt.load_model (a tie_tracing TracedModel); got "
+     "the PosixPath '/models/x'"),
+    ("model-facts-first", lambda e: tt.trace_tie([FACT], e.m), TypeError,
+     "the model comes first: trace_tie(model, facts, ...)"),
+    ("model-positional-a-name", lambda e: tt.trace_positional("tiny-ar", [FACT]), TypeError,
+     "trace_positional needs a model"),
+    ("model-evaluate-a-name", lambda e: tt.evaluate("tiny-mdlm", {"forget": [FACT]}), TypeError,
+     "evaluate needs a model"),
+    ("model-unlearn-a-name", lambda e: tt.unlearn("tiny-mdlm", [FACT], [FACT2], method="ga"),
+     TypeError, "unlearn needs a model"),
+    ("model-run-patched-a-name", lambda e: tt.tracing.run_patched("tiny-mdlm", FACT, steps=2), TypeError,
+     "run_patched needs a model"),
+    # --- forget and neighbour maps traced apart --------------------------------------------
+    ("pair-other-nu",
+     lambda e: tt.select_coordinate({"forget": _with_config(SYN, nu=1.0),
+                                     "neighbours": _with_config(SYN_N, nu=2.0)}, beta=1.0),
+     ValueError, "noise level ν 1.0 vs 2.0"),
+    ("pair-other-steps-and-model",
+     lambda e: tt.select_coordinate(_with_config(SYN, steps=8), beta=1.0,
+                                    neighbours=dataclasses.replace(
+                                        _with_config(SYN_N, steps=16), model_id="other")),
+     ValueError, "model 'synthetic' vs 'other'; steps T 8 vs 16"),
+    ("pair-other-sampler",
+     lambda e: tt.TIEPair(_with_config(SYN, sampler={"name": "llada", "remasking": "random"}),
+                          _with_config(SYN_N, sampler={"name": "llada",
+                                                       "remasking": "low_confidence"})),
+     ValueError, "sampler {'remasking': 'random'} vs {'remasking': 'low_confidence'}"),
+    ("pair-wrong-keys", lambda e: tt.select_coordinate({"forget": SYN, "keep": SYN_N}),
+     ValueError, "needs exactly the keys 'forget' and 'neighbours', got ['forget', 'keep']"),
+    ("pair-and-neighbours",
+     lambda e: tt.select_coordinate(tt.TIEPair(SYN, SYN_N), beta=1.0, neighbours=SYN_N),
+     ValueError, "the heatmaps already carry their neighbours; drop neighbours="),
+]  # fmt: skip
+
+#: NumPy (and 0-d tensor) numbers where an int or float is expected are accepted: each row is
+#: ``(case id, call, check)``; ``check(env, value)`` asserts the call did what its
+#: Python-number twin does.
+ACCEPTED = [
+    ("np-trace-counts",
+     lambda e: _trace(e, steps=np.int64(2), n_noise=np.int64(2), seed=np.int64(3)),
+     lambda e, r: torch.equal(r.tie, _trace(e, steps=2, n_noise=2, seed=3).tie)
+     and r.config["steps"] == 2 and type(r.config["steps"]) is int),
+    ("np-trace-layers", lambda e: _trace(e, layers=np.arange(2)),
+     lambda e, r: r.layers == (0, 1)),
+    ("np-trace-one-layer", lambda e: _trace(e, layers=np.int64(1)),
+     lambda e, r: r.layers == (1,)),
+    ("np-trace-decay-nu", lambda e: _trace(e, decay=np.float32(0.5), nu=np.float64(1.0)),
+     lambda e, r: torch.equal(r.tie, _trace(e, decay=0.5, nu=1.0).tie)),
+    ("np-trace-horizon-batch", lambda e: _trace(e, horizon=np.int64(1), batch_size=np.int64(4)),
+     lambda e, r: r.config["horizon"] == 1),
+    ("tensor-trace-steps", lambda e: _trace(e, steps=torch.tensor(2)),
+     lambda e, r: r.n_later_steps == 2),
+    ("np-select-beta-steps",
+     lambda e: tt.select_coordinate(SYN, beta=np.float32(0.5), neighbours=SYN_N,
+                                    steps=np.int64(1)),
+     lambda e, c: c.index == tt.select_coordinate(SYN, beta=0.5, neighbours=SYN_N, steps=1).index),
+    ("np-select-facts", lambda e: SYN.select_facts([np.int64(1)]),
+     lambda e, r: r.fact_ids == ("f1",)),
+    ("np-selection-stability",
+     lambda e: tt.analysis.selection_stability(SYN, n_boot=np.int64(5), seed=np.int64(0)),
+     lambda e, s: s.n_boot == 5),
+    ("np-diffuse-steps", lambda e: tt.diffuse(e.m, [FACT], steps=np.int64(2)),
+     lambda e, d: d.tokens.shape[1] == 2),
+    ("np-build-layer-q-alpha",
+     lambda e: _build(e, layer=np.int64(1), q=np.int64(1), alpha=np.float32(2.0)),
+     lambda e, m: (m.config.layer, m.config.q, m.config.alpha) == (1, 1, 2.0)),
+    ("np-sampler-settings",
+     lambda e: (tt.LLaDASampler(block_length=np.int64(1), temperature=np.float32(0.5)),
+                tt.DreamSampler(top_k=np.int64(5))),
+     lambda e, s: (s[0].block_length, s[0].temperature, s[1].top_k) == (1, 0.5, 5)),
+    ("np-positional-window", lambda e: _positional(e, window=np.int64(1)),
+     lambda e, r: r.window == 1),
+    ("np-pick-layers", lambda e: tt.analysis.pick_layers(PositionalResult.synthetic(), SYN, np.int64(3)),
+     lambda e, p: p == tt.analysis.pick_layers(PositionalResult.synthetic(), SYN, 3)),
+    ("np-plot-trajectory", lambda e: tt.plot_trajectory(SYN, np.int64(1)),
+     lambda e, f: "f1" in f.layout.title.text),
+    ("np-unlearn-lr-steps",
+     lambda e: tt.unlearn(e.m, [FACT], [FACT2], method="ga", lr=np.float32(1e-3),
+                          steps=np.int64(1), batch_size=np.int64(1), progress=False)[1],
+     lambda e, log: len(log.forget_lp) >= 1),
 ]  # fmt: skip
 
 
@@ -340,14 +555,25 @@ def test_bad_input_gets_a_named_error(case, call, expected, fragment, models, tm
     assert fragment in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize("case, call, check", ACCEPTED, ids=[c[0] for c in ACCEPTED])
+def test_numbers_of_another_numeric_type_are_accepted(case, call, check, models, tmp_path):
+    """A NumPy integer or float (or a 0-d tensor) where an int or float is expected works as
+    the Python number does."""
+    env = types.SimpleNamespace(m=models[0], ar=models[1], fact=FACT, tmp=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random replicas know no facts
+        value = call(env)
+        assert check(env, value)
+
+
 def test_case_ids_are_unique():
-    """Every row of the table has its own id (the audit document refers to them)."""
-    ids = [c[0] for c in CASES]
+    """Every row of the tables has its own id (the audit document refers to them)."""
+    ids = [c[0] for c in CASES] + [c[0] for c in ACCEPTED]
     assert len(ids) == len(set(ids))
 
 
 def test_audit_document_lists_every_case():
-    """docs/bad_input_audit.md has one row per case of the table."""
+    """docs/bad_input_audit.md has one row per case of the tables."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_input_audit.md").read_text()
-    missing = [c[0] for c in CASES if f"`{c[0]}`" not in doc]
+    missing = [c[0] for c in CASES + ACCEPTED if f"`{c[0]}`" not in doc]
     assert not missing, missing

@@ -14,14 +14,21 @@ from tie_tracing.core.results import TIEResult
 
 
 def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
-    """figure2 traces two seeds, writes html + pooled result + summary, prints CI, seed stability and commits."""
-    code = cli.main(
-        ["figure2", "--out", str(tmp_path), "--n-facts", "2", "--steps", "4", "--quiet"]
-    )
+    """figure2 traces two seeds, writes html + pooled result + summary, prints CI, seed
+    stability and commits, labels each seed's progress bar; a rerun says how far it resumes,
+    and under --quiet prints nothing at all."""
+    argv = ["figure2", "--out", str(tmp_path), "--n-facts", "2", "--steps", "4"]
+    code = cli.main(argv)
     assert code == 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert captured.err == ""  # --quiet: no loading or progress bars, no warnings
+    assert "TIE of 2 facts, seed 0" in captured.err and "TIE of 2 facts, seed 1" in captured.err
+    assert "resuming" not in captured.err
+    assert cli.main(argv) == 0  # resumed: says so, per seed, before its bar
+    again = capsys.readouterr()
+    assert again.err.count("resuming: 2/2 facts already traced in") == 2, again.err
+    assert cli.main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")  # --quiet: nothing on stdout or stderr
     assert "selected coordinate" in printed and "effect concentrates in layers" in printed
     assert "95% CI" in printed and "seed stability over seeds [0, 1]" in printed
     assert "object committed at step" in printed and "idle steps" in printed
@@ -78,7 +85,6 @@ def test_figure2_one_seed_raw_lp_object_target(tmp_path, capsys):
             "raw",
             "--target",
             "object",
-            "--quiet",
         ]
     )
     assert code == 0
@@ -170,18 +176,21 @@ def test_unwritable_out_fails_before_any_model_is_loaded(tmp_path, monkeypatch, 
         assert "hint: choose a directory you can write to" in lines[1]
 
 
-def test_quiet_prints_no_bars_and_no_warnings(tmp_path, capsys):
-    """--quiet: nothing on stderr (no loading bars, progress bars or warnings), even for facts
-    the model does not know."""
+def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
+    """--quiet: nothing on stdout or stderr (no loading or progress bars, summary, notes or
+    warnings), even for facts the model does not know; an error still prints its line."""
     facts = [tt.Fact("kess", "what city was kess born in", "orion lyra", id="unknown-1")]
     path = cli.write_facts_jsonl(facts, tmp_path / "f.jsonl")
-    code = cli.main(
-        ["trace", "--facts", str(path), "--out", str(tmp_path / "t"), "--steps", "2", "--quiet"]
-    )
-    assert code == 0
+    argv = ["trace", "--facts", str(path), "--out", str(tmp_path / "t"), "--steps", "2"]
+    assert cli.main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert cli.main(["plot", str(tmp_path / "t"), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert cli.main([*argv, "--quiet", "--n-noise", "2"]) == 1  # other settings: refused
     captured = capsys.readouterr()
-    assert captured.err == ""
-    assert "traced 1 facts" in captured.out
+    assert captured.out == "" and "error:" in captured.err
+    assert cli.main(argv) == 0  # without --quiet the summary is printed
+    assert "traced 1 facts" in capsys.readouterr().out
 
 
 def test_every_command_shows_its_defaults(capsys):
@@ -291,10 +300,183 @@ def test_figure2_on_a_checkpoint_directory_with_tofu_facts(tmp_path, capsys):
                 "2",
                 "--steps",
                 "2",
-                "--quiet",
             ]
         )
     assert code == 0
     summary = json.loads((tmp_path / "out" / "figure2_summary.json").read_text())
     assert summary["facts"][0].startswith("tofu/forget01/")
     assert "does not know" in capsys.readouterr().out
+
+
+HEAVY = ("torch", "scipy", "transformers", "nnsight", "plotly")
+
+
+def test_help_imports_nothing_heavy():
+    """`tie-tracing --help` and every command's --help parse without importing torch, scipy,
+    transformers, nnsight or plotly (a fresh interpreter, as the console script runs)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys\n"
+        "from tie_tracing import cli\n"
+        "for argv in ([], ['figure2'], ['trace'], ['plot']):\n"
+        "    try:\n"
+        "        cli.main([*argv, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]
+
+
+def test_module_names_match_the_package():
+    """The module names the CLI checks while parsing are the package's."""
+    assert cli.MODULE_NAMES == tuple(tt.core.MODULES)
+
+
+def _no_model(monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(tt, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "extra, code, fragment",
+    [
+        (["--modules", "resid,foo"], 2, "--modules: unknown module(s) ['foo']"),
+        (["--sampler", '{"name": "llada", remasking}'], 2, "--sampler: not valid JSON"),
+        (["--sampler", "[1, 2]"], 2, "--sampler: a JSON sampler config must be an object"),
+        (["--sampler", "nosuch"], 1, "--sampler: unknown sampler 'nosuch'"),
+        (["--sampler", '{"name": "llada", "colour": 1}'], 1, "--sampler:"),
+        (["--mode", "immediate", "--horizon", "2"], 1, "horizon applies to mode='exact'"),
+    ],
+)
+def test_arguments_are_checked_before_the_model_loads(
+    extra, code, fragment, tmp_path, monkeypatch, capsys
+):
+    """--modules, --sampler (name or JSON) and the trace settings are refused, naming the
+    flag, before any model is loaded, and the run leaves no output folder behind."""
+    _no_model(monkeypatch)
+    out = tmp_path / "never"
+    argv = ["trace", "--facts", "tiny:forget01", "--out", str(out), *extra]
+    if code == 2:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+    else:
+        assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert fragment in err and "hint:" in err, err
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_no_output_folder(tmp_path, capsys):
+    """A run that fails before anything resumable is written removes the folders it made;
+    a folder that existed before is kept."""
+    missing = str(tmp_path / "no-such-checkpoint")
+    out = tmp_path / "a" / "b"
+    assert cli.main(["figure2", "--model", missing, "--out", str(out), "--quiet"]) == 1
+    assert not (tmp_path / "a").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert (
+        cli.main(["trace", "--model", missing, "--facts", "tiny:forget01", "--out", str(kept)]) == 1
+    )
+    assert kept.is_dir()
+    capsys.readouterr()
+
+
+def test_overwrite_retraces_only_what_changed_and_removes_what_it_replaced(
+    tmp_path, capsys, monkeypatch
+):
+    """--overwrite re-traces only the facts whose fields changed, keeps a fact that moved,
+    removes the results of facts no longer listed and the figure of the old trace; the
+    refusal without --overwrite names the flag, not the Python argument."""
+    import dataclasses
+
+    import tie_tracing.tracing.tie as tie_module
+
+    facts = tt.load_facts("tiny", split="forget01")[:3]
+    path = tmp_path / "f.jsonl"
+    out = tmp_path / "sweep"
+    argv = ["trace", "--facts", str(path), "--out", str(out), "--steps", "2", "--quiet"]
+    cli.write_facts_jsonl(facts, path)
+    assert cli.main(argv) == 0
+    first = TIEResult.load(out / "trace.safetensors")
+    assert cli.main(["plot", str(out), "--quiet"]) == 0 and (out / "figure2.html").exists()
+    traced: list[str] = []
+    original = tie_module._trace_one
+    monkeypatch.setattr(
+        tie_module, "_trace_one", lambda m, q, *a: traced.append(q.fact.id) or original(m, q, *a)
+    )
+    changed = dataclasses.replace(facts[2], paraphrased_question="where did she live then")
+    cli.write_facts_jsonl([changed, facts[0], facts[1]], path)  # fact 2 changed and moved
+    assert cli.main(argv) == 1
+    lines = _error_lines(capsys)
+    assert "--overwrite" in lines[0] + lines[1] and "overwrite=True" not in lines[0] + lines[1]
+    assert cli.main([*argv[:-1], "--overwrite"]) == 0
+    assert traced == [facts[2].id]  # only the changed fact
+    err = capsys.readouterr().err
+    assert "figure2.html" in err and "removed" in err
+    assert not (out / "figure2.html").exists()
+    again = TIEResult.load(out / "trace.safetensors")
+    assert again.fact_ids == (facts[2].id, facts[0].id, facts[1].id)
+    assert torch.equal(again.tie[1:], first.tie[:2])  # kept, moved to their new positions
+    cli.write_facts_jsonl([changed, facts[0]], path)  # a fact left the list
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("fact_*.safetensors")) == [
+        "fact_00000.safetensors",
+        "fact_00001.safetensors",
+    ]
+    traced.clear()
+    assert cli.main([*argv, "--overwrite", "--n-noise", "2"]) == 0  # other settings
+    assert sorted(traced) == sorted([facts[2].id, facts[0].id])  # every fact again
+
+
+def test_the_main_job_writes_to_an_ignored_folder_and_leaves_a_clone_clean(tmp_path, monkeypatch):
+    """`tie-tracing figure2` writes to runs/figure2/ by default, which the repository's
+    .gitignore ignores: in a git repository with that .gitignore, `git status --porcelain`
+    is unchanged after the main job."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    assert cli.DEFAULT_FIGURE2_OUT == str(Path("runs", "figure2"))
+    if shutil.which("git") is None:
+        pytest.fail("git is needed to check that the main job leaves a clone clean")
+    root = Path(__file__).resolve().parents[1]
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    shutil.copy(root / ".gitignore", repo / ".gitignore")
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    git("init", "-q")
+    git("add", ".gitignore")
+    git("commit", "-q", "-m", "ignore rules")
+    before = git("status", "--porcelain")
+    monkeypatch.chdir(repo)
+    argv = ["figure2", "--n-facts", "1", "--steps", "2", "--n-seeds", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    assert (repo / "runs" / "figure2" / "figure2.html").is_file()
+    assert (repo / "runs" / "figure2" / "trace_seed0").is_dir()
+    assert git("status", "--porcelain") == before == ""

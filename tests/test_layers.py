@@ -32,10 +32,11 @@ LAYERS: dict[str, int] = {
     "tie_tracing.cli": 7,
 }
 #: Modules outside the area folders that belong to an area: the version string is a leaf;
-#: `tie-tracing check` is part of the CLI.
+#: `tie-tracing check` is part of the CLI; `_api` holds the top level's eagerly imported names.
 PART_OF: dict[str, str] = {
     "tie_tracing._version": "tie_tracing.core",
     "tie_tracing.cli_check": "tie_tracing.cli",
+    "tie_tracing._api": "tie_tracing",
 }
 
 
@@ -150,7 +151,7 @@ def test_every_module_has_a_layer():
     """Each module lies in one of the areas of :data:`LAYERS` (a new top-level module needs
     a place in the table, and docs/CONTRACTS.md)."""
     graph = imports(ROOT)
-    stray = [m for m in graph if area(m) == PACKAGE and m != PACKAGE]
+    stray = [m for m in graph if area(m) == PACKAGE and m != PACKAGE and m not in PART_OF]
     assert not stray, f"modules outside every layer: {stray}; add them to LAYERS"
 
 

@@ -17,120 +17,39 @@ Each name is documented where it is defined; ``docs/SPEC.md`` gives the equation
 ``docs/CONTRACTS.md`` the layers (a module imports only its own layer and lower ones).
 """
 
-from . import analysis, core, editing, evaluation, figures, tracing, zoo
-from ._version import __version__
-from .analysis import select_coordinate
-from .core import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    Coordinate,
-    DiffusionResult,
-    DreamSampler,
-    Fact,
-    LLaDASampler,
-    NonFiniteActivationError,
-    ObjectNotFoundError,
-    PositionalResult,
-    ResultFileError,
-    ShapeError,
-    SubjectNotFoundError,
-    TIEResult,
-    TieTracingError,
-    UnsupportedModelError,
-    UnsupportedSamplerError,
-    answer_logprob,
-    diffuse,
-    load_model,
-    load_rwku,
-    load_tofu,
-)
-from .editing import EditConfig, EditMemory, EditMemoryError
-from .evaluation import (
-    Evaluation,
-    LoraSpec,
-    UnlearnConfig,
-    UnlearningError,
-    UnlearnLog,
-    evaluate,
-    unlearn,
-)
-from .figures import (
-    StaticExportError,
-    plot_ar_vs_diffusion,
-    plot_beta_tradeoff,
-    plot_ie_by_later_step,
-    plot_per_fact_optima,
-    plot_positional,
-    plot_selection_landscape,
-    plot_selection_stability,
-    plot_tie_heatmaps,
-    plot_trajectory,
-)
-from .tracing import PositionalConfig, TraceConfig, trace_positional, trace_tie
-from .zoo.corpus import load_facts
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    # models, facts, the diffusion loop
-    "load_model",
-    "load_facts",
-    "load_tofu",
-    "load_rwku",
-    "Fact",
-    "diffuse",
-    "DiffusionResult",
-    "LLaDASampler",
-    "DreamSampler",
-    "answer_logprob",
-    # tracing and the coordinate choice
-    "trace_tie",
-    "TraceConfig",
-    "TIEResult",
-    "trace_positional",
-    "PositionalConfig",
-    "PositionalResult",
-    "select_coordinate",
-    "Coordinate",
-    # figures
-    "plot_tie_heatmaps",
-    "plot_ie_by_later_step",
-    "plot_trajectory",
-    "plot_positional",
-    "plot_selection_landscape",
-    "plot_beta_tradeoff",
-    "plot_selection_stability",
-    "plot_per_fact_optima",
-    "plot_ar_vs_diffusion",
-    # the edit memory
-    "EditMemory",
-    "EditConfig",
-    # evaluation and unlearning
-    "evaluate",
-    "Evaluation",
-    "unlearn",
-    "UnlearnConfig",
-    "LoraSpec",
-    "UnlearnLog",
-    # errors
-    "TieTracingError",
-    "UnsupportedModelError",
-    "UnsupportedSamplerError",
-    "SubjectNotFoundError",
-    "ObjectNotFoundError",
-    "ShapeError",
-    "NonFiniteActivationError",
-    "CheckpointError",
-    "CheckpointNotFoundError",
-    "ResultFileError",
-    "EditMemoryError",
-    "UnlearningError",
-    "StaticExportError",
-    # the layers
-    "core",
-    "tracing",
-    "analysis",
-    "editing",
-    "evaluation",
-    "figures",
-    "zoo",
-    "__version__",
-]
+from ._version import __version__ as __version__
+
+if TYPE_CHECKING:  # the type checker sees every public name; at run time they load lazily
+    from ._api import *  # noqa: F403
+
+
+def __getattr__(name: str) -> Any:
+    """Load the public names on first use (PEP 562), so ``import tie_tracing`` and
+    ``tie-tracing --help`` stay fast; submodules import as usual."""
+    if name.startswith("_") and name != "__all__":  # private names are never lazy
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: only it
+        return importlib.import_module(f"{__name__}.{name}")
+    _api = importlib.import_module(f"{__name__}._api")
+
+    if name == "__all__":
+        return list(_api.__all__)
+    namespace = globals()
+    if name in namespace:  # a submodule that importing _api bound here
+        return namespace[name]
+    try:
+        value = getattr(_api, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    namespace[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    _api = importlib.import_module(f"{__name__}._api")
+
+    return sorted(set(globals()) | set(_api.__all__))

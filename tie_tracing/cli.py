@@ -7,8 +7,10 @@ Four commands:
   Figure 2 (and a static image where a renderer is available), the pooled result and the
   selected coordinate, and print a summary: the coordinate with its 95% bootstrap CI over
   facts, whether it survives a change of seed (seed-to-seed correlation of the mean ``resid``
-  map, each seed's choice), where the object is committed and how many steps are idle. Each
-  seed's trace is kept in ``OUT/trace_seed<s>/``, so an interrupted run resumes.
+  map, each seed's choice), where the object is committed and how many steps are idle. It
+  writes to ``runs/figure2/`` (ignored by git) unless ``--out`` names another folder; the
+  committed ``figures/`` are regenerated only by ``--out figures``. Each seed's trace is kept
+  in ``OUT/trace_seed<s>/``, so an interrupted run resumes.
 * ``tie-tracing trace --model PATH --facts FILE.jsonl --out DIR`` — a resumable sweep for real
   work: each finished fact is written to ``DIR`` as it completes, the merged result to
   ``DIR/trace.safetensors``. Facts are JSON lines with the fields of :class:`tt.Fact
@@ -20,8 +22,11 @@ Four commands:
   finds (:mod:`tie_tracing.cli_check`).
 
 Every argument is checked, and the output directory tried for writing, before a model is
-loaded. ``--quiet`` prints no loading or progress bars and no warnings; an error prints one
-line and a hint (``--debug`` shows the traceback instead). ``--help`` shows every default.
+loaded; a run that fails before writing anything resumable removes the folders it created.
+A rerun says how far it resumes; ``--overwrite`` replaces only what changed. ``--quiet``
+prints nothing but errors (no bars, summary, notes or warnings); an error prints one line and
+a hint naming the flag to use (``--debug`` shows the traceback instead). ``--help`` shows
+every default and imports nothing heavy.
 
 The defaults of ``--n-facts``, ``--n-noise``, ``--n-seeds`` and ``--steps`` of ``figure2`` are
 the module constants below, to be tuned from ``benchmarks/seed_stability.py``.
@@ -35,6 +40,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -44,9 +50,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .core._io import atomic_write_text
+# Nothing heavy is imported at module level: `tie-tracing --help` (and each command's
+# --help) loads no torch, scipy, transformers, nnsight or plotly. The commands import what
+# they need when they run.
 
 DEFAULT_N_FACTS = 12
 DEFAULT_N_NOISE = 4
@@ -54,6 +60,15 @@ DEFAULT_N_SEEDS = 2
 DEFAULT_STEPS = 8
 #: File of the merged result that ``trace`` writes and ``plot`` reads.
 TRACE_FILE = "trace.safetensors"
+#: Where ``figure2`` writes by default: an output folder that git ignores (``/runs/`` in
+#: ``.gitignore``), so running the main job never leaves a clone dirty. The committed
+#: ``figures/`` are regenerated only by naming them: ``tie-tracing figure2 --out figures``.
+DEFAULT_FIGURE2_OUT = os.path.join("runs", "figure2")
+#: The sites a trace can patch (``tie_tracing.MODULES``, repeated here so that parsing the
+#: arguments imports no torch; a test keeps the two equal).
+MODULE_NAMES: tuple[str, ...] = ("resid", "attn", "mlp")
+#: Figure files a command writes beside a trace; stale once the trace changes.
+FIGURE_FILES: tuple[str, ...] = ("figure2.html", "figure2.png")
 
 
 class CliError(Exception):
@@ -95,6 +110,38 @@ def decay_value(text: str) -> float:
     return value
 
 
+def module_list(text: str) -> tuple[str, ...]:
+    """``resid,mlp`` → ``("resid", "mlp")``; unknown names are refused while parsing."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODULE_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown module(s) {unknown or [text]}; give a comma-separated subset of "
+            f"{','.join(MODULE_NAMES)}"
+        )
+    return tuple(names)
+
+
+def sampler_spec(text: str) -> str | dict:
+    """A sampler registry name, or a JSON object (``{"name": "llada", ...}``) parsed here, so
+    that malformed JSON is refused with the flag's name before anything runs."""
+    if not text.lstrip().startswith(("{", "[", '"')):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({error.msg} at column {error.colno}): give a sampler name "
+            "(e.g. llada, dream) or a JSON object such as "
+            '\'{"name": "llada", "remasking": "random"}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f'a JSON sampler config must be an object with a "name" key, got {type(value).__name__}'
+        )
+    return value
+
+
 def memory_size(text: str) -> int:
     from .tracing.budget import parse_memory
 
@@ -124,6 +171,8 @@ def write_facts_jsonl(facts, path: str | os.PathLike) -> Path:
 
     lines = [json.dumps(fact_record(f), ensure_ascii=False) for f in facts]
     path = Path(path)
+    from .core._io import atomic_write_text
+
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
@@ -140,8 +189,16 @@ def read_facts_jsonl(path: str | os.PathLike) -> list:
             "give a JSON-lines file of facts, or tiny:<split> / tofu:<split>",
         )
     fields = {f.name for f in dataclasses.fields(Fact)}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(
+            f"--facts {path} is not a JSON-lines text file (binary: a saved result or weights?)",
+            "give a .jsonl file of facts (one JSON object per line), or tiny:<split> / "
+            "tofu:<split>",
+        ) from None
     facts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -197,6 +254,11 @@ def _load_facts(spec: str, n: int | None):
     return facts if n is None else facts[:n]
 
 
+#: Directories this run created (outermost first), removed again when the run fails
+#: before writing anything worth keeping (see :func:`_discard_new_outputs`).
+_CREATED: list[Path] = []
+
+
 def _writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Create ``path`` and prove it writable by writing a file there, before any work."""
     out = Path(path)
@@ -205,7 +267,9 @@ def _writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
             raise CliError(
                 f"{flag} {out} exists and is not a directory", f"give a directory as {flag}"
             )
+        missing = [p for p in (out, *out.parents) if not p.exists()]
         out.mkdir(parents=True, exist_ok=True)
+        _CREATED.extend(reversed(missing))
         probe = out / f".write-test-{uuid.uuid4().hex}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
@@ -247,14 +311,26 @@ def _output(quiet: bool) -> Iterator[None]:
             os.environ["TQDM_DISABLE"] = env
 
 
-def _say(args: argparse.Namespace, *lines: str) -> None:
-    """Print (rank 0 only under torchrun)."""
-    if int(os.environ.get("RANK", 0)) == 0:
-        for line in lines:
-            print(line)
+def _discard_new_outputs() -> None:
+    """After a failure: remove the output directories this run created unless they hold
+    something to resume from (a traced fact), so a failed run leaves no empty folder."""
+    for path in _CREATED:  # outermost first: removing it removes what it holds
+        if path.is_dir() and not any(path.rglob("fact_*.safetensors")):
+            shutil.rmtree(path, ignore_errors=True)
+    _CREATED.clear()
+
+
+def _say(args: argparse.Namespace, *lines: str, err: bool = False) -> None:
+    """Print, except under ``--quiet`` (rank 0 only under torchrun); ``err``: to stderr."""
+    if args.quiet or int(os.environ.get("RANK", 0)) != 0:
+        return
+    for line in lines:
+        print(line, file=sys.stderr if err else sys.stdout)
 
 
 def _load_model(args: argparse.Namespace, device=None):
+    import torch
+
     import tie_tracing as tt
 
     return tt.load_model(
@@ -264,16 +340,37 @@ def _load_model(args: argparse.Namespace, device=None):
         dtype=getattr(torch, args.dtype) if args.dtype else None,
         device_map=args.device_map,
         device=device,
+        progress=False if args.quiet else None,
     )
 
 
 def _check_dtype(args: argparse.Namespace) -> None:
+    import torch
+
     if args.dtype and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
         raise CliError(f"--dtype {args.dtype!r} is not a torch dtype", "e.g. --dtype bfloat16")
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _remove_stale(args: argparse.Namespace, paths: list[Path], why: str) -> None:
+    """Remove outputs a run replaced (saying so), e.g. the figure of an older trace."""
+    gone = [p for p in paths if p.exists()]
+    for p in gone:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if gone:
+        _say(args, f"removed {', '.join(str(p) for p in gone)} ({why})", err=True)
+
+
 def _concentration(result) -> dict:
     """Where |TIE| concentrates: shares by layer and by step, and the top cells."""
+    import torch
+
     mean = result.mean().abs().nan_to_num()
     total = float(mean.sum()) or 1.0
     by_layer = (mean.sum(dim=(1, 2)) / total).tolist()
@@ -301,6 +398,8 @@ def _concentration(result) -> dict:
 
 def _cell_ci(result, coordinate) -> dict[str, Any]:
     """The Eq. 5 score of one cell (mean |TIE| over known facts) and signed mean, with 95% CIs."""
+    import torch
+
     import tie_tracing as tt
 
     known = result.known_only()
@@ -324,6 +423,8 @@ def _spread(values: list[int]) -> dict[str, Any]:
 
 def _commit_summary(result) -> dict[str, Any]:
     """Where the clean trajectory commits the object, and which steps are idle, over known facts."""
+    import torch
+
     known = result.known_only()
     steps = [int(s) for s in known.object_commit_step]
     committed = {fid: s for fid, s in zip(known.fact_ids, steps)}
@@ -355,36 +456,45 @@ def _fmt_cell(c: dict[str, Any]) -> str:
     return f"({c['layer']},{c['step']},{c['module']})"
 
 
+def _check_target(args: argparse.Namespace, facts, spec: str) -> None:
+    if args.target == "object":
+        missing = [f.id or f.question for f in facts if f.object is None]
+        if missing:
+            raise CliError(
+                f"--target object needs facts that record their object; {len(missing)} of "
+                f"{spec} do not ({missing[:5]})",
+                "use --target answer",
+            )
+
+
 def figure2(args: argparse.Namespace) -> int:
     import tie_tracing as tt
-    from tie_tracing.figures.plotting import save_figure
 
     _check_dtype(args)
-    out = _writable_dir(args.out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
     from tie_tracing.core.model import EMBEDDED_MODELS
 
     facts_spec = args.facts or (
         "tiny:forget01" if args.model in EMBEDDED_MODELS else "tofu:forget01"
     )
     facts = _load_facts(facts_spec, args.n_facts)
-    if args.target == "object":
-        missing = [f.id or f.question for f in facts if f.object is None]
-        if missing:
-            raise CliError(
-                f"--target object needs facts that record their object; {len(missing)} of "
-                f"{facts_spec} do not ({missing[:5]})",
-                "use --target answer",
-            )
+    _check_target(args, facts, facts_spec)
+    out = _writable_dir(args.out)
+    _set_threads(args)
+    start = time.perf_counter()
     model = _load_model(args)
     seeds = [args.seed + i for i in range(args.n_seeds)]
+    if args.overwrite:  # seed traces of an earlier run with other seeds are replaced
+        wanted = {f"trace_seed{s}" for s in seeds}
+        _remove_stale(
+            args,
+            [p for p in sorted(out.glob("trace_seed*")) if p.is_dir() and p.name not in wanted],
+            "traces of seeds this run does not use; --overwrite",
+        )
     _say(
         args,
         f"tracing {len(facts)} facts ({facts_spec}) on {model.name} [{model.backbone.family}, "
         f"{model.num_layers} layers], T={args.steps}, lp={args.lp}, target={args.target}, "
-        f"seeds {seeds} × {args.n_noise} noise draw(s)",
+        f"seeds {seeds} × {args.n_noise} noise draw(s); writing to {out}",
     )
     traces = [
         tt.trace_tie(
@@ -395,7 +505,7 @@ def figure2(args: argparse.Namespace) -> int:
             seed=s,
             lp=args.lp,
             target=args.target,
-            progress=not args.quiet,
+            progress=f"TIE of {len(facts)} facts, seed {s}" if not args.quiet else False,
             out=out / f"trace_seed{s}",  # resumable: an interrupted run picks up here
             overwrite=args.overwrite,
         )
@@ -432,68 +542,75 @@ def figure2(args: argparse.Namespace) -> int:
         "concentration": _concentration(result),
         "engine_stats": result.config.get("engine_stats"),
     }
-    draws = result.lp_corrupt_draws.shape[1]
-    fig = tt.plot_tie_heatmaps(
+    written = _write_figure(
+        args,
         result,
-        title=f"Figure 2 — TIE over (layer, step), {len(facts)} facts × {draws} noise draws "
-        f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}), {model.name}",
+        out,
+        title=f"Figure 2 — TIE over (layer, step), {len(facts)} facts × "
+        f"{result.lp_corrupt_draws.shape[1]} noise draws ({len(seeds)} seed"
+        f"{'s' if len(seeds) > 1 else ''}), {model.name}",
     )
+    from .core._io import atomic_write_text
+
+    atomic_write_text(out / "figure2_summary.json", json.dumps(summary, indent=1))
+    _say(args, *_summary_lines(summary))
+    _say(
+        args,
+        "wrote "
+        + ", ".join(
+            str(p)
+            for p in written + [out / "figure2_tie.safetensors", out / "figure2_summary.json"]
+        ),
+        f"done in {time.perf_counter() - start:.1f} s",
+    )
+    return 0
+
+
+def _write_figure(args: argparse.Namespace, result, out: Path, *, title: str) -> list[Path]:
+    """Figure 2 as html (plotly.js beside it, or embedded with --self-contained) and, where
+    a renderer is available, png; a png of an older run that cannot be replaced is removed."""
+    import tie_tracing as tt
+    from tie_tracing.figures.plotting import save_figure
+
+    fig = tt.plot_tie_heatmaps(result, title=title)
     written = list(
         save_figure(
             fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "directory"
         )
     )
-    written += _static_image(fig, out / "figure2.png", quiet=args.quiet)
-    atomic_write_text(out / "figure2_summary.json", json.dumps(summary, indent=1))
-    _print_summary(summary)
-    print(
-        "wrote "
-        + ", ".join(
-            str(p)
-            for p in written + [out / "figure2_tie.safetensors", out / "figure2_summary.json"]
-        )
-    )
-    print(f"done in {time.perf_counter() - start:.1f} s")
-    return 0
+    png = _static_image(args, fig, out / "figure2.png")
+    if not png:
+        _remove_stale(args, [out / "figure2.png"], "an older run's image of another trace")
+    return written + png
 
 
-def _static_image(fig, path: Path, *, quiet: bool) -> list:
+def _static_image(args: argparse.Namespace, fig, path: Path) -> list:
     from tie_tracing.figures.plotting import StaticExportError, save_figure, static_export_available
 
     if static_export_available():
         try:
-            return list(save_figure(fig, path, width=1200, height=450))
+            return list(save_figure(fig, path, width=1200, height=fig.layout.height or 600))
         except StaticExportError as error:
-            if not quiet:
-                print(f"note: no static image: {error}", file=sys.stderr)
+            _say(args, f"note: no static image: {error}", err=True)
             return []
-    if not quiet:
-        print(
-            "note: no static image written: kaleido needs a Chrome/Chromium "
-            "(pip install kaleido; apt-get install chromium). The .html figure is complete.",
-            file=sys.stderr,
-        )
+    _say(
+        args,
+        "note: no static image written: kaleido needs a Chrome/Chromium "
+        "(pip install kaleido; apt-get install chromium). The .html figure is complete.",
+        err=True,
+    )
     return []
 
 
 def trace(args: argparse.Namespace) -> int:
     """``tie-tracing trace``: a resumable (and, under torchrun, fact-sharded) sweep."""
+    from .core.samplers import resolve_sampler
     from .tracing.distributed import trace_sharded
     from .tracing.ranks import local_device, world
 
     _check_dtype(args)
-    out = _writable_dir(args.out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     facts = _load_facts(args.facts, args.n_facts)
-    if args.target == "object":
-        missing = [f.id or f.question for f in facts if f.object is None]
-        if missing:
-            raise CliError(
-                f"--target object needs facts that record their object; {len(missing)} do not "
-                f"({missing[:5]})",
-                "use --target answer",
-            )
+    _check_target(args, facts, args.facts)
     settings: dict[str, Any] = dict(
         steps=args.steps,
         n_noise=args.n_noise,
@@ -506,15 +623,31 @@ def trace(args: argparse.Namespace) -> int:
         max_memory=args.max_memory,
     )
     if args.sampler:
-        settings["sampler"] = (
-            json.loads(args.sampler) if args.sampler.startswith("{") else args.sampler
-        )
+        try:
+            resolve_sampler(args.sampler)
+        except (ValueError, TypeError) as error:
+            raise CliError(
+                f"--sampler: {error}",
+                'give a sampler name (llada, dream, …) or a JSON config with a "name" key',
+            ) from None
+        settings["sampler"] = args.sampler
     if args.modules:
-        settings["modules"] = tuple(args.modules.split(","))
+        settings["modules"] = args.modules
+    try:  # every setting the sweep checks, before a model is loaded
+        from .tracing.tie import TraceConfig
+
+        TraceConfig(**{k: v for k, v in settings.items() if k != "max_memory"})
+    except (ValueError, TypeError) as error:
+        raise CliError(str(error), "rerun with other arguments (see --help)") from None
+    out = _writable_dir(args.out)
+    _set_threads(args)
     rank, size = world()
     device = None
-    if size > 1 and args.device_map is None and torch.cuda.is_available():
-        device = local_device()
+    if size > 1 and args.device_map is None:
+        import torch
+
+        if torch.cuda.is_available():
+            device = local_device()
     start = time.perf_counter()
     model = _load_model(args, device=device)
     _say(
@@ -525,38 +658,41 @@ def trace(args: argparse.Namespace) -> int:
         + (f", {size} processes" if size > 1 else "")
         + f"; resumable in {out}",
     )
+    label = f"TIE of {len(facts)} facts, seed {args.seed}" if not args.quiet else False
     if size > 1:
         result = trace_sharded(
-            model, facts, out=out, overwrite=args.overwrite, progress=not args.quiet, **settings
+            model, facts, out=out, overwrite=args.overwrite, progress=label, **settings
         )
     else:
         import tie_tracing as tt
 
         result = tt.trace_tie(
-            model, facts, out=out, overwrite=args.overwrite, progress=not args.quiet, **settings
+            model, facts, out=out, overwrite=args.overwrite, progress=label, **settings
         )
         result = dataclasses.replace(result, config=result.config | {"world_size": 1})
     if result is None:  # not rank 0
         return 0
-    path = result.save(out / TRACE_FILE)
     stats = result.config.get("engine_stats") or {}
+    if stats.get("rows", 0) or stats.get("removed") or not (out / TRACE_FILE).exists():
+        _remove_stale(args, [out / name for name in FIGURE_FILES], "drawn from the previous trace")
+    path = result.save(out / TRACE_FILE)
     work = (
         f"{size} processes"
         if size > 1
         else f"{stats.get('rows', 0)} rows in {stats.get('forwards', 0)} forwards this run"
     )
-    print(
+    _say(
+        args,
         f"traced {len(result.fact_ids)} facts in {time.perf_counter() - start:.1f} s ({work}); "
-        f"unknown facts: {len(result.config.get('unknown_facts', []))}"
+        f"unknown facts: {len(result.config.get('unknown_facts', []))}",
+        f"wrote {path} (figure: tie-tracing plot {out})",
     )
-    print(f"wrote {path} (figure: tie-tracing plot {out})")
     return 0
 
 
 def plot(args: argparse.Namespace) -> int:
     """``tie-tracing plot DIR``: Figure 2 from a saved trace."""
     import tie_tracing as tt
-    from tie_tracing.figures.plotting import save_figure
 
     source = Path(args.trace)
     if source.is_dir():
@@ -576,42 +712,37 @@ def plot(args: argparse.Namespace) -> int:
         path = source
     else:
         raise CliError(f"{source}: no such file or directory", "give a trace directory or file")
-    out = _writable_dir(args.out or (path.parent if path.is_file() else source))
     result = tt.TIEResult.load(path)
+    out = _writable_dir(args.out or (path.parent if path.is_file() else source))
     draws = result.lp_corrupt_draws.shape[1]
     title = args.title or (
         f"Figure 2 — TIE over (layer, step), {len(result.fact_ids)} facts × {draws} noise "
         f"draws, {result.model_id}"
     )
-    fig = tt.plot_tie_heatmaps(result, title=title)
-    written = list(
-        save_figure(
-            fig, out / "figure2.html", include_plotlyjs=True if args.self_contained else "directory"
-        )
-    )
-    written += _static_image(fig, out / "figure2.png", quiet=args.quiet)
-    print("wrote " + ", ".join(str(p) for p in written))
+    written = _write_figure(args, result, out, title=title)
+    _say(args, "wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _summary_lines(summary: dict[str, Any]) -> list[str]:
     """The human-readable summary of ``figure2_summary.json``."""
+    lines = []
     for key, label in (
         ("selected", "selected coordinate (β=0)"),
         ("selected_resid", "selected resid coordinate (the paper's installation site)"),
     ):
         c = summary[key]
         low, high = c["ci95"]
-        print(
+        lines.append(
             f"{label}: layer {c['layer']}, step {c['step']}, {c['module']} — score (mean |TIE|) "
             f"{c['score']:.3f}, 95% CI [{low:.3f}, {high:.3f}] over {c['n_facts']} facts"
         )
     st = summary["seed_stability"]
     if st is None:
-        print("seed stability: not measured (one seed; use --n-seeds 2 or more)")
+        lines.append("seed stability: not measured (one seed; use --n-seeds 2 or more)")
     else:
         r, r_all = st["mean_correlation"], st["mean_correlation_all_modules"]
-        print(
+        lines.append(
             f"seed stability over seeds {summary['seeds']}: correlation of the mean resid map "
             f"r = {'n/a' if r is None else f'{r:.3f}'} (all modules "
             f"{'n/a' if r_all is None else f'{r_all:.3f}'})"
@@ -624,23 +755,23 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 f"seed {s[0] if len(s) == 1 else s}: {_fmt_cell(c)}{'' if ok else ' (differs)'}"
                 for s, c, ok in zip(st["seeds"], st[cells], st[same])
             )
-            print(
+            lines.append(
                 f"  {what} per seed: {per_seed}; {sum(st[same])}/{len(st[same])} select the "
                 f"pooled {_fmt_cell(st[pooled])}"
             )
     boot = summary["selection_bootstrap"]
-    print(
+    lines.append(
         f"selection bootstrap ({boot['resampled']} resampled, {boot['n_boot']} draws): the "
         f"selected cell wins {boot['agreement']:.0%} of resamples"
     )
     oc = summary["object_commit"]
     if oc["median"] is None:
-        print("object committed: never (no fact's clean trajectory commits its object)")
+        lines.append("object committed: never (no fact's clean trajectory commits its object)")
     else:
-        print(f"object committed at step {oc['median']:g} (median), range {_fmt_range(oc)}")
+        lines.append(f"object committed at step {oc['median']:g} (median), range {_fmt_range(oc)}")
     idle = summary["idle_steps"]
     every = idle["idle_for_every_fact"]
-    print(
+    lines.append(
         f"idle steps (no masked target position left): {idle['median']:g} of {idle['T']} per "
         f"fact (median), range {_fmt_range(idle)}"
         + (f"; idle for every fact: steps {every}" if every else "")
@@ -648,7 +779,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     conc = summary["concentration"]
     top_layers = sorted(conc["share_by_layer"].items(), key=lambda kv: -kv[1])[:2]
     top_steps = sorted(conc["share_by_step"].items(), key=lambda kv: -kv[1])[:3]
-    print(
+    lines.append(
         "effect concentrates in layers "
         + ", ".join(f"{k} ({v:.0%})" for k, v in top_layers)
         + "; steps "
@@ -657,10 +788,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
         + ", ".join(f"{k} {v:.0%}" for k, v in conc["share_by_module"].items())
     )
     if summary["unknown_facts"]:
-        print(
+        lines.append(
             f"warning: the model does not know {len(summary['unknown_facts'])} of the facts: "
             f"{summary['unknown_facts']}"
         )
+    return lines
 
 
 def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
@@ -685,10 +817,16 @@ def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
         p.add_argument(
             "--overwrite",
             action="store_true",
-            help="discard a trace in --out made with other settings, facts or weights "
-            "instead of refusing it; a matching trace is always resumed",
+            help="replace what in --out no longer matches instead of refusing it: other "
+            "settings or weights trace every fact again, otherwise only the facts whose "
+            "fields changed; results of facts no longer listed, and figures of the old "
+            "trace, are removed. A matching trace is always resumed",
         )
-    p.add_argument("--quiet", action="store_true", help="no loading or progress bars, no warnings")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing but errors: no progress, loading bars, summary or warnings",
+    )
     p.add_argument(
         "--debug", action="store_true", help="on an error, show the traceback instead of one line"
     )
@@ -745,7 +883,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f2.add_argument("--seed", type=nonnegative_int, default=0, help="first noise seed")
     _reading(f2)
-    f2.add_argument("--out", default="figures", help="output directory")
+    f2.add_argument(
+        "--out",
+        default=DEFAULT_FIGURE2_OUT,
+        help="output directory (resumable; git ignores runs/). The committed figures/ are "
+        "regenerated only with --out figures",
+    )
     f2.add_argument(
         "--self-contained",
         action="store_true",
@@ -800,12 +943,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory budget of a forward, e.g. 2GB; unset: from the device's free memory",
     )
     tr.add_argument(
-        "--modules", default=None, help="comma-separated subset of resid,attn,mlp; unset: all"
+        "--modules",
+        type=module_list,
+        default=None,
+        help="comma-separated subset of resid,attn,mlp; unset: all",
     )
     tr.add_argument(
         "--sampler",
+        type=sampler_spec,
         default=None,
-        help="sampler registry name or JSON config; unset: LLaDA low-confidence remasking",
+        help="sampler registry name (llada, dream, …) or a JSON config such as "
+        '\'{"name": "llada", "remasking": "random"}\'; unset: LLaDA low-confidence remasking',
     )
     _reading(tr)
     _common(tr)
@@ -848,11 +996,29 @@ def check(args: argparse.Namespace) -> int:
 COMMANDS = {"figure2": figure2, "trace": trace, "plot": plot, "check": check}
 
 
+#: Python names in library messages, as the command line spells them.
+_CLI_WORDS: tuple[tuple[str, str], ...] = (
+    ("overwrite=True", "--overwrite"),
+    ("another `out` directory", "another --out directory"),
+    ("`out`", "--out"),
+    ("max_memory=", "--max-memory "),
+)
+
+
+def _cli_words(message: str) -> str:
+    """A library message with Python argument names replaced by the command's flags."""
+    for python, flag in _CLI_WORDS:
+        message = message.replace(python, flag)
+    return message
+
+
 def _hint(error: BaseException) -> str:
     import tie_tracing as tt
 
     if isinstance(error, CliError) and error.hint:
         return error.hint
+    if isinstance(error, tt.ResultFileError) and "resumable sweep" in str(error):
+        return "delete the file named above and rerun (it resumes), or rerun with --overwrite"
     if isinstance(error, tt.CheckpointNotFoundError):
         return "give an embedded model name (tiny-mdlm) or a local checkpoint directory"
     if isinstance(error, tt.UnsupportedModelError):
@@ -870,19 +1036,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors: 1, bad arguments: 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _CREATED.clear()
     try:
         with _output(args.quiet):
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        _discard_new_outputs()
         print("tie-tracing: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
     except Exception as error:  # one line and a hint; --debug for the traceback
+        _discard_new_outputs()
         if args.debug:
             raise
-        message = " ".join(str(error).split()) or type(error).__name__
+        message = _cli_words(" ".join(str(error).split()) or type(error).__name__)
         print(f"tie-tracing {args.command}: error: {message}", file=sys.stderr)
-        print(f"hint: {_hint(error)}", file=sys.stderr)
+        print(f"hint: {_cli_words(_hint(error))}", file=sys.stderr)
         return 1
+    finally:
+        _CREATED.clear()
 
 
 if __name__ == "__main__":

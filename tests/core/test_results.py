@@ -449,7 +449,7 @@ def test_every_result_type_round_trips_through_one_serialiser(name, tmp_path):
     back = type(obj).load(path)
     assert _deep_equal(obj, back), name
     wrong = Coordinate if name != "Coordinate" else TIEResult
-    with pytest.raises(ResultFileError, match=f"holds a {name}"):
+    with pytest.raises(ResultFileError, match=f"holds an? {name}, not a"):
         wrong.load(path)
 
 
@@ -539,3 +539,16 @@ def test_files_of_the_earlier_flat_format_still_load(tmp_path):
     path = tmp_path / "old.safetensors"
     save_file(tensors, str(path), metadata={"tie_tracing": json.dumps(meta)})
     assert _deep_equal(TIEResult.load(path), r)
+
+
+def test_reprs_say_what_the_object_is():
+    """A TIEResult's repr names its reading (lp, target) and unit, never "raw" for a frozen
+    result; a normalised one says so; a Fact's repr shows its object."""
+    import tie_tracing as tt
+
+    r = TIEResult.synthetic(n_facts=2)
+    text = repr(r)
+    assert "raw" not in text and "in nats" in text and "lp=frozen, target=answer" in text
+    assert "normalised (clean = 1, corrupted = 0)" in repr(r.normalized())
+    fact = tt.Fact("ada vell", "where was ada vell born", "in lisbon", object="lisbon", id="a")
+    assert "object='lisbon'" in repr(fact)

@@ -52,14 +52,16 @@ def test_tie_heatmaps_structure(result):
     by module; then one idle overlay and one CI-marker trace per panel."""
     fig = plot_tie_heatmaps(result, n_resamples=200)
     assert isinstance(fig, go.Figure)
-    assert [t.type for t in fig.data] == ["heatmap"] * 6 + ["scatter"] * 3
-    assert [t.name for t in fig.data] == ["resid", "attn", "mlp"] + ["idle step"] * 3 + [
+    assert [t.type for t in fig.data] == ["heatmap"] * 6 + ["scatter"] * 5
+    assert [t.name for t in fig.data[:9]] == ["resid", "attn", "mlp"] + ["idle step"] * 3 + [
         "95% CI crosses 0"
     ] * 3
+    assert fig.data[9].name.startswith("Eq. 5 cell")
+    assert fig.data[10].name == "object commit step (clean run)"
     assert {t.coloraxis for t in fig.data[:3]} == {"coloraxis"}
     assert {t.coloraxis for t in fig.data[3:6]} == {None}  # the grey overlay is not on it
     assert fig.layout.coloraxis.cmid == 0
-    assert [a.text for a in fig.layout.annotations] == PANEL_TITLES
+    assert [a.text for a in fig.layout.annotations if not a.name] == PANEL_TITLES
     z = np.asarray(fig.data[0].z, dtype=float)
     assert z.shape == (4, 5)  # layer rows x step columns
     np.testing.assert_allclose(z, result.mean()[:, :, 0].numpy(), rtol=1e-6)
@@ -81,8 +83,8 @@ def test_tie_heatmaps_dropdown_switches_to_each_fact(result):
     assert len(buttons) == 1 + result.n_facts
     assert buttons[0].label.startswith("mean")
     fact2 = buttons[3].args[0]
-    assert len(fact2["z"]) == 9  # 3 heatmaps, 3 idle overlays, None for the 3 CI traces
-    assert fact2["z"][6:] == [None] * 3
+    assert len(fact2["z"]) == 11  # 3 heatmaps, 3 idle overlays, None for the 5 scatters
+    assert fact2["z"][6:] == [None] * 5
     np.testing.assert_allclose(
         np.asarray(fact2["z"][1], dtype=float), result.tie[2, :, :, 1].numpy(), rtol=1e-6
     )
@@ -95,7 +97,10 @@ def test_tie_heatmaps_modules_and_normalised_view(result):
         result, modules=["mlp", "resid"], normalized=True, n_resamples=100, title="custom"
     )
     assert [t.name for t in fig.data[:2]] == ["mlp", "resid"]
-    assert [a.text for a in fig.layout.annotations] == ["MLP output", "residual stream"]
+    assert [a.text for a in fig.layout.annotations if not a.name] == [
+        "MLP output",
+        "residual stream",
+    ]
     np.testing.assert_allclose(
         np.asarray(fig.data[1].z, dtype=float),
         result.normalized().mean()[:, :, 0].numpy(),
@@ -146,13 +151,38 @@ def test_selection_figures(result):
 def test_save_figure_html_is_atomic(tmp_path, result):
     """HTML is written in place with no temporary file left behind."""
     fig = plot_tie_heatmaps(result, n_resamples=50)
-    out = save_figure(fig, tmp_path / "figs" / "fig2.html", include_plotlyjs="cdn")
+    out = save_figure(fig, tmp_path / "figs" / "fig2.html")
     assert out == (tmp_path / "figs" / "fig2.html",)
     assert "plotly" in out[0].read_text() and os.listdir(out[0].parent) == ["fig2.html"]
     with pytest.raises(ValueError, match="suffix"):
         save_figure(fig, tmp_path / "nosuffix")
     with pytest.raises(ValueError, match="unknown figure format"):
         save_figure(fig, tmp_path / "x.gif")
+
+
+@pytest.mark.parametrize("option", ["cdn", "https://cdn.plot.ly/plotly-3.0.1.min.js", False])
+def test_save_figure_refuses_html_that_is_blank_offline(tmp_path, option):
+    """Options that load plotly.js from the network, or not at all, are refused by name and
+    nothing is written."""
+    with pytest.raises(ValueError, match="blank offline"):
+        save_figure(go.Figure(), tmp_path / "x.html", include_plotlyjs=option)
+    assert not list(tmp_path.iterdir())
+
+
+def test_committed_figures_open_offline():
+    """No HTML in figures/ loads a script from the network, and every local script it loads
+    (plotly.min.js) is there beside it."""
+    import re
+    from pathlib import Path
+
+    figures = Path(__file__).resolve().parents[1] / "figures"
+    pages = sorted(figures.glob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert plotting.network_scripts(text) == [], page.name
+        for src in re.findall(r"<script\b[^>]*\bsrc=\"([^\"]+)\"", text):
+            assert (page.parent / src).is_file(), (page.name, src)
 
 
 def test_static_export_missing_browser_is_a_clear_error(tmp_path, monkeypatch):
@@ -300,7 +330,7 @@ def test_tie_heatmaps_mark_cells_whose_ci_crosses_zero(staggered):
     """The "95% CI crosses 0" markers sit exactly on the cells with bootstrap low < 0 < high,
     and only the mean view shows them."""
     r = staggered
-    fig = plot_tie_heatmaps(r, n_resamples=300, seed=4)
+    fig = plot_tie_heatmaps(r, n_resamples=300, seed=4, min_ci_facts=3)
     low, high = bootstrap_ci(r.tie, n_resamples=300, seed=4)
     crosses = ((low < 0) & (high > 0)).numpy()
     assert 0 < crosses.sum() < crosses.size  # the test can tell markers from no markers
@@ -310,8 +340,8 @@ def test_tie_heatmaps_mark_cells_whose_ci_crosses_zero(staggered):
         assert marked == expected
     assert sum(bool(t.showlegend) for t in fig.data[6:9]) == 1
     buttons = fig.layout.updatemenus[0].buttons
-    assert buttons[0].args[0]["visible"] == [True] * 9
-    assert all(b.args[0]["visible"] == [True] * 6 + [False] * 3 for b in buttons[1:])
+    assert buttons[0].args[0]["visible"] == [True] * 11
+    assert all(b.args[0]["visible"] == [True] * 6 + [False] * 3 + [True] * 2 for b in buttons[1:])
 
 
 def test_tie_heatmaps_title_states_provenance(staggered):
@@ -335,10 +365,8 @@ def test_tie_heatmaps_title_states_provenance(staggered):
     assert "lp=frozen · target=object" in custom.layout.title.subtitle.text
     assert "2 noise draws · seed 3" in custom.layout.title.subtitle.text
     fact_view = custom.layout.updatemenus[0].buttons[2].args[1]
-    assert (
-        fact_view["title.text"] == "My figure"
-        and "target=object" in fact_view["title.subtitle.text"]
-    )
+    assert fact_view["title.text"].startswith("TIE (nats), fact f1")  # names its fact
+    assert "target=object" in fact_view["title.subtitle.text"]
 
 
 def test_tie_heatmaps_without_commit_maps(result):
@@ -553,3 +581,103 @@ def test_notebook_figures_add_a_static_rendering_when_it_works():
             assert "image/png" in bundle
     finally:
         pio.renderers.default = before
+
+
+# ----------------------------------------------------------------------------- Figure 2 reads itself
+
+
+@pytest.fixture(scope="module")
+def six() -> TIEResult:
+    """Six facts of six subjects: enough for Figure 2 to draw CI marks."""
+    base = TIEResult.synthetic(n_facts=6, n_layers=4, n_steps=5, seed=2)
+    return dataclasses.replace(base, subjects=tuple(f"person {i}" for i in range(6)))
+
+
+def test_tie_heatmaps_star_the_eq5_cell_in_every_view(six):
+    """A gold star sits on select_coordinate's cell, in its module's panel, in every view."""
+    fig = plot_tie_heatmaps(six, n_resamples=100)
+    best = select_coordinate(six)
+    star = fig.data[9]
+    assert (list(star.x), list(star.y)) == ([best.step], [best.layer])
+    assert star.xaxis == (
+        "x" if best.module == "resid" else f"x{1 + six.modules.index(best.module)}"
+    )
+    assert star.name == f"Eq. 5 cell (layer {best.layer}, step {best.step}, {best.module})"
+    assert all(b.args[0]["visible"][9] for b in fig.layout.updatemenus[0].buttons)
+    only_mlp = plot_tie_heatmaps(six, modules="mlp", n_resamples=50).data[3]
+    assert only_mlp.name.endswith("mlp)")  # the cell among the modules shown
+
+
+def test_tie_heatmaps_every_mark_has_a_legend_entry(staggered, six):
+    """Idle steps, CI circles, the Eq. 5 star and the commit outline each have a legend entry."""
+    fig = plot_tie_heatmaps(
+        dataclasses.replace(staggered, subjects=("a", "b", "c")), n_resamples=300, seed=4,
+        min_ci_facts=3,
+    )  # fmt: skip
+    named = {t.name.split(" (")[0] for t in fig.data if t.showlegend}
+    assert named == {"idle step", "95% CI crosses 0", "Eq. 5 cell", "object commit step"}
+
+
+def test_tie_heatmaps_state_the_colour_and_keep_its_range(six):
+    """The figure says what the colour means (unit, sign, target) and keeps one symmetric
+    range, the largest |value| of any view, that no dropdown view changes."""
+    fig = plot_tie_heatmaps(six, n_resamples=50)
+    key = next(a.text for a in fig.layout.annotations if a.name == "colour key")
+    assert "TIE (nats)" in key and "Red (+)" in key and "raises the answer's log-probability" in key
+    assert "same scale" in key
+    largest = max(float(six.tie.abs().max()), float(six.mean().abs().max()))
+    assert fig.layout.coloraxis.cmax == pytest.approx(largest)
+    assert fig.layout.coloraxis.cmin == pytest.approx(-largest)
+    for b in fig.layout.updatemenus[0].buttons:
+        assert not any(k.startswith("coloraxis") for k in b.args[1])
+    obj = plot_tie_heatmaps(
+        dataclasses.replace(six, config=dict(six.config, target="object")), n_resamples=50
+    )
+    assert "the object's log-probability" in obj.layout.annotations[-1].text
+
+
+def test_tie_heatmaps_title_follows_the_dropdown(six):
+    """Each fact's view is titled with that fact (and its draws are not called facts)."""
+    fig = plot_tie_heatmaps(six, n_resamples=50, title="Figure 2 — 6 facts × 1 noise draw")
+    buttons = fig.layout.updatemenus[0].buttons
+    assert buttons[0].args[1]["title.text"] == "Figure 2 — 6 facts × 1 noise draw"
+    for f, b in enumerate(buttons[1:]):
+        title = b.args[1]["title.text"]
+        assert f"fact {six.fact_ids[f]}" in title and "6 facts" not in title
+
+
+def test_tie_heatmaps_say_when_too_few_facts_for_a_ci(staggered, six):
+    """Under MIN_CI_FACTS facts no cell is circled and a note says why; facts of few
+    subjects keep the circles with a note that the CI resamples relations, not people."""
+    assert staggered.n_facts < plotting.MIN_CI_FACTS
+    fig = plot_tie_heatmaps(staggered, n_resamples=100)
+    assert all(len(t.x) == 0 for t in fig.data[6:9])
+    note = next(a.text for a in fig.layout.annotations if a.name == "CI note")
+    assert "3 facts" in note and "fewer than 5" in note
+    assert "too few facts" in fig.data[0].text[0][0]
+    one_person = dataclasses.replace(six, subjects=("ada vell",) * 6)
+    fig = plot_tie_heatmaps(one_person, n_resamples=100)
+    note = next(a.text for a in fig.layout.annotations if a.name == "CI note")
+    assert "6 facts of 1 subject" in note
+    assert not any(
+        a.name == "CI note" for a in plot_tie_heatmaps(six, n_resamples=100).layout.annotations
+    )
+
+
+def test_figures_fit_a_notebook_column(result, six):
+    """No figure of the package fixes a width over a 1280 px notebook column."""
+    from tie_tracing.figures.compare import plot_ar_vs_diffusion
+
+    pos = PositionalResult.synthetic(n_facts=3)
+    figures = [
+        plot_tie_heatmaps(six, n_resamples=50),
+        plot_ie_by_later_step(result, 2, 1, "attn", n_resamples=50),
+        plot_positional(pos),
+        plot_trajectory(result),
+        plot_selection_landscape(select_coordinate(result)),
+        plot_selection_stability(selection_stability(result, n_boot=20)),
+        plot_per_fact_optima(per_fact_optima(result)),
+        plot_ar_vs_diffusion(pos, pos, TIEResult.synthetic(n_facts=3), module="mlp"),
+    ]
+    for fig in figures:
+        assert fig.layout.width is None or fig.layout.width <= plotting.MAX_FIGURE_WIDTH

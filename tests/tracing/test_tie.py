@@ -208,11 +208,16 @@ def test_result_round_trips(tmp_path):
     assert loaded.fact_ids == result.fact_ids and loaded.config == result.config
 
 
-def test_unknown_fact_warns_and_is_listed():
-    """A fact the model does not know is warned about by id and listed in the config."""
-    with pytest.warns(UserWarning, match="'f1'.*does not know"):
-        result = tt.trace_tie(model("tiny-mdlm"), FACTS[1:2], steps=2, nu=2.0, progress=False)
-    assert result.config["unknown_facts"] == ["f1"]
+def test_unknown_facts_are_one_warning_and_listed():
+    """Facts the model does not know are one warning line naming them (not one per fact),
+    and listed in the config."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = tt.trace_tie(model("tiny-mdlm"), FACTS[1:], steps=2, nu=2.0, progress=False)
+    unknown = [str(w.message) for w in caught if "does not know" in str(w.message)]
+    assert result.config["unknown_facts"] == ["f1", "f2"]
+    assert len(unknown) == 1 and "\n" not in unknown[0], unknown
+    assert "does not know 2 of 2 facts ('f1', 'f2')" in unknown[0]
 
 
 def test_subject_not_in_prompt_names_the_fact():
@@ -544,3 +549,33 @@ def test_string_module_and_int_layer_are_accepted():
     """modules="mlp" and layers=1 mean one module and one layer."""
     r = trace(model("tiny-mdlm"), FACTS[:1], steps=2, nu=2.0, modules="mlp", layers=1)
     assert r.modules == ("mlp",) and r.layers == (1,)
+
+
+def test_trace_with_neighbours_returns_a_pair_that_select_coordinate_takes(tmp_path):
+    """trace_tie(..., neighbours=) traces both sets under one ν (resolved over both), into
+    out/forget and out/neighbours; select_coordinate(pair, beta=...) equals the two-argument
+    form, takes the mapping form too, and beta > 0 without neighbours stays an error."""
+    m = model("tiny-mdlm")
+    pair = trace(
+        m, FACTS[:1], neighbours=FACTS[1:], steps=2, modules="resid", out=tmp_path, n_noise=2
+    )
+    assert isinstance(pair, tt.TIEPair) and sorted(pair) == ["forget", "neighbours"]
+    assert pair.forget.fact_ids == ("f0",) and pair.neighbours.fact_ids == ("f1", "f2")
+    expected = tt.tracing.Corruption().resolve_nu(m, [tt.tracing.encode_query(m, f) for f in FACTS])
+    assert pair.forget.config["nu"] == pair.neighbours.config["nu"] == pytest.approx(expected)
+    assert (tmp_path / "forget" / "config.json").is_file()
+    assert len(list((tmp_path / "neighbours").glob("fact_*.safetensors"))) == 2
+    apart = tt.select_coordinate(pair.forget, beta=1.0, neighbours=pair.neighbours)
+    together = tt.select_coordinate(pair, beta=1.0)
+    assert together.index == apart.index and together.score == pytest.approx(apart.score)
+    as_mapping = {"forget": pair.forget, "neighbours": pair.neighbours}
+    assert tt.select_coordinate(as_mapping, beta=1.0).index == apart.index
+    assert tt.analysis.beta_tradeoff(pair, betas=[0.0, 1.0]).coordinates[1].index == apart.index
+    assert (
+        tt.analysis.selection_stability(pair, beta=1.0, n_boot=20).coordinate.index == apart.index
+    )
+    with pytest.raises(ValueError, match="needs neighbours="):
+        tt.select_coordinate(pair.forget, beta=1.0)
+    other_nu = trace(m, FACTS[1:], steps=2, modules="resid", n_noise=2)  # ν of its own facts
+    with pytest.raises(ValueError, match="noise level ν"):
+        tt.select_coordinate(pair.forget, beta=1.0, neighbours=other_nu)

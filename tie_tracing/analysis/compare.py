@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core._guards import as_int
 from ..core._io import Saveable
 from ..core.results import PositionalResult, TIEResult
 from .selection import _analysis_tensor
@@ -559,6 +560,7 @@ def pick_layers(
 
     _require(ar_positional, (PositionalResult,), "pick_layers (ar_positional)")
     _require(mdlm_tie, (TIEResult,), "pick_layers (mdlm_tie)")
+    num_layers = as_int(num_layers)
     if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
         raise ValueError(f"num_layers must be an integer ≥ 1 (the model's), got {num_layers!r}")
     tie_layer = int(select_coordinate(mdlm_tie, modules=module).layer)  # known facts (Eq. 5)

@@ -16,13 +16,14 @@ result, or fill the NaN yourself and say so). Ties go to the first cell in
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ..core._guards import as_ints, as_real
 from ..core.errors import ShapeError
-from ..core.results import MODULE_ORDER, Coordinate, TIEResult
+from ..core.results import MODULE_ORDER, Coordinate, TIEPair, TIEResult, comparability_problems
 
 __all__ = ["select_coordinate"]
 
@@ -134,8 +135,38 @@ def _warn_if_flat(score: torch.Tensor, allowed: torch.Tensor, what: str) -> None
         )
 
 
+def split_pair(heatmaps: Any, neighbours: Any, fn: str = "select_coordinate") -> tuple[Any, Any]:
+    """``(forget, neighbours)`` from ``heatmaps`` and ``neighbours=``: a
+    :class:`~tie_tracing.core.results.TIEPair` or a mapping ``{"forget": ..., "neighbours": ...}``
+    is unpacked; two :class:`TIEResult` s must be comparable (same model, ν, steps, sampler,
+    …: the error names what differs)."""
+    if isinstance(heatmaps, TIEPair) or isinstance(heatmaps, Mapping):
+        keys = set(heatmaps.keys())
+        if keys != {"forget", "neighbours"}:
+            raise ValueError(
+                f"{fn}: a mapping of heatmaps needs exactly the keys 'forget' and 'neighbours', "
+                f"got {sorted(map(str, keys))}"
+            )
+        if neighbours is not None:
+            raise ValueError(
+                f"{fn}: the heatmaps already carry their neighbours; drop neighbours= (or pass "
+                "the forget result alone)"
+            )
+        heatmaps, neighbours = heatmaps["forget"], heatmaps["neighbours"]
+    if isinstance(heatmaps, TIEResult) and isinstance(neighbours, TIEResult):
+        problems = comparability_problems(heatmaps, neighbours)
+        if problems:
+            raise ValueError(
+                f"{fn}: the forget and neighbour traces were made differently ("
+                + "; ".join(problems)
+                + "), so their effects are not comparable; trace them together with "
+                "tt.trace_tie(model, facts, neighbours=...), or with the same settings and nu="
+            )
+    return heatmaps, neighbours
+
+
 def select_coordinate(
-    heatmaps: TIEResult | torch.Tensor,
+    heatmaps: TIEResult | TIEPair | Mapping[str, TIEResult] | torch.Tensor,
     *,
     beta: float = 0.0,
     neighbours: TIEResult | torch.Tensor | None = None,
@@ -149,12 +180,17 @@ def select_coordinate(
     Args:
         heatmaps: Per-fact TIE of the forget/validation facts ``V``: a
             :class:`~tie_tracing.core.results.TIEResult` or a float tensor
-            ``[fact, layer, step, module]``. A bare tensor gets layer/step labels ``0 …`` and
-            module labels ``("resid", "attn", "mlp")`` when it has 3 modules (the package
-            convention), else ``("m0", "m1", …)``.
+            ``[fact, layer, step, module]``; or both sets at once, a
+            :class:`~tie_tracing.core.results.TIEPair` (what ``tt.trace_tie(model, facts,
+            neighbours=keep)`` returns) or a mapping ``{"forget": ..., "neighbours": ...}``.
+            A bare tensor gets layer/step labels ``0 …`` and module labels
+            ``("resid", "attn", "mlp")`` when it has 3 modules (the package convention),
+            else ``("m0", "m1", …)``.
         beta: ``β ≥ 0``.
         neighbours: Per-fact TIE of the neighbour facts ``N``, same ``[layer, step, module]``
-            shape (any number of facts); required when ``β > 0``.
+            shape (any number of facts), when ``heatmaps`` does not carry them; required
+            when ``β > 0``. Two results must have been traced alike (model, ``ν``, steps,
+            sampler, ``lp``, ``target``, γ): a difference is an error naming it.
         modules: Restrict to these module names (e.g. ``"resid"``, as the paper installs).
         steps: Restrict to these step labels.
 
@@ -165,7 +201,8 @@ def select_coordinate(
 
     Raises:
         ValueError: β < 0 or not finite; β > 0 without neighbours; no facts; NaN in a
-            considered cell; unknown module names or step labels.
+            considered cell; unknown module names or step labels; forget and neighbour
+            results traced differently.
         ShapeError: a tensor is not 4-D, or neighbours differ in ``[layer, step, module]``.
 
     Example:
@@ -175,6 +212,9 @@ def select_coordinate(
         >>> select_coordinate(tie, modules="resid").module
         'resid'
     """
+    heatmaps, neighbours = split_pair(heatmaps, neighbours)
+    beta = as_real(beta)
+    steps = as_ints(steps) if steps is not None else None
     if (
         isinstance(beta, bool)
         or not isinstance(beta, (int, float))
@@ -186,7 +226,9 @@ def select_coordinate(
         raise ValueError(f"beta must be >= 0, got {beta}")
     if beta > 0 and neighbours is None:
         raise ValueError(
-            f"beta={beta} > 0 needs neighbours= (the facts to keep); pass them or use beta=0"
+            f"beta={beta} > 0 needs neighbours= (the facts to keep, traced like the forget "
+            "facts): pair = tt.trace_tie(model, facts, neighbours=keep) traces both and "
+            "select_coordinate(pair, beta=...) takes it; or use beta=0"
         )
     x, layers, step_labels, module_labels = _as_heatmaps(heatmaps, "heatmaps")
     if x.shape[0] == 0:

@@ -32,10 +32,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..core._guards import as_int
 from ..core._io import Saveable
 from ..core.errors import ShapeError
-from ..core.results import Coordinate, PositionalResult, TIEResult
-from .selection import _as_heatmaps, _check_finite, _restriction_mask, select_coordinate
+from ..core.results import Coordinate, PositionalResult, TIEPair, TIEResult
+from .selection import (
+    _as_heatmaps,
+    _check_finite,
+    _restriction_mask,
+    select_coordinate,
+    split_pair,
+)
 
 __all__ = [
     "BetaTradeoff",
@@ -197,7 +204,7 @@ def mean_ci(
 
 
 def score_landscape(
-    heatmaps: TIEResult | torch.Tensor,
+    heatmaps: TIEResult | TIEPair | Mapping[str, TIEResult] | torch.Tensor,
     *,
     beta: float = 0.0,
     neighbours: TIEResult | torch.Tensor | None = None,
@@ -255,9 +262,9 @@ class BetaTradeoff(Saveable):
 
 
 def beta_tradeoff(
-    forget: TIEResult | torch.Tensor,
-    neighbours: TIEResult | torch.Tensor,
-    betas: Sequence[float] | torch.Tensor,
+    forget: TIEResult | TIEPair | Mapping[str, TIEResult] | torch.Tensor,
+    neighbours: TIEResult | torch.Tensor | None = None,
+    betas: Sequence[float] | torch.Tensor = (),
     *,
     modules: Sequence[str] | str | None = None,
     steps: Sequence[int] | int | None = None,
@@ -265,8 +272,9 @@ def beta_tradeoff(
     """For each β, the chosen coordinate and the mean ``|TIE|`` of both fact sets there.
 
     Args:
-        forget: per-fact TIE of the forget facts ``[fact, layer, step, module]``.
-        neighbours: per-fact TIE of the neighbour facts, same cell shape.
+        forget: per-fact TIE of the forget facts ``[fact, layer, step, module]``, or a
+            :class:`~tie_tracing.core.results.TIEPair` (``beta_tradeoff(pair, betas=[...])``).
+        neighbours: per-fact TIE of the neighbour facts, same cell shape (not with a pair).
         betas: the β grid (each ``≥ 0``).
         modules, steps: restriction, as in :func:`~tie_tracing.analysis.selection.select_coordinate`.
 
@@ -277,6 +285,12 @@ def beta_tradeoff(
         >>> [c.layer for c in t.coordinates], t.neighbour.tolist()
         ([0, 1], [3.0, 0.0])
     """
+    forget, neighbours = split_pair(forget, neighbours, "beta_tradeoff")
+    if neighbours is None:
+        raise ValueError(
+            "beta_tradeoff needs the neighbour maps: a TIEPair from tt.trace_tie(model, facts, "
+            "neighbours=keep), or neighbours="
+        )
     beta_list = [float(b) for b in (betas.tolist() if isinstance(betas, torch.Tensor) else betas)]
     if not beta_list:
         raise ValueError("betas is empty")
@@ -384,7 +398,7 @@ def _seed_maps(
 
 
 def selection_stability(
-    heatmaps: TIEResult | torch.Tensor,
+    heatmaps: TIEResult | TIEPair | Mapping[str, TIEResult] | torch.Tensor,
     *,
     n_boot: int = 1000,
     seed: int = 0,
@@ -436,19 +450,22 @@ def selection_stability(
         >>> 0.5 < float(both.frequencies[0, 0, 0]) < 1.0 and both.n_seeds
         2
     """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    forget_maps: TIEResult | torch.Tensor
+    forget_maps, neighbours = split_pair(heatmaps, neighbours, "selection_stability")
+    n_boot, seed = as_int(n_boot), as_int(seed)
+    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 1:
+        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
     coord = select_coordinate(
-        heatmaps, beta=beta, neighbours=neighbours, modules=modules, steps=steps
+        forget_maps, beta=beta, neighbours=neighbours, modules=modules, steps=steps
     )
-    x, layers, step_labels, module_labels = _as_heatmaps(heatmaps, "heatmaps")
+    x, layers, step_labels, module_labels = _as_heatmaps(forget_maps, "heatmaps")
     cell_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
     allowed = _restriction_mask(cell_shape, step_labels, module_labels, modules, steps)
     per_seed = weights = None
     if seeds is not None:
-        per_seed, weights = _seed_maps(seeds, heatmaps, tuple(x.shape))
+        per_seed, weights = _seed_maps(seeds, forget_maps, tuple(x.shape))
         for i in range(per_seed.shape[0]):
             _check_finite(per_seed[i], allowed, f"seeds[{i}]")
     allowed = allowed.flatten()

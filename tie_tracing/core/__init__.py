@@ -31,7 +31,14 @@ from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rw
 from .fingerprint import describe_model, model_fingerprint
 from .likelihood import answer_logprob
 from .model import TracedModel, load_model
-from .results import Coordinate, PositionalResult, ResultFileError, TIEResult, tie_from_ie
+from .results import (
+    Coordinate,
+    PositionalResult,
+    ResultFileError,
+    TIEPair,
+    TIEResult,
+    tie_from_ie,
+)
 from .sampler import DiffusionResult, diffuse
 from .samplers import (
     SAMPLERS,
@@ -64,6 +71,7 @@ __all__ = [
     "Sampler",
     "ShapeError",
     "SubjectNotFoundError",
+    "TIEPair",
     "TIEResult",
     "TieTracingError",
     "TracedModel",

@@ -190,6 +190,43 @@ def save_object(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, data)
 
 
+def _not_safetensors(path: Path) -> str:
+    """Why a file that safetensors cannot open is not a result, naming what it looks like."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        head = b""
+    if head[:1] in (b"{", b"[") and b"\x00" not in head:  # (a safetensors length has NULs)
+        return "is a JSON file, not a safetensors result file (a config or summary?)"
+    if head.startswith(b"PK") or head[:2] == b"\x80\x02":
+        return "is a zip/pickle file (a torch .pt/.bin checkpoint?), not a safetensors result"
+    return "is not a readable safetensors file (truncated or corrupt?)"
+
+
+def read_header_fields(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON fields of a file written by :func:`save_object`, decoded without reading its
+    tensors (a tensor field reads as ``None``). Raises :class:`ResultFileError` when the file
+    is unreadable or carries no such header."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            header = fh.metadata() or {}
+        fields = json.loads(header[META_KEY])["fields"]
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ResultFileError(f"{path}: no readable tie_tracing header ({exc})") from exc
+    return _decode(fields, _NoTensors())
+
+
+class _NoTensors(dict):
+    """Tensor lookups of :func:`read_header_fields`: every tensor reads as ``None``."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
 def load_object(cls: type, path: str | os.PathLike) -> Any:
     """Read an object of type ``cls`` written by :func:`save_object`.
 
@@ -210,19 +247,26 @@ def load_object(cls: type, path: str | os.PathLike) -> Any:
             header = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise ResultFileError(
-            f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-        ) from exc
+        raise ResultFileError(f"{path} {_not_safetensors(path)}: {exc}") from exc
+    expected = getattr(cls, "_KIND", "") or cls.__name__
     if META_KEY not in header:
-        raise ResultFileError(f"{path} has no {META_KEY!r} metadata: not a tie_tracing result")
+        raise ResultFileError(
+            f"{path} has no {META_KEY!r} metadata: not a tie_tracing result but a plain "
+            f"safetensors file (model weights?); {expected}.load reads files written by "
+            f"{expected}.save"
+        )
     try:
         meta = json.loads(header[META_KEY])
-        kind, fields = meta["kind"], meta["fields"]
+        kind = meta["kind"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ResultFileError(f"{path}: corrupt tie_tracing metadata: {exc}") from exc
-    expected = getattr(cls, "_KIND", "") or cls.__name__
     if kind != expected:
-        raise ResultFileError(f"{path} holds a {kind}, not a {expected}; use {kind}.load")
+        article = "an" if str(kind)[:1] in "AEIOU" else "a"
+        raise ResultFileError(f"{path} holds {article} {kind}, not a {expected}; use {kind}.load")
+    try:
+        fields = meta["fields"]
+    except (KeyError, TypeError) as exc:
+        raise ResultFileError(f"{path}: corrupt tie_tracing metadata: {exc}") from exc
     if meta.get("format") not in (1, FORMAT):
         raise ResultFileError(f"{path}: unsupported result format {meta.get('format')!r}")
     names = {f.name for f in dataclasses.fields(cls)}

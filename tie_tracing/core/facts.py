@@ -117,7 +117,7 @@ class Fact:
     def __repr__(self) -> str:
         return (
             f"Fact(subject={self.subject!r}, question={self.question!r}, "
-            f"answer={self.answer!r}, id={self.id!r}, ...)"
+            f"answer={self.answer!r}, object={self.object!r}, id={self.id!r}, ...)"
         )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ._guards import require_model
 from .facts import Fact, as_facts
 from .prompting import chunks_by_shape
 from .sampler import check_finite, target_logprob
@@ -72,6 +73,7 @@ def answer_logprob(
         >>> tt.answer_logprob(model, facts[:3], estimator="masked")   # doctest: +SKIP
         tensor([-0.0123, -0.4511, -0.0007])
     """
+    require_model(model, "answer_logprob")
     facts = as_facts(facts, "answer_logprob")
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")

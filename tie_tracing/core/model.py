@@ -329,6 +329,21 @@ def _check_safetensors(path: Path) -> None:
             ) from error
 
 
+def _file_kind(path: Path) -> str:
+    """What a file given as a model is: a tie_tracing result (its kind), weights, or else."""
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            kind = json.loads(meta["tie_tracing"]).get("kind") if "tie_tracing" in meta else None
+        except Exception:  # noqa: BLE001 - any unreadable file is "a safetensors file"
+            kind = None
+        return f"a saved {kind}" if kind else "a weights file"
+    return f"a {path.suffix or 'plain'} file"
+
+
 def _resolve_path(name_or_path: str | os.PathLike) -> Path:
     if str(name_or_path) in EMBEDDED_MODELS:
         path = ZOO_DIR / str(name_or_path)
@@ -339,6 +354,12 @@ def _resolve_path(name_or_path: str | os.PathLike) -> Path:
             )
         return path
     path = Path(name_or_path).expanduser()
+    if path.is_file():
+        raise CheckpointNotFoundError(
+            f"{str(name_or_path)!r} is a file ({_file_kind(path)}), not a checkpoint: give "
+            "the checkpoint's directory (with config.json and *.safetensors) or an embedded "
+            f"model name ({', '.join(EMBEDDED_MODELS)})"
+        )
     if not path.is_dir():
         raise CheckpointNotFoundError(
             f"{str(name_or_path)!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) "

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from .._version import __version__
+from ._guards import as_int
 from ._io import ResultFileError, Saveable, load_object, save_object, to_dataframe
 from .errors import ShapeError
 from .sampler import commit_steps as _commit_steps
@@ -48,6 +49,7 @@ __all__ = [
     "Coordinate",
     "PositionalResult",
     "ResultFileError",
+    "TIEPair",
     "TIEResult",
     "tie_from_ie",
 ]
@@ -270,6 +272,7 @@ class _ResultBase:
             selection = selection.tolist()
         out: list[int] = []
         for item in selection:
+            item = as_int(item)  # a NumPy integer is an index too
             if isinstance(item, str):
                 try:
                     out.append(self.fact_ids.index(item))  # type: ignore[attr-defined]
@@ -953,14 +956,118 @@ class TIEResult(_ResultBase):
         )
 
     def __repr__(self) -> str:
-        view = "normalised" if self.is_normalized else "raw (nats)"
+        view = "normalised (clean = 1, corrupted = 0)" if self.is_normalized else "in nats"
         ids = list(self.fact_ids[:4]) + (["…"] if self.n_facts > 4 else [])
+        reading = ", ".join(
+            f"{k}={self.config[k]}" for k in ("lp", "target", "mode") if k in self.config
+        )
         return (
             f"TIEResult(tie{_fmt_shape(self.tie, self.dims)} {view}, T={self.n_later_steps}, "
-            f"n_facts={self.n_facts}, modules={self.modules}, decay={self.config.get('decay')}, "
+            + (f"{reading}, " if reading else "")
+            + f"n_facts={self.n_facts}, modules={self.modules}, decay={self.config.get('decay')}, "
             f"n_noise={self.lp_corrupt_draws.shape[1]}, model_id={self.model_id!r}, "
             f"facts={ids}, seeds={self.seeds}, version={self.version!r})"
         )
+
+
+#: Settings two traces must share for their effects to be compared (Eq. 5 with β > 0), with
+#: the words an error uses for them.
+_COMPARABLE_CONFIG: dict[str, str] = {
+    "nu": "noise level ν",
+    "steps": "steps T",
+    "sampler": "sampler",
+    "lp": "lp",
+    "target": "target",
+    "decay": "decay γ",
+    "mode": "mode",
+    "horizon": "horizon",
+    "replace": "replace",
+    "mentions": "mentions",
+}
+
+
+def comparability_problems(a: TIEResult, b: TIEResult) -> list[str]:
+    """What differs between two traces whose effects are to be compared (Eq. 5's forget and
+    neighbour maps): model, noise level ν, steps, sampler, ``lp``, ``target``, γ, mode,
+    horizon, corruption, and the layer/step/module labels; ``[]`` when nothing does.
+    Settings a result does not record are not compared."""
+    out = []
+    if a.model_id != b.model_id:
+        out.append(f"model {a.model_id!r} vs {b.model_id!r}")
+    for key, words in _COMPARABLE_CONFIG.items():
+        if key not in a.config or key not in b.config:
+            continue
+        x, y = a.config[key], b.config[key]
+        same = (
+            math.isclose(x, y, rel_tol=1e-6)
+            if isinstance(x, float) and isinstance(y, float)
+            else x == y
+        )
+        if not same:
+            if isinstance(x, dict) and isinstance(y, dict):  # a sampler: name the settings
+                keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+                x = {k: x.get(k) for k in keys}
+                y = {k: y.get(k) for k in keys}
+            out.append(f"{words} {x!r} vs {y!r}")
+    for label in ("layers", "steps", "modules"):
+        if getattr(a, label) != getattr(b, label):
+            out.append(f"{label} {list(getattr(a, label))} vs {list(getattr(b, label))}")
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class TIEPair:
+    """The forget and neighbour traces of Eq. 5 (SPEC §7), traced together: what
+    ``select_coordinate(pair, beta=...)`` needs for ``β > 0``.
+
+    ``tt.trace_tie(model, facts, neighbours=keep)`` returns one (both sets under one ``ν``
+    and the same settings). Built by hand, the two results must agree on the model, ``ν``,
+    steps, sampler, ``lp``, ``target``, γ, mode and labels: a difference is a ``ValueError``
+    that names it. It reads like the mapping ``{"forget": ..., "neighbours": ...}``.
+
+    Attributes:
+        forget: :class:`TIEResult` of the facts to forget (Eq. 5's ``V``).
+        neighbours: :class:`TIEResult` of the facts to keep (``N``).
+
+    Example:
+        >>> pair = TIEPair(TIEResult.synthetic(n_facts=2), TIEResult.synthetic(n_facts=3))
+        >>> sorted(pair), pair["neighbours"].n_facts
+        (['forget', 'neighbours'], 3)
+    """
+
+    forget: TIEResult
+    neighbours: TIEResult
+
+    def __post_init__(self) -> None:
+        for name in ("forget", "neighbours"):
+            value = getattr(self, name)
+            if not isinstance(value, TIEResult):
+                raise TypeError(f"TIEPair.{name} must be a TIEResult, got {type(value).__name__}")
+        problems = comparability_problems(self.forget, self.neighbours)
+        if problems:
+            raise ValueError(
+                "the forget and neighbour traces were made differently ("
+                + "; ".join(problems)
+                + "): their effects are not comparable. Trace them together with "
+                "tt.trace_tie(model, facts, neighbours=...), or with the same settings and nu="
+            )
+
+    def keys(self) -> tuple[str, str]:
+        return ("forget", "neighbours")
+
+    def __getitem__(self, key: str) -> TIEResult:
+        if key not in self.keys():
+            raise KeyError(f"a TIEPair holds 'forget' and 'neighbours', not {key!r}")
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return 2
+
+    def __repr__(self) -> str:
+        return f"TIEPair(forget={self.forget!r}, neighbours={self.neighbours!r})"
 
 
 # ----------------------------------------------------------------------------- positional

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ._guards import as_int, require_model
 from ._io import Saveable
 from .errors import NonFiniteActivationError
 from .facts import Fact, locate_object
@@ -359,11 +360,13 @@ def diffuse(
         ['Lisbon', '1962']
         >>> tt.diffuse(model, facts[:2], sampler=tt.LLaDASampler(remasking="random"))  # doctest: +SKIP
     """
+    require_model(model, "diffuse")
     items = (
         [facts_or_prompts] if isinstance(facts_or_prompts, (Fact, str)) else list(facts_or_prompts)
     )
     if not items:
         raise ValueError("diffuse needs at least one fact or prompt")
+    steps = as_int(steps)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
     if model.is_causal:

@@ -87,6 +87,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ._guards import as_int, as_real, finite
 from .commit import step_noise_generator, transfer_schedule
 from .errors import UnsupportedSamplerError
 
@@ -379,6 +380,7 @@ class LLaDASampler(Sampler):
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
+        _numbers(self, ints=("block_length",), reals=("cfg_scale", "temperature", "threshold"))
         if self.remasking not in REMASKINGS:
             raise ValueError(f"unknown remasking {self.remasking!r}; choose one of {REMASKINGS}")
         if self.block_length is not None and (
@@ -620,6 +622,7 @@ class DreamSampler(Sampler):
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
+        _numbers(self, ints=("top_k",), reals=("alg_temp", "temperature", "top_p"))
         if self.alg not in DREAM_ALGS:
             raise ValueError(f"unknown Dream alg {self.alg!r}; choose one of {DREAM_ALGS}")
         if self.alg_temp is not None and not self.alg_temp >= 0:
@@ -872,6 +875,15 @@ class ReMaskingSampler(Sampler):
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls for cls in (LLaDASampler, DreamSampler, FastDLLMSampler, ReMaskingSampler)
 }
+
+
+def _numbers(config: Any, *, ints: tuple[str, ...], reals: tuple[str, ...]) -> None:
+    """Accept NumPy numbers for a sampler's settings and refuse NaN/inf, naming the setting."""
+    for name in ints:
+        object.__setattr__(config, name, as_int(getattr(config, name)))
+    for name in reals:
+        object.__setattr__(config, name, as_real(getattr(config, name)))
+        finite(name, getattr(config, name), f"a setting of {type(config).__name__}")
 
 
 def make_sampler(spec: str | dict | Sampler | None = None, **settings: Any) -> Sampler:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..core._guards import as_int, as_real
 from ..core.backbones import MODULES
 from ..core.errors import TieTracingError
 
@@ -130,6 +131,10 @@ class EditConfig:
     ridge_blocks: str = "memory"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layer", as_int(self.layer))
+        object.__setattr__(self, "q", as_int(self.q))
+        for name in ("alpha", "lam", "kappa", "gate_margin"):
+            object.__setattr__(self, name, as_real(getattr(self, name)))
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ValueError(f"layer must be an integer ≥ 0, got {self.layer!r}")
         if self.module not in MODULES:

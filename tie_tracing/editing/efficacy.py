@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from ..analysis.compare import Rows
 from ..analysis.stats import mean_ci
+from ..core._guards import require_model
 from ..core.likelihood import answer_logprob
 from .memory import EditMemory
 
@@ -50,6 +51,7 @@ def edit_efficacy(
         d_forget_lp_high, d_retain_lp, d_retain_lp_low, d_retain_lp_high, forget_lp_base,
         retain_lp_base, estimator, n_forget, n_retain``.
     """
+    require_model(model, "edit_efficacy")
     facts, retain = list(facts), list(retain)
     base_f = answer_logprob(model, facts, estimator=estimator, seed=seed)
     base_r = answer_logprob(model, retain, estimator=estimator, seed=seed)

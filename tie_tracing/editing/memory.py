@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..core._guards import require_model
 from ..core.errors import ShapeError
 from ..core.facts import Fact, as_facts, load_refusals
 from ..core.fingerprint import describe_model
@@ -245,6 +246,7 @@ class EditMemory:
             TypeError: ``steps=`` given (use ``edit_steps=``).
             SubjectNotFoundError: a fact's subject is not in its question.
         """
+        require_model(model, "EditMemory.build")
         if steps is not None:
             raise TypeError(
                 f"EditMemory.build(steps={steps!r}): `steps` is a step count elsewhere in "

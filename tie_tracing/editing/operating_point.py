@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from ..core._guards import as_int
 from ..core.facts import Fact
 from ..core.fingerprint import model_fingerprint
 from .config import (
@@ -96,6 +97,7 @@ def resolve_config(
         if module == "resid" and op.get("module"):
             module = op["module"]
     cap_q = False
+    q = as_int(q)
     if q is None and op.get("q") is not None and mode == "ridge":
         q, cap_q = int(op["q"]), True
     elif q is not None and (isinstance(q, bool) or not isinstance(q, int) or q < 1 or q > n_facts):

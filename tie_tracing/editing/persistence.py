@@ -94,6 +94,10 @@ def load_memory(path: str | os.PathLike, memory_class: Any) -> Any:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a directory; give the path of a file written by EditMemory.save"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no edit memory file at {path}")
     try:
@@ -107,7 +111,11 @@ def load_memory(path: str | os.PathLike, memory_class: Any) -> Any:
     try:
         meta = json.loads(header[_META_KEY])
         if meta.get("kind") != _KIND:
-            raise EditMemoryError(f"{path} holds a {meta.get('kind')!r}, not an edit memory")
+            kind = meta.get("kind")
+            raise EditMemoryError(
+                f"{path} holds a {kind}, not an EditMemory"
+                + (f"; load it with tt.{kind}.load" if isinstance(kind, str) else "")
+            )
         if meta.get("format") != FORMAT:
             raise EditMemoryError(
                 f"{path}: edit-memory format {meta.get('format')!r}, this version reads "

@@ -44,6 +44,7 @@ from scipy import stats
 
 from .._version import __version__
 from ..analysis.stats import _as_float64, _finite, mean_ci
+from ..core._guards import require_model
 from ..core._io import Saveable, load_object, save_object
 from ..core.facts import Fact
 from ..core.samplers import make_sampler
@@ -660,6 +661,7 @@ def evaluate(
         >>> ev = evaluate(model, {"forget": tt.load_facts(split="forget01")})  # doctest: +SKIP
         >>> print(ev)  # doctest: +SKIP
     """
+    require_model(model, "evaluate")
     if not isinstance(splits, Mapping):
         raise TypeError(
             f"splits must map split names to facts, e.g. {{'forget': facts}}; got "

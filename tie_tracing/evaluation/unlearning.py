@@ -93,6 +93,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..core._guards import as_int, as_real, require_model
 from ..core._io import atomic_write_text
 from ..core.backbones import get_module, hidden_of
 from ..core.errors import NonFiniteActivationError, TieTracingError
@@ -137,6 +138,7 @@ class UnlearningError(TieTracingError, ValueError):
 
 
 def _finite(name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> float:
+    value = as_real(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if positive and value <= 0:
@@ -147,6 +149,7 @@ def _finite(name: str, value: Any, *, positive: bool = False, nonneg: bool = Fal
 
 
 def _integer(name: str, value: Any, *, minimum: int) -> int:
+    value = as_int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     return int(value)
@@ -848,6 +851,7 @@ def unlearn(
         ...                       converged=True)                        # doctest: +SKIP
         >>> log.delta_forget_lp, log.delta_retain_lp                     # doctest: +SKIP
     """
+    require_model(model, "unlearn")
     cfg = UnlearnConfig(
         method=method, lr=lr, steps=steps, batch_size=batch_size, objective=objective,
         lora=LoraSpec.coerce(lora), converged=converged, max_retain_drift=max_retain_drift,

@@ -7,6 +7,7 @@ figure.
 """
 
 from .compare import plot_ar_vs_diffusion
+from .notebook import figure_dir, prose
 from .plotting import (
     StaticExportError,
     notebook_figures,
@@ -25,6 +26,8 @@ from .plotting import (
 
 __all__ = [
     "StaticExportError",
+    "figure_dir",
+    "prose",
     "notebook_figures",
     "plot_ar_vs_diffusion",
     "plot_beta_tradeoff",

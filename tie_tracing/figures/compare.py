@@ -165,8 +165,7 @@ def plot_ar_vs_diffusion(
             + (" (normalised)" if normalized else "")
         ),
         margin=dict(b=200, t=110),
-        height=520,
-        width=1350,
+        height=520,  # no fixed width: the figure fills its column (a 1280 px notebook, too)
     )
     fig.layout.meta = {"rows": [s.as_row(n) for n, s in zip(names, sums)]}
     return fig

@@ -56,6 +56,7 @@ from ..core.sampler import DiffusionResult
 
 __all__ = [
     "StaticExportError",
+    "network_scripts",
     "notebook_figures",
     "plot_beta_tradeoff",
     "plot_ie_by_later_step",
@@ -96,6 +97,11 @@ MODULE_TITLES: dict[str, str] = {
     "mlp": "MLP output",
 }
 _STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "jpg", "webp")
+#: Fewest facts whose bootstrap CI Figure 2 draws: fewer give percentile intervals that
+#: mean little, and the figure says so instead of circling cells.
+MIN_CI_FACTS = 5
+#: Widest fixed figure width (px): a notebook column of a 1280 px window.
+MAX_FIGURE_WIDTH = 1280
 
 
 class StaticExportError(TieTracingError, RuntimeError):
@@ -234,22 +240,34 @@ def plot_tie_heatmaps(
     n_resamples: int = 2000,
     seed: int = 0,
     max_hover_facts: int = 12,
+    min_ci_facts: int = MIN_CI_FACTS,
 ) -> go.Figure:
     """TIE heatmaps, one panel per module over (layer rows × step columns) — Figure 2.
 
     Panels are titled "residual stream", "attention output" and "MLP output" (``resid``,
     ``attn``, ``mlp``) and share one diverging colour axis, :data:`DIVERGING` centred at 0
-    (red positive, blue negative; it rescales with the view).
+    (red positive, blue negative). The colour range is **the same in every view** of the
+    dropdown (symmetric, the largest ``|value|`` of the mean and of every fact), and a key
+    under the panels states what the colour means: the unit and the sign ("+: restoring
+    the clean state there raises the answer's log-probability").
 
     **Mean view** (the default): the NaN-aware mean over facts. The hover of each cell
     gives the value, the percentile-bootstrap 95% CI over facts and the per-fact values;
     cells whose CI contains 0 (``low < 0 < high``) carry a small open circle (legend entry
-    "95% CI crosses 0"). Mean, CI and hover values cover the same facts, those the model
-    knows (:meth:`~tie_tracing.core.results.TIEResult.known_only`); when some are left out, the
-    title, the hover and the "mean" entry say "n known of N facts".
+    "95% CI crosses 0"). With fewer than ``min_ci_facts`` facts the circles are left out
+    and a note on the figure says that so few facts give no CI (facts of fewer than
+    ``min_ci_facts`` subjects keep the circles, with a note that the CI resamples those
+    subjects' relations, not people). Mean, CI and hover values cover the same facts, those
+    the model knows (:meth:`~tie_tracing.core.results.TIEResult.known_only`); when some are left
+    out, the title, the hover and the "mean" entry say "n known of N facts".
+
+    **The Eq. 5 cell**: the cell :func:`~tie_tracing.analysis.selection.select_coordinate` picks
+    (β = 0, over the modules shown, on the unnormalised TIE) carries a gold star in every
+    view (legend entry "Eq. 5 cell (layer, step, module)").
 
     **Per-fact views**: a dropdown ("mean" plus one entry per fact, unknown facts included
-    and marked "(unknown)") switches every panel to that fact's own map.
+    and marked "(unknown)") switches every panel to that fact's own map; the title names the
+    fact (a caller's ``title`` is the mean view's).
 
     **Commit-aware marks** (SPEC §4–§5, from the result's commit maps):
 
@@ -262,8 +280,8 @@ def plot_tie_heatmaps(
       the clean run) is outlined by a dashed column in every panel; the mean view outlines
       each step at which some averaged fact committed its object (thicker for more facts)
       and lists the distribution in the subtitle ("object committed (clean run): step 2 ×3,
-      step 5 ×1"). A result without commit maps (no ``config["mask_token_id"]``) plots
-      without these marks.
+      step 5 ×1"); a legend entry "object commit step" names the outline. A result without
+      commit maps (no ``config["mask_token_id"]``) plots without these marks.
 
     The title names the view; the subtitle always states the facts (known of total), noise
     draws, seed(s), ``lp``, ``target``, ``γ`` and the model id, also under a caller's
@@ -278,25 +296,30 @@ def plot_tie_heatmaps(
         result: a :class:`~tie_tracing.core.results.TIEResult`.
         normalized: plot the normalised view.
         modules: module names to show (default: all, in the result's order).
-        title: figure title (default: names the view and the fact count); the provenance
-            subtitle is kept either way.
+        title: the mean view's title (default: names the view and the fact count); the
+            provenance subtitle is kept either way.
         n_resamples, seed: of the bootstrap CI.
         max_hover_facts: per-fact values listed in a hover at most.
+        min_ci_facts: fewest facts whose bootstrap CI is drawn (default
+            :data:`MIN_CI_FACTS`).
 
     Returns:
         A figure whose traces are, for ``M`` panels: ``M`` TIE heatmaps
         (``coloraxis="coloraxis"``, named by module), ``M`` grey idle overlays (named
-        "idle step") and ``M`` scatter traces of the CI-crosses-0 cells (named "95% CI
-        crosses 0", visible in the mean view only). Dropdown button ``0`` is the mean view,
-        button ``1 + f`` fact ``f``; each sets ``z`` and ``text`` of the heatmaps and
-        overlays, the traces' ``visible``, the title, subtitle and commit outlines (``shapes``
-        named "object commit").
+        "idle step"), ``M`` scatter traces of the CI-crosses-0 cells (named "95% CI
+        crosses 0", visible in the mean view only), one star on the Eq. 5 cell (named
+        "Eq. 5 cell …"; empty when no cell wins) and one legend-only line named "object
+        commit step". Dropdown button ``0`` is the mean view, button ``1 + f`` fact ``f``;
+        each sets ``z`` and ``text`` of the heatmaps and overlays, the traces' ``visible``,
+        the title, subtitle and commit outlines (``shapes`` named "object commit").
+        Annotations named "colour key" and "CI note" hold the colour's meaning and what the
+        CI rests on; the panel titles are the unnamed ones.
 
     Example:
         >>> fig = plot_tie_heatmaps(TIEResult.synthetic(n_facts=2), n_resamples=200)
         >>> [t.name for t in fig.data][:4], len(fig.layout.updatemenus[0].buttons)
         (['resid', 'attn', 'mlp', 'idle step'], 3)
-        >>> [a.text for a in fig.layout.annotations]
+        >>> [a.text for a in fig.layout.annotations if not a.name]
         ['residual stream', 'attention output', 'MLP output']
         >>> "lp=frozen · target=answer" in fig.layout.title.subtitle.text
         True
@@ -317,12 +340,37 @@ def plot_tie_heatmaps(
     per_fact = per_fact_all[kept]  # the averaged facts (hover)
     mean = _np(r.mean(include_unknown=True))  # r holds the known facts already
     low, high = (_np(t) for t in bootstrap_ci(r.tie, n_resamples=n_resamples, seed=seed))
-    crosses = (low < 0) & (high > 0)  # [layer, step, module]; NaN compares False
+    ci_shown = n_f >= min_ci_facts
+    crosses = (low < 0) & (high > 0) & ci_shown  # [layer, step, module]; NaN compares False
+    n_subjects = len(set(r.subjects))
+    if not ci_shown:
+        ci_note = (
+            f"No CI marks: a bootstrap 95% CI over {n_f} fact{'' if n_f == 1 else 's'} "
+            f"means little (fewer than {min_ci_facts}); trace more facts"
+        )
+    elif n_subjects < min_ci_facts:
+        ci_note = (
+            f"The 95% CI resamples {n_f} facts of {n_subjects} subject"
+            f"{'' if n_subjects == 1 else 's'}: their relations, not people"
+        )
+    else:
+        ci_note = ""
     names_all = [r_all.fact_ids[i] or f"#{i}" for i in range(n_all)]
     names = [names_all[i] for i in kept]
     unit = "normalised TIE" if r.is_normalized else "TIE (nats)"
     steps, layers = list(r.steps), list(r.layers)
     provenance = _provenance(r_all, facts_phrase)
+    shown = np.concatenate([mean[..., mods].ravel(), per_fact_all[..., mods].ravel()])
+    shown = np.abs(shown[np.isfinite(shown)])
+    zmax = float(shown.max()) if shown.size and shown.max() > 0 else 1.0
+    read = "the object's" if r_all.config.get("target") == "object" else "the answer's"
+    colour_key = (
+        f"Colour: {unit}, the same scale (±{_fmt(zmax)}) in every view. Red (+): restoring "
+        f"the clean state at that layer, step and site raises {read} log-probability; "
+        "blue (−): lowers it."
+        + ("  1 = all of the clean–corrupted gap." if r.is_normalized else "")
+    )
+    eq5, eq5_text = _eq5_cell(result, [r.modules[m] for m in mods])
 
     info = _commit_info(r_all)
     if info is not None:
@@ -353,7 +401,8 @@ def plot_tie_heatmaps(
                 row.append(
                     f"layer {layer}, step {step}, {r.modules[mi]}<br>"
                     f"mean {unit}: {_fmt(mean[li, si, mi])}<br>"
-                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over {facts_phrase}<br>"
+                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over {facts_phrase}"
+                    f"{'' if ci_shown else ' (too few facts to rely on)'}<br>"
                     f"per fact:<br>{facts}{more}"
                 )
             rows.append(row)
@@ -462,6 +511,37 @@ def plot_tie_heatmaps(
             row=1,
             col=col,
         )
+    eq5_col = 1 + [r.modules[m] for m in mods].index(eq5.module) if eq5 is not None else 1
+    fig.add_trace(
+        go.Scatter(
+            x=[] if eq5 is None else [eq5.step],
+            y=[] if eq5 is None else [eq5.layer],
+            mode="markers",
+            marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1)),
+            name=eq5_text,
+            legendgroup="eq5",
+            showlegend=eq5 is not None,
+            text=[] if eq5 is None else [eq5_text],
+            hovertemplate="%{text}<extra></extra>",
+        ),
+        row=1,
+        col=eq5_col,
+    )
+    info_commits = _commit_info(r_all) is not None
+    fig.add_trace(  # the dashed commit outlines are layout shapes: this names them
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="lines",
+            line=dict(color=COMMIT_LINE, width=2, dash="dash"),
+            name="object commit step (clean run)",
+            legendgroup="commit",
+            showlegend=info_commits,
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
     fig.update_yaxes(title_text="layer", dtick=1, row=1, col=1)
 
     def view(
@@ -476,9 +556,14 @@ def plot_tie_heatmaps(
         does not have) and keep their text; they are visible in the mean view only.
         """
         return {
-            "z": [maps[mi] for mi in mods] + [overlays[mi][0] for mi in mods] + [None] * n_cols,
-            "text": [texts[mi] for mi in mods] + [overlays[mi][1] for mi in mods] + ci_text,
-            "visible": [True] * (2 * n_cols) + [is_mean] * n_cols,
+            "z": [maps[mi] for mi in mods]
+            + [overlays[mi][0] for mi in mods]
+            + [None] * (n_cols + 2),
+            "text": [texts[mi] for mi in mods]
+            + [overlays[mi][1] for mi in mods]
+            + ci_text
+            + [[] if eq5 is None else [eq5_text], None],
+            "visible": [True] * (2 * n_cols) + [is_mean] * n_cols + [True, True],
         }
 
     if object_step is not None:
@@ -524,8 +609,7 @@ def plot_tie_heatmaps(
                 args=[
                     view({mi: per_fact_all[f, :, :, mi] for mi in mods}, texts, overlays, False),
                     {
-                        "title.text": title
-                        or html.escape(
+                        "title.text": html.escape(
                             f"{unit}, fact {names_all[f]}{mark}: {r_all.subjects[f]} → "
                             f"{r_all.answers[f]}"
                         ),
@@ -544,7 +628,13 @@ def plot_tie_heatmaps(
             y=0.98,
             yanchor="top",
         ),
-        coloraxis=dict(colorscale=DIVERGING, cmid=0.0, colorbar=dict(title=dict(text=unit))),
+        coloraxis=dict(
+            colorscale=DIVERGING,
+            cmid=0.0,
+            cmin=-zmax,
+            cmax=zmax,
+            colorbar=dict(title=dict(text=f"{unit}<br>+ raises log p")),
+        ),
         shapes=mean_shapes,
         updatemenus=[
             dict(
@@ -558,10 +648,43 @@ def plot_tie_heatmaps(
             )
         ],
         legend=dict(orientation="h", x=0.0, xanchor="left", y=-0.2, yanchor="top"),
-        height=600,
-        margin=dict(t=170, b=110),
+        height=650,
+        margin=dict(t=170, b=170),
     )
+    for name, text, y in (("colour key", colour_key, -0.36), ("CI note", ci_note, -0.43)):
+        if text:
+            fig.add_annotation(
+                name=name,
+                text=html.escape(text, quote=False),
+                xref="paper",
+                yref="paper",
+                x=0.0,
+                y=y,
+                xanchor="left",
+                yanchor="top",
+                showarrow=False,
+                align="left",
+                font=dict(size=11),
+            )
     return fig
+
+
+def _eq5_cell(result: TIEResult, modules: list[str]) -> tuple[Coordinate | None, str]:
+    """The Eq. 5 cell (β = 0) over ``modules`` of the unnormalised result, and its label;
+    ``None`` when no cell wins (every score equal, or non-finite maps)."""
+    import warnings
+
+    from ..analysis.selection import select_coordinate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            c = select_coordinate(result, modules=modules)
+        except ValueError:
+            return None, "Eq. 5 cell: none (non-finite maps)"
+    if any("arbitrary" in str(w.message) for w in caught):
+        return None, "Eq. 5 cell: none (every cell scores the same)"
+    return c, f"Eq. 5 cell (layer {c.layer}, step {c.step}, {c.module})"
 
 
 def plot_ie_by_later_step(
@@ -1444,6 +1567,27 @@ def notebook_figures(*, static: bool | None = None, fmt: str = "png") -> str:
     return renderer
 
 
+def _is_local_script(src: str) -> bool:
+    """Whether a script path loads from disk (not ``cdn``, not ``http(s)://``, not ``//``)."""
+    return src.endswith(".js") and not src.startswith(("http://", "https://", "//"))
+
+
+def network_scripts(html_text: str) -> list[str]:
+    """The ``<script src=...>`` URLs of an HTML page that load from the network (a figure
+    that needs one is blank offline).
+
+    Example:
+        >>> network_scripts('<script src="https://cdn.plot.ly/plotly-3.0.1.min.js"></script>')
+        ['https://cdn.plot.ly/plotly-3.0.1.min.js']
+        >>> network_scripts('<script charset="utf-8" src="plotly.min.js"></script>')
+        []
+    """
+    import re
+
+    sources = re.findall(r"<script\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", html_text, flags=re.I)
+    return [src for src in sources if src.startswith(("http://", "https://", "//"))]
+
+
 def _bundle_plotlyjs(directory: Path) -> list[Path]:
     """Write ``plotly.min.js`` (the installed plotly's bundle) into ``directory`` unless an
     identical copy is there; returns the path when it wrote one."""
@@ -1472,13 +1616,13 @@ def save_figure(
 
     The format follows ``path``'s suffix (``.html``, ``.png``, ``.svg``, ``.pdf``, ``.jpeg``,
     ``.webp``), or ``formats`` lists several, each written next to ``path`` with that suffix
-    (e.g. ``save_figure(fig, "figures/figure2", formats=("html", "png"))``). HTML is
-    self-contained by default (``include_plotlyjs=True``, ~4 MB, opens offline);
-    ``"directory"`` writes a small file that loads ``plotly.min.js`` from beside it (written
-    there once, also offline: what a folder of figures wants); ``"cdn"`` loads plotly.js from
-    the network (a blank page offline). Static formats need
-    kaleido and a Chrome/Chromium; when either is missing :class:`StaticExportError` is raised
-    before anything is written, saying what to install.
+    (e.g. ``save_figure(fig, "figures/figure2", formats=("html", "png"))``). Every HTML it
+    writes opens offline: self-contained by default (``include_plotlyjs=True``, ~4 MB), or
+    ``"directory"``, a small file that loads ``plotly.min.js`` from beside it (written there
+    once: what a folder of figures wants). Options that load plotly.js from the network
+    (``"cdn"``, a URL) or not at all (``False``) would write a page that is blank offline and
+    are refused. Static formats need kaleido and a Chrome/Chromium; when either is missing
+    :class:`StaticExportError` is raised before anything is written, saying what to install.
 
     Returns:
         The paths written.
@@ -1486,9 +1630,16 @@ def save_figure(
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> [p.name for p in save_figure(go.Figure(), d / "empty.html", include_plotlyjs="cdn")]
-        ['empty.html']
+        >>> [p.name for p in save_figure(go.Figure(), d / "a.html", include_plotlyjs="directory")]
+        ['plotly.min.js', 'a.html']
     """
+    if include_plotlyjs is not True and include_plotlyjs != "directory":
+        if not (isinstance(include_plotlyjs, str) and _is_local_script(include_plotlyjs)):
+            raise ValueError(
+                f"include_plotlyjs={include_plotlyjs!r} writes a figure that is blank offline "
+                "(plotly.js from the network, or none); use 'directory' (plotly.min.js written "
+                "beside the html) or True (embedded, ~4 MB)"
+            )
     path = Path(path)
     if formats is None:
         if not path.suffix:

@@ -19,6 +19,8 @@ are not counted; give ``max_memory`` below the free memory when they matter.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 
 import torch
@@ -53,8 +55,13 @@ def parse_memory(value: int | float | str) -> int:
         raise ValueError(
             f"max_memory must be a size in bytes or a string like '2GB', got {value!r}"
         )
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):
         size = float(value)
+        if not math.isfinite(size):
+            raise ValueError(
+                f"max_memory must be a finite size in bytes or a string like '2GB', got "
+                f"{value!r}; leave it None for the default budget"
+            )
     elif isinstance(value, str):
         found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
         unit = found.group(2).lower() if found else ""

@@ -30,7 +30,7 @@ from ..core.facts import Fact
 from .ranks import _barrier, rank_zero_first, world
 
 
-def trace_sharded(model, facts: Sequence[Fact], *, out, progress: bool = False, **kwargs):
+def trace_sharded(model, facts: Sequence[Fact], *, out, progress: bool | str = False, **kwargs):
     """Trace ``facts`` across the ranks of a ``torchrun`` launch; rank 0 returns the merge.
 
     Args:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core._guards import as_int, as_ints, as_real, finite, require_model
 from ..core.backbones import MODULES, hidden_of
 from ..core.errors import ShapeError, SubjectNotFoundError
 from ..core.facts import Fact, check_mentions, locate_object, locate_subject
@@ -162,10 +163,16 @@ class Corruption:
     n_noise: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("noise_scale", "nu"):
+            object.__setattr__(self, name, as_real(getattr(self, name)))
+        object.__setattr__(self, "n_noise", as_int(self.n_noise))
+        object.__setattr__(self, "seed", as_int(self.seed))
         if not self.noise_scale > 0:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
+        finite("noise_scale", self.noise_scale, "ν = noise_scale · σ_emb, the noise level")
         if self.nu is not None and not self.nu > 0:
             raise ValueError(f"nu must be > 0, got {self.nu}")
+        finite("nu", self.nu, "the noise level ν added to the subject embeddings")
         if not isinstance(self.n_noise, int) or isinstance(self.n_noise, bool) or self.n_noise < 1:
             raise ValueError(f"n_noise must be an integer ≥ 1, got {self.n_noise!r}")
 
@@ -209,6 +216,12 @@ class SweepSettings:
         check_mentions(self.mentions)
         if isinstance(self.modules, str):  # modules="resid" means ("resid",)
             object.__setattr__(self, "modules", (self.modules,))
+        if self.layers is not None:  # NumPy integers are layers too
+            object.__setattr__(self, "layers", as_ints(self.layers))
+        object.__setattr__(self, "n_noise", as_int(self.n_noise))
+        object.__setattr__(self, "seed", as_int(self.seed))
+        for name in ("noise_scale", "nu"):
+            object.__setattr__(self, name, as_real(getattr(self, name)))
         if isinstance(self.layers, int):
             object.__setattr__(self, "layers", (self.layers,))
         if self.layers is not None:
@@ -290,6 +303,15 @@ class Patch:
             raise ValueError(f"Patch module must be one of {MODULES}, got {self.module!r}")
         if not isinstance(self.value, torch.Tensor):
             raise TypeError(f"Patch value must be a tensor, got {type(self.value).__name__}")
+        for name in ("layer", "step"):
+            object.__setattr__(self, name, as_int(getattr(self, name)))
+        if self.value.is_floating_point() and not bool(torch.isfinite(self.value).all()):
+            bad = int((~torch.isfinite(self.value)).sum())
+            raise ValueError(
+                f"Patch value (layer {self.layer}, {self.module}, step {self.step}) holds {bad} "
+                f"NaN/inf of {self.value.numel()} entries: a patch must write finite "
+                "activations (check how the value was computed)"
+            )
         for name in ("positions", "rows"):
             value = getattr(self, name)
             if value is not None and len(tuple(value)) == 0:
@@ -474,6 +496,7 @@ def run_patched(
     Returns:
         A :class:`PatchedRun`.
     """
+    require_model(model, "run_patched")
     from ..core.samplers import resolve_sampler
 
     check_lp_mode(lp)

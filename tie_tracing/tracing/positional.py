@@ -86,6 +86,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..core._guards import as_int, require_model
 from ..core.backbones import MODULES, hidden_of
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
@@ -130,6 +131,8 @@ class PositionalConfig(SweepSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "window", as_int(self.window))
+        object.__setattr__(self, "batch_size", as_int(self.batch_size))
         if not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an integer ≥ 1, got {self.window!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -445,6 +448,7 @@ def trace_positional(
         >>> r.tokens[0][r.config["prompt_length"][r.fact_ids[0]] :]         # doctest: +SKIP
         (' Datrastond', ' Loho', ' was', ' born', ' in')
     """
+    require_model(model, "trace_positional")
     facts = as_facts(facts, "trace_positional")
     ids = [fact_key(f) for f in facts]
     if len(set(ids)) != len(ids):

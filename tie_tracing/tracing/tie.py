@@ -52,22 +52,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..core._guards import as_int, as_ints, as_real, finite, require_model
 from ..core._io import atomic_write_text
 from ..core.backbones import MODULES
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
-from ..core.results import TIEResult, tie_from_ie
+from ..core.results import ResultFileError, TIEPair, TIEResult, tie_from_ie
 from ..core.sampler import (
     check_lp_mode,
     check_target,
@@ -147,6 +150,11 @@ class TraceConfig(SweepSettings):
     def __post_init__(self) -> None:
         from ..core.samplers import resolve_sampler
 
+        for name in ("steps", "block_length", "horizon"):
+            object.__setattr__(self, name, as_int(getattr(self, name)))
+        for name in ("decay", "temperature"):
+            object.__setattr__(self, name, as_real(getattr(self, name)))
+        finite("temperature", self.temperature, "of the sampler")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
         if self.block_length is not None and (
@@ -164,7 +172,7 @@ class TraceConfig(SweepSettings):
         object.__setattr__(self, "temperature", float(getattr(rule, "temperature", 0.0)))
         object.__setattr__(self, "block_length", getattr(rule, "block_length", None))
         super().__post_init__()
-        if not 0 < self.decay <= 1:
+        if not isinstance(self.decay, (int, float)) or not 0 < self.decay <= 1:
             raise ValueError(f"decay must lie in (0, 1], got {self.decay}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
@@ -624,25 +632,48 @@ def _to_result(
     )
 
 
-def _check_known(model, query: Query, clean_tokens: torch.Tensor, lp: float) -> bool:
-    """Warn (naming the fact) when the clean sample is not the answer."""
+def _unknown_answer(model, query: Query, clean_tokens: torch.Tensor) -> str | None:
+    """The clean sample's text when it is not the fact's answer (the model does not know
+    the fact), else ``None``."""
     final = clean_tokens[-1].tolist()
     if final == list(query.answer_ids):
-        return True
-    said = model.tokenizer.decode(final, skip_special_tokens=True).strip()
+        return None
+    return str(model.tokenizer.decode(final, skip_special_tokens=True).strip())
+
+
+def _warn_unknown(unknown: Sequence[tuple[str, str, str, float]], total: int) -> None:
+    """One warning line for every fact the model does not know (after the progress bar)."""
+    if not unknown:
+        return
+    fid, said, answer, lp = unknown[0]
+    ids = [u[0] for u in unknown]
+    listed = ", ".join(repr(i) for i in ids[:5]) + (" …" if len(ids) > 5 else "")
     warnings.warn(
-        f"fact {fact_key(query.fact)!r}: the model does not know the answer (its clean sample is "
-        f"{said!r}, not {query.fact.answer!r}; LP_clean(T-1) = {lp:.2f} nats). Its TIE is "
-        f"reported but measures little; result.config['unknown_facts'] lists it.",
+        f"the model does not know {len(unknown)} of {total} facts ({listed}): their clean "
+        f"samples are not their answers (e.g. {fid!r}: {said!r}, not {answer!r}; "
+        f"LP_clean(T-1) = {lp:.2f} nats). Their TIE is reported but measures little; "
+        "result.config['unknown_facts'] lists them",
         stacklevel=3,
     )
-    return False
 
 
+@overload
 def trace_tie(
+    model, facts: Sequence[Fact] | Fact, *, neighbours: None = None, **settings: Any
+) -> TIEResult: ...
+
+
+@overload
+def trace_tie(
+    model, facts: Sequence[Fact] | Fact, *, neighbours: Sequence[Fact] | Fact, **settings: Any
+) -> TIEPair: ...
+
+
+def trace_tie(  # type: ignore[misc]
     model,
     facts: Sequence[Fact] | Fact,
     *,
+    neighbours: Sequence[Fact] | Fact | None = None,
     steps: int = 8,
     modules: Sequence[str] | str = MODULES,
     layers: Sequence[int] | int | None = None,
@@ -662,16 +693,21 @@ def trace_tie(
     horizon: int | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     max_memory: int | str | None = None,
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
-) -> TIEResult:
+) -> TIEResult | TIEPair:
     """Diffusion-time causal tracing: TIE of every ``(layer, step, module)`` for each fact.
 
     Args:
         model: A :class:`~tie_tracing.core.model.TracedModel` of an MDLM.
         facts: Facts whose subject occurs in the question.
+        neighbours: Facts to keep (Eq. 5's ``N``), traced with the same settings and the
+            same ``ν`` (resolved over both sets unless ``nu`` is given); the call then
+            returns a :class:`~tie_tracing.core.results.TIEPair` that
+            ``select_coordinate(pair, beta=...)`` takes as it is. With ``out``, the two
+            sweeps go to ``out/forget`` and ``out/neighbours``.
         steps: ``T`` denoising steps (default 8).
         modules: Sites to patch (subset of ``resid``, ``attn``, ``mlp``).
         layers: Layers to patch (default all).
@@ -705,11 +741,15 @@ def trace_tie(
         mentions: ``"all"`` (default): every mention of the subject in the question is
             corrupted and patched; ``"first"``: only the first (ROME's rule).
         out: Directory for a resumable sweep: each finished fact is written there as it
-            completes; rerunning with the same ``out`` skips finished facts. Resuming is
+            completes; rerunning with the same ``out`` skips finished facts (with
+            ``progress``, it says "resuming: 5/20 facts already traced"). Resuming is
             keyed by content: other settings, another model or retrained weights (a
             fingerprint of configuration and weights), or a fact whose fields changed are
             errors that say what changed.
-        overwrite: Discard a sweep in ``out`` that does not match instead of raising.
+        overwrite: Replace what no longer matches instead of raising: with other settings,
+            model or weights every fact is traced again; otherwise only the facts whose
+            fields changed are (a fact whose result sits at another position is reused), and
+            result files of facts no longer in ``facts`` are removed.
         mode: What is computed per cell:
 
             * ``"exact"`` (default): Eq. 4 over every later step, each divergent future
@@ -733,7 +773,8 @@ def trace_tie(
             ``horizon_weight`` (``max_k w_h(k)``, :func:`horizon_weight`). ``None`` (default)
             or ``h ≥ T - 1`` is the exact sweep, bit for bit. (With a horizon or an immediate
             mode, normalise with ``result.normalized(nan_policy="omit")``.)
-        progress: Show a progress bar over facts.
+        progress: Show a progress bar over facts (labelled with the mode and seed; a string
+            is the label).
         max_memory: Memory budget of one forward, bytes or a string such as ``"2GB"``;
             rows per forward are chosen from it (:mod:`tie_tracing.tracing.budget`). Default: 90% of
             the free CUDA memory on a GPU, half the available RAM on CPU. It changes speed
@@ -746,12 +787,13 @@ def trace_tie(
 
     Returns:
         A :class:`~tie_tracing.core.results.TIEResult`: ``.tie`` ``[fact, layer, step, module]``,
-        ``.ie`` ``[fact, layer, step, module, later_step]``, baselines, tokens, config.
+        ``.ie`` ``[fact, layer, step, module, later_step]``, baselines, tokens, config; with
+        ``neighbours``, a :class:`~tie_tracing.core.results.TIEPair` of two of them.
 
     Warns:
         UserWarning: when ``steps`` exceeds the answer length of some facts, naming how many
-            steps have nothing to decide (their TIE is 0 under ``lp="frozen"``), and for every
-            fact the model does not know.
+            steps have nothing to decide (their TIE is 0 under ``lp="frozen"``), and once,
+            listing them, for the facts the model does not know.
 
     Raises:
         SubjectNotFoundError: a fact's subject is not in its prompt (names the fact).
@@ -767,9 +809,18 @@ def trace_tie(
         >>> result.mean().shape   # [layer, step, module]                   # doctest: +SKIP
         torch.Size([6, 8, 3])
     """
+    require_model(model, "trace_tie")
+    if neighbours is not None:
+        return _trace_pair(model, facts, neighbours, dict(locals()))
     if model.is_causal:
         raise ValueError(
             f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing"
+        )
+    batch_size = as_int(batch_size)
+    if isinstance(max_memory, float) and not math.isfinite(max_memory):
+        raise ValueError(
+            f"max_memory must be a finite number of bytes or a size such as '2GB', got "
+            f"{max_memory!r}; leave it None for the default budget"
         )
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
@@ -795,12 +846,13 @@ def trace_tie(
     ids = [fact_key(f) for f in facts]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate fact ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    layer_spec: Any = as_ints(layers)  # NumPy integers are layers too
     config = TraceConfig(
         steps=steps,
         modules=(modules,) if isinstance(modules, str) else tuple(modules),
         layers=None
-        if layers is None
-        else ((layers,) if isinstance(layers, int) else tuple(layers)),
+        if layer_spec is None
+        else ((layer_spec,) if isinstance(layer_spec, int) else tuple(layer_spec)),
         noise_scale=noise_scale,
         nu=nu,
         replace=replace,
@@ -827,17 +879,32 @@ def trace_tie(
     queries = [encode_query(model, f, mentions=config.mentions) for f in facts]
     _warn_idle(queries, config)
     nu_value = config.corruption().resolve_nu(model, queries)
+    facts_all = [q.fact for q in queries]
     store = None
     if out is not None and shard is None:
-        store = _Store(out, config, nu_value, model, overwrite=overwrite)
+        store = _Store(out, config, nu_value, model, facts=facts_all, overwrite=overwrite)
     elif out is not None and shard is not None:  # one shard: rank 0 prepares `out` first
         with rank_zero_first():
             first = shard[0] == 0  # the others leave the files of running writes alone
-            store = _Store(out, config, nu_value, model, overwrite=overwrite and first, clean=first)
+            store = _Store(
+                out,
+                config,
+                nu_value,
+                model,
+                facts=facts_all,
+                overwrite=overwrite and first,
+                clean=first,
+            )
     stats: dict = {"forwards": 0, "rows": 0, "divergent_continuations": 0, "shapes": []}
     results, unknown = [], []
     mine = range(len(queries)) if shard is None else range(shard[0], len(queries), shard[1])
-    for i in tqdm(mine, desc="trace_tie", unit="fact", disable=not progress):
+    if store is not None:
+        stats["resumed"] = sum(store.has(i) for i in mine)
+        stats["removed"] = [p.name for p in store.removed]
+        if progress:
+            _note_resume(store, stats["resumed"], len(mine))
+    label = progress if isinstance(progress, str) else f"TIE {config.mode}, seed {config.seed}"
+    for i in tqdm(mine, desc=label, unit="fact", disable=not progress):
         query = queries[i]
         done = store.get(i, query.fact) if store else None
         if done is None:
@@ -852,12 +919,61 @@ def trace_tie(
             done = dataclasses.replace(
                 done, config={k: v for k, v in done.config.items() if k != "fact"}
             )
-        if not _check_known(model, query, done.clean_tokens[0], float(done.lp_clean[0, -1])):
-            unknown.append(ids[i])
+        said = _unknown_answer(model, query, done.clean_tokens[0])
+        if said is not None:
+            unknown.append((ids[i], said, query.fact.answer, float(done.lp_clean[0, -1])))
         results.append(done)
+    _warn_unknown(unknown, len(mine))
     result = TIEResult.concat(results)
-    extra = {"unknown_facts": unknown, "engine_stats": stats}
+    extra = {"unknown_facts": [u[0] for u in unknown], "engine_stats": stats}
     return dataclasses.replace(result, config=result.config | extra)
+
+
+def _note_resume(store: _Store, done: int, total: int) -> None:
+    """Say, before the bar starts, how far a resumed sweep already is and what was replaced."""
+    if store.removed:
+        tqdm.write(
+            f"overwrite: removed {len(store.removed)} outdated file(s) from {store.dir} "
+            "(their facts or settings changed); tracing them again",
+            file=sys.stderr,
+        )
+    if done:
+        tqdm.write(f"resuming: {done}/{total} facts already traced in {store.dir}", file=sys.stderr)
+
+
+def _trace_pair(model, facts, neighbours, settings: dict) -> TIEPair:
+    """``trace_tie(model, facts, neighbours=...)``: both sets under one ν and one set of
+    settings, each in its own ``out`` subdirectory (``forget/``, ``neighbours/``)."""
+    if settings["shard"] is not None:
+        raise ValueError(
+            "neighbours= cannot be combined with shard=: trace each set in its own sharded run "
+            "with the same nu= (tt.Corruption().resolve_nu over both sets)"
+        )
+    facts = as_facts(facts, "trace_tie")
+    neighbours = as_facts(neighbours, "trace_tie(neighbours=...)")
+    nu = settings["nu"]
+    if nu is None:  # one ν over both sets, so their effects are comparable
+        probe = SweepSettings(
+            noise_scale=settings["noise_scale"], n_noise=1, mentions=settings["mentions"]
+        )
+        queries = [encode_query(model, f, mentions=probe.mentions) for f in [*facts, *neighbours]]
+        nu = probe.corruption().resolve_nu(model, queries)
+    out, progress = settings["out"], settings["progress"]
+    seed = settings["seed"]
+    common = {k: v for k, v in settings.items() if k not in ("model", "facts", "neighbours")}
+    parts = {}
+    for name, part in (("forget", facts), ("neighbours", neighbours)):
+        parts[name] = trace_tie(
+            model,
+            part,
+            **common
+            | {
+                "nu": nu,
+                "out": None if out is None else Path(out) / name,
+                "progress": f"TIE {name}, seed {seed}" if progress is True else progress,
+            },
+        )
+    return TIEPair(forget=parts["forget"], neighbours=parts["neighbours"])
 
 
 def _sampler_settings(model, sampler, temperature, block_length) -> dict:
@@ -913,8 +1029,11 @@ class _Store:
     Resuming is keyed by content, not by position: ``config.json`` records the settings, the
     model's name and its fingerprint (configuration and sampled weights, so a checkpoint
     retrained at the same path is noticed), and every fact file records all fields of its
-    fact. Any difference is an error that names what changed, unless ``overwrite=True``,
-    which discards the old sweep. Temporary files left by a killed write are removed.
+    fact. Any difference is an error that names what changed, unless ``overwrite=True``:
+    then other settings or weights discard every fact file, and otherwise only the files of
+    facts that changed or left the list are removed (a fact found at another position is
+    moved there). Temporary files left by a killed write are removed. ``removed`` lists the
+    files this replaced.
     """
 
     def __init__(
@@ -924,6 +1043,7 @@ class _Store:
         nu: float,
         model,
         *,
+        facts: Sequence[Fact],
         overwrite: bool = False,
         clean: bool = True,
     ):
@@ -937,6 +1057,7 @@ class _Store:
             raise PermissionError(f"out={self.dir} is not writable: choose another directory")
         for tmp in self.dir.glob(".*.tmp") if clean else ():  # killed atomic writes
             tmp.unlink(missing_ok=True)
+        self.removed: list[Path] = []
         meta = {
             "config": config.to_dict() | {"nu": nu},
             "model_id": str(model.name),
@@ -944,31 +1065,97 @@ class _Store:
         }
         meta = json.loads(json.dumps(meta))
         path = self.dir / "config.json"
-        if path.exists() and overwrite:
-            for old in self.dir.glob("fact_*.safetensors"):
-                old.unlink()
-            path.unlink()
         if path.exists():
-            old = json.loads(path.read_text())
-            changes = _describe_changes(old, meta)
-            if changes:
+            old = self._read_config(path, overwrite)
+            changes = ["its config.json is unreadable"] if old is None else []
+            changes = changes or _describe_changes(old or {}, meta)
+            if changes and not overwrite:
+                nu_note = (
+                    " (unless nu= is given, ν = noise_scale · σ_emb is resolved over the facts "
+                    "traced: a fixed nu= keeps it when the fact list changes)"
+                    if any(c.startswith("settings") and "nu:" in c for c in changes)
+                    else ""
+                )
                 raise ValueError(
                     f"{self.dir} holds a sweep of another experiment ({'; '.join(changes)}); "
-                    "use another `out` directory, or overwrite=True to discard it"
+                    f"use another `out` directory, or overwrite=True to discard it{nu_note}"
                 )
+            if changes:  # every fact there was traced under other settings
+                self._remove(sorted(self.dir.glob("fact_*.safetensors")))
+                atomic_write_text(path, json.dumps(meta, indent=1))
         else:
             atomic_write_text(path, json.dumps(meta, indent=1))
+        if overwrite and clean:
+            self._reconcile(facts)
         self._cache: dict[int, TIEResult] = {}
+
+    @staticmethod
+    def _read_config(path: Path, overwrite: bool) -> dict | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return data
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            if overwrite:
+                return None
+            raise ResultFileError(
+                f"{path} is unreadable ({error}): the settings of the sweep in {path.parent} "
+                "are unknown, so its fact files cannot be trusted; rerun with overwrite=True "
+                "to start that directory again, or use another `out` directory"
+            ) from None
 
     def _path(self, i: int) -> Path:
         return self.dir / f"fact_{i:05d}.safetensors"
+
+    def _remove(self, paths: Sequence[Path]) -> None:
+        for old in paths:
+            old.unlink(missing_ok=True)
+            self.removed.append(old)
+
+    def _reconcile(self, facts: Sequence[Fact]) -> None:
+        """``overwrite``: keep the files whose fact is still wanted (moved to its position),
+        remove the others (changed, unreadable, or no longer in the list)."""
+        wanted = {_record_key(fact_record(f)): i for i, f in enumerate(facts)}
+        files = sorted(self.dir.glob("fact_*.safetensors"))
+        where = {file: wanted.get(_stored_fact_key(file) or "") for file in files}
+        keep: dict[Path, Path] = {}
+        claimed = set()
+        for file, i in where.items():  # files already in place
+            if i is not None and self._path(i) == file:
+                keep[file] = file
+                claimed.add(i)
+        for file, i in where.items():  # a wanted fact at another position: move it there
+            if file not in keep and i is not None and i not in claimed:
+                keep[file] = self._path(i)
+                claimed.add(i)
+        self._remove([file for file in files if file not in keep])
+        staged = {}
+        for src, dst in keep.items():  # two passes: a move may free another's target
+            if src != dst:
+                tmp = src.with_name(f"{src.stem}.to-{dst.stem}.part")
+                os.replace(src, tmp)
+                staged[tmp] = dst
+        for tmp, dst in staged.items():
+            os.replace(tmp, dst)
+
+    def has(self, i: int) -> bool:
+        return i in self._cache or self._path(i).exists()
 
     def get(self, i: int, fact: Fact) -> TIEResult | None:
         if i in self._cache:
             return self._cache[i]
         if not self._path(i).exists():
             return None
-        result = TIEResult.load(self._path(i))
+        try:
+            result = TIEResult.load(self._path(i))
+        except ResultFileError as error:
+            reason = str(error).removeprefix(str(self._path(i))).lstrip(": ")
+            raise ResultFileError(
+                f"{self._path(i)}, a fact file of the resumable sweep in {self.dir}, is "
+                f"unreadable (it {reason}); delete that file and rerun to trace its fact "
+                "again, or rerun with overwrite=True"
+            ) from None
         fid = fact_key(fact)
         if result.fact_ids != (fid,):
             raise ValueError(
@@ -994,6 +1181,23 @@ class _Store:
         self._cache[i] = result
 
 
+def _record_key(record: dict) -> str:
+    return json.dumps(json.loads(json.dumps(record)), sort_keys=True)
+
+
+def _stored_fact_key(path: Path) -> str | None:
+    """The fact record a sweep's fact file carries (its header only), or ``None`` when the
+    file is unreadable or carries none."""
+    from ..core._io import read_header_fields
+
+    try:
+        fields = read_header_fields(path)
+        record = fields["config"]["fact"]
+    except (ResultFileError, KeyError, TypeError):
+        return None
+    return _record_key(record) if isinstance(record, dict) else None
+
+
 def _describe_changes(old: dict, new: dict) -> list[str]:
     """What differs between two ``config.json`` records, in words."""
     out = []
@@ -1005,7 +1209,13 @@ def _describe_changes(old: dict, new: dict) -> list[str]:
             f"{old.get('model_fingerprint')} → {new.get('model_fingerprint')})"
         )
     a, b = old.get("config", {}), new.get("config", {})
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+    def same(x: Any, y: Any) -> bool:  # ν is a float sum: its last bits follow the fact order
+        if isinstance(x, float) and isinstance(y, float):
+            return math.isclose(x, y, rel_tol=1e-6)
+        return x == y
+
+    keys = sorted(k for k in set(a) | set(b) if not same(a.get(k), b.get(k)))
     if keys:
         out.append("settings " + ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys))
     return out
