@@ -175,7 +175,7 @@ def test_committed_figures_open_offline():
     import re
     from pathlib import Path
 
-    figures = Path(__file__).resolve().parents[1] / "figures"
+    figures = Path(__file__).resolve().parents[2] / "figures"
     pages = sorted(figures.glob("*.html"))
     assert pages
     for page in pages:
