@@ -11,7 +11,14 @@ import torch
 
 import tie_tracing as tt
 from tie_tracing.core.backbones import hidden_of
+from tie_tracing.core.context import STANDALONE, ForwardContext
 from tie_tracing.editing import EditConfig, EditHandle, EditMemoryError, capture_keys_and_deltas
+
+
+def _at(step) -> ForwardContext:
+    """The context of a forward at ``step`` whose answer span is unknown."""
+    return ForwardContext(step=step, answer_start=None)
+
 
 FACTS = [
     tt.Fact(
@@ -404,10 +411,10 @@ def test_per_row_steps_match_per_step_application(memory, mdlm):
     hidden = torch.randn(3, 5, mdlm.hidden_size)
     steps = torch.tensor([0, 1, 2])
     mixed = hidden.clone()
-    EditHandle(restricted, mdlm)(mixed, steps)
+    EditHandle(restricted, mdlm)(mixed, _at(steps))
     for i, k in enumerate(steps.tolist()):
         alone = hidden[i : i + 1].clone()
-        EditHandle(restricted, mdlm)(alone, k)
+        EditHandle(restricted, mdlm)(alone, _at(k))
         torch.testing.assert_close(mixed[i : i + 1], alone)
     assert torch.equal(mixed[1], hidden[1])  # step 1 is outside the step set
 
@@ -419,12 +426,12 @@ def test_handle_counts_forwards_per_step_not_rows(memory, mdlm):
     restricted = memory.with_config(steps=(0, 2))
     handle = EditHandle(restricted, mdlm)
     steps = torch.tensor([0, 0, 0, 1, 1, 2])  # one forward: rows at steps {0, 1, 2}
-    handle(torch.randn(6, 5, mdlm.hidden_size), steps)
+    handle(torch.randn(6, 5, mdlm.hidden_size), _at(steps))
     assert dict(handle.fired) == {0: 1, 2: 1} and dict(handle.skipped) == {1: 1}
-    handle(torch.randn(6, 5, mdlm.hidden_size), steps)  # a second such forward
+    handle(torch.randn(6, 5, mdlm.hidden_size), _at(steps))  # a second such forward
     assert dict(handle.fired) == {0: 2, 2: 2} and dict(handle.skipped) == {1: 2}
     everywhere = EditHandle(memory, mdlm)  # step set "all": same per-forward counting
-    everywhere(torch.randn(4, 5, mdlm.hidden_size), torch.tensor([3, 3, 5, 5]))
+    everywhere(torch.randn(4, 5, mdlm.hidden_size), _at(torch.tensor([3, 3, 5, 5])))
     assert dict(everywhere.fired) == {3: 1, 5: 1} and not everywhere.skipped
 
 
@@ -641,7 +648,7 @@ def test_answer_slots_only_leave_other_positions_bit_identical(mdlm, gated):
     hidden = torch.randn(2, 6, mdlm.hidden_size)
     ids = torch.tensor([[1, 5, 6, 3, 3, 7], [1, 3, 3, 3, 8, 9]])
     edited = hidden.clone()
-    EditHandle(ungated, mdlm)(edited, None, ids)
+    EditHandle(ungated, mdlm)(edited, STANDALONE, ids)
     slots = ids == mdlm.mask_token_id
     assert torch.equal(edited[~slots], hidden[~slots]) and not torch.equal(
         edited[slots], hidden[slots]
@@ -678,10 +685,10 @@ def test_gated_memory_in_the_diffusion_loop_and_mixed_steps(mdlm, gated):
     x2 = torch.cat([_query(mdlm, ADA[0])] * 3)
     hidden = _site(mdlm, x2)
     mixed = hidden.clone()
-    EditHandle(restricted, mdlm)(mixed, torch.tensor([0, 1, 2]), x2)
+    EditHandle(restricted, mdlm)(mixed, _at(torch.tensor([0, 1, 2])), x2)
     for i, k in enumerate((0, 1, 2)):
         alone = hidden[i : i + 1].clone()
-        EditHandle(restricted, mdlm)(alone, k, x2[i : i + 1])
+        EditHandle(restricted, mdlm)(alone, _at(k), x2[i : i + 1])
         assert torch.equal(mixed[i : i + 1], alone)
     assert torch.equal(mixed[1], hidden[1]) and not torch.equal(mixed[0], hidden[0])
 
@@ -848,7 +855,7 @@ def test_token_gate_needs_no_calibration_and_opens_only_on_the_subject(mdlm, tok
 
 def test_token_gate_reads_the_prompt_only_inside_the_loop(mdlm, token_gated):
     """A subject written into an *answer* does not open the gate in the diffusion loop (the
-    loop exposes ``model.current_answer_start``); a stand-alone forward scans every token."""
+    loop's forward context carries the answer start); a stand-alone forward scans every token."""
     f = tt.Fact(
         subject="kess", question="who was the writer of kess", answer="ada vell porto", id="w"
     )
@@ -857,19 +864,15 @@ def test_token_gate_reads_the_prompt_only_inside_the_loop(mdlm, token_gated):
     assert (token_gated.gate_scores(_site(mdlm, filled), filled)[0] > 0.5).any()
     hidden = torch.randn(1, filled.shape[1], mdlm.hidden_size)
     filled[0, -1] = mdlm.mask_token_id  # one slot still to decode: the edit would act there
-    mdlm.current_answer_start = len(prompt)
-    try:
-        inside = hidden.clone()
-        EditHandle(token_gated, mdlm)(inside, 1, filled)
-    finally:
-        mdlm.current_answer_start = None
+    inside = hidden.clone()
+    EditHandle(token_gated, mdlm)(inside, ForwardContext(step=1, answer_start=len(prompt)), filled)
     outside = hidden.clone()
-    EditHandle(token_gated, mdlm)(outside, 1, filled)
+    EditHandle(token_gated, mdlm)(outside, ForwardContext(step=1, answer_start=None), filled)
     assert torch.equal(inside, hidden) and not torch.equal(outside, hidden)
-    assert mdlm.current_answer_start is None
+    assert mdlm.context is STANDALONE
     x = _query(mdlm, f)
     ref = mdlm.denoise(x, answer_start=len(prompt), steps=2)
-    assert mdlm.current_answer_start is None
+    assert mdlm.context is STANDALONE
     with token_gated.install(mdlm):
         out = mdlm.denoise(x, answer_start=len(prompt), steps=2)
     assert torch.equal(out.states, ref.states)
@@ -953,4 +956,4 @@ def test_token_gate_ignores_the_answer_in_the_elbo_estimator(mdlm, token_gated):
         forgotten = tt.answer_logprob(mdlm, ADA[:1], estimator="elbo", mc=16)
     assert torch.equal(edited, base)
     assert not torch.equal(forgotten, tt.answer_logprob(mdlm, ADA[:1], estimator="elbo", mc=16))
-    assert mdlm.current_answer_start is None
+    assert mdlm.context is STANDALONE

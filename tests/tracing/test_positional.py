@@ -104,7 +104,8 @@ def test_identity_restoration_gives_zero_effect(mdlm):
     from tie_tracing.tracing.positional import _capture
 
     subject = torch.tensor(pq.query.subject_positions)
-    _, corrupted = _capture(mdlm, x, noise, subject, False, sites)
+    context = tt.core.ForwardContext(step=None, answer_start=pq.prompt_length)
+    _, corrupted = _capture(mdlm, x, noise, subject, False, sites, context)
     out = _trace_one(
         mdlm,
         pq,

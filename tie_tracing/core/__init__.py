@@ -3,7 +3,8 @@
 * :mod:`.errors` — the error classes; :mod:`._io` — atomic writes and the one serialiser;
 * :mod:`.backbones` — the architecture table (the only place that knows module paths);
   :mod:`._nnsight` — every touch of nnsight internals; :mod:`.model` — ``load_model`` and
-  :class:`TracedModel`; :mod:`.fingerprint` — which model a saved object belongs to;
+  :class:`TracedModel`; :mod:`.context` — :class:`ForwardContext`, the state of a running
+  forward (``model.at(ctx)``); :mod:`.fingerprint` — which model a saved object belongs to;
 * :mod:`.prompting` — the token format; :mod:`.facts` — :class:`Fact` and the TOFU/RWKU
   loaders (the shipped files live in ``tie_tracing/data/``);
 * :mod:`.sampler` — the diffusion loop (SPEC §4); :mod:`.samplers` — the sampler configs;
@@ -16,6 +17,7 @@ Nothing here imports another layer of the package (``tests/test_layers.py`` chec
 """
 
 from .backbones import BACKBONES, MODULES, Backbone
+from .context import STANDALONE, ForwardContext
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -54,6 +56,7 @@ __all__ = [
     "BACKBONES",
     "MODULES",
     "SAMPLERS",
+    "STANDALONE",
     "Backbone",
     "CheckpointError",
     "CheckpointNotFoundError",
@@ -61,6 +64,7 @@ __all__ = [
     "DiffusionResult",
     "DreamSampler",
     "Fact",
+    "ForwardContext",
     "FastDLLMSampler",
     "LLaDASampler",
     "NonFiniteActivationError",

@@ -18,8 +18,9 @@ from nnsight.intervention.interleaver import OutOfOrderError
 from .backbones import hidden_of
 
 
-def register_edit(model, site, apply: Callable[[Any, int | None], None]) -> Any:
-    """Record an nnsight edit that calls ``apply(hidden, model.current_step)`` at every occurrence of ``site``.
+def register_edit(model, site, apply: Callable[[Any, Any], None]) -> Any:
+    """Record an nnsight edit that calls ``apply(hidden, model.context)`` at every occurrence
+    of ``site`` (the :class:`~tie_tracing.core.context.ForwardContext` of the running forward).
 
     The open-ended ``tracer.iter[:]`` covers every forward of a run (``T`` for a diffusion
     loop); the run's end leaves it waiting for one more occurrence, which nnsight ends by
@@ -30,16 +31,14 @@ def register_edit(model, site, apply: Callable[[Any, int | None], None]) -> Any:
         apply_edit = apply
         try:
             for _ in tracer.iter[:]:
-                apply_edit(hidden_of(site.output), model.current_step)
+                apply_edit(hidden_of(site.output), model.context)
         except OutOfOrderError:
             pass
     return model._edits[-1]
 
 
-def register_edit_with_inputs(
-    model, site, tokens, apply: Callable[[Any, int | None, Any], None]
-) -> Any:
-    """Like :func:`register_edit`, but ``apply(hidden, step, token_ids)`` also gets the forward's
+def register_edit_with_inputs(model, site, tokens, apply: Callable[[Any, Any, Any], None]) -> Any:
+    """Like :func:`register_edit`, but ``apply(hidden, context, token_ids)`` also gets the forward's
     token ids, read as ``tokens.input`` (the token embedding's first argument) at each occurrence.
 
     The embedding runs before any block, so asking for its input first and the site's output
@@ -51,7 +50,7 @@ def register_edit_with_inputs(
         try:
             for _ in tracer.iter[:]:
                 token_ids = tokens.input
-                apply_edit(hidden_of(site.output), model.current_step, token_ids)
+                apply_edit(hidden_of(site.output), model.context, token_ids)
         except OutOfOrderError:
             pass
     return model._edits[-1]

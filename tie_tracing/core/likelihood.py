@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._guards import require_model
+from .context import ForwardContext
 from .facts import Fact, as_facts
 from .prompting import chunks_by_shape
 from .sampler import check_finite, target_logprob
@@ -93,7 +94,9 @@ def answer_logprob(
                 else:
                     body = torch.full_like(answers, model.mask_token_id)
                 prompts = torch.tensor([pairs[i][0] for i in chunk], device=device)
-                with model.running(answer_start=p_len):  # a causal model sees the answer
+                # a causal model sees the answer: interventions that read only the prompt
+                # (the edit memory's token gate) are told where it begins
+                with model.at(ForwardContext(step=None, answer_start=p_len)):
                     logits = model.logits(torch.cat([prompts, body], dim=1))[:, p_len:]
                 check_finite(
                     logits, f"{model.name} logits for facts {[facts[i].id for i in chunk]}"
@@ -113,7 +116,7 @@ def answer_logprob(
                 x = torch.cat([torch.tensor(prompt).expand(len(m), -1), body], dim=1).to(device)
                 # the answer span is known: interventions that read only the prompt (the edit
                 # memory's token gate) must not read the answer tokens left visible here
-                with model.running(answer_start=len(prompt)):
+                with model.at(ForwardContext(step=None, answer_start=len(prompt))):
                     logits = model.logits(x)[:, len(prompt) :]
                 check_finite(logits, f"{model.name} logits for fact {facts[i].id!r}")
                 logp = target_logprob(logits, answer_t.expand(len(m), -1).to(device)).cpu()

@@ -25,7 +25,7 @@ import contextlib
 import inspect
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from nnsight import NNsight
 from nnsight.intervention.envoy import traceable
 
 from .backbones import BACKBONES, MODULES, Backbone, check_backbone, detect_family, get_module
+from .context import STANDALONE, ForwardContext
 from .errors import CheckpointError, CheckpointNotFoundError, UnsupportedModelError
 from .prompting import DEFAULT_TEMPLATE, encode_pair
 
@@ -89,13 +90,7 @@ class TracedModel(NNsight):
         self.name = name
         self.template = template
         self.info = dict(info or {})
-        #: The denoising step of the forward now running (set by the diffusion loop and the
-        #: TIE sweep; ``None`` for a stand-alone forward such as a likelihood). Interventions
-        #: that act on a step set (the edit memory) read it.
-        self.current_step: int | None = None
-        #: Where the answer span of the running diffusion loop begins (``None`` outside it):
-        #: lets an intervention tell prompt tokens from decoded answer tokens.
-        self.current_answer_start: int | None = None
+        self._context = STANDALONE
         params = inspect.signature(module.forward).parameters
         self._forward_kwargs = {"use_cache": False} if "use_cache" in params else {}
 
@@ -234,16 +229,34 @@ class TracedModel(NNsight):
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
+    @property
+    def context(self) -> ForwardContext:
+        """The :class:`ForwardContext` of the forward now running (:data:`STANDALONE` outside
+        any :meth:`at` block). Interventions read it; nothing else sets it."""
+        return self._context
+
     @contextlib.contextmanager
-    def running(self, *, step=None, answer_start: int | None = None) -> Iterator[None]:
-        """Expose the running forward's ``current_step`` and ``current_answer_start`` to
-        interventions for the duration of a ``with`` block (the previous values come back)."""
-        saved = self.current_step, self.current_answer_start
-        self.current_step, self.current_answer_start = step, answer_start
+    def at(self, context: ForwardContext) -> Iterator[ForwardContext]:
+        """Run the forwards of a ``with`` block in ``context`` (the previous one comes back).
+
+        The one entry through which per-forward state reaches interventions: the diffusion
+        loop enters it at every step, the sweeps for every batched forward, the likelihoods
+        with the answer span they score.
+
+        Raises:
+            TypeError: ``context`` is not a :class:`ForwardContext`.
+        """
+        if not isinstance(context, ForwardContext):
+            raise TypeError(
+                f"model.at() takes a ForwardContext(step=..., answer_start=...), got "
+                f"{type(context).__name__}"
+            )
+        saved = self._context
+        self._context = context
         try:
-            yield
+            yield context
         finally:
-            self.current_step, self.current_answer_start = saved
+            self._context = saved
 
     @traceable
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -256,46 +269,19 @@ class TracedModel(NNsight):
         return self.forward_logits(input_ids)
 
     @traceable
-    def denoise(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        answer_start: int,
-        steps: int = 8,
-        block_length: int | None = None,
-        temperature: float | None = None,
-        seeds: Sequence[int] | None = None,
-        targets: torch.Tensor | None = None,
-        target_mask: torch.Tensor | None = None,
-        lp: str = "frozen",
-        sampler=None,
-    ):
-        """The diffusion loop (SPEC §4): exactly ``steps`` backbone forwards.
+    def denoise(self, input_ids: torch.Tensor, **loop: Any):
+        """The diffusion loop (SPEC §4) as a traceable call: exactly ``steps`` backbone forwards.
 
         Use it traced (``with model.denoise(x, answer_start=p) as tracer``) to intervene at
-        steps through ``tracer.iter``; called directly it simply runs. ``input_ids`` is
-        ``[batch, seq]`` with mask tokens from ``answer_start`` on. Returns a
-        :class:`~tie_tracing.core.sampler.LoopOutput` (states after each step, target
-        log-probs per step in mode ``lp`` over ``target_mask``). ``sampler`` is a
-        :mod:`~tie_tracing.core.samplers` config (default ``LLaDASampler`` from the
-        ``temperature`` / ``block_length`` shorthands); under CFG each step's single forward
-        holds the rows and, after them, their unconditional copies.
+        steps through ``tracer.iter``; called directly it simply runs. The settings (``answer_start``,
+        ``steps``, ``sampler``, ``seeds``, ``targets``, ``target_mask``, ``lp`` and the
+        ``temperature`` / ``block_length`` shorthands) are those of
+        :func:`~tie_tracing.core.sampler.run_loop`, which returns a
+        :class:`~tie_tracing.core.sampler.LoopOutput`.
         """
         from .sampler import run_loop
 
-        return run_loop(
-            self,
-            input_ids,
-            answer_start=answer_start,
-            steps=steps,
-            block_length=block_length,
-            temperature=temperature,
-            seeds=seeds,
-            targets=targets,
-            target_mask=target_mask,
-            lp=lp,
-            sampler=sampler,
-        )
+        return run_loop(self, input_ids, **loop)
 
     def __repr__(self) -> str:
         return (

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ._guards import as_int, require_model
 from ._io import Saveable
+from .context import ForwardContext
 from .errors import NonFiniteActivationError
 from .facts import Fact, locate_object
 from .prompting import chunks_by_shape, encode_prompt
@@ -194,7 +195,7 @@ def run_loop(
     states, token_lps, masked = [], [], []
     for k in range(steps):
         masked.append(x[:, answer_start:] == model.mask_token_id)
-        with model.running(step=k, answer_start=answer_start):
+        with model.at(ForwardContext(step=k, answer_start=answer_start)):
             raw = model.forward_logits(rule.model_input(x, answer_start, model.mask_token_id))
         logits = rule.combine(raw, batch)[:, answer_start:]
         check_finite(logits, f"{model.name} logits at step {k}")

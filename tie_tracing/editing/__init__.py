@@ -10,7 +10,8 @@ for each fact ``f``, three cloze forwards of the *unedited* backbone give (Eq. 6
     δ_f   = v*_f − v_f                                                               (Eq. 9)
 
 **What is applied** (:mod:`.algebra`, pure functions) to the site's output, in place, on every
-forward whose ``model.current_step`` is in the step set, with ``K`` the keys, ``D`` the deltas:
+forward whose step (``model.context.step``, :mod:`tie_tracing.core.context`) is in the step
+set, with ``K`` the keys, ``D`` the deltas:
 
 * ``mode="ridge"`` (default, Eq. 11–12): ``c_i = G⁻¹ K h_i`` with ``G = K Kᵀ + λ_abs I_N`` and
   ``λ_abs = λ · mean(diag(K Kᵀ))``; ``h_i ← h_i + α Dᵀ top_q(g ⊙ c_i)``. ``G`` is Cholesky-
@@ -45,12 +46,15 @@ every position ``i``. Three options of :class:`EditConfig` make a **gated memory
 
 **Step set.** ``steps=None`` (default) fires on every forward. With a step set — a *set of
 denoising steps* (an int is a one-step set), not a step count as in ``trace_tie(steps=T)`` —
-a forward of the diffusion loop fires when its ``model.current_step`` is in the set; a
+a forward of the diffusion loop fires when its context's step is in the set; a
 ``T``-step sampler numbers its forwards ``0 … T-1``, so steps ``≥ T`` never fire. A TIE-sweep
 forward that mixes rows of several steps edits exactly the rows whose step is in the set
 (:attr:`EditHandle.fired` counts forwards per step, not rows). A *stand-alone* forward
-(``current_step is None``: ``tt.answer_logprob``, a user's ``model.logits(x)``) always fires,
-whatever the step set, so likelihood evaluation sees the edit.
+(context step ``None``: ``tt.answer_logprob``, a user's ``model.logits(x)``) always fires,
+whatever the step set, so likelihood evaluation sees the edit. The token gate reads the
+prompt only wherever the forward's context knows the answer span (the diffusion loop, every
+traced forward, the likelihoods): a subject written into an answer never opens it, so the
+memory acts on the same state identically in the loop and in a tracing sweep.
 
 **Installation** (:mod:`.install`): one nnsight edit per installed memory, replayed on every
 trace and direct call of ``model.denoise`` / ``model.logits`` (hence ``tt.diffuse``,

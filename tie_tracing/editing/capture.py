@@ -11,7 +11,7 @@ For each fact ``f`` at site ``(l*, m*)`` (Eq. 6–9), from three cloze inputs:
 :func:`capture_states` returns full per-token states of arbitrary sequences (the subject
 gate's calibration prompts). Every capture runs batched traced forwards (``with
 model.logits(x)``), rows grouped by length (no padding, so a batch equals its rows run
-alone), with every installed edit suspended and ``model.current_step`` ``None``: a memory can
+alone), with every installed edit suspended and a stand-alone context: a memory can
 be grown while it, or another, is installed and still sees the frozen backbone.
 """
 
@@ -26,6 +26,7 @@ import torch
 
 from ..core._nnsight import suspended_edits
 from ..core.backbones import hidden_of
+from ..core.context import STANDALONE
 from ..core.errors import ShapeError
 from ..core.facts import Fact
 from ..tracing.patching import encode_query
@@ -77,14 +78,9 @@ def pad_tokens(rows: Sequence[Sequence[int]], width: int = 0) -> torch.Tensor:
 
 @contextmanager
 def frozen(model) -> Iterator[None]:
-    """Forwards with no installed edit, ``current_step = None`` and no autograd."""
-    saved_step = model.current_step
-    model.current_step = None
-    try:
-        with suspended_edits(model), torch.inference_mode():
-            yield
-    finally:
-        model.current_step = saved_step
+    """Forwards with no installed edit, a stand-alone context and no autograd."""
+    with model.at(STANDALONE), suspended_edits(model), torch.inference_mode():
+        yield
 
 
 def query_ids(model, fact: Fact) -> list[int]:

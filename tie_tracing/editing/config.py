@@ -93,7 +93,7 @@ class EditConfig:
         steps: The set of denoising steps the edit fires at, a sorted tuple of distinct ints
             ``≥ 0`` (an int given here is a one-step set; ``None``: every forward). Steps are
             numbered ``0 … T-1`` for a ``T``-step sampler; a step ``≥ T`` never fires.
-            Stand-alone forwards (``model.current_step is None``) always fire.
+            Stand-alone forwards (context step ``None``) always fire.
         kappa: Gate cap ``κ`` of the ``"gated"`` mode (Eq. 10).
         mode: ``"ridge"`` (Eq. 11–12), ``"gated"`` (Eq. 10 per fact, summed) or ``"steer"``.
         cap_q: ``q`` came from an operating point: use ``min(q, N)`` instead of refusing

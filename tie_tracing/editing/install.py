@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..core._nnsight import has_edit, register_edit, register_edit_with_inputs, remove_edit
+from ..core.context import ForwardContext
 from ..core.fingerprint import format_model, model_fingerprint
 from .config import EditMemoryError
 
@@ -39,10 +40,10 @@ class EditHandle:
     Attributes:
         memory: The memory (live: inserts and removals act at once).
         model: The model it is installed on.
-        fired: How many forwards the edit modified, per ``current_step`` (``None`` =
-            stand-alone forward). Counts are *forwards per step*, not rows: a forward whose
-            rows sit at several steps (the TIE sweep passes a ``[rows]`` tensor of steps as
-            ``model.current_step``) counts once for each distinct step among its rows — a
+        fired: How many forwards the edit modified, per denoising step of their context
+            (``None`` = stand-alone forward). Counts are *forwards per step*, not rows: a
+            forward whose rows sit at several steps (the TIE sweep's context holds a
+            ``[rows]`` tensor of steps) counts once for each distinct step among its rows — a
             forward with rows at steps ``{0, 2}`` adds one to step 0 and one to step 2,
             however many rows each has. So ``sum(fired.values())`` equals the number of
             forwards only when every forward has a single step. A gated memory counts a
@@ -64,17 +65,19 @@ class EditHandle:
     def __call__(
         self,
         hidden: torch.Tensor,
-        step: int | torch.Tensor | None,
+        context: ForwardContext,
         token_ids: torch.Tensor | None = None,
     ) -> None:
         """Apply the memory in place to one site output (called by the nnsight edit).
 
-        ``step`` is the forward's denoising step, ``None`` for a stand-alone forward, or a
-        ``[rows]`` tensor of per-row steps (the TIE sweep batches rows of several steps);
-        ``token_ids`` the forward's ``[rows, seq]`` input ids (gated / answer-slot memories).
+        ``context`` is the running forward's :class:`~tie_tracing.core.context.ForwardContext`:
+        its ``step`` (an int, ``None`` for a stand-alone forward, or a ``[rows]`` tensor of
+        per-row steps when a sweep batches rows of several steps) selects the step set, its
+        ``answer_start`` keeps the token gate to the prompt. ``token_ids`` are the forward's
+        ``[rows, seq]`` input ids (gated / answer-slot memories).
         """
         memory = self.memory
-        answer_start = getattr(self.model, "current_answer_start", None)
+        step, answer_start = context.step, context.answer_start
         if isinstance(step, torch.Tensor):
             row_steps = [int(k) for k in step.reshape(-1).tolist()]
             firing = {k for k in row_steps if len(memory) and memory.config.fires_at(k)}

@@ -212,7 +212,7 @@ class EditMemory:
                 ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
                 sampler's forwards are numbered ``0 … T-1``, so the set should lie within that
                 range — a step ``≥ T`` never fires (nothing checks this, since ``T`` is chosen
-                later, per run). Stand-alone forwards (``current_step is None``) always fire.
+                later, per run). Stand-alone forwards (context step ``None``) always fire.
             mode: ``"ridge"``, ``"gated"`` (Eq. 10) or ``"steer"``.
             targets: ``"auto"`` (the fact's ``target`` when set — editing —, else a refusal —
                 unlearning), ``"refusal"`` (a line of TOFU's ``idontknow.jsonl``, chosen by a
@@ -753,7 +753,7 @@ class EditMemory:
     def install(self, model) -> EditHandle:
         """Install the memory on ``model`` as an nnsight edit; returns an :class:`EditHandle`.
 
-        The edit fires on every forward through nnsight whose ``current_step`` is in the
+        The edit fires on every forward through nnsight whose context step is in the
         step set (stand-alone forwards always), at the positions the config selects. No
         weight changes. ``handle.remove()`` (or leaving ``with memory.install(model):``)
         takes exactly this edit out. Timing: ``self.timings["install"]``.

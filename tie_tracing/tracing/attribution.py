@@ -43,6 +43,7 @@ from contextlib import contextmanager
 import torch
 
 from ..core.backbones import hidden_of
+from ..core.context import ForwardContext
 from .patching import apply_noise
 
 
@@ -70,8 +71,7 @@ def attribution_rows(
     clean: Sequence[torch.Tensor],
     targets: torch.Tensor,
     weight: torch.Tensor,
-    answer_start: int,
-    steps: torch.Tensor | None = None,
+    context: ForwardContext,
 ) -> torch.Tensor:
     """Attribution estimates of the immediate effect for a batch of corrupted rows.
 
@@ -85,9 +85,9 @@ def attribution_rows(
         targets: ``[answer_len]`` answer token ids.
         weight: ``[rows, answer_len]`` float weight of each position in ``LP_k`` (the target
             positions, times "still masked" under ``lp="frozen"``).
-        answer_start: First answer position.
-        steps: ``[rows]`` each row's denoising step (``model.current_step``, for step-set
-            interventions such as an installed edit memory).
+        context: The forward's context: each row's denoising step (``[rows]``) and the
+            answer span's first position (read by interventions such as an installed edit
+            memory; :mod:`tie_tracing.core.context`).
 
     Returns:
         ``[rows, n_sites]`` float32 estimates of ``IE_k``.
@@ -102,9 +102,9 @@ def attribution_rows(
     hs: list = []
     acts: list = []
     grads: list = []
-    model.current_step = steps
-    try:
-        with torch.enable_grad(), _no_weight_grads(model), model.logits(x) as tracer:
+    answer_start = context.answer_start
+    with model.at(context), torch.enable_grad(), _no_weight_grads(model):
+        with model.logits(x) as tracer:
             apply_noise(model, leaf, subject, replace)
             for site in sites:  # execution order
                 h = hidden_of(model.site(*site).output)
@@ -117,8 +117,6 @@ def attribution_rows(
             with metric.backward():
                 for h in reversed(hs):  # gradients arrive in reverse execution order
                     grads.append(h.grad[:, subject].float().save())
-    finally:
-        model.current_step = None
     grads = grads[::-1]
     out = torch.empty(x.shape[0], len(sites))
     for i in range(len(sites)):
@@ -133,19 +131,16 @@ def site_outputs(
     *,
     sites: Sequence[tuple[int, str]],
     subject: torch.Tensor,
-    steps: torch.Tensor | None = None,
+    context: ForwardContext,
 ) -> list[torch.Tensor]:
-    """Each site's output at the subject positions in one plain forward of ``x`` (no noise).
+    """Each site's output at the subject positions in one plain forward of ``x`` (no noise),
+    run in ``context`` (each row's step and the answer span's start).
 
     Returns:
         Per site, ``[rows, |S|, d]`` (float32 on the model's device).
     """
     outs: list = []
-    model.current_step = steps
-    try:
-        with torch.inference_mode(), model.logits(x.to(model.param_device)):
-            for site in sites:  # execution order
-                outs.append(hidden_of(model.site(*site).output)[:, subject].float().save())
-    finally:
-        model.current_step = None
+    with torch.inference_mode(), model.at(context), model.logits(x.to(model.param_device)):
+        for site in sites:  # execution order
+            outs.append(hidden_of(model.site(*site).output)[:, subject].float().save())
     return outs

@@ -38,6 +38,7 @@ import torch
 
 from ..core._guards import as_int, as_ints, as_real, finite, require_model
 from ..core.backbones import MODULES, hidden_of
+from ..core.context import ForwardContext
 from ..core.errors import ShapeError, SubjectNotFoundError
 from ..core.facts import Fact, check_mentions, locate_object, locate_subject
 from ..core.sampler import LoopOutput, check_finite, check_lp_mode, check_target, commit_steps
@@ -398,49 +399,47 @@ def patched_forward(
     model,
     x: torch.Tensor,
     *,
+    context: ForwardContext,
     noise: torch.Tensor | None,
     subject: torch.Tensor,
     replace: bool,
     writes: dict,
-    step: int | torch.Tensor | None = None,
     sampler=None,
-    answer_start: int | None = None,
 ) -> torch.Tensor:
     """One traced forward (``model.logits``) with per-row writes: the sweeps' building block.
 
-    Noise goes on every row's subject embeddings; then, site by site in execution order,
+    The forward runs in ``context`` (its denoising step — an int, a ``[rows]`` tensor of
+    per-row steps, or ``None`` — and the answer span's start), the state interventions such
+    as the edit memory read (:mod:`tie_tracing.core.context`). Noise goes on every row's
+    subject embeddings; then, site by site in execution order,
     ``writes[(layer, module)] = (index, values)`` does ``output[index] = values`` (``index`` an
-    advanced-indexing tuple of rows and positions). ``step`` (an int, a ``[rows]`` tensor of
-    per-row steps, or ``None``) is exposed as ``model.current_step`` for step-set
-    interventions such as the edit memory. Returns aligned logits ``[rows, seq, vocab]``.
+    advanced-indexing tuple of rows and positions). Returns aligned logits ``[rows, seq, vocab]``.
 
-    With a CFG ``sampler`` (``sampler.doubles_batch``; give ``answer_start``) the forward
-    runs each row and its unconditional copy (prompt masked) together, noise and writes act
-    on the conditional rows only, and the guided logits are returned.
+    With a CFG ``sampler`` (``sampler.doubles_batch``) the forward runs each row and its
+    unconditional copy (prompt masked, up to ``context.answer_start``) together, noise and
+    writes act on the conditional rows only, and the guided logits are returned.
     """
     order = sorted(writes, key=lambda site: (site[0], EXECUTION_ORDER.index(site[1])))
     rows = x.shape[0]
     doubled = sampler is not None and sampler.doubles_batch
     noise_rows = None
     if doubled:
-        if answer_start is None:
-            raise ValueError("a CFG sampler needs answer_start to build the unconditional rows")
-        x = sampler.model_input(x, answer_start, model.mask_token_id)
+        if context.answer_start is None:
+            raise ValueError("a CFG sampler needs the answer start to build the unconditional rows")
+        x = sampler.model_input(x, context.answer_start, model.mask_token_id)
         noise_rows = torch.arange(rows, device=x.device)
-        if isinstance(step, torch.Tensor):
-            step = torch.cat([step, step])
-    model.current_step = step
-    try:
-        with torch.inference_mode():
-            with model.logits(x) as tracer:
-                apply_noise(model, noise, subject, replace, rows=noise_rows)
-                for site in order:
-                    index, values = writes[site]
-                    out = hidden_of(model.site(*site).output)
-                    out[index] = values.to(out.dtype)
-                logits = tracer.result.save()
-    finally:
-        model.current_step = None
+        if isinstance(context.step, torch.Tensor):
+            context = ForwardContext(
+                step=torch.cat([context.step, context.step]), answer_start=context.answer_start
+            )
+    with torch.inference_mode(), model.at(context):
+        with model.logits(x) as tracer:
+            apply_noise(model, noise, subject, replace, rows=noise_rows)
+            for site in order:
+                index, values = writes[site]
+                out = hidden_of(model.site(*site).output)
+                out[index] = values.to(out.dtype)
+            logits = tracer.result.save()
     return sampler.combine(logits, rows) if doubled else logits
 
 

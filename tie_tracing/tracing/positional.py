@@ -88,6 +88,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..core._guards import as_int, require_model
 from ..core.backbones import MODULES, hidden_of
+from ..core.context import ForwardContext
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
 from ..core.results import PositionalResult
@@ -242,9 +243,9 @@ def _token_lp(logits: torch.Tensor, index: int, token: int) -> torch.Tensor:
     return torch.log_softmax(logits[:, index].float(), dim=-1)[:, token].cpu()
 
 
-def _capture(model, x, noise, subject, replace, sites) -> tuple[torch.Tensor, dict]:
-    """One traced forward: aligned logits and every site's output ``[rows, seq, d]``."""
-    with torch.inference_mode():
+def _capture(model, x, noise, subject, replace, sites, context) -> tuple[torch.Tensor, dict]:
+    """One traced forward in ``context``: aligned logits and every site's output ``[rows, seq, d]``."""
+    with torch.inference_mode(), model.at(context):
         with model.logits(x) as tracer:
             store = nnsight.save({})
             apply_noise(model, noise, subject, replace)
@@ -286,7 +287,10 @@ def _trace_one(
     n_draws = config.n_noise
     noise = corruption.draws(pq.query.fact, len(subject), model.hidden_size, nu).to(device)
 
-    clean_logits, clean = _capture(model, x1, None, subject, False, sites)
+    # every forward reads the same query: its answer span starts after the prompt (the
+    # teacher-forced prefix of a causal model, the masked slots of an MDLM)
+    context = ForwardContext(step=None, answer_start=pq.prompt_length)
+    clean_logits, clean = _capture(model, x1, None, subject, False, sites, context)
     source = {s: v[0] for s, v in clean.items()} if restore_from is None else restore_from
     lp_clean = _token_lp(clean_logits, p, tok)[0]
     known = int(clean_logits[0, p].argmax()) == tok
@@ -297,6 +301,7 @@ def _trace_one(
         subject=subject,
         replace=corruption.replace,
         writes={},
+        context=context,
     )
     lp_corrupt = _mean_prob_lp(_token_lp(corrupt_logits, p, tok))
 
@@ -333,6 +338,7 @@ def _trace_one(
             subject=subject,
             replace=corruption.replace,
             writes=writes,
+            context=context,
         )
         if not torch.isfinite(logits[:, p]).all():
             raise NonFiniteActivationError(

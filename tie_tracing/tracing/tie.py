@@ -11,7 +11,7 @@ For each fact the engine runs, as nnsight interventions:
    corrupted state before ``k`` (a patch at ``k`` shares the corrupted trajectory up to
    ``k``), so all ``T·N·L·M`` of them run as rows of batched traced forwards (as many rows
    each as the memory budget allows, :mod:`tie_tracing.tracing.budget`; rows of different steps in
-   one forward, ``model.current_step`` per row);
+   one forward, each row's step in the forward's context, :mod:`tie_tracing.core.context`);
 3. the **futures** of the patch runs whose commits at their step differ from the corrupted
    run's, step by step, batched — to the end, or at most ``horizon`` steps after the patch.
 
@@ -68,6 +68,7 @@ from .._version import __version__
 from ..core._guards import as_int, as_ints, as_real, finite, require_model
 from ..core._io import atomic_write_text
 from ..core.backbones import MODULES
+from ..core.context import ForwardContext
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
 from ..core.results import ResultFileError, TIEPair, TIEResult, tie_from_ie
@@ -402,9 +403,11 @@ def _trace_one(
                 site: ((rows[:, None], subject[None, :]), values)
                 for site, (rows, values) in patches.items()
             },
-            step=int(unique[0]) if len(unique) == 1 else row_steps.to(device),
+            context=ForwardContext(
+                step=int(unique[0]) if len(unique) == 1 else row_steps.to(device),
+                answer_start=p,
+            ),
             sampler=rule,
-            answer_start=p,
         )
         logits = logits[:, p:]
         stats["forwards"] += 1
@@ -487,7 +490,13 @@ def _trace_one(
         clean_acts: list[torch.Tensor] = [torch.empty(0)] * len(sites)
         for lo in range(0, len(needed), batch_size):
             ks = needed[lo : lo + batch_size]
-            part = site_outputs(model, clean_before[ks], sites=sites, subject=subject, steps=ks)
+            part = site_outputs(
+                model,
+                clean_before[ks],
+                sites=sites,
+                subject=subject,
+                context=ForwardContext(step=ks, answer_start=p),
+            )
             clean_acts = [
                 part[i] if lo == 0 else torch.cat([clean_acts[i], part[i]])
                 for i in range(len(sites))
@@ -509,10 +518,9 @@ def _trace_one(
                 replace=corruption.replace,
                 sites=sites,
                 clean=[c[clean_at[k_].to(c.device)] for c in clean_acts],
-                steps=k_,
                 targets=targets_cpu,
                 weight=w,
-                answer_start=p,
+                context=ForwardContext(step=k_, answer_start=p),
             )
             stats["forwards"] += 1
             stats["backwards"] = stats.get("backwards", 0) + 1
