@@ -268,9 +268,9 @@ def test_figure2_resumes_an_interrupted_run(tmp_path, capsys, monkeypatch):
     traced = []
     import tie_tracing.tracing.tie as tie_module
 
-    original = tie_module._trace_one
+    original = tie_module._trace_fact
     monkeypatch.setattr(
-        tie_module, "_trace_one", lambda m, q, *a: traced.append(q.fact.id) or original(m, q, *a)
+        tie_module, "_trace_fact", lambda m, q, *a: traced.append(q.fact.id) or original(m, q, *a)
     )
     assert cli.main(argv + ["--quiet"]) == 0
     assert traced == [first.fact_ids[0]]
@@ -417,9 +417,9 @@ def test_overwrite_retraces_only_what_changed_and_removes_what_it_replaced(
     first = TIEResult.load(out / "trace.safetensors")
     assert cli.main(["plot", str(out), "--quiet"]) == 0 and (out / "figure2.html").exists()
     traced: list[str] = []
-    original = tie_module._trace_one
+    original = tie_module._trace_fact
     monkeypatch.setattr(
-        tie_module, "_trace_one", lambda m, q, *a: traced.append(q.fact.id) or original(m, q, *a)
+        tie_module, "_trace_fact", lambda m, q, *a: traced.append(q.fact.id) or original(m, q, *a)
     )
     changed = dataclasses.replace(facts[2], paraphrased_question="where did she live then")
     cli.write_facts_jsonl([changed, facts[0], facts[1]], path)  # fact 2 changed and moved

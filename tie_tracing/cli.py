@@ -167,7 +167,7 @@ class _Parser(argparse.ArgumentParser):
 
 def write_facts_jsonl(facts, path: str | os.PathLike) -> Path:
     """Write facts as JSON lines (every field of :class:`~tie_tracing.core.facts.Fact`)."""
-    from .tracing.tie import fact_record
+    from .tracing.engine import fact_record
 
     lines = [json.dumps(fact_record(f), ensure_ascii=False) for f in facts]
     path = Path(path)
@@ -634,9 +634,9 @@ def trace(args: argparse.Namespace) -> int:
     if args.modules:
         settings["modules"] = args.modules
     try:  # every setting the sweep checks, before a model is loaded
-        from .tracing.tie import TraceConfig
+        from .tracing.config import TraceConfig
 
-        TraceConfig(**{k: v for k, v in settings.items() if k != "max_memory"})
+        TraceConfig().override(**settings)
     except (ValueError, TypeError) as error:
         raise CliError(str(error), "rerun with other arguments (see --help)") from None
     out = _writable_dir(args.out)

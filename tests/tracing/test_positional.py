@@ -10,11 +10,12 @@ import torch
 import tie_tracing as tt
 from tie_tracing.core.errors import ObjectNotFoundError
 from tie_tracing.tracing.positional import (
-    _trace_one,
+    _trace_fact,
+    plan_positional,
     positional_query,
-    reference_positional,
     restored_layers,
 )
+from tie_tracing.tracing.reference import reference_positional
 
 FACT = tt.Fact(
     subject="ada vell", question="where was ada vell born", answer="lisbon paris", id="f0"
@@ -97,8 +98,9 @@ def test_last_layer_resid_at_prediction_restores_clean(replicas, family):
 def test_identity_restoration_gives_zero_effect(mdlm):
     """Restoring the corrupted run's own values changes nothing: every effect is 0."""
     pq = positional_query(mdlm, FACT)
-    config = tt.PositionalConfig(nu=0.5, window=2)
-    noise = config.corruption().draws(FACT, len(pq.query.subject_positions), mdlm.hidden_size, 0.5)
+    config = tt.PositionalConfig().override(nu=0.5, window=2)
+    plan = plan_positional(mdlm, [FACT], config)
+    noise = plan.corruption.draws(FACT, len(pq.query.subject_positions), mdlm.hidden_size, 0.5)
     x = torch.tensor(pq.input_ids)[None]
     sites = [(layer, m) for layer in range(mdlm.num_layers) for m in ("attn", "mlp", "resid")]
     from tie_tracing.tracing.positional import _capture
@@ -106,16 +108,9 @@ def test_identity_restoration_gives_zero_effect(mdlm):
     subject = torch.tensor(pq.query.subject_positions)
     context = tt.core.ForwardContext(step=None, answer_start=pq.prompt_length)
     _, corrupted = _capture(mdlm, x, noise, subject, False, sites, context)
-    out = _trace_one(
-        mdlm,
-        pq,
-        config,
-        0.5,
-        list(range(mdlm.num_layers)),
-        restore_from={s: v[0] for s, v in corrupted.items()},
-    )
+    out, _ = _trace_fact(mdlm, pq, plan, restore_from={s: v[0] for s, v in corrupted.items()})
     torch.testing.assert_close(
-        out["lp"], torch.full_like(out["lp"], float(out["lp_corrupt"])), atol=1e-6, rtol=0
+        out.lp[0], torch.full_like(out.lp[0], float(out.lp_corrupt[0])), atol=1e-6, rtol=0
     )
 
 
@@ -154,9 +149,9 @@ def test_noise_scale_resolves_nu(mdlm):
 def test_sites_are_listed_in_the_order_the_backbone_runs_them(replicas, family):
     """nnsight must be asked for a forward's sites in execution order: the order in which
     forward hooks on every site module fire during one forward of each backbone equals the
-    order of positional._sites (patching.all_sites) — attn, mlp, resid within each layer."""
+    order of patching.all_sites (the sites every sweep visits) — attn, mlp, resid within each layer."""
     from tie_tracing.core.backbones import MODULES
-    from tie_tracing.tracing.positional import _sites
+    from tie_tracing.tracing.patching import all_sites as _sites
 
     model = replicas[family]
     fired: list[tuple[int, str]] = []

@@ -506,7 +506,7 @@ def test_capture_sees_the_patched_value_and_the_hook_value():
         q,
         steps=3,
         patches=[Patch(layer=1, module="attn", step=1, value=value)],
-        capture=[Capture(layer=1, module="attn", steps=(1, 2))],
+        capture=[Capture(layer=1, module="attn", at_steps=(1, 2))],
     )
     assert patched.capture_steps[(1, "attn")] == (1, 2)
     assert torch.equal(patched.captures[(1, "attn")][0, 0], value)

@@ -32,6 +32,24 @@ from .errors import UnsupportedModelError
 MODULES: tuple[str, ...] = ("resid", "attn", "mlp")
 
 
+def module_names(modules: object) -> tuple[str, ...]:
+    """``modules`` as a tuple of site names in :data:`MODULES` order (the one normaliser).
+
+    One name (``"mlp"``) means that site alone; any iterable of names is a set of them.
+
+    Raises:
+        ValueError: an unknown name, or no name at all (lists the sites).
+
+    Example:
+        >>> module_names("mlp"), module_names(["mlp", "resid"])
+        (('mlp',), ('resid', 'mlp'))
+    """
+    names = (modules,) if isinstance(modules, str) else tuple(modules)  # type: ignore[arg-type]
+    if not names or any(m not in MODULES for m in names):
+        raise ValueError(f"modules must be a non-empty subset of {MODULES}, got {modules!r}")
+    return tuple(m for m in MODULES if m in names)
+
+
 @dataclass(frozen=True)
 class Backbone:
     """One architecture family's layout.

@@ -68,6 +68,23 @@ def check_target(target: str) -> str:
     return target
 
 
+def frozen_terms(
+    terms: torch.Tensor, masked: torch.Tensor, frozen: torch.Tensor | None
+) -> torch.Tensor:
+    """The frozen-LP rule (SPEC §4) for one step: each position's term after this step.
+
+    A position masked in the step's input reads this step's term; a committed one keeps the
+    term it had in the forward that committed it (``frozen``, the terms after the previous
+    step; ``None`` before the first step of a trajectory). Every frozen ``LP`` of the package
+    goes through here.
+
+    Example:
+        >>> frozen_terms(torch.tensor([1.0, 2.0]), torch.tensor([True, False]), torch.tensor([5.0, 6.0]))
+        tensor([1., 6.])
+    """
+    return terms if frozen is None else torch.where(masked, terms, frozen)
+
+
 def step_logprobs(
     token_logprobs: torch.Tensor,
     masked: torch.Tensor,
@@ -100,7 +117,7 @@ def step_logprobs(
     for k in range(steps):
         term = token_logprobs[..., k, :]
         if lp == "frozen":
-            f = torch.where(masked[..., k, :], term, f)
+            f = frozen_terms(term, masked[..., k, :], f)
             term = f
         out.append((term * weight).sum(-1))
     return torch.stack(out, -1), f

@@ -1,16 +1,23 @@
 """Layer 2, tracing: causal tracing of a model's facts (SPEC §5, §6), on the core only.
 
+* :mod:`.config` — the settings as values (:class:`TraceConfig`, :class:`PositionalConfig`,
+  :class:`Sites`, :class:`Budget`; :class:`Corruption` from :mod:`.patching`), applied
+  overrides and all;
 * :mod:`.patching` — the step-indexed patching API (:func:`run_patched`, :class:`Corruption`,
-  :class:`Patch`, :class:`Capture`, :class:`SweepSettings`);
-* :mod:`.tie` — the TIE engine (:func:`trace_tie`: exact, horizon, immediate);
-  :mod:`.attribution` — its attribution scan; :mod:`.budget` — rows per forward from a
+  :class:`Patch`, :class:`Capture`) and the sweeps' one forward (``patched_forward``);
+* :mod:`.engine` — the one engine: facts → cells → rows within the memory budget → batched
+  forwards → results, with resuming (by content) and fact shards;
+* :mod:`.tie` — the TIE evaluators (:func:`trace_tie`: exact, horizon, immediate);
+  :mod:`.attribution` — the attribution scan; :mod:`.budget` — rows per forward from a
   memory budget; :mod:`.ranks` and :mod:`.distributed` — ``torchrun`` fact shards;
 * :mod:`.positional` — ROME's positional tracing (:func:`trace_positional`);
-* :mod:`.reference` — the slow hook-based references the engines are checked against.
+* :mod:`.reference` — the slow hook-based references the engine is checked against, sharing
+  no commit rule and no ``LP`` bookkeeping with it.
 
 Tracing never imports editing, analysis, evaluation or figures (``tests/test_layers.py``).
 """
 
+from .config import Budget, PositionalConfig, Sites, TraceConfig
 from .distributed import trace_sharded
 from .patching import (
     Capture,
@@ -18,22 +25,22 @@ from .patching import (
     Patch,
     PatchedRun,
     Query,
-    SweepSettings,
     encode_query,
     run_patched,
 )
-from .positional import PositionalConfig, reference_positional, trace_positional
-from .reference import reference_ie, reference_tie
-from .tie import TraceConfig, trace_tie
+from .positional import trace_positional
+from .reference import reference_ie, reference_positional, reference_tie
+from .tie import trace_tie
 
 __all__ = [
+    "Budget",
     "Capture",
     "Corruption",
     "Patch",
     "PatchedRun",
     "PositionalConfig",
     "Query",
-    "SweepSettings",
+    "Sites",
     "TraceConfig",
     "encode_query",
     "reference_ie",

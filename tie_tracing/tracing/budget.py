@@ -1,7 +1,8 @@
 """Memory budgets: how many rows one forward of a sweep may carry.
 
-The sweeps (:func:`~tie_tracing.tracing.tie.trace_tie`) batch independent rows (patch runs, divergent
-futures, attribution passes) into forwards. Instead of a fixed row count, the batch size is
+The sweeps (:func:`~tie_tracing.tracing.tie.trace_tie`,
+:func:`~tie_tracing.tracing.positional.trace_positional`) batch independent rows (patch runs,
+divergent futures, attribution passes, restorations) into forwards. Instead of a fixed row count, the batch size is
 chosen from a memory budget: ``max_memory`` in bytes (an int) or a string such as ``"2GB"``,
 ``"512MiB"``; by default the free memory of the model's device (``torch.cuda.mem_get_info``
 on CUDA, 90% of it) or half of the available RAM (``psutil``) on CPU.

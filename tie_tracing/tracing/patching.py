@@ -33,11 +33,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from ..core._guards import as_int, as_ints, as_real, finite, require_model
-from ..core.backbones import MODULES, hidden_of
+from ..core._guards import as_int, as_real, finite, require_model
+from ..core.backbones import MODULES, hidden_of, module_names
 from ..core.context import ForwardContext
 from ..core.errors import ShapeError, SubjectNotFoundError
 from ..core.facts import Fact, check_mentions, locate_object, locate_subject
@@ -82,8 +83,14 @@ class Query:
                 f"target='object' needs facts with an object; fact {fact_key(self.fact)!r} has "
                 "none (Fact.object is None): use target='answer'"
             )
-        offsets = self.object_offsets or tuple(range(len(self.answer_ids)))
-        mask[list(offsets)] = True
+        return self.object_mask
+
+    @property
+    def object_mask(self) -> torch.Tensor:
+        """``[answer_len]`` bool: the object's tokens (the whole answer for a fact without an
+        object, whose object is its answer)."""
+        mask = torch.zeros(len(self.answer_ids), dtype=torch.bool)
+        mask[list(self.object_offsets or range(len(self.answer_ids)))] = True
         return mask
 
     @property
@@ -145,7 +152,7 @@ def fact_key(fact: Fact) -> str:
     return fact.id or fact.question
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Corruption:
     """Gaussian corruption of the subject embeddings (SPEC §5).
 
@@ -153,8 +160,11 @@ class Corruption:
         noise_scale: ``ν = noise_scale · σ_emb`` (ROME's rule: 3).
         nu: A fixed ``ν``; overrides ``noise_scale``.
         replace: Replace the subject embeddings by the noise instead of adding it.
-        seed: Seed of the draws.
+        seed: Seed of the draws (and of a sampler's random choices in a trace).
         n_noise: Independent draws per fact (their effects are averaged).
+        mentions: Which mentions of the subject are corrupted (and patched): ``"all"``
+            (default) or ``"first"`` (ROME's rule; see
+            :func:`~tie_tracing.core.facts.locate_subject`).
     """
 
     noise_scale: float = 3.0
@@ -162,12 +172,14 @@ class Corruption:
     replace: bool = False
     seed: int = 0
     n_noise: int = 1
+    mentions: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("noise_scale", "nu"):
             object.__setattr__(self, name, as_real(getattr(self, name)))
         object.__setattr__(self, "n_noise", as_int(self.n_noise))
         object.__setattr__(self, "seed", as_int(self.seed))
+        check_mentions(self.mentions)
         if not self.noise_scale > 0:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
         finite("noise_scale", self.noise_scale, "ν = noise_scale · σ_emb, the noise level")
@@ -176,6 +188,19 @@ class Corruption:
         finite("nu", self.nu, "the noise level ν added to the subject embeddings")
         if not isinstance(self.n_noise, int) or isinstance(self.n_noise, bool) or self.n_noise < 1:
             raise ValueError(f"n_noise must be an integer ≥ 1, got {self.n_noise!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (recorded in results)."""
+        return dict(
+            noise_scale=self.noise_scale,
+            nu=self.nu,
+            replace=self.replace,
+            n_noise=self.n_noise,
+            seed=self.seed,
+            mentions=self.mentions,
+        )
 
     def resolve_nu(self, model, queries: Sequence[Query]) -> float:
         """``ν`` for this fact set: the fixed ``nu`` or ``noise_scale · σ_emb``."""
@@ -190,80 +215,6 @@ class Corruption:
             key = zlib.crc32(f"{self.seed}:{fact_key(fact)}:{n}".encode())
             out[n] = torch.randn(n_positions, hidden, generator=torch.Generator().manual_seed(key))
         return out * nu
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """What every tracing sweep shares: the sites it visits and the corruption it applies.
-
-    Attributes:
-        modules: Sites, a subset of ``("resid", "attn", "mlp")`` (kept in that order).
-        layers: Layers (default: all).
-        noise_scale, nu, replace, n_noise, seed: The corruption (see :class:`Corruption`).
-        mentions: Which mentions of the subject are corrupted (and patched): ``"all"``
-            (default) or ``"first"`` (see :func:`~tie_tracing.core.facts.locate_subject`).
-    """
-
-    modules: tuple[str, ...] = MODULES
-    layers: tuple[int, ...] | None = None
-    noise_scale: float = 3.0
-    nu: float | None = None
-    replace: bool = False
-    n_noise: int = 1
-    seed: int = 0
-    mentions: str = "all"
-
-    def __post_init__(self) -> None:
-        check_mentions(self.mentions)
-        if isinstance(self.modules, str):  # modules="resid" means ("resid",)
-            object.__setattr__(self, "modules", (self.modules,))
-        if self.layers is not None:  # NumPy integers are layers too
-            object.__setattr__(self, "layers", as_ints(self.layers))
-        object.__setattr__(self, "n_noise", as_int(self.n_noise))
-        object.__setattr__(self, "seed", as_int(self.seed))
-        for name in ("noise_scale", "nu"):
-            object.__setattr__(self, name, as_real(getattr(self, name)))
-        if isinstance(self.layers, int):
-            object.__setattr__(self, "layers", (self.layers,))
-        if self.layers is not None:
-            if not all(
-                isinstance(layer, int) and not isinstance(layer, bool) for layer in self.layers
-            ):
-                raise ValueError(f"layers must be integers, got {self.layers!r}")
-            object.__setattr__(self, "layers", tuple(self.layers))
-            if not self.layers:
-                raise ValueError(
-                    "layers is empty, so nothing would be traced: give at least one layer, "
-                    "or layers=None for all of them"
-                )
-            if len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"layers lists a layer twice: {self.layers!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise TypeError(f"seed must be an integer, got {self.seed!r}")
-        unknown = [m for m in self.modules if m not in MODULES]
-        if unknown or not self.modules:
-            raise ValueError(
-                f"modules must be a non-empty subset of {MODULES}, got {self.modules!r}"
-            )
-        object.__setattr__(self, "modules", tuple(m for m in MODULES if m in self.modules))
-        self.corruption()  # validates the noise settings
-
-    def corruption(self, nu: float | None = None) -> Corruption:
-        """The :class:`Corruption` these settings describe (``nu`` overrides a missing ``ν``)."""
-        return Corruption(
-            noise_scale=self.noise_scale,
-            nu=self.nu if nu is None else nu,
-            replace=self.replace,
-            seed=self.seed,
-            n_noise=self.n_noise,
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-ready settings (recorded in results)."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["modules"] = list(self.modules)
-        d["layers"] = None if self.layers is None else list(self.layers)
-        return d
 
 
 def embedding_std(model, queries: Sequence[Query]) -> float:
@@ -322,14 +273,30 @@ class Patch:
                 )
 
 
+_RENAMED: Any = object()
+
+
 @dataclass(frozen=True)
 class Capture:
-    """Record site ``(layer, module)`` at ``steps`` (default all) and ``positions`` (default S)."""
+    """Record site ``(layer, module)`` at the steps ``at_steps`` (default all) and
+    ``positions`` (default S).
+
+    ``at_steps`` was called ``steps`` before ``steps`` came to mean ``T`` everywhere in
+    tracing; the old spelling is an error that says so.
+    """
 
     layer: int
     module: str
-    steps: tuple[int, ...] | None = None
+    at_steps: tuple[int, ...] | None = None
     positions: tuple[int, ...] | None = None
+    steps: Any = field(default=_RENAMED, repr=False, compare=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.steps is not _RENAMED:
+            raise TypeError(
+                "Capture(steps=...) is now Capture(at_steps=...): in tracing, steps is the "
+                "number of denoising steps T"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -504,7 +471,8 @@ def run_patched(
         sampler, temperature=temperature, block_length=block_length, model=model
     ).per_trajectory()
     if isinstance(query, Fact):
-        query = encode_query(model, query)
+        mentions = corruption.mentions if corruption is not None else "all"
+        query = encode_query(model, query, mentions=mentions)
     fid = fact_key(query.fact)
     target_mask = query.target_mask(target)
     if not isinstance(steps, int) or steps < 1:
@@ -553,16 +521,60 @@ def run_patched(
     for c in capture:
         model.check_site(c.layer, c.module)
         pos = _check_positions(c.positions or query.subject_positions, query.length, "capture", fid)
-        cs = set(range(steps) if c.steps is None else c.steps)
+        cs = set(range(steps) if c.at_steps is None else c.at_steps)
         if any(not 0 <= s < steps for s in cs):
             raise ValueError(f"fact {fid!r}: capture steps {sorted(cs)} outside 0..{steps - 1}")
         wanted[(c.layer, c.module)] = (cs, pos.to(device))
+    return traced_loop(
+        model,
+        query,
+        steps=steps,
+        rows=rows,
+        sampler=rule,
+        seeds=seeds,
+        lp=lp,
+        target=target,
+        target_mask=target_mask,
+        noise=noise,
+        noise_rows=noisy,
+        replace=replace,
+        patches=plan,
+        captures=wanted,
+    )
+
+
+def traced_loop(
+    model,
+    query: Query,
+    *,
+    steps: int,
+    rows: int,
+    sampler,
+    seeds: Sequence[int] | None,
+    lp: str,
+    target: str,
+    target_mask: torch.Tensor,
+    noise: torch.Tensor | None,
+    noise_rows: torch.Tensor | None,
+    replace: bool,
+    patches: dict,
+    captures: dict,
+) -> PatchedRun:
+    """One traced run of the diffusion loop with checked settings: :func:`run_patched`
+    without its checks, for callers that resolved everything once (the sweeps).
+
+    ``sampler`` is a resolved, bound sampler; ``noise`` ``[len(noise_rows) or rows, |S|, d]``
+    on the model's device; ``patches[(step, layer, module)] = [(rows, positions, values)]``;
+    ``captures[(layer, module)] = (steps, positions)``.
+    """
+    device = model.param_device
+    fid = fact_key(query.fact)
     patch_sites = sorted(
-        {(layer, m) for (_, layer, m) in plan},
+        {(layer, m) for (_, layer, m) in patches},
         key=lambda lm: (lm[0], EXECUTION_ORDER.index(lm[1])),
     )
-    capture_paths = {site: model.site(*site).path for site in wanted}
-    subject_d = subject.to(device)
+    capture_paths = {site: model.site(*site).path for site in captures}
+    subject_d = torch.tensor(query.subject_positions, dtype=torch.long, device=device)
     x = query.input_ids(model.mask_token_id, rows).to(device)
     targets = query.targets(rows).to(device)
     with torch.inference_mode():
@@ -570,7 +582,7 @@ def run_patched(
             x,
             answer_start=query.answer_start,
             steps=steps,
-            sampler=rule,
+            sampler=sampler,
             seeds=seeds,
             targets=targets,
             target_mask=target_mask,
@@ -579,12 +591,14 @@ def run_patched(
             # captures ride on nnsight's cache (a post-intervention observer, far cheaper
             # than one read per site and step); it keeps the live tensors, sliced below
             cache = (
-                tracer.cache(modules=list(capture_paths.values()), device=None) if wanted else None
+                tracer.cache(modules=list(capture_paths.values()), device=None)
+                if captures
+                else None
             )
             for k in tracer.iter[:steps]:
-                apply_noise(model, noise, subject_d, replace, rows=noisy)
+                apply_noise(model, noise, subject_d, replace, rows=noise_rows)
                 for layer, m in patch_sites:
-                    todo = plan.get((k, layer, m))
+                    todo = patches.get((k, layer, m))
                     if not todo:
                         continue
                     out = hidden_of(model.site(layer, m).output)
@@ -593,38 +607,36 @@ def run_patched(
             result = tracer.result.save()
     assert isinstance(result, LoopOutput) and result.target_logprobs is not None
     check_finite(result.target_logprobs, f"log-probs of fact {fid!r}")
-    captures, capture_steps = {}, {}
-    for site, (cs, pos) in wanted.items():
+    captured, capture_steps = {}, {}
+    for site, (cs, pos) in captures.items():
         assert cache is not None
         view = cache[capture_paths[site]]
         visits = view.output if len(view) > 1 else [view.output]
         if len(visits) != steps:  # pragma: no cover - a backbone calling a site twice per step
             raise RuntimeError(f"site {site} ran {len(visits)} times in {steps} steps")
         order = sorted(cs)
-        captures[site] = torch.stack([hidden_of(visits[k])[:rows, pos] for k in order], dim=1)
+        captured[site] = torch.stack([hidden_of(visits[k])[:rows, pos] for k in order], dim=1)
         capture_steps[site] = tuple(order)
     start = query.answer_start
     return PatchedRun(
         result.target_logprobs,
         result.states,
-        captures,
+        captured,
         capture_steps,
         token_logprobs=result.token_logprobs,
         masked=result.masked,
         commits=commit_steps(result.states[:, :, start:].cpu(), model.mask_token_id),
-        config={"sampler": rule.to_dict(), "lp": lp, "target": target, "steps": steps},
+        config={"sampler": sampler.to_dict(), "lp": lp, "target": target, "steps": steps},
     )
 
 
 def all_sites(
-    model, modules: Sequence[str] = MODULES, layers: Sequence[int] | None = None
+    model, modules: Sequence[str] | str = MODULES, layers: Sequence[int] | None = None
 ) -> list[tuple[int, str]]:
     """``(layer, module)`` pairs in execution order, checked against the backbone."""
-    for m in modules:
-        if m not in MODULES:
-            raise ValueError(f"unknown module {m!r}; the sites are {MODULES}")
+    names = module_names(modules)
     layers = range(model.num_layers) if layers is None else layers
-    sites = [(int(layer), m) for layer in layers for m in modules]
+    sites = [(int(layer), m) for layer in layers for m in names]
     for layer, m in sites:
         model.check_site(layer, m)
     return sorted(sites, key=lambda lm: (lm[0], EXECUTION_ORDER.index(lm[1])))

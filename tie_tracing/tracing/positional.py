@@ -14,8 +14,8 @@ single forward of the same query, as nnsight interventions on ``model.logits``:
    as in ROME (restoring the residual stream in two layers is redundant).
 
 Every ``(draw, layer, position, module)`` restoration is one row of a batched forward (rows
-chunked by ``batch_size`` to bound memory), so a fact costs ``2 + ⌈rows / batch_size⌉``
-forwards instead of one per cell.
+chunked within the memory budget, :class:`~tie_tracing.tracing.config.Budget`), so a fact
+costs ``2 + ⌈rows / batch_size⌉`` forwards instead of one per cell.
 
 **What is measured.** The probability (and log-probability) of the **object's first token**
 where the model predicts it (SPEC §6). The object is ``Fact.object`` (a substring of the
@@ -69,75 +69,46 @@ not predict (top-1 at the prediction position is not the object's first token) i
 warned about and listed in ``result.config["unknown_facts"]``. ``config["prompt_length"]`` is
 keyed by fact id, so :meth:`~tie_tracing.core.results.PositionalResult.concat` accepts parts of
 one trace and of separate traces alike (the per-fact entries are joined).
-:func:`reference_positional` is the deliberately slow one-forward-per-cell reference (plain
-PyTorch hooks, its own query layout) that the tests hold the batched sweep to.
+The sweep is an evaluator on the shared engine (:mod:`tie_tracing.tracing.engine`): facts resume
+from ``out``, shard over processes and batch their restoration rows within the memory budget,
+as TIE's do. :func:`~tie_tracing.tracing.reference.reference_positional` is the deliberately
+slow one-forward-per-cell reference (plain PyTorch hooks, its own query layout) that the
+tests hold the batched sweep to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nnsight
 import torch
-from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..core._guards import as_int, require_model
-from ..core.backbones import MODULES, hidden_of
+from ..core._guards import require_model
+from ..core.backbones import hidden_of
 from ..core.context import ForwardContext
 from ..core.errors import NonFiniteActivationError
-from ..core.facts import Fact, as_facts
+from ..core.facts import Fact
 from ..core.results import PositionalResult
-from .patching import (
-    Corruption,
-    Query,
-    SweepSettings,
-    all_sites,
-    apply_noise,
-    encode_query,
-    fact_key,
-    patched_forward,
-)
-from .reference import _hooks
+from .config import PositionalConfig, apply_overrides, check_facts, rows_for
+from .engine import Work, check_shard, run_batches, trace_facts
+from .patching import Corruption, Query, apply_noise, encode_query, fact_key, patched_forward
 
 __all__ = [
     "PositionalConfig",
+    "PositionalPlan",
     "PositionalQuery",
+    "plan_positional",
     "positional_query",
-    "reference_positional",
     "restored_layers",
     "trace_positional",
 ]
-
-
-@dataclass(frozen=True)
-class PositionalConfig(SweepSettings):
-    """Settings of a positional trace (validated on construction, recorded in the result).
-
-    Attributes:
-        modules, layers, noise_scale, nu, replace, n_noise, seed, mentions: Sites, corruption
-            and the subject mentions corrupted (see
-            :class:`~tie_tracing.tracing.patching.SweepSettings`). Window layers may lie outside
-            ``layers``.
-        window: Layers restored together for ``attn``/``mlp`` (1, or ROME's 10).
-        batch_size: Restoration rows per forward.
-    """
-
-    window: int = 1
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "window", as_int(self.window))
-        object.__setattr__(self, "batch_size", as_int(self.batch_size))
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be an integer ≥ 1, got {self.window!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
 
 
 def restored_layers(layer: int, module: str, window: int, num_layers: int) -> list[int]:
@@ -228,14 +199,46 @@ def positional_query(model, fact: Fact, *, mentions: str = "all") -> PositionalQ
     return PositionalQuery(q, ids, tuple(range(n_pos)), start, pred, tokens)
 
 
-def _sites(model, modules: Sequence[str]) -> list[tuple[int, str]]:
-    """Every ``(layer, module)`` of every layer, in execution order (``attn, mlp, resid``).
+@dataclass(frozen=True, eq=False)
+class PositionalPlan:
+    """A :class:`~tie_tracing.tracing.config.PositionalConfig` resolved once against a model
+    and a fact set (built by :func:`plan_positional`).
 
-    All layers, not only the traced ones: a window restores layers outside ``layers``.
-    :func:`~tie_tracing.tracing.patching.all_sites` returns them sorted by ``(layer,
-    EXECUTION_ORDER)``, the order nnsight must be asked in within one forward.
+    Attributes:
+        config: The config.
+        layers: The layers of the map; ``sites`` every ``(layer, module)`` of every layer in
+            execution order (a window restores layers outside ``layers``).
+        queries: The facts, encoded for positional tracing.
+        nu: ``ν``, resolved over the facts (or the fixed one).
+        memory: The memory budget of one forward, in bytes.
     """
-    return all_sites(model, modules)
+
+    config: PositionalConfig
+    layers: tuple[int, ...]
+    sites: tuple[tuple[int, str], ...]
+    queries: tuple[PositionalQuery, ...]
+    nu: float
+    memory: int
+
+    @property
+    def corruption(self) -> Corruption:
+        """The corruption with ``ν`` resolved."""
+        return dataclasses.replace(self.config.corruption, nu=self.nu)
+
+    def record(self) -> dict:
+        """The settings a result (and a resumable directory) records."""
+        return self.config.to_dict() | {"nu": self.nu}
+
+
+def plan_positional(model, facts: Sequence[Fact], config: PositionalConfig) -> PositionalPlan:
+    """Resolve ``config`` against ``model`` and ``facts``, once (layers and sites checked
+    against the backbone, facts encoded, ``ν`` resolved)."""
+    layers, _ = config.sites.resolve(model)
+    _, sites = dataclasses.replace(config.sites, layers=None).resolve(model)
+    queries = tuple(positional_query(model, f, mentions=config.corruption.mentions) for f in facts)
+    nu = config.corruption.resolve_nu(model, [pq.query for pq in queries])
+    memory = config.budget.bytes(model.param_device)
+    return PositionalPlan(config, layers, sites, queries, nu, memory)
 
 
 def _token_lp(logits: torch.Tensor, index: int, token: int) -> torch.Tensor:
@@ -262,70 +265,50 @@ def _mean_prob_lp(lp_draws: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(lp_draws, dim=0) - math.log(lp_draws.shape[0])
 
 
-def _trace_one(
-    model,
-    pq: PositionalQuery,
-    config: PositionalConfig,
-    nu: float,
-    layers: Sequence[int],
-    *,
-    restore_from: dict | None = None,
-) -> dict:
-    """Tensors of one fact's positional trace: the object's first token scored at
-    ``pq.object_start`` of the aligned logits in every forward.
+def _trace_fact(
+    model, pq: PositionalQuery, plan: PositionalPlan, *, restore_from: dict | None = None
+) -> tuple[PositionalResult, Work]:
+    """One fact's positional trace as a one-fact result, and the work it ran: the object's
+    first token scored at ``pq.object_start`` of the aligned logits in every forward.
 
     ``restore_from`` replaces the clean activations as the restoration source
     (``site → [seq, d]``); the tests pass the corrupted run's own values (identity restoration).
     """
+    config, device = plan.config, model.param_device
     fid = fact_key(pq.query.fact)
-    device = model.param_device
-    sites = _sites(model, config.modules)
+    n_draws, modules = config.corruption.n_noise, config.sites.modules
     subject = torch.tensor(pq.query.subject_positions, device=device)
     x1 = torch.tensor(pq.input_ids, device=device)[None]
     p, tok = pq.object_start, pq.target_token
-    corruption = config.corruption(nu)
-    n_draws = config.n_noise
-    noise = corruption.draws(pq.query.fact, len(subject), model.hidden_size, nu).to(device)
-
+    replace = config.corruption.replace
+    noise = plan.corruption.draws(pq.query.fact, len(subject), model.hidden_size, plan.nu)
+    noise = noise.to(device)
     # every forward reads the same query: its answer span starts after the prompt (the
     # teacher-forced prefix of a causal model, the masked slots of an MDLM)
     context = ForwardContext(step=None, answer_start=pq.prompt_length)
-    clean_logits, clean = _capture(model, x1, None, subject, False, sites, context)
+    clean_logits, clean = _capture(model, x1, None, subject, False, plan.sites, context)
     source = {s: v[0] for s, v in clean.items()} if restore_from is None else restore_from
-    lp_clean = _token_lp(clean_logits, p, tok)[0]
     known = int(clean_logits[0, p].argmax()) == tok
     corrupt_logits = patched_forward(
-        model,
-        x1.expand(n_draws, -1),
-        noise=noise,
-        subject=subject,
-        replace=corruption.replace,
-        writes={},
-        context=context,
-    )
-    lp_corrupt = _mean_prob_lp(_token_lp(corrupt_logits, p, tok))
+        model, x1.expand(n_draws, -1), context=context, noise=noise, subject=subject,
+        replace=replace, writes={},
+    )  # fmt: skip
+    work = Work.forward(1, x1.shape[1]) + Work.forward(n_draws, x1.shape[1])
+    # the grid: every (draw, layer, position, module) restoration is one row
+    cells = [(layer, pos, m) for layer in plan.layers for pos in pq.positions for m in modules]
+    lp_rows = torch.empty(n_draws * len(cells))
 
-    cells = [
-        (li, pos, mi)
-        for li in range(len(layers))
-        for pos in pq.positions
-        for mi in range(len(config.modules))
-    ]
-    n_rows = n_draws * len(cells)
-    lp_rows = torch.empty(n_rows)
-    for start in range(0, n_rows, config.batch_size):
-        stop = min(start + config.batch_size, n_rows)
-        draw_of_row = torch.tensor([r // len(cells) for r in range(start, stop)], device=device)
-        plan: dict[tuple[int, str], tuple[list, list]] = {}
-        for r in range(start, stop):
-            li, pos, mi = cells[r % len(cells)]
-            m = config.modules[mi]
-            for layer in restored_layers(layers[li], m, config.window, model.num_layers):
-                rows, positions = plan.setdefault((layer, m), ([], []))
+    def forward(chunk: torch.Tensor) -> Work:
+        start = int(chunk[0])
+        spots: dict[tuple[int, str], tuple[list, list]] = {}
+        for r in chunk.tolist():
+            layer, pos, m = cells[r % len(cells)]
+            for restored in restored_layers(layer, m, config.window, model.num_layers):
+                rows, positions = spots.setdefault((restored, m), ([], []))
                 rows.append(r - start)
                 positions.append(pos)
         writes = {}
-        for site, (rows, positions) in plan.items():
+        for site, (rows, positions) in spots.items():
             pos_t = torch.tensor(positions, device=device)
             writes[site] = (
                 (torch.tensor(rows, device=device), pos_t),
@@ -333,48 +316,59 @@ def _trace_one(
             )
         logits = patched_forward(
             model,
-            x1.expand(stop - start, -1),
-            noise=noise[draw_of_row],
-            subject=subject,
-            replace=corruption.replace,
-            writes=writes,
+            x1.expand(len(chunk), -1),
             context=context,
+            noise=noise[(chunk // len(cells)).to(device)],
+            subject=subject,
+            replace=replace,
+            writes=writes,
         )
         if not torch.isfinite(logits[:, p]).all():
             raise NonFiniteActivationError(
                 f"fact {fid!r}: non-finite logits in the positional sweep"
             )
-        lp_rows[start:stop] = _token_lp(logits, p, tok)
-    lp = _mean_prob_lp(
-        lp_rows.reshape(n_draws, len(layers), len(pq.positions), len(config.modules))
-    )
-    return dict(lp=lp, lp_clean=lp_clean, lp_corrupt=lp_corrupt, known=known)
+        lp_rows[chunk] = _token_lp(logits, p, tok)
+        return Work.forward(len(chunk), x1.shape[1])
+
+    batch_size = rows_for(model, config.budget, plan.memory, x1.shape[1], 1)
+    work = work + Work(rows_per_forward=(batch_size,))
+    work = work + run_batches(torch.arange(len(lp_rows)), batch_size, forward)
+    shape = (n_draws, len(plan.layers), len(pq.positions), len(modules))
+    lp = _mean_prob_lp(lp_rows.reshape(shape))
+    lp_clean = _token_lp(clean_logits, p, tok)[0]
+    lp_corrupt = _mean_prob_lp(_token_lp(corrupt_logits, p, tok))
+    return _result(model, plan, pq, lp, lp_clean, lp_corrupt, known), work
 
 
-def _to_result(
-    model, pq: PositionalQuery, tensors: dict, config: PositionalConfig, nu: float, layers
+def _result(
+    model, plan: PositionalPlan, pq: PositionalQuery, lp, lp_clean, lp_corrupt, known: bool
 ) -> PositionalResult:
+    """One fact's tensors as a one-fact :class:`PositionalResult`; its config lists the fact
+    among ``unknown_facts`` when the clean model does not predict the object."""
     fact = pq.query.fact
-    lp = tensors["lp"][None].contiguous()
+    lp = lp[None].contiguous()
+    record = plan.record() | {
+        "causal": bool(model.is_causal),
+        "shifted": bool(model.backbone.shifted),
+        "unknown_facts": [] if known else [fact_key(fact)],
+    }
     return PositionalResult(
         prob=lp.exp(),
         lp=lp,
-        lp_clean=tensors["lp_clean"].reshape(1).float(),
-        lp_corrupt=tensors["lp_corrupt"].reshape(1).float(),
+        lp_clean=lp_clean.reshape(1).float(),
+        lp_corrupt=lp_corrupt.reshape(1).float(),
         tokens=(pq.tokens,),
         subject_positions=(tuple(pq.query.subject_positions),),
         prediction_position=(pq.prediction_position,),
-        window=config.window,
+        window=plan.config.window,
         fact_ids=(fact_key(fact),),
         subjects=(fact.subject,),
         questions=(fact.question,),
         answers=(fact.answer,),
-        layers=tuple(layers),
-        modules=config.modules,
-        config=config.to_dict()
-        | {"nu": nu, "causal": bool(model.is_causal), "shifted": bool(model.backbone.shifted)},
-        # config["prompt_length"] is added by trace_positional after concatenation (per fact)
-        seeds=(config.seed,),
+        layers=tuple(plan.layers),
+        modules=plan.config.sites.modules,
+        config=record,  # config["prompt_length"] is added after concatenation (per fact)
+        seeds=(plan.config.corruption.seed,),
         model_id=str(model.name),
         version=__version__,
     )
@@ -383,18 +377,13 @@ def _to_result(
 def trace_positional(
     model,
     facts: Sequence[Fact] | Fact,
+    config: PositionalConfig | None = None,
     *,
-    modules: Sequence[str] | str = MODULES,
-    window: int = 1,
-    layers: Sequence[int] | int | None = None,
-    noise_scale: float = 3.0,
-    nu: float | None = None,
-    replace: bool = False,
-    n_noise: int = 1,
-    seed: int = 0,
-    mentions: str = "all",
-    batch_size: int = 256,
-    progress: bool = True,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool | str = True,
+    shard: tuple[int, int] | None = None,
+    **overrides: Any,
 ) -> PositionalResult:
     """ROME's causal trace along token positions: ``[fact, layer, position, module]``.
 
@@ -411,21 +400,24 @@ def trace_positional(
         model: A :class:`~tie_tracing.core.model.TracedModel`.
         facts: Facts whose subject occurs in the question (``Fact.object``, when given,
             chooses the scored token and, for AR models, the answer prefix).
-        modules: Sites to restore (subset of ``resid``, ``attn``, ``mlp``; one name such as
-            ``"resid"`` means that site alone).
-        window: Layers restored together for ``attn``/``mlp`` (ROME: 10); ``resid`` uses 1.
-        layers: Layers of the map (default all).
-        noise_scale: ``ν = noise_scale · σ_emb``, ``σ_emb`` pooled over the subject tokens of
-            ``facts`` (ROME's 3σ rule); ``nu`` fixes ``ν`` instead (give the same ``nu`` to
-            compare with a TIE trace of other facts).
-        replace: Replace the subject embeddings by the noise instead of adding it.
-        n_noise: Noise draws per fact (probabilities averaged over draws).
-        seed: Seed of the draws (common random numbers, shared with TIE).
-        mentions: ``"all"`` (default): every mention of the subject in the question is
-            corrupted; ``"first"``: only the first (ROME's rule).
-        batch_size: Restoration rows per forward (bounds memory; the same default as
-            :func:`~tie_tracing.tracing.tie.trace_tie`'s rows per forward).
-        progress: Show a progress bar over facts.
+        config: The settings (:class:`~tie_tracing.tracing.config.PositionalConfig`).
+        out, overwrite, shard: A resumable, fact-sharded sweep directory, as in
+            :func:`~tie_tracing.tracing.tie.trace_tie`.
+        progress: Show a progress bar over facts (a string is its label).
+        **overrides: Settings of the config, by field name or flat name:
+
+            * ``sites`` or ``modules`` (a subset of ``resid``, ``attn``, ``mlp``; one name such
+              as ``"resid"`` means that site alone) and ``layers`` (default all);
+            * ``window``: layers restored together for ``attn``/``mlp`` (ROME: 10); ``resid``
+              uses 1;
+            * ``corruption`` or its fields: ``noise_scale`` (``ν = noise_scale · σ_emb``,
+              ``σ_emb`` pooled over the subject tokens of ``facts``, ROME's 3σ rule), ``nu``
+              (a fixed ``ν``: give the same ``nu`` to compare with a TIE trace of other
+              facts), ``replace``, ``n_noise`` (draws per fact, probabilities averaged),
+              ``seed`` (common random numbers, shared with TIE), ``mentions`` (``"all"``:
+              every mention of the subject in the question is corrupted; ``"first"``: ROME's);
+            * ``budget`` or ``max_memory`` / ``batch_size``: restoration rows per forward, as
+              in :func:`~tie_tracing.tracing.tie.trace_tie` (speed and memory, never results).
 
     Returns:
         A :class:`~tie_tracing.core.results.PositionalResult`: ``prob``/``lp`` ``[fact, layer,
@@ -438,6 +430,7 @@ def trace_positional(
         (``result.with_metric("lp").effect()`` the log-probability version).
 
     Raises:
+        TypeError: an unknown setting (lists the settings).
         SubjectNotFoundError: a fact's subject is not in its prompt (names the fact).
         ObjectNotFoundError: a fact's object is not among its answer's tokens (names the fact).
         NonFiniteActivationError: NaN/inf appeared (names the fact).
@@ -455,157 +448,38 @@ def trace_positional(
         (' Datrastond', ' Loho', ' was', ' born', ' in')
     """
     require_model(model, "trace_positional")
-    facts = as_facts(facts, "trace_positional")
-    ids = [fact_key(f) for f in facts]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate fact ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-    config = PositionalConfig(
-        modules=(modules,) if isinstance(modules, str) else tuple(modules),
-        window=window,
-        layers=None
-        if layers is None
-        else ((layers,) if isinstance(layers, int) else tuple(layers)),
-        noise_scale=noise_scale,
-        nu=nu,
-        replace=replace,
-        n_noise=n_noise,
-        seed=seed,
-        mentions=mentions,
-        batch_size=batch_size,
+    config = apply_overrides(config, PositionalConfig, overrides, "trace_positional")
+    facts = check_facts(facts, "trace_positional")
+    shard = check_shard(shard, out, len(facts))
+    plan = plan_positional(model, facts, config)
+    results, work, resume = trace_facts(
+        model,
+        plan.queries,
+        facts,
+        lambda pq: _trace_fact(model, pq, plan),
+        result_type=PositionalResult,
+        record=plan.record(),
+        out=out,
+        overwrite=overwrite,
+        shard=shard,
+        progress=progress,
+        label="trace_positional",
     )
-    layer_list = list(range(model.num_layers)) if config.layers is None else list(config.layers)
-    for layer in layer_list:
-        for m in config.modules:
-            model.check_site(layer, m)
-    pqs = [positional_query(model, f, mentions=config.mentions) for f in facts]
-    nu_value = config.corruption().resolve_nu(model, [pq.query for pq in pqs])
-    results, unknown, prompt_length = [], [], {}
-    for pq in tqdm(pqs, desc="trace_positional", unit="fact", disable=not progress):
-        tensors = _trace_one(model, pq, config, nu_value, layer_list)
-        if not tensors["known"]:
-            unknown.append(fact_key(pq.query.fact))
-        prompt_length[fact_key(pq.query.fact)] = pq.prompt_length
-        results.append(_to_result(model, pq, tensors, config, nu_value, layer_list))
+    unknown = [u for r in results for u in r.config["unknown_facts"]]
     if unknown:
         warnings.warn(
             f"{model.name}: the clean model's top-1 prediction is not the answer's object (its "
             f"first token, at the prediction position) for "
-            f"{len(unknown)} of {len(facts)} facts ({unknown[:5]}{' …' if len(unknown) > 5 else ''}); "
+            f"{len(unknown)} of {len(results)} facts ({unknown[:5]}{' …' if len(unknown) > 5 else ''}); "
             f"their traces measure little. result.config['unknown_facts'] lists them.",
             stacklevel=2,
         )
     result = PositionalResult.concat(results)
-    extra = {"unknown_facts": unknown, "prompt_length": prompt_length}
-    return dataclasses.replace(result, config=result.config | extra)
-
-
-# ----------------------------------------------------------------------------- slow reference
-
-
-def reference_positional(
-    model,
-    fact: Fact,
-    *,
-    modules: Sequence[str] = MODULES,
-    window: int = 1,
-    nu: float,
-    n_noise: int = 1,
-    seed: int = 0,
-    replace: bool = False,
-    mentions: str = "all",
-) -> dict:
-    """A deliberately slow positional trace: plain PyTorch hooks, one batch-1 forward per cell.
-
-    Builds its own query from the fact's encoding (:func:`~tie_tracing.tracing.patching.encode_query`:
-    prompt and answer ids, subject positions in the question, object offsets) and shares with
-    :func:`trace_positional` only that encoding, the model's forward and the noise draws. It
-    follows SPEC §6 literally: a causal model is fed the question and the answer's tokens up to
-    and including the object's first token (nothing after it, unlike the sweep, which feeds
-    the whole teacher-forced answer), an MDLM the question and ``|answer|`` masks; the object's
-    first token is scored where the aligned logits put it; the traced positions are those
-    before the object's first token (causal) or every position (MDLM).
-
-    Returns:
-        ``{"lp": [layer, position, module], "lp_clean": float, "lp_corrupt": float,
-        "positions": int, "prediction_position": int, "token": int}`` (probabilities averaged
-        over draws, then logged; ``positions`` traced, the scored ``token``).
-    """
-    q = encode_query(model, fact, mentions=mentions)
-    prompt, answer = list(q.prompt_ids), list(q.answer_ids)
-    k = 0 if fact.object is None else sorted(q.object_offsets)[0]
-    token = answer[k]
-    if model.is_causal:
-        ids = prompt + answer[: k + 1]  # the teacher-forced prefix, then the scored token
-        n_pos = len(prompt) + k  # everything before the scored token
-    else:
-        ids = prompt + [int(model.mask_token_id)] * len(answer)
-        n_pos = len(ids)
-    read_at = len(prompt) + k  # aligned logits: index i scores token i
-    modules = [m for m in MODULES if m in modules]
-    n_layers = model.num_layers
-    subject = list(q.subject_positions)
-    x = torch.tensor(ids)[None]
-
-    def read(logits):
-        return float(torch.log_softmax(logits[0, read_at].float(), dim=-1)[token])
-
-    clean: dict[tuple[int, str], torch.Tensor] = {}
-    pairs = []
-    for layer in range(n_layers):
-        for m in modules:
-
-            def rec(_mod, _inp, out, key=(layer, m)):
-                clean[key] = hidden_of(out)[0].detach().clone()
-
-            pairs.append((model.site_module(layer, m), rec))
-    with torch.inference_mode(), _hooks(pairs):
-        lp_clean = read(model.forward_logits(x))
-
-    draws = Corruption(nu=nu, n_noise=n_noise, seed=seed, replace=replace).draws(
-        fact, len(subject), model.hidden_size, nu
-    )
-    lp = torch.empty(n_noise, n_layers, n_pos, len(modules), dtype=torch.float64)
-    lp_corrupt = torch.empty(n_noise, dtype=torch.float64)
-    for n in range(n_noise):
-
-        def add_noise(_mod, _inp, out, eps=draws[n]):
-            h = hidden_of(out)
-            for j, s in enumerate(subject):
-                if replace:
-                    h[0, s] = eps[j].to(h.dtype)
-                else:
-                    h[0, s] += eps[j].to(h.dtype)
-
-        noise_hook = [(model.embedding_module(), add_noise)]
-        with torch.inference_mode(), _hooks(noise_hook):
-            lp_corrupt[n] = read(model.forward_logits(x))
-        for layer in range(n_layers):
-            for pos in range(n_pos):
-                for mi, m in enumerate(modules):
-                    if m == "resid" or window == 1:
-                        span = [layer]
-                    else:
-                        span = [
-                            j
-                            for j in range(layer - window // 2, layer + window - window // 2)
-                            if 0 <= j < n_layers
-                        ]
-                    pairs = list(noise_hook)
-                    for j in span:
-
-                        def write(_mod, _inp, out, key=(j, m), pos=pos):
-                            hidden_of(out)[0, pos] = clean[key][pos]
-
-                        pairs.append((model.site_module(j, m), write))
-                    with torch.inference_mode(), _hooks(pairs):
-                        lp[n, layer, pos, mi] = read(model.forward_logits(x))
-    mean_lp = torch.logsumexp(lp, dim=0) - math.log(n_noise)
-    corrupt = float(torch.logsumexp(lp_corrupt, dim=0) - math.log(n_noise))
-    return {
-        "lp": mean_lp,
-        "lp_clean": lp_clean,
-        "lp_corrupt": corrupt,
-        "positions": n_pos,
-        "prediction_position": read_at - int(model.backbone.shifted),
-        "token": token,
+    by_id = {fact_key(pq.query.fact): pq.prompt_length for pq in plan.queries}
+    prompt_length = {fid: by_id[fid] for fid in result.fact_ids}
+    extra = {
+        "unknown_facts": unknown,
+        "prompt_length": prompt_length,
+        "engine_stats": work.to_dict() | resume,
     }
+    return dataclasses.replace(result, config=result.config | extra)

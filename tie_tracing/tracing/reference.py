@@ -7,16 +7,22 @@ site's output at the subject positions is replaced by the clean run's. It costs
 exists; the tests check the engine against it and ``benchmarks/tie_sweep.py`` times it as the
 naive protocol. It shares with the engine only the model's forward, the sampler's commit rule
 (any :mod:`~tie_tracing.core.samplers` config) and the noise draws (common random numbers make the two comparable draw for draw).
+
+:func:`reference_positional` is the positional counterpart (SPEC §6): one batch-1 forward per
+cell, on its own query layout.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from ..core.backbones import MODULES, hidden_of
+from ..core.facts import Fact
 from ..core.sampler import target_logprob
 from ..core.samplers import resolve_sampler
 from .patching import Corruption, Query, encode_query
@@ -186,3 +192,112 @@ def reference_tie(ie: torch.Tensor, decay: float) -> torch.Tensor:
                 den = sum(decay ** (j - k) for j in range(k, steps))
                 out[layer, k, m] = num / den
     return out
+
+
+def reference_positional(
+    model,
+    fact: Fact,
+    *,
+    modules: Sequence[str] = MODULES,
+    window: int = 1,
+    nu: float,
+    n_noise: int = 1,
+    seed: int = 0,
+    replace: bool = False,
+    mentions: str = "all",
+) -> dict:
+    """A deliberately slow positional trace: plain PyTorch hooks, one batch-1 forward per cell.
+
+    Builds its own query from the fact's encoding (:func:`~tie_tracing.tracing.patching.encode_query`:
+    prompt and answer ids, subject positions in the question, object offsets) and shares with
+    :func:`trace_positional` only that encoding, the model's forward and the noise draws. It
+    follows SPEC §6 literally: a causal model is fed the question and the answer's tokens up to
+    and including the object's first token (nothing after it, unlike the sweep, which feeds
+    the whole teacher-forced answer), an MDLM the question and ``|answer|`` masks; the object's
+    first token is scored where the aligned logits put it; the traced positions are those
+    before the object's first token (causal) or every position (MDLM).
+
+    Returns:
+        ``{"lp": [layer, position, module], "lp_clean": float, "lp_corrupt": float,
+        "positions": int, "prediction_position": int, "token": int}`` (probabilities averaged
+        over draws, then logged; ``positions`` traced, the scored ``token``).
+    """
+    q = encode_query(model, fact, mentions=mentions)
+    prompt, answer = list(q.prompt_ids), list(q.answer_ids)
+    k = 0 if fact.object is None else sorted(q.object_offsets)[0]
+    token = answer[k]
+    if model.is_causal:
+        ids = prompt + answer[: k + 1]  # the teacher-forced prefix, then the scored token
+        n_pos = len(prompt) + k  # everything before the scored token
+    else:
+        ids = prompt + [int(model.mask_token_id)] * len(answer)
+        n_pos = len(ids)
+    read_at = len(prompt) + k  # aligned logits: index i scores token i
+    modules = [m for m in MODULES if m in modules]
+    n_layers = model.num_layers
+    subject = list(q.subject_positions)
+    x = torch.tensor(ids)[None]
+
+    def read(logits):
+        return float(torch.log_softmax(logits[0, read_at].float(), dim=-1)[token])
+
+    clean: dict[tuple[int, str], torch.Tensor] = {}
+    pairs = []
+    for layer in range(n_layers):
+        for m in modules:
+
+            def rec(_mod, _inp, out, key=(layer, m)):
+                clean[key] = hidden_of(out)[0].detach().clone()
+
+            pairs.append((model.site_module(layer, m), rec))
+    with torch.inference_mode(), _hooks(pairs):
+        lp_clean = read(model.forward_logits(x))
+
+    draws = Corruption(nu=nu, n_noise=n_noise, seed=seed, replace=replace).draws(
+        fact, len(subject), model.hidden_size, nu
+    )
+    lp = torch.empty(n_noise, n_layers, n_pos, len(modules), dtype=torch.float64)
+    lp_corrupt = torch.empty(n_noise, dtype=torch.float64)
+    for n in range(n_noise):
+
+        def add_noise(_mod, _inp, out, eps=draws[n]):
+            h = hidden_of(out)
+            for j, s in enumerate(subject):
+                if replace:
+                    h[0, s] = eps[j].to(h.dtype)
+                else:
+                    h[0, s] += eps[j].to(h.dtype)
+
+        noise_hook = [(model.embedding_module(), add_noise)]
+        with torch.inference_mode(), _hooks(noise_hook):
+            lp_corrupt[n] = read(model.forward_logits(x))
+        for layer in range(n_layers):
+            for pos in range(n_pos):
+                for mi, m in enumerate(modules):
+                    if m == "resid" or window == 1:
+                        span = [layer]
+                    else:
+                        span = [
+                            j
+                            for j in range(layer - window // 2, layer + window - window // 2)
+                            if 0 <= j < n_layers
+                        ]
+                    pairs = list(noise_hook)
+                    for j in span:
+
+                        def write(_mod, _inp, out, key=(j, m), pos=pos):
+                            hidden_of(out)[0, pos] = clean[key][pos]
+
+                        pairs.append((model.site_module(j, m), write))
+                    with torch.inference_mode(), _hooks(pairs):
+                        lp[n, layer, pos, mi] = read(model.forward_logits(x))
+    mean_lp = torch.logsumexp(lp, dim=0) - math.log(n_noise)
+    corrupt = float(torch.logsumexp(lp_corrupt, dim=0) - math.log(n_noise))
+    return {
+        "lp": mean_lp,
+        "lp_clean": lp_clean,
+        "lp_corrupt": corrupt,
+        "positions": n_pos,
+        "prediction_position": read_at - int(model.backbone.shifted),
+        "token": token,
+    }
