@@ -1298,7 +1298,7 @@ class PositionalResult(_ResultBase):
         first = parts[0]
         if len(parts) == 1:
             return first
-        free = {"seed", "n_noise", "unknown_facts", "pooled"}
+        free = {"seed", "n_noise", "unknown_facts", "pooled", "engine_stats"}
         same = (
             "fact_ids", "layers", "modules", "window", "model_id", "metric", "tokens",
             "subject_positions", "prediction_position",
@@ -1347,6 +1347,8 @@ class PositionalResult(_ResultBase):
         if any("unknown_facts" in p.config for p in parts):
             unknown = {u for p in parts for u in (p.config.get("unknown_facts") or [])}
             config["unknown_facts"] = [f for f in first.fact_ids if f in unknown]
+        if any("engine_stats" in p.config for p in parts):
+            config["engine_stats"] = [p.config.get("engine_stats") for p in parts]
         dtype = first.lp.dtype
         return dataclasses.replace(
             first,

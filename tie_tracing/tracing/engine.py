@@ -75,13 +75,18 @@ class Work:
         )
 
     def __add__(self, other: Work) -> Work:
+        return Work.total([self, other])
+
+    @staticmethod
+    def total(parts: Sequence[Work]) -> Work:
+        """The work of ``parts`` together (one pass, however many forwards they hold)."""
         return Work(
-            forwards=self.forwards + other.forwards,
-            backwards=self.backwards + other.backwards,
-            rows=self.rows + other.rows,
-            shapes=self.shapes + other.shapes,
-            divergent_continuations=self.divergent_continuations + other.divergent_continuations,
-            rows_per_forward=self.rows_per_forward + other.rows_per_forward,
+            forwards=sum(w.forwards for w in parts),
+            backwards=sum(w.backwards for w in parts),
+            rows=sum(w.rows for w in parts),
+            shapes=tuple(s for w in parts for s in w.shapes),
+            divergent_continuations=sum(w.divergent_continuations for w in parts),
+            rows_per_forward=tuple(r for w in parts for r in w.rows_per_forward),
         )
 
     def to_dict(self) -> dict:
@@ -104,10 +109,9 @@ def run_batches(
     """Run the grid rows ``rows`` (indices) in forwards of at most ``batch_size`` rows, in
     order; ``forward(chunk)`` runs one forward of the rows ``chunk`` and writes its values
     back. Returns the work done."""
-    work = Work()
-    for lo in range(0, len(rows), batch_size):
-        work = work + forward(rows[lo : lo + batch_size])
-    return work
+    return Work.total(
+        [forward(rows[lo : lo + batch_size]) for lo in range(0, len(rows), batch_size)]
+    )
 
 
 # ----------------------------------------------------------------------------- the fact loop
@@ -183,17 +187,17 @@ def trace_facts(
         resume = {"resumed": sum(store.has(i) for i in mine), "removed": store.removed_names}
         if progress:
             _note_resume(store, resume["resumed"], len(mine))
-    results, work = [], Work()
+    results, work = [], []
     bar = progress if isinstance(progress, str) else label
     for i in tqdm(mine, desc=bar, unit="fact", disable=not progress):
         done = store.get(i, facts[i]) if store else None
         if done is None:
             done, spent = trace_fact(queries[i])
-            work = work + spent
+            work.append(spent)
             if store:
                 store.put(i, facts[i], done)
         results.append(done)
-    return results, work, resume
+    return results, Work.total(work), resume
 
 
 def _note_resume(store: Store, done: int, total: int) -> None:

@@ -227,6 +227,7 @@ def _base_runs(model, query: Query, plan: TracePlan) -> tuple[_Base, Work]:
     fid = fact_key(query.fact)
     subject = torch.tensor(query.subject_positions, device=device)
     noise = plan.corruption.draws(query.fact, len(subject), model.hidden_size, plan.nu)
+    noise = noise.to(device)
     every_step = set(range(steps))
     captures = (
         {}
@@ -244,7 +245,7 @@ def _base_runs(model, query: Query, plan: TracePlan) -> tuple[_Base, Work]:
             lp=config.lp,
             target=config.target,
             target_mask=plan.targets[fid],
-            noise=noise.to(device),
+            noise=noise,
             noise_rows=torch.arange(1, 1 + n_draws, device=device),
             replace=config.corruption.replace,
             patches={},
@@ -258,7 +259,7 @@ def _base_runs(model, query: Query, plan: TracePlan) -> tuple[_Base, Work]:
     corrupt = states[1:]  # [N, T, seq]
     base = _Base(
         query=query,
-        noise=noise.to(device),
+        noise=noise,
         subject=subject,
         targets=torch.tensor(query.answer_ids, device=device),
         terms=run.token_logprobs.float().cpu(),
@@ -409,7 +410,7 @@ def _follow_futures(
         following[r] = nxt
         if nxt is not None:
             deadline[nxt] = max(deadline.get(nxt, -1), int(grid.step[r]) + reach)
-    work = Work()
+    work = []
     for j in range(1, steps):
         live = [i for i in sweep.live.pop(j, []) if deadline.get(i, -1) >= j]
 
@@ -426,10 +427,10 @@ def _follow_futures(
                     deadline[nxt] = max(deadline.get(nxt, -1), deadline[node_id])
             return spent
 
-        work = work + run_batches(torch.tensor(live, dtype=torch.long), batch_size, forward)
+        work.append(run_batches(torch.tensor(live, dtype=torch.long), batch_size, forward))
     n_corrupt = plan.config.corruption.n_noise * steps
     ran = sum(n.tl is not None for n in sweep.nodes) - n_corrupt
-    return following, work + Work(divergent_continuations=ran)
+    return following, Work.total([*work, Work(divergent_continuations=ran)])
 
 
 def _patched_ie(
@@ -889,10 +890,6 @@ def trace_tie(  # type: ignore[misc]
     run = dict(out=out, overwrite=overwrite, progress=progress, shard=shard)
     if neighbours is not None:
         return _trace_pair(model, facts, neighbours, config, **run)
-    if model.is_causal:
-        raise ValueError(
-            f"{model.name} is causal (AR): use tt.trace_positional for ROME-style tracing"
-        )
     facts = check_facts(facts, "trace_tie")
     shard = check_shard(shard, out, len(facts))
     plan = plan_trace(model, facts, config)
