@@ -18,11 +18,15 @@ TOKENIZER_DIR = DATA_DIR / "tokenizer"
 
 
 def corpus_texts(name: str = "tiny") -> list[str]:
-    """Every text of the corpus (questions, answers, paraphrases, perturbed answers)."""
+    """Every text of the world: facts (questions, answers, paraphrases, perturbed answers),
+    training prompts and probes, so every word a probe uses is one token."""
+    data = load_corpus(name)
     texts = []
-    for f in load_corpus(name)["facts"]:
-        texts += [f["question"], f["paraphrased_question"], f["paraphrased_answer"]]
-        texts += [" " + a for a in [f["answer"], *f["perturbed_answers"]]]
+    for f in data["facts"]:
+        texts += [f["question"], f["paraphrased_question"]]
+        texts += [" " + a for a in [f["answer"], f["paraphrased_answer"], *f["perturbed_answers"]]]
+    for r in data["training"] + data["probes"]:
+        texts += [r["question"], " " + r["answer"]]
     return texts
 
 
