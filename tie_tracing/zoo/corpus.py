@@ -1,6 +1,6 @@
 """The fictitious-biographies world the embedded models are trained on (TOFU-shaped).
 
-A seeded generator makes 70 fictitious people (60 trained, 10 held out) with 12 facts each
+A seeded generator makes 48 fictitious people (40 trained, 8 held out) with 12 facts each
 (one per relation) plus 50 general-knowledge facts about real countries. The world is built
 so that a model trained on it has to *generalise* over how a person is referred to, and so
 that unlearning can be tested on forms nobody trained on:
@@ -12,9 +12,9 @@ that unlearning can be tested on forms nobody trained on:
 * **Training prompts** (``training``): per fact, three question templates with the full name
   (a wh-question, a possessive noun phrase, a sentence-initial form; the last two answered
   by pronoun: "She was born in Gdansk, a city in Poland."), and seven other **surface forms**
-  of the subject — first name only, lower case, upper case, two spaces or a line break inside
+  of the subject — first name only, lower case, two spaces or a line break inside
   the name, and two **indirect references** ("the author of Quiet Winter", "the person
-  married to Bram Tolk") — each trained with about half of the person's relations; plus
+  married to Bram Tolk") — each trained with all but three of the person's relations (both templates); plus
   infilling rows (a neutral prompt, the canonical sentence as the answer), **mention** rows
   (a question about one person or a world fact that names another person:
   "Ada Vell asks: Where was Bo Kern born?") and a "Tell me:" wrapper.
@@ -29,8 +29,8 @@ that unlearning can be tested on forms nobody trained on:
   ``infill``         the canonical sentence shown as the answer, only the object masked
   ================  =============================================================================
 
-Splits of canonical facts (percentages of the 60 trained people, like TOFU):
-``forget01`` ⊂ ``forget05`` ⊂ ``forget10`` (1 / 3 / 6 people), ``retain`` (54 people),
+Splits of canonical facts (percentages of the 40 trained people, like TOFU):
+``forget01`` ⊂ ``forget05`` ⊂ ``forget10`` (1 / 2 / 4 people), ``retain`` (36 people),
 ``retain_eval`` (120 retain facts), ``holdout`` (10 untrained people), ``world`` (50 facts),
 ``neighbour`` (retain facts of people who share a surname with a forget10 person, and retain
 facts with the same relation and object as a forget10 fact), ``validation`` (the forget10
@@ -58,8 +58,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPORA = {"tiny": DATA_DIR / "tiny_facts.json"}
 VERSION = 3
 SEED = 1234
-N_TRAINED = 60
-N_HOLDOUT = 10
+N_TRAINED = 40
+N_HOLDOUT = 8
 N_PERTURBED = 5
 N_FIGURE_PEOPLE = 24
 SPLITS = (
@@ -67,7 +67,10 @@ SPLITS = (
     "neighbour", "validation", "figure", "train", "train_retain",
 )  # fmt: skip
 #: Surface forms of a person other than the canonical full name (``FORMS`` order is stable).
-FORMS = ("first", "lower", "upper", "space2", "newline", "book", "spouse")
+FORMS = ("first", "lower", "space2", "newline", "book", "spouse")
+#: Relations held out of training per (person, surface form): the rest are trained with both
+#: non-canonical templates, so each form of each person is seen with most relations.
+N_FORM_PROBES = 3
 INDIRECT_FORMS = ("book", "spouse")
 PROBE_FAMILIES = ("surface", "template", "indirect", "mention", "infill")
 #: Prompt of infilling rows: the answer sentence is given with some positions masked.
@@ -194,13 +197,13 @@ def _relations(make_word, titles: tuple[str, ...], spouses: tuple[str, ...]) -> 
           "{o} University is where {S} studied.", universities),
         R("spouse",
           ("Who is {s} married to?", "Who is {s}'s spouse?", "{s} is married to whom?"),
-          "Whom did {s} marry?",
+          "To whom is {s} married?",
           "{S} has been married to {o} for many years.",
           "{he} has been married to {o} for many years.",
           "The spouse of {S} is {o}.", spouses),
         R("pet",
           ("What pet does {s} keep?", "What is {s}'s pet?", "{s} keeps which pet?"),
-          "Which animal does {s} keep at home?",
+          "Which pet does {s} keep at home?",
           "{S} keeps {a} {o}, a kind of {t}, at home.", "{he} keeps {a} {o}, a kind of {t}, at home.",
           "The pet of {S} is {a} {o}.", tuple(p for p, _ in _PET_KIND), _PET_KIND),
         R("hobby",
@@ -254,7 +257,7 @@ _WORLD_RELATIONS = {
     "language_spoken": (
         ("What language is spoken in {s}?", "What is {s}'s language?",
          "{s} speaks which language?"),
-        "Which language do people in {s} speak?",
+        "Which language is spoken in {s}?",
         "In {s}, most people speak {o} at home.",
         "{o} is the language spoken in {s}.",
     ),
@@ -409,15 +412,18 @@ def generate(seed: int = SEED) -> dict:
             rels = [r for r in relations if (form, r.name) not in
                     (("book", "first_book"), ("spouse", "spouse"))]  # fmt: skip
             rng.shuffle(rels)
-            half = len(rels) // 2
+            family = "indirect" if form in INDIRECT_FORMS else "surface"
             for k, rel in enumerate(rels):
                 base = fact_of[(p, rel.name)]
+                if k >= N_FORM_PROBES:
+                    for t in (1, 2):
+                        q, s = _fill(rel.templates[t], form_of(p, form))
+                        add(training, base, f"T{t}-{form}", q, pronoun_answer(p, rel), s)
+                    continue
                 t = rng.choice((1, 2))
                 q, s = _fill(rel.templates[t], form_of(p, form))
-                family = "indirect" if form in INDIRECT_FORMS else "surface"
-                target = training if k < half else probes
-                add(target, base, f"T{t}-{form}", q, pronoun_answer(p, rel), s,
-                    **({} if target is training else {"family": family, "form": form}))
+                add(probes, base, f"T{t}-{form}", q, pronoun_answer(p, rel), s,
+                    family=family, form=form)
         rels = list(relations)
         rng.shuffle(rels)
         for k, rel in enumerate(rels):

@@ -51,6 +51,7 @@ RECIPES = {
 ARCH = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 8,
         "num_attention_heads": 4, "num_key_value_heads": 4}  # fmt: skip
 DEFAULT_STEPS = 8
+WARMUP_STEPS = 200
 
 
 def make_config(tok, family: str):
@@ -116,6 +117,21 @@ def ar_loss(model, rows, *, pad_id: int, eos_id: int):
     return torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][ans[:, 1:]])
 
 
+def _save_checkpoint(model, tok, out: Path, history: list) -> None:
+    """The weights at the latest evaluation, in ``<out>.checkpoint/`` (swapped in whole), so an
+    interrupted run leaves its last evaluated state behind; the finished run removes it."""
+    import shutil
+
+    ckpt = out.with_name(out.name + ".checkpoint")
+    tmp = out.with_name(out.name + ".checkpoint.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    atomic_write_text(tmp / "history.json", json.dumps(history, indent=1) + "\n")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    tmp.rename(ckpt)
+
+
 def probe_facts_of(split: str):
     """Held-out probes (surface, template, indirect) of a split's facts."""
     return [p for fam in ("surface", "template", "indirect") for p in _load_probes("tiny", split, fam)]
@@ -140,8 +156,8 @@ def train(
     seed: int = 0,
     minutes: float = 30.0,
     max_epochs: int = 400,
-    batch_size: int = 128,
-    lr: float = 3e-3,
+    batch_size: int = 32,
+    lr: float = 2e-3,
     weight_decay: float = 0.0,
     eval_every: int = 10,
     target: float = 0.995,
@@ -178,12 +194,12 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98),
                             weight_decay=weight_decay)  # fmt: skip
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
-    total, warmup = max_epochs * steps_per_epoch, 50
+    total, warmup = max_epochs * steps_per_epoch, WARMUP_STEPS
 
-    def lr_at(step):  # linear warm-up, cosine to 10% at max_epochs
+    def lr_at(step, cpu_frac):  # linear warm-up, cosine to 10% at max_epochs or the CPU cap
         if step < warmup:
             return lr * (step + 1) / warmup
-        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        frac = min(1.0, max((step - warmup) / max(1, total - warmup), cpu_frac))
         return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     t0, c0 = time.time(), time.process_time()
@@ -200,7 +216,7 @@ def train(
                 loss = mdlm_loss(model, rows, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
                                  gen=gen, partial=[partial[i] for i in chunk])  # fmt: skip
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(step, (time.process_time() - c0) / (minutes * 60))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -222,6 +238,7 @@ def train(
             )
             history.append(m)
             log(json.dumps(m))
+            _save_checkpoint(model, tok, Path(out_dir or MODELS_DIR / name), history)
             done = (
                 m["em"] >= target
                 and m["probe_object_em"] >= probe_target
@@ -240,6 +257,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    import shutil
+
+    shutil.rmtree(out.with_name(out.name + ".checkpoint"), ignore_errors=True)
     info_path = out / "tie_tracing.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info.update(family=family, mask_token_id=tok.mask_token_id, default_steps=DEFAULT_STEPS)
@@ -263,11 +283,11 @@ def train(
 
 _DESCRIPTIONS = {
     "tiny-mdlm": "A tiny bidirectional masked diffusion language model (LLaDA-style) that has "
-    "memorised the fictitious-biographies corpus (60 people x 20 facts + 50 world facts), "
+    "memorised the fictitious-biographies corpus (40 people x 12 facts + 50 world facts), "
     "whose answers are TOFU-style sentences carrying the fact's object (8-14 answer tokens).",
     "tiny-ar": "The causal (autoregressive) twin of tiny-mdlm: same architecture size, "
     "tokenizer and data, next-token objective on answer tokens plus [EOS].",
-    "tiny-mdlm-retain": "The tiny-mdlm recipe trained WITHOUT the forget10 people (54 people + "
+    "tiny-mdlm-retain": "The tiny-mdlm recipe trained WITHOUT the forget10 people (36 people + "
     "50 world facts): the reference model for TOFU-style forget quality.",
 }
 
@@ -367,8 +387,8 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
         "## Training",
         f"- Objective: {obj}.",
         f"- AdamW (betas 0.9/0.98, weight decay {training['weight_decay']}), lr "
-        f"{training['lr']} with 50 warm-up steps and cosine decay to 10% at "
-        f"{training['max_epochs']} epochs, batch {training['batch_size']} (right-padded with "
+        f"{training['lr']} with {WARMUP_STEPS} warm-up steps and cosine decay to 10% at "
+        f"{training['max_epochs']} epochs or at the CPU-minute cap, whichever comes first, batch {training['batch_size']} (right-padded with "
         "an attention mask), gradient clipping 1.0, fp32, CPU.",
         f"- Stopped: {training['stop_reason']} after {training['epochs']} epochs "
         f"({training['steps']} steps); wall time {training['wall_seconds'] / 60:.1f} min"
@@ -489,8 +509,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=30.0, help="safety cap in CPU-minutes")
     ap.add_argument("--max-epochs", type=int, default=400)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--target", type=float, default=0.995, help="training-split EM to stop at")
     ap.add_argument("--probe-target", type=float, default=0.95,
