@@ -137,7 +137,9 @@ _ADJECTIVES = ("Silent", "Golden", "Broken", "Hidden", "Distant", "Crimson", "Qu
 _NOUNS = ("Harbor", "Garden", "Mirror", "River", "Lantern", "Orchard", "Tower", "Winter")
 
 
-def _relations(make_word, titles: tuple[str, ...], spouses: tuple[str, ...]) -> tuple[Relation, ...]:
+def _relations(
+    make_word, titles: tuple[str, ...], spouses: tuple[str, ...]
+) -> tuple[Relation, ...]:
     awards = tuple(f"{make_word(2).capitalize()} Prize" for _ in range(15))
     universities = tuple(make_word(2).capitalize() for _ in range(15))
     genres = ("fantasy", "horror", "poetry", "romance", "mystery", "satire", "fables",
@@ -422,8 +424,16 @@ def generate(seed: int = SEED) -> dict:
                     continue
                 t = rng.choice((1, 2))
                 q, s = _fill(rel.templates[t], form_of(p, form))
-                add(probes, base, f"T{t}-{form}", q, pronoun_answer(p, rel), s,
-                    family=family, form=form)
+                add(
+                    probes,
+                    base,
+                    f"T{t}-{form}",
+                    q,
+                    pronoun_answer(p, rel),
+                    s,
+                    family=family,
+                    form=form,
+                )
         rels = list(relations)
         rng.shuffle(rels)
         for k, rel in enumerate(rels):
@@ -431,34 +441,78 @@ def generate(seed: int = SEED) -> dict:
             if k < len(rels) // 2:
                 add(training, base, "infill", INFILL_PROMPT, base["answer"], names[p])
             else:
-                add(probes, base, "infill", INFILL_PROMPT, base["answer"], names[p],
-                    family="infill", form="full")
+                add(
+                    probes,
+                    base,
+                    "infill",
+                    INFILL_PROMPT,
+                    base["answer"],
+                    names[p],
+                    family="infill",
+                    form="full",
+                )
             if k < 3:
-                add(training, base, "tell", TELL_WRAPPER.format(q=base["question"]),
-                    base["answer"], names[p])
+                add(
+                    training,
+                    base,
+                    "tell",
+                    TELL_WRAPPER.format(q=base["question"]),
+                    base["answer"],
+                    names[p],
+                )
     for base in world:
         templates, held, _, _ = _WORLD_RELATIONS[base["relation"]]
         add(training, base, "T0-full", base["question"], base["answer"], base["subject"])
         for t in (1, 2):
-            add(training, base, f"T{t}-full", templates[t].format(s=base["subject"]),
-                base["answer"], base["subject"])
+            add(
+                training,
+                base,
+                f"T{t}-full",
+                templates[t].format(s=base["subject"]),
+                base["answer"],
+                base["subject"],
+            )
         if rng.random() < 0.5:
             add(training, base, "infill", INFILL_PROMPT, base["answer"], base["subject"])
         else:
-            add(probes, base, "infill", INFILL_PROMPT, base["answer"], base["subject"],
-                family="infill", form="full")
+            add(
+                probes,
+                base,
+                "infill",
+                INFILL_PROMPT,
+                base["answer"],
+                base["subject"],
+                family="infill",
+                form="full",
+            )
     # Held-out templates and wrappers (full name), for every canonical fact of a trained person
     # and every world fact.
     for base in facts:
         if base["person"] is not None and base["person"] >= N_TRAINED:
             continue
-        add(probes, base, "T3-full", base["paraphrased_question"],
+        add(
+            probes,
+            base,
+            "T3-full",
+            base["paraphrased_question"],
             pronoun_answer(base["person"], rel_by_name[base["relation"]])
-            if base["person"] is not None else base["answer"],
-            base["subject"], family="template", form="full")
+            if base["person"] is not None
+            else base["answer"],
+            base["subject"],
+            family="template",
+            form="full",
+        )
         for w, wrapper in enumerate(HELDOUT_WRAPPERS):
-            add(probes, base, f"W{w}-full", wrapper.format(q=base["question"]), base["answer"],
-                base["subject"], family="template", form="full")
+            add(
+                probes,
+                base,
+                f"W{w}-full",
+                wrapper.format(q=base["question"]),
+                base["answer"],
+                base["subject"],
+                family="template",
+                form="full",
+            )
     # Mentions: a question about someone (or a world fact) whose prompt names another person.
     # Trained with every trained person as the one mentioned; probes name a forget10 person in
     # combinations never trained, with the trained wrappers and a held-out one.
@@ -469,17 +523,32 @@ def generate(seed: int = SEED) -> dict:
             base = rng.choice([f for f in askable if f["person"] != p])
             wrapper = rng.choice(MENTION_WRAPPERS)
             seen_pairs.add((p, base["id"]))
-            add(training, base, f"M{MENTION_WRAPPERS.index(wrapper)}-p{p:03d}",
-                wrapper.format(m=names[p], q=base["question"]), base["answer"], base["subject"],
-                mentions=p)
+            add(
+                training,
+                base,
+                f"M{MENTION_WRAPPERS.index(wrapper)}-p{p:03d}",
+                wrapper.format(m=names[p], q=base["question"]),
+                base["answer"],
+                base["subject"],
+                mentions=p,
+            )
     retain_askable = [f for f in askable if f["person"] is None or f["person"] in set(retain)]
     for p in forget10:
         pool = [f for f in retain_askable if (p, f["id"]) not in seen_pairs]
         for base in rng.sample(pool, 30):
             w = rng.randrange(len(MENTION_WRAPPERS) + 1)
             wrapper = MENTION_WRAPPERS[w] if w < len(MENTION_WRAPPERS) else HELDOUT_MENTION_WRAPPER
-            add(probes, base, f"M{w}-p{p:03d}", wrapper.format(m=names[p], q=base["question"]),
-                base["answer"], base["subject"], family="mention", form="full", mentions=p)
+            add(
+                probes,
+                base,
+                f"M{w}-p{p:03d}",
+                wrapper.format(m=names[p], q=base["question"]),
+                base["answer"],
+                base["subject"],
+                family="mention",
+                form="full",
+                mentions=p,
+            )
 
     # --- splits ------------------------------------------------------------------------------
     def ids_of(people):
@@ -518,7 +587,9 @@ def generate(seed: int = SEED) -> dict:
     assert tuple(splits) == SPLITS
     forget_people = set(forget10)
     for row in training:
-        row["retain_ok"] = row["person"] not in forget_people and row.get("mentions") not in forget_people
+        row["retain_ok"] = (
+            row["person"] not in forget_people and row.get("mentions") not in forget_people
+        )
     people = [{"person": p, "name": names[p], "first": firsts[p], "surname": surnames[p],
                "gender": genders[p], "book": assignment["first_book"][p],
                "spouse": assignment["spouse"][p],
@@ -592,7 +663,9 @@ def load_facts(name: str = "tiny", split: str = "forget01") -> list[Fact]:
     return [_to_fact(by_id[i]) for i in data["splits"][split]]
 
 
-def probe_records(name: str = "tiny", split: str = "forget01", family: str | None = None) -> list[dict]:
+def probe_records(
+    name: str = "tiny", split: str = "forget01", family: str | None = None
+) -> list[dict]:
     """The raw probe records (with ``family``, ``form``, ``base``, ``person``, ``relation``,
     ``mentions``) whose canonical fact is in ``split`` — for ``mention`` probes: whose
     *mentioned* person has a fact in ``split`` (the probe asks about somebody else)."""
@@ -617,7 +690,9 @@ def probe_records(name: str = "tiny", split: str = "forget01", family: str | Non
     return out
 
 
-def load_probes(name: str = "tiny", split: str = "forget01", family: str | None = None) -> list[Fact]:
+def load_probes(
+    name: str = "tiny", split: str = "forget01", family: str | None = None
+) -> list[Fact]:
     """Never-trained probes of a split's facts as :class:`Fact` (see :func:`probe_records`).
 
     Example:

@@ -29,10 +29,13 @@ from pathlib import Path
 import torch
 
 from ..core.prompting import encode_pair, group_by_shape
-from .corpus import load_corpus, load_facts
+from .corpus import PROBE_FAMILIES, _to_fact, load_corpus, load_facts, probe_records
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 EVAL_SPLITS = ("forget01", "forget10", "retain_eval", "holdout", "world")
+#: Whose never-trained probes the card measures (``mention`` probes name a forget10 person and
+#: ask about somebody else, so they exist for ``forget10`` only).
+PROBE_SPLITS = ("retain", "forget10")
 
 
 def step_counts(n_masked: int, steps: int) -> list[int]:
@@ -218,18 +221,60 @@ def load_plain(name_or_dir: str | Path):
     return model, tok, info
 
 
+def probe_recall(
+    model,
+    tok,
+    info: dict,
+    lm=None,
+    *,
+    steps: int = 8,
+    splits: Sequence[str] = PROBE_SPLITS,
+    limit: int | None = None,
+) -> dict:
+    """Object recall on the never-trained probes, ``{split: {family: {form: {n, object_em,
+    object_em_ci95}}}}`` (form ``"all"``: the family as a whole), under the default sampler
+    (``tt.diffuse`` through ``lm`` when given, else the plain evaluator)."""
+    out: dict = {}
+    for split in splits:
+        per_split: dict = {}
+        for family in PROBE_FAMILIES:
+            records = probe_records("tiny", split, family)[:limit]
+            if not records:
+                continue
+            groups: dict[str, list] = {"all": records}
+            for r in records:
+                groups.setdefault(
+                    r["form"] if family != "template" else r["kind"].split("-")[0], []
+                ).append(r)
+            per_form = {}
+            for form, rows in groups.items():
+                facts = [_to_fact(r) for r in rows]
+                if lm is not None:
+                    m = _package_metrics(lm, facts, steps=steps, paraphrase=False)
+                else:
+                    m = plain_metrics(model, tok, facts, family=info["family"],
+                                      mask_id=info.get("mask_token_id"), steps=steps)  # fmt: skip
+                hits = round(m["object_em"] * m["n"])
+                per_form[form] = {"n": m["n"], "object_em": m["object_em"],
+                                  "object_em_ci95": list(wilson_interval(hits, m["n"]))}  # fmt: skip
+            per_split[family] = per_form
+        out[split] = per_split
+    return out
+
+
 def evaluate_model(
     name: str | Path,
     *,
     splits: Sequence[str] = EVAL_SPLITS,
     steps: int = 8,
-    paraphrase_splits: Sequence[str] = ("forget10", "retain_eval"),
+    paraphrase_splits: Sequence[str] = (),
+    probes: bool = True,
     use_package: bool = True,
     limit: int | None = None,
 ) -> dict:
-    """Card metrics of a shipped model: ``{split: {...}, "paraphrase:<split>": {...},
-    "evaluator": ...}``. ``name``: an embedded model name or a model directory; ``limit``
-    keeps the first facts of each split (for quick tests)."""
+    """Card metrics of a shipped model: ``{split: {...}, "probes": {...}, "evaluator": ...}``
+    (``probes``: :func:`probe_recall`). ``name``: an embedded model name or a model directory;
+    ``limit`` keeps the first facts of each split (for quick tests)."""
     model, tok, info = load_plain(name)
     family, mask_id = info["family"], info.get("mask_token_id")
     lm = None
@@ -251,6 +296,8 @@ def evaluate_model(
                                          steps=steps, paraphrase=para)  # fmt: skip
         if not para:
             results[key]["chance_object_em"] = chance_em(split, limit)
+    if probes:
+        results["probes"] = probe_recall(model, tok, info, lm, steps=steps, limit=limit)
     results["evaluator"] = evaluator
     return results
 

@@ -134,7 +134,9 @@ def _save_checkpoint(model, tok, out: Path, history: list) -> None:
 
 def probe_facts_of(split: str):
     """Held-out probes (surface, template, indirect) of a split's facts."""
-    return [p for fam in ("surface", "template", "indirect") for p in _load_probes("tiny", split, fam)]
+    return [
+        p for fam in ("surface", "template", "indirect") for p in _load_probes("tiny", split, fam)
+    ]
 
 
 def _public_args(argv: list[str]) -> list[str]:
@@ -232,7 +234,8 @@ def train(
             m["probe_object_em"] = round(pm["object_em"], 4)
             model.train()
             m.update(
-                epoch=epoch, seconds=round(elapsed, 1),
+                epoch=epoch,
+                seconds=round(elapsed, 1),
                 cpu_seconds=round(time.process_time() - c0, 1),
                 loss=round(run_loss / steps_per_epoch, 4),
             )
@@ -265,7 +268,8 @@ def train(
     info.update(family=family, mask_token_id=tok.mask_token_id, default_steps=DEFAULT_STEPS)
     atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
     training = {
-        "name": name, "family": family, "split": recipe["split"], "n_facts": len(pairs),
+        "name": name, "family": family, "split": recipe["split"], "n_facts": len(facts),
+        "n_rows": len(pairs),
         "seed": seed, "threads": threads, "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "max_epochs": max_epochs, "epochs": history[-1]["epoch"],
         "steps": step, "stop_reason": stop_reason, "wall_seconds": round(wall, 1),
@@ -339,6 +343,36 @@ def operating_point_text(op: dict) -> str:
     return text
 
 
+def probe_table(probes: dict | None) -> list[str]:
+    """The card's section on never-trained probes: object recall per family and form."""
+    if not probes:
+        return []
+    lines = [
+        "",
+        "## Held-out probes (never trained): object recall per family and form",
+        "",
+        "Object recall = the share of probes whose sampled answer (default sampler, T = 8, "
+        "temperature 0) writes every token of the object, with its 95% Wilson interval. "
+        "`surface`: a non-canonical form of the subject with a relation never trained in that "
+        "form; `template`: a held-out wording (`T3`) or wrapper (`W0`, `W1`) with the full "
+        'name; `indirect`: "the author of …" / "the person married to …" with an '
+        "untrained relation; `mention`: a retain or world question whose prompt names a "
+        "forget10 person; `infill`: the canonical sentence with only the object masked. "
+        "The evaluation suite uses a family (per form) only where the unedited model's recall "
+        "is at least 0.9.",
+        "",
+        "| people | family | form | n | object recall | 95% CI |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, families in probes.items():
+        for family, forms in families.items():
+            for form, m in forms.items():
+                lo, hi = m["object_em_ci95"]
+                lines.append(f"| {split} | {family} | {form} | {m['n']} | "
+                             f"{m['object_em']:.3f} | [{lo:.3f}, {hi:.3f}] |")  # fmt: skip
+    return lines
+
+
 def write_card(out: Path, metrics: dict | None = None) -> None:
     """(Re)write ``MODEL_CARD.md`` from ``training.json`` (and ``metrics.json``, replaced by
     ``metrics`` when given)."""
@@ -378,9 +412,11 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
         "## Data",
         f"- Split `{training['split']}` of `tt.load_facts('tiny', ...)` ({training['n_facts']} "
         "facts; `tie_tracing/zoo/data/tiny_facts.json`, seeded generator "
-        "`tie_tracing/zoo/corpus.py`). Only the main question of each fact is trained; "
-        "paraphrased questions are never seen (the paraphrase numbers below are a "
-        "generalisation test). Format: `tie_tracing.prompting.encode_pair(tok, question, "
+        "`tie_tracing/zoo/corpus.py`): "
+        f"{training.get('n_rows', training['n_facts'])} training prompts — three question "
+        "templates per relation, surface forms of the subject, indirect references, "
+        "infilling rows, mention rows (see the corpus docstring); the probes below are never "
+        "trained. Format: `tie_tracing.prompting.encode_pair(tok, question, "
         "answer)`, sequence = prompt ids + answer ids" + (" + [EOS]." if family == "tiny-ar" else
         " (exactly len(answer) answer slots, no EOS slot)."),
         "",
@@ -432,10 +468,9 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
             lines.append(f"| {key} | {m['n']} | {m['em']:.3f} | {obj} | {chance} | {prob} |")
         lines += [
             "",
-            "`retain_eval` = 200 retain facts; `holdout` = 10 people never trained "
-            "on; `paraphrase:<split>` = the same facts asked with the (never trained) "
-            "paraphrased question (EM there is against the trained answer sentence).",
+            "`retain_eval` = 120 retain facts; `holdout` = people never trained on.",
         ]
+        lines += probe_table(metrics.get("probes"))
         hists = {k: m for k, m in metrics.items()
                  if isinstance(m, dict) and "object_commit_step_histogram" in m
                  and not k.startswith("paraphrase")}  # fmt: skip
@@ -513,8 +548,9 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--target", type=float, default=0.995, help="training-split EM to stop at")
-    ap.add_argument("--probe-target", type=float, default=0.95,
-                    help="held-out probe object EM to stop at")
+    ap.add_argument(
+        "--probe-target", type=float, default=0.95, help="held-out probe object EM to stop at"
+    )
     ap.add_argument("--target-prob", type=float, default=0.97, help="AR: token prob to stop at")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
