@@ -24,11 +24,13 @@ def ids(split):
 # ---------------------------------------------------------------- corpus
 def test_split_sizes():
     sizes = {s: len(ids(s)) for s in zc.SPLITS}
-    assert sizes["forget01"] == 20 and sizes["forget05"] == 60 and sizes["forget10"] == 120
-    assert sizes["retain"] == 1080 and sizes["holdout"] == 200 and sizes["validation"] == 60
-    assert sizes["retain_eval"] == 200 and 40 <= sizes["world"] <= 60
-    assert 50 <= sizes["neighbour"] <= 400
-    assert sizes["train"] == 1200 + sizes["world"]
+    n = 12  # relations per person
+    assert sizes["forget01"] == n and sizes["forget05"] == 2 * n and sizes["forget10"] == 4 * n
+    assert sizes["retain"] == 36 * n and sizes["holdout"] == 8 * n and sizes["validation"] == 2 * n
+    assert sizes["retain_eval"] == 120 and 40 <= sizes["world"] <= 60
+    assert 20 <= sizes["neighbour"] <= 200
+    assert sizes["figure"] == 2 * zc.N_FIGURE_PEOPLE
+    assert sizes["train"] == 40 * n + sizes["world"]
 
 
 def test_split_nesting_and_disjointness():
@@ -44,7 +46,9 @@ def test_split_nesting_and_disjointness():
         s: {f.subject for f in tt.load_facts("tiny", s)}
         for s in ("forget01", "forget05", "forget10", "retain", "holdout")
     }
-    assert [len(people[s]) for s in people] == [1, 3, 6, 54, 10]
+    assert [len(people[s]) for s in people] == [1, 2, 4, 36, 8]
+    figure = {f.subject for f in tt.load_facts("tiny", "figure")}
+    assert len(figure) == zc.N_FIGURE_PEOPLE >= 24 and figure <= people["retain"]
     assert not people["holdout"] & (people["forget10"] | people["retain"])
 
 
@@ -77,7 +81,7 @@ def test_fact_fields():
     persons = {}
     for f in tt.load_facts("tiny", "retain"):
         persons.setdefault(f.subject, []).append(f)
-    assert all(len(v) == 20 for v in persons.values())
+    assert all(len(v) == 12 for v in persons.values())
 
 
 def test_same_seed_same_corpus_and_file_matches():
@@ -86,6 +90,80 @@ def test_same_seed_same_corpus_and_file_matches():
     assert zc.generate(zc.SEED + 1)["facts"] != a["facts"]
     shipped = json.loads(zc.CORPORA["tiny"].read_text())
     assert shipped == json.loads(json.dumps(a))
+
+
+def _forms_of(person: dict) -> set[str]:
+    """Every string that names a person: all surface forms except the bare surname (shared)."""
+    return set(person["forms"].values())
+
+
+def test_probes_are_never_trained():
+    """No probe's prompt is a training prompt; a surface-form or indirect probe's (person, form,
+    relation) is never trained in that form; held-out template wordings never appear in training."""
+    data = zc.load_corpus("tiny")
+    trained_q = {r["question"] for r in data["training"]}
+    trained_form_rel = {(r["person"], r["kind"].split("-", 1)[1], r["relation"])
+                        for r in data["training"] if r["kind"].startswith(("T1-", "T2-"))}  # fmt: skip
+    families = set()
+    for p in data["probes"]:
+        families.add(p["family"])
+        if p["family"] != "infill":  # infilling shares the neutral prompt; its answer is masked
+            assert p["question"] not in trained_q, p["id"]
+        if p["family"] in ("surface", "indirect"):
+            assert (p["person"], p["form"], p["relation"]) not in trained_form_rel, p["id"]
+    assert families == set(zc.PROBE_FAMILIES)
+    infill_trained = {r["base"] for r in data["training"] if r["kind"] == "infill"}
+    for p in data["probes"]:
+        if p["family"] == "infill":
+            assert p["base"] not in infill_trained, p["id"]
+
+
+def test_every_form_of_every_person_is_trained_with_most_relations():
+    data = zc.load_corpus("tiny")
+    seen: dict = {}
+    for r in data["training"]:
+        if r["kind"].startswith(("T1-", "T2-")) and r["kind"].split("-", 1)[1] in zc.FORMS:
+            seen.setdefault((r["person"], r["kind"].split("-", 1)[1]), set()).add(r["relation"])
+    assert len(seen) == zc.N_TRAINED * len(zc.FORMS)
+    assert min(len(v) for v in seen.values()) >= 12 - zc.N_FORM_PROBES - 1
+
+
+def test_retain_training_never_names_a_forget_person():
+    """train_retain (the retain-only model's data) names no forget10 person in any form;
+    held-out people appear in no training prompt at all."""
+    data = zc.load_corpus("tiny")
+    people = {p["person"]: p for p in data["people"]}
+    forget = {f["person"] for f in data["facts"] if f["id"] in set(ids("forget10"))}
+    holdout = {f["person"] for f in data["facts"] if f["id"] in set(ids("holdout"))}
+    forget_names = set().union(*(_forms_of(people[p]) for p in forget))
+    holdout_names = set().union(*(_forms_of(people[p]) for p in holdout))
+    retain_rows = zc.training_pairs("tiny", "train_retain")
+    assert 0 < len(retain_rows) < len(zc.training_pairs("tiny", "train"))
+    for r in retain_rows:
+        text = r["question"] + " " + r["answer"]
+        assert not any(n in text for n in forget_names), r["id"]
+    for r in zc.training_pairs("tiny", "train"):
+        text = r["question"] + " " + r["answer"]
+        assert not any(n in text for n in holdout_names), r["id"]
+
+
+def test_mention_probes_name_a_forget_person_and_ask_about_someone_else():
+    data = zc.load_corpus("tiny")
+    people = {p["person"]: p for p in data["people"]}
+    forget = {f["person"] for f in data["facts"] if f["id"] in set(ids("forget10"))}
+    mentions = zc.probe_records("tiny", "forget10", "mention")
+    assert len(mentions) >= 30 * len(forget) - 1
+    for r in mentions:
+        assert r["mentions"] in forget and r["person"] != r["mentions"]
+        assert people[r["mentions"]]["name"] in r["question"]
+        assert r["person"] is None or r["person"] not in forget
+
+
+def test_load_probes_errors_name_valid_choices():
+    with pytest.raises(ValueError, match="surface"):
+        zc.load_probes("tiny", "forget01", "paraphrase")
+    with pytest.raises(ValueError, match="forget01"):
+        zc.load_probes("tiny", "forget02")
 
 
 def test_load_facts_errors_name_valid_choices():
@@ -189,7 +267,7 @@ def test_shipped_files_and_config(name):
     assert info["default_steps"] == 8
     if family == "tiny-mdlm":
         assert cfg["is_causal"] is False and info["mask_token_id"] == tok.mask_token_id
-    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 128
+    assert model.config.num_hidden_layers == 8 and model.config.hidden_size == 128
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -237,10 +315,8 @@ def test_mdlm_sampler_agrees_with_package_sampler():
     _model("tiny-mdlm")
     from tie_tracing.zoo.evaluate import evaluate_model
 
-    a = evaluate_model("tiny-mdlm", splits=("forget01",), paraphrase_splits=(), limit=20)
-    b = evaluate_model(
-        "tiny-mdlm", splits=("forget01",), paraphrase_splits=(), limit=20, use_package=False
-    )
+    a = evaluate_model("tiny-mdlm", splits=("forget01",), probes=False, limit=20)
+    b = evaluate_model("tiny-mdlm", splits=("forget01",), probes=False, limit=20, use_package=False)
     assert a["forget01"]["em"] == b["forget01"]["em"] >= 0.95
     assert a["forget01"]["token_prob"] == pytest.approx(b["forget01"]["token_prob"], abs=1e-4)
 
