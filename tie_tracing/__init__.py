@@ -9,7 +9,7 @@ Everything else lives in the layer it belongs to, each a namespace of its own::
     tt.tracing     patching, the TIE engine, positional tracing, references, sharding
     tt.analysis    Eq. 5, bootstrap CIs, selection and seed stability, AR vs diffusion
     tt.editing     the edit memory (algebra, capture, gate, install, persistence, efficacy)
-    tt.evaluation  SPEC §9 metrics and the unlearning baselines
+    tt.evaluation  SPEC §9 metrics, the unlearning suite and the unlearning baselines
     tt.figures     every figure (plot_*, save_figure, notebook_figures)
     tt.zoo         the embedded corpus, tokenizer and models
 

@@ -40,9 +40,12 @@ from .evaluation import (
     LoraSpec,
     UnlearnConfig,
     UnlearningError,
+    UnlearningReport,
     UnlearnLog,
     evaluate,
+    evaluate_unlearning,
     unlearn,
+    unlearning_depth,
 )
 from .figures import (
     StaticExportError,
@@ -99,6 +102,9 @@ __all__ = [
     # evaluation and unlearning
     "evaluate",
     "Evaluation",
+    "evaluate_unlearning",
+    "UnlearningReport",
+    "unlearning_depth",
     "unlearn",
     "UnlearnConfig",
     "LoraSpec",

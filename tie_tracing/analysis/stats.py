@@ -1,7 +1,8 @@
 """Analyses of tracing results and of the coordinate choice (SPEC §9 statistics, §10.2–3).
 
 * :func:`bootstrap_ci` — percentile bootstrap CI over facts, per cell (scipy, vectorised).
-  :func:`mean_ci` — the same for a 1-D sample (facts or seeds): ``(mean, low, high)``.
+  :func:`mean_ci` — the same for a 1-D sample (facts or seeds): ``(mean, low, high)``;
+  :func:`cluster_mean_ci` — the same resampling whole clusters (the facts of one person).
 * :func:`score_landscape`, :func:`beta_tradeoff`, :func:`selection_stability`,
   :func:`per_fact_optima` — study the Eq. 5 choice: the whole landscape, how β trades forget
   strength for neighbour damage, how often each cell wins when facts are resampled, and
@@ -52,6 +53,7 @@ __all__ = [
     "SelectionStability",
     "beta_tradeoff",
     "bootstrap_ci",
+    "cluster_mean_ci",
     "localisation_stats",
     "mean_ci",
     "per_fact_optima",
@@ -198,6 +200,72 @@ def mean_ci(
     # One cell ([n, 1]): bootstrap_ci's bookkeeping assumes a cell axis.
     low, high = bootstrap_ci(x[:, None], n_resamples=n_resamples, confidence=confidence, seed=seed)
     return float(x.mean()), float(low[0]), float(high[0])
+
+
+def cluster_mean_ci(
+    values,
+    clusters: Sequence,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean of a 1-D sample and its percentile-bootstrap CI, resampling whole clusters.
+
+    Facts that share a cluster (the facts of one person) are not independent draws: the
+    bootstrap resamples the ``C`` clusters with replacement (``n_resamples`` times, fixed
+    ``seed``) and each resample's statistic is the mean over every fact of the drawn clusters
+    (``Σ cluster sums / Σ cluster sizes``, so the point estimate is the plain fact mean).
+    Non-finite values are dropped first (with their cluster labels). One cluster gives the
+    degenerate ``(m, m, m)``, as one fact does in :func:`mean_ci`; with singleton clusters the
+    interval is :func:`mean_ci`'s resampling scheme (its draws differ: numpy, not scipy).
+
+    Args:
+        values: ``[n]`` numbers.
+        clusters: ``n`` hashable labels (e.g. person ids), aligned with ``values``.
+        n_resamples: Bootstrap resamples (SPEC §9: 2000).
+        confidence: Confidence level in ``(0, 1)``.
+        seed: Seed of the resampling generator.
+
+    Returns:
+        ``(mean, low, high)``; ``(nan, nan, nan)`` for an empty (or all non-finite) sample.
+
+    Raises:
+        ValueError: ``clusters`` of another length than ``values``; ``confidence`` outside
+            ``(0, 1)``.
+
+    Example:
+        >>> m, lo, hi = cluster_mean_ci([1.0, 1.0, 3.0, 3.0], ["a", "a", "b", "b"])
+        >>> m, lo, hi
+        (2.0, 1.0, 3.0)
+    """
+    x = _as_float64(values).reshape(-1)
+    labels = list(clusters)
+    if len(labels) != x.numel():
+        raise ValueError(f"{len(labels)} cluster labels for {x.numel()} values: give one per value")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    keep = torch.isfinite(x)
+    x = x[keep]
+    labels = [c for c, k in zip(labels, keep.tolist()) if k]
+    if x.numel() == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    index: dict[Any, int] = {}
+    ids = np.array([index.setdefault(c, len(index)) for c in labels])
+    n_clusters = len(index)
+    if n_clusters == 1:
+        return mean, mean, mean
+    data = x.numpy()
+    sums = np.bincount(ids, weights=data, minlength=n_clusters)
+    sizes = np.bincount(ids, minlength=n_clusters).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, n_clusters, size=(n_resamples, n_clusters))
+    stats_ = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(stats_, [tail, 100.0 - tail])
+    if np.all(data == data[0]):  # a constant sample: the interval is the constant
+        low = high = data[0]
+    return mean, float(low), float(high)
 
 
 # ----------------------------------------------------------------------------- selection studies

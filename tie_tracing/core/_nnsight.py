@@ -56,6 +56,33 @@ def register_edit_with_inputs(model, site, tokens, apply: Callable[[Any, Any, An
     return model._edits[-1]
 
 
+def output_logits(output):
+    """The logits tensor of a backbone's output (``.logits``, a tuple's first element, or the
+    tensor itself)."""
+    if hasattr(output, "logits"):
+        return output.logits
+    return hidden_of(output)
+
+
+def register_logits_edit(model, apply: Callable[[Any, int | None, Any], None]) -> Any:
+    """Record an nnsight edit that calls ``apply(logits, step, token_ids)`` on every forward's
+    output logits (the backbone's own layout, ``[rows, seq, vocab]``, edited in place) with the
+    forward's token ids, like :func:`register_edit_with_inputs` on the root module's output.
+
+    Used by edits that act on what the model says rather than on a hidden state (the
+    string-match reference rows of :mod:`tie_tracing.evaluation`). Returns the mediator.
+    """
+    with model.edit(inplace=True) as tracer:
+        apply_edit = apply
+        try:
+            for _ in tracer.iter[:]:
+                token_ids = model.embedding.input
+                apply_edit(output_logits(model.output), model.current_step, token_ids)
+        except OutOfOrderError:
+            pass
+    return model._edits[-1]
+
+
 def has_edit(model, mediator: Any) -> bool:
     """Whether ``mediator`` is among the model's default interventions."""
     return mediator is not None and any(m is mediator for m in model._edits)

@@ -215,6 +215,20 @@ class TracedModel(NNsight):
         mask (DiffuLLaMA) get it here. Called inside a trace, the forward is intercepted as
         usual.
         """
+        logits = self.backbone_logits(input_ids)
+        if self.backbone.shifted:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    def backbone_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """One backbone forward; the logits as the module returns them (not re-aligned).
+
+        For shifted families position ``i`` holds the prediction of token ``i + 1``
+        (:meth:`forward_logits` moves it to ``i``). Families whose upstream inference passes a
+        full attention mask (DiffuLLaMA) get it here. An intervention that replaces a forward's
+        output logits with another model's (the ``string_match_route`` reference row of
+        :mod:`tie_tracing.evaluation`) needs them in this layout.
+        """
         kwargs: dict[str, Any] = dict(self._forward_kwargs)
         if self.backbone.full_attention_mask:  # DiffuLLaMA: bidirectional, as its inference runs
             batch, seq = input_ids.shape
@@ -222,12 +236,7 @@ class TracedModel(NNsight):
             zeros = torch.zeros(batch, 1, seq, seq, dtype=weight.dtype, device=input_ids.device)
             kwargs = {**kwargs, "attention_mask": zeros}
         out = self._module(input_ids=input_ids, **kwargs)
-        logits = (
-            out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
-        )
-        if self.backbone.shifted:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
 
     @property
     def context(self) -> ForwardContext:

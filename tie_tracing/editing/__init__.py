@@ -64,6 +64,8 @@ unedited outputs bit for bit; inserts and removals act on an installed memory at
 **Persistence** (:mod:`.persistence`): one safetensors file, exact round trip.
 **Efficacy by layer** (:mod:`.efficacy`): :func:`edit_efficacy` installs the same memory at
 several layers and measures ΔForgetLP / ΔRetainLP (SPEC §10.3).
+**Controls** (:mod:`.controls`): :func:`random_directions` — the same memory with random update
+directions of equal norm (the ``random_directions`` reference row of an unlearning table).
 **Operating points** (:mod:`.operating_point`): ``build`` arguments left ``None`` come from the
 model's ``tie_tracing.json``, written only by a tuning command run with ``--write``.
 
@@ -114,6 +116,7 @@ from .config import (
     EditMemoryError,
     EditMemoryWarning,
 )
+from .controls import random_directions
 from .efficacy import edit_efficacy
 from .gate import CalibrationSet, SubjectGate
 from .install import EditHandle
@@ -148,6 +151,7 @@ __all__ = [
     "model_fingerprint",
     "operating_point",
     "primal_map",
+    "random_directions",
     "ridge_update",
     "token_matches",
     "top_q",

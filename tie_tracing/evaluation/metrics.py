@@ -12,6 +12,7 @@ The metrics are pure functions on tensors and strings, so each can be checked by
 * :func:`forget_quality`: KS-test p-value between two samples of truth ratios (edited model
   versus the retain-only model on the forget set).
 * :func:`exact_match` and :func:`rouge_l_recall` on sampled answers.
+* :func:`model_utility` (open-unlearning's harmonic mean, as the embedded world allows it);
 * :func:`paired_ttest`; the bootstrap CIs of the metrics come from
   :func:`tie_tracing.analysis.mean_ci` (re-exported here).
 
@@ -58,7 +59,9 @@ __all__ = [
     "exact_match",
     "forget_quality",
     "forget_tr_score",
+    "harmonic_mean",
     "mean_ci",
+    "model_utility",
     "normalize_answer",
     "paired_ttest",
     "retain_tr_score",
@@ -747,3 +750,97 @@ def evaluate(
         "version": __version__,
     }
     return Evaluation(metrics=metrics, fact_ids=fact_ids, answers=answers, config=config)
+
+
+# ---------------------------------------------------------------------------------------
+# model utility
+# ---------------------------------------------------------------------------------------
+
+
+def harmonic_mean(values: Sequence[float]) -> float:
+    """Harmonic mean: 0 when any value is ≤ 0, NaN when any is NaN or there is none.
+
+    Example:
+        >>> harmonic_mean([0.5, 1.0])
+        0.6666666666666666
+    """
+    vals = [float(v) for v in values]
+    if not vals or any(math.isnan(v) for v in vals):
+        return math.nan
+    if any(v <= 0 for v in vals):
+        return 0.0
+    return len(vals) / sum(1.0 / v for v in vals)
+
+
+def _normalised_probability(model, facts: Sequence[Fact], **rows: Any) -> torch.Tensor:
+    """``[fact]`` ``p̄(a) / (p̄(a) + Σ_j p̄(â_j))`` with ``p̄`` the per-token geometric-mean
+    probability (masked estimator), over the fact's answer and its perturbed answers."""
+    alts, owner = [], []
+    for i, f in enumerate(facts):
+        for a in (f.answer, *f.perturbed_answers):
+            alts.append(dataclasses.replace(f, answer=a, object=None))
+            owner.append(i)
+    lp = _as_float64(_api("answer_logprob")(model, alts, estimator="masked", **rows))
+    lens = torch.tensor([_n_tokens(model, f.answer) for f in alts], dtype=torch.float64)
+    p = (lp / lens).exp()
+    out = torch.empty(len(facts), dtype=torch.float64)
+    k = 0
+    for i, f in enumerate(facts):
+        n = 1 + len(f.perturbed_answers)
+        out[i] = p[k] / p[k : k + n].sum()
+        k += n
+    return out
+
+
+def model_utility(
+    model,
+    retain: Sequence[Fact],
+    world: Sequence[Fact],
+    *,
+    steps: int = 8,
+    seed: int = 0,
+    batch_size: int = 64,
+    sampler=None,
+) -> tuple[float, dict[str, float]]:
+    """Model utility (open-unlearning's definition, as the embedded world allows it).
+
+    The harmonic mean of six parts: on ``retain`` the mean per-token probability
+    ``exp(log p(answer)/|answer|)``, the ROUGE-L recall of the sampled answer and the
+    retain-side truth-ratio score ``mean(max(0, 1 − R))``; on ``world`` the probability of
+    the answer normalised over it and its perturbed answers, ROUGE-L recall and the same
+    truth-ratio score (the embedded world has no real-authors set). Masked estimator;
+    answers sampled by :func:`tie_tracing.diffuse` (``steps``, ``sampler``). Parts that a
+    split cannot give (no perturbed answers) are left out of the mean.
+
+    Returns:
+        ``(utility, parts)`` with ``parts`` naming each of the six values.
+    """
+    ev = evaluate(
+        model,
+        {"retain": list(retain), "world": list(world)},
+        generate=True,
+        truth_ratios=True,
+        steps=steps,
+        seed=seed,
+        n_resamples=100,
+        batch_size=batch_size,
+        sampler=sampler,
+    )
+    r, w = ev["retain"], ev["world"]
+    rows = {"batch_size": batch_size}
+    norm = (
+        _normalised_probability(model, list(world), **rows)
+        if any(f.perturbed_answers for f in world)
+        else None
+    )
+    r_lp = r["logprob_per_token"].per_fact
+    parts = {
+        "retain_probability": float(r_lp.exp().mean()) if r_lp is not None else math.nan,
+        "retain_rouge_l": r["rouge_l_recall"].value,
+        "retain_truth_ratio": r["tr_retain_score"].value if "tr_retain_score" in r else math.nan,
+        "world_probability": float(norm.mean()) if norm is not None else math.nan,
+        "world_rouge_l": w["rouge_l_recall"].value,
+        "world_truth_ratio": w["tr_retain_score"].value if "tr_retain_score" in w else math.nan,
+    }
+    present = [v for v in parts.values() if not math.isnan(v)]
+    return harmonic_mean(present), parts
