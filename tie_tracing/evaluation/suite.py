@@ -667,6 +667,17 @@ def evaluate_unlearning(
     Raises:
         ValueError: no methods, duplicate names, a bad gate, no split passing the gate.
         TypeError: methods that are not :class:`Method` s, splits of the wrong type.
+
+    Example:
+        >>> from tie_tracing.evaluation import Method, reference_methods   # doctest: +SKIP
+        >>> model, retain = tt.load_model(), tt.load_model("tiny-mdlm-retain")  # doctest: +SKIP
+        >>> forget = tt.load_facts("tiny", "forget01")                      # doctest: +SKIP
+        >>> memory = tt.EditMemory.build(model, forget, layer=4, alpha=1.0, lam=0.01)  # doctest: +SKIP
+        >>> rows = reference_methods(forget, reference=retain,            # doctest: +SKIP
+        ...     random_directions=tt.editing.random_directions(memory))
+        >>> report = tt.evaluate_unlearning(model, rows + [Method.memory("paper", memory)],
+        ...     "forget01", reference=retain, depth=True)                  # doctest: +SKIP
+        >>> print(report.to_markdown())                                     # doctest: +SKIP
     """
     methods = list(methods)
     if not methods:
