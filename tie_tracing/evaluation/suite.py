@@ -422,6 +422,9 @@ class UnlearningReport(Saveable):
             f"samplers={len(self.samplers)})"
         )
 
+    def _repr_markdown_(self) -> str:  # Jupyter shows the tables
+        return self.to_markdown()
+
     @property
     def excluded(self) -> dict[str, dict[str, Any]]:
         """The gate entries that kept a split or form out of the table."""
