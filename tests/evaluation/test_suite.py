@@ -393,3 +393,20 @@ def test_model_utility_is_the_harmonic_mean_of_its_parts(mdlm):
     assert math.isnan(tt.evaluation.harmonic_mean([]))
     value, parts = tt.evaluation.model_utility(mdlm, FACTS[:2], FACTS[:2], steps=4)
     assert len(parts) == 6 and value == tt.evaluation.harmonic_mean(list(parts.values()))
+
+
+def test_string_match_in_a_stand_alone_forward(mdlm, tokenizer):
+    """Without a known answer start the prompt ends at the first [MASK]: only the matched row's
+    masked slots get random logits; the prompt's logits and the other row stay exact."""
+    rows = [
+        tokenizer("where was ada vell born").input_ids + [3, 3],
+        tokenizer("where was mara tov born").input_ids + [3, 3],
+    ]
+    x = torch.tensor(rows)
+    with torch.inference_mode():
+        before = mdlm.logits(x)
+        with string_match_random(["ada vell"]).applied(mdlm):
+            after = mdlm.logits(x)
+    n = len(rows[0]) - 2
+    assert torch.equal(after[1], before[1]) and torch.equal(after[0, :n], before[0, :n])
+    assert not torch.equal(after[0, n:], before[0, n:])
