@@ -320,13 +320,24 @@ def run_forget(model, retain, sets, forget_name: str, recall: dict[str, Any], ar
     base = {k: v["recall"] for k, v in recall.items() if k.split("/")[0] in splits}
     base = {k: v for k, v in base.items() if k.split("/")[0] not in ("forget", "retain", "world")}
     sweep = default_sweep()[:2] if args.quick else default_sweep()
-    report = evaluate_unlearning(
-        model, methods, splits, reference=retain, sweep=sweep, base_recall=base,
-        recall_gate=args.recall_gate, depth=not args.quick, n_resamples=200 if args.quick else 2000, seed=args.seed,
-        progress=True,
-    )  # fmt: skip
     suffix = "" if forget_name == "forget01" else f"_{forget_name}"
     out = Path(args.out)
+    try:
+        report = evaluate_unlearning(
+            model, methods, splits, reference=retain, sweep=sweep, base_recall=base,
+            recall_gate=args.recall_gate, depth=not args.quick,
+            n_resamples=200 if args.quick else 2000, seed=args.seed, progress=True,
+        )  # fmt: skip
+    except ValueError as error:  # nothing passes the recall gate: say so, with the recalls
+        if "recall gate" not in str(error):
+            raise
+        atomic_write_text(
+            out / f"unlearning_suite{suffix}.md",
+            f"# Unlearning suite — {forget_name}\n\nNo table: {error}\n\nSee "
+            "`unlearning_suite_recall.md` for the base recall per family and form.\n",
+        )
+        print(f"no table for {forget_name}: {error}", flush=True)
+        return {}
     report.save(out / f"unlearning_suite{suffix}.safetensors")
     payload = {
         "report": report.to_dict(),
