@@ -64,8 +64,8 @@ def output_logits(output):
     return hidden_of(output)
 
 
-def register_logits_edit(model, apply: Callable[[Any, int | None, Any], None]) -> Any:
-    """Record an nnsight edit that calls ``apply(logits, step, token_ids)`` on every forward's
+def register_logits_edit(model, apply: Callable[[Any, Any, Any], None]) -> Any:
+    """Record an nnsight edit that calls ``apply(logits, context, token_ids)`` on every forward's
     output logits (the backbone's own layout, ``[rows, seq, vocab]``, edited in place) with the
     forward's token ids, like :func:`register_edit_with_inputs` on the root module's output.
 
@@ -77,7 +77,7 @@ def register_logits_edit(model, apply: Callable[[Any, int | None, Any], None]) -
         try:
             for _ in tracer.iter[:]:
                 token_ids = model.embedding.input
-                apply_edit(output_logits(model.output), model.current_step, token_ids)
+                apply_edit(output_logits(model.output), model.context, token_ids)
         except OutOfOrderError:
             pass
     return model._edits[-1]

@@ -33,7 +33,7 @@ states untouched and scores 0: shallow by construction.
 
 Choices, stated: blocks' outputs (``resid``) at every position of the query (prompt and masked
 answer), one layer at a time; the patched forward is a stand-alone forward of the original
-model (``current_step = None``, ``current_answer_start`` the prompt length); the two models
+model (a :class:`ForwardContext` with ``step=None`` and ``answer_start`` the prompt length); the two models
 must share the tokenizer (same world). The paper patches a causal LM's states on a prompt with
 an answer prefix and reads the entity's probability; here the query is the diffusion model's
 masked query and the entity is the fact's object.
@@ -55,6 +55,7 @@ from .._version import __version__
 from ..analysis.stats import cluster_mean_ci, mean_ci
 from ..core._io import Saveable, load_object, save_object
 from ..core.backbones import hidden_of
+from ..core.context import ForwardContext
 from ..core.facts import Fact, as_facts, locate_object
 from ..core.prompting import chunks_by_shape
 from ..core.sampler import target_logprob
@@ -157,7 +158,7 @@ def _query(model, fact: Fact):
 def _states(model, x: torch.Tensor, layers: Sequence[int], p_len: int) -> list[torch.Tensor]:
     """Block outputs at ``layers`` of one traced forward (edits installed on ``model`` act)."""
     saved = []
-    with torch.inference_mode(), model.running(answer_start=p_len):
+    with torch.inference_mode(), model.at(ForwardContext(step=None, answer_start=p_len)):
         with model.logits(x):
             for layer in layers:
                 saved.append(nnsight.save(hidden_of(model.site(layer, "resid").output).clone()))
@@ -167,7 +168,7 @@ def _states(model, x: torch.Tensor, layers: Sequence[int], p_len: int) -> list[t
 def _object_lp(model, x, answers, objects, p_len, *, layer=None, states=None) -> torch.Tensor:
     """``[rows]`` object log-probabilities of the original model, optionally with block
     ``layer``'s output replaced by ``states``."""
-    with torch.inference_mode(), model.running(answer_start=p_len):
+    with torch.inference_mode(), model.at(ForwardContext(step=None, answer_start=p_len)):
         if layer is None:
             logits = model.logits(x)
         else:

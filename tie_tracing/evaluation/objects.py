@@ -21,7 +21,7 @@ answer with :func:`tie_tracing.core.facts.locate_object`:
 
 Every forward goes through nnsight (``model.logits`` / ``model.denoise``), so installed edit
 memories and the string-match interventions of :mod:`.references` act on it; each sets
-``model.current_answer_start`` so interventions that read only the prompt know where it ends.
+``model.context.answer_start`` so interventions that read only the prompt know where it ends.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..core.context import ForwardContext
 from ..core.facts import Fact, as_facts, locate_object
 from ..core.prompting import chunks_by_shape
 from ..core.sampler import check_finite, target_logprob
@@ -179,7 +180,7 @@ def object_logprob(
             p_len = len(rows[chunk[0]][0])
             x = _inputs(model, rows, chunk, device)
             answers = torch.tensor([rows[i][1] for i in chunk], device=device)
-            with model.running(answer_start=p_len):
+            with model.at(ForwardContext(step=None, answer_start=p_len)):
                 logits = model.logits(x)[:, p_len:]
             check_finite(logits, f"{model.name} logits for facts {[facts[i].id for i in chunk]}")
             terms = target_logprob(logits, answers).double().cpu()

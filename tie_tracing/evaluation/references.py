@@ -28,7 +28,7 @@ are stated as differences from them):
 
 The string matchers are the honest ten-line keyword filter: a case-sensitive whole-word search
 for each subject's exact string in the decoded prompt (the token ids before the answer span,
-``model.current_answer_start``; in a stand-alone forward without it, the tokens before the
+``model.context.answer_start``; in a stand-alone forward without it, the tokens before the
 first ``[MASK]``). They are nnsight edits on the output logits
 (:func:`tie_tracing.core._nnsight.register_logits_edit`), so they act inside
 :func:`tie_tracing.diffuse`, :func:`tie_tracing.answer_logprob` and every object-level
@@ -247,9 +247,9 @@ class _LogitsHandle:
     def installed(self) -> bool:
         return has_edit(self.model, self._mediator)
 
-    def __call__(self, logits: torch.Tensor, step, token_ids: torch.Tensor) -> None:
+    def __call__(self, logits: torch.Tensor, context, token_ids: torch.Tensor) -> None:
         model, matcher = self.model, self.matcher
-        start = model.current_answer_start
+        start = context.answer_start
         mask_id = model.mask_token_id
         rows, slots = [], []
         for r in range(token_ids.shape[0]):
