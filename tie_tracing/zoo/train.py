@@ -506,7 +506,7 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
             "|---|---|---|---|---|---|",
         ]
         for key, m in metrics.items():
-            if not isinstance(m, dict):
+            if not isinstance(m, dict) or "n" not in m:
                 continue
             chance = f"{m['chance_object_em']:.3f}" if "chance_object_em" in m else ""
             prob = f"{m['token_prob']:.3f}" if "token_prob" in m else ""
