@@ -221,6 +221,32 @@ def load_plain(name_or_dir: str | Path):
     return model, tok, info
 
 
+@torch.no_grad()
+def infill_recall(model, tok, facts, mask_id: int) -> dict:
+    """Object recall with only the object masked (the ``infill`` probes): the answer sentence is
+    visible except the object's tokens, which are filled greedily, most confident first (one
+    forward per token, the mask token never committed). Plain torch, one fact at a time."""
+    from ..core.facts import locate_object
+
+    hits = []
+    for f in facts:
+        prompt, answer = encode_pair(tok, f.question, f.answer)
+        offsets = [len(prompt) + i for i in locate_object(tok, answer, f)]
+        x = torch.tensor([list(prompt) + list(answer)])
+        x[0, offsets] = mask_id
+        left = list(offsets)
+        while left:
+            probs = model(input_ids=x).logits[0].float().softmax(-1)
+            probs[:, mask_id] = -math.inf
+            conf, tokens = probs.max(-1)
+            pick = max(left, key=lambda i: float(conf[i]))
+            x[0, pick] = tokens[pick]
+            left.remove(pick)
+        full = list(prompt) + list(answer)
+        hits.append(all(int(x[0, i]) == full[i] for i in offsets))
+    return {"n": len(facts), "object_em": sum(hits) / max(1, len(hits))}
+
+
 def probe_recall(
     model,
     tok,
@@ -233,11 +259,14 @@ def probe_recall(
 ) -> dict:
     """Object recall on the never-trained probes, ``{split: {family: {form: {n, object_em,
     object_em_ci95}}}}`` (form ``"all"``: the family as a whole), under the default sampler
-    (``tt.diffuse`` through ``lm`` when given, else the plain evaluator)."""
+    (``tt.diffuse`` through ``lm`` when given, else the plain evaluator); ``infill`` probes mask
+    only the object (:func:`infill_recall`)."""
     out: dict = {}
     for split in splits:
         per_split: dict = {}
         for family in PROBE_FAMILIES:
+            if family == "infill" and info["family"] == "tiny-ar":
+                continue  # the causal twin trains no infilling rows: it cannot see the answer
             records = probe_records("tiny", split, family)[:limit]
             if not records:
                 continue
@@ -249,7 +278,9 @@ def probe_recall(
             per_form = {}
             for form, rows in groups.items():
                 facts = [_to_fact(r) for r in rows]
-                if lm is not None:
+                if family == "infill":  # only the object is masked: the subject stays visible
+                    m = infill_recall(model, tok, facts, info["mask_token_id"])
+                elif lm is not None:
                     m = _package_metrics(lm, facts, steps=steps, paraphrase=False)
                 else:
                     m = plain_metrics(model, tok, facts, family=info["family"],

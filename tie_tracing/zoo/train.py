@@ -257,16 +257,6 @@ def train(
     model.eval()
 
     out = Path(out_dir or MODELS_DIR / name)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    import shutil
-
-    shutil.rmtree(out.with_name(out.name + ".checkpoint"), ignore_errors=True)
-    info_path = out / "tie_tracing.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    info.update(family=family, mask_token_id=tok.mask_token_id, default_steps=DEFAULT_STEPS)
-    atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
     training = {
         "name": name, "family": family, "split": recipe["split"], "n_facts": len(facts),
         "n_rows": len(pairs),
@@ -278,11 +268,63 @@ def train(
         sys.argv and sys.argv[0].endswith("train.py") else f"python -m tie_tracing.zoo.train {name} --seed {seed}",
         "torch": torch.__version__, "python": platform.python_version(), "history": history,
     }  # fmt: skip
+    return _finish(model, tok, out, training)
+
+
+def _finish(model, tok, out: Path, training: dict) -> Path:
+    """Write a finished model directory: weights, tokenizer, ``tie_tracing.json``,
+    ``training.json``, then the measured ``metrics.json`` and ``MODEL_CARD.md``."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    shutil.rmtree(out.with_name(out.name + ".checkpoint"), ignore_errors=True)
+    info_path = out / "tie_tracing.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info.update(family=training["family"], mask_token_id=tok.mask_token_id,
+                default_steps=DEFAULT_STEPS)  # fmt: skip
+    atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
     atomic_write_text(out / "training.json", json.dumps(training, indent=1) + "\n")
     from .evaluate import evaluate_model
 
     write_card(out, metrics=evaluate_model(out))  # metrics.json of older weights is replaced
     return out
+
+
+def finish_checkpoint(name: str, checkpoint: Path, out: Path, *, command: str, **settings) -> Path:
+    """Finish a model directory from the checkpoint an interrupted run left (its weights at the
+    last evaluation, ``history.json``): the card says at which epoch it stopped and why.
+
+    ``command`` is the training command that ran; ``settings`` the recipe's arguments
+    (``seed``, ``threads``, ``batch_size``, ``lr``, ``max_epochs``, ``reason``)."""
+    from transformers import LlamaForCausalLM
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "history.json").is_file():
+        raise FileNotFoundError(f"{checkpoint} holds no history.json: not a training checkpoint")
+    recipe = RECIPES[name]
+    history = json.loads((checkpoint / "history.json").read_text())
+    model = LlamaForCausalLM.from_pretrained(str(checkpoint), local_files_only=True).eval()
+    tok = load_tokenizer()
+    records = training_pairs("tiny", recipe["split"])
+    if recipe["family"] == "tiny-ar":
+        records = [r for r in records if r["kind"] != "infill"]
+    batch_size = settings.get("batch_size", 32)
+    last = history[-1]
+    training = {
+        "name": name, "family": recipe["family"], "split": recipe["split"],
+        "n_facts": len(load_facts("tiny", recipe["split"])), "n_rows": len(records),
+        "seed": settings.get("seed", 0), "threads": settings.get("threads", 1),
+        "batch_size": batch_size, "lr": settings.get("lr", 2e-3), "weight_decay": 0.0,
+        "max_epochs": settings.get("max_epochs"), "epochs": last["epoch"],
+        "steps": last["epoch"] * math.ceil(len(records) / batch_size),
+        "stop_reason": settings.get("reason", "checkpoint"),
+        "wall_seconds": last["seconds"], "cpu_seconds": last.get("cpu_seconds", last["seconds"]),
+        "command": command, "finished_from_checkpoint": True,
+        "torch": torch.__version__, "python": platform.python_version(), "history": history,
+    }  # fmt: skip
+    return _finish(model, tok, Path(out), training)
 
 
 _DESCRIPTIONS = {
@@ -431,8 +473,12 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
         + (f" ({training['cpu_seconds'] / 60:.1f} CPU-min)" if "cpu_seconds" in training else "")
         + f" on {training['threads']} CPU thread(s) of a machine shared with other jobs.",
         f"- Seed {training['seed']}. Command: `{training['command']}`"
-        + (" (stopped by the wall-clock cap: a rerun may stop at another epoch)"
-           if training["stop_reason"] == "minutes" else ""),
+        + (" (stopped by the CPU-minute cap: a rerun may stop at another epoch)"
+           if training["stop_reason"] == "minutes" else "")
+        + (f" — finished from the checkpoint of epoch {training['epochs']} "
+           f"(`tie_tracing.zoo.train.finish_checkpoint`): {training['stop_reason']}. The "
+           "learning-rate schedule follows CPU time, so a rerun reaches another state."
+           if training.get("finished_from_checkpoint") else ""),
         "",
         "## Accuracy",
     ]  # fmt: skip
@@ -460,7 +506,7 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
             "|---|---|---|---|---|---|",
         ]
         for key, m in metrics.items():
-            if not isinstance(m, dict):
+            if not isinstance(m, dict) or "n" not in m:
                 continue
             chance = f"{m['chance_object_em']:.3f}" if "chance_object_em" in m else ""
             prob = f"{m['token_prob']:.3f}" if "token_prob" in m else ""
