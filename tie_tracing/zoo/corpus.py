@@ -370,7 +370,7 @@ def generate(seed: int = SEED) -> dict:
                                       for w in rng.sample(wrong, N_PERTURBED)],
                 "relation": rel.name, "person": p,
             })  # fmt: skip
-    world = []
+    world: list[dict[str, Any]] = []
     for relname, pairs in (("capital", _CAPITALS), ("language_spoken", _LANGUAGES)):
         templates, held, answer, para = _WORLD_RELATIONS[relname]
         objects = sorted({o for _, o in pairs})
