@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from pathlib import Path
 
 import nnsight
 import pytest
@@ -10,9 +12,13 @@ import replicas as R
 import torch
 
 import tie_tracing as tt
+from tie_tracing.core._io import ResultFileError
 from tie_tracing.core.backbones import hidden_of
 from tie_tracing.core.context import STANDALONE, ForwardContext
 from tie_tracing.editing import EditConfig, EditHandle, EditMemoryError, capture_keys_and_deltas
+from tie_tracing.editing.install import live_handles
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def _at(step) -> ForwardContext:
@@ -291,29 +297,59 @@ def test_removal_keeps_other_interventions(mdlm, memory):
     assert torch.equal(memory_free_logits(mdlm, x), mdlm.logits(x))
 
 
-def test_insert_and_remove_match_a_fresh_build(mdlm):
-    """Streaming: build(2) + insert(2) == build(4); remove(id) == build without it."""
+def test_insert_and_without_match_a_fresh_build(mdlm):
+    """Streaming: build(2) + insert(2) == build(4); without(id) == build without it; both
+    return new values and leave the memory they started from unchanged."""
     full = tt.EditMemory.build(mdlm, FACTS, layer=LAYER, lam=0.1, q=2)
-    grown = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, q=2).insert(FACTS[2:])
+    small = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, q=2)
+    small_keys = small.keys.clone()
+    grown = small.insert(FACTS[2:])
     assert torch.allclose(grown.keys, full.keys, atol=1e-6) and grown.ids == full.ids
+    assert small.ids == ("ada", "mara") and torch.equal(small.keys, small_keys)
     h = torch.randn(3, mdlm.hidden_size)
     assert torch.allclose(grown.update(h), full.update(h), atol=1e-5)
-    shrunk = full.remove(["mara"])
+    shrunk = full.without(["mara"])
+    assert full.ids == tuple(f.id for f in FACTS)
     ref = tt.EditMemory.build(mdlm, [FACTS[0], *FACTS[2:]], layer=LAYER, lam=0.1, q=2)
     assert shrunk.ids == ref.ids and torch.allclose(shrunk.update(h), ref.update(h), atol=1e-5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.keys = shrunk.keys  # type: ignore[misc]
+
+
+def test_remove_is_a_deprecated_alias_of_without(memory):
+    """memory.remove(ids) warns that it returns a new value, and returns what without() does."""
+    with pytest.warns(DeprecationWarning, match="without"):
+        shrunk = memory.remove("kess")
+    assert shrunk.equals(memory.without("kess")) and "kess" in memory.ids
 
 
 def test_insert_while_installed_captures_the_frozen_model(mdlm):
-    """An insert into an installed memory captures with the edit suspended and acts at once."""
+    """handle.insert captures with the edit suspended and acts at once; handle.without takes
+    the fact out again, and the edit then equals the original memory's."""
     mem = tt.EditMemory.build(mdlm, FACTS[:1], layer=LAYER, alpha=2.0)
     x, _ = _query_x(mdlm, FACTS[1])
-    with mem.install(mdlm):
+    with mem.install(mdlm) as handle:
         before = mdlm.logits(x)
-        mem.insert(FACTS[1:2])
+        assert handle.insert(FACTS[1:2]) is handle and len(mdlm._edits) == 1
         after = mdlm.logits(x)
+        grown = handle.memory
+        handle.without("mara")
+        again = mdlm.logits(x)
     ref = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, alpha=2.0)
-    assert torch.equal(mem.keys, ref.keys)
-    assert not torch.equal(before, after)
+    assert torch.equal(grown.keys, ref.keys) and mem.ids == ("ada",)
+    assert not torch.equal(before, after) and torch.equal(before, again)
+
+
+def test_swap_refuses_another_site_or_a_removed_handle(mdlm, memory):
+    """A live edit takes a new memory only at its own site; a removed handle takes none."""
+    other_site = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER + 1, alpha=1.0, lam=0.1)
+    with memory.install(mdlm) as handle:
+        with pytest.raises(EditMemoryError, match="install it separately"):
+            handle.swap(other_site)
+        assert handle.memory is memory
+    with pytest.raises(EditMemoryError, match="removed"):
+        handle.swap(memory.with_config(alpha=2.0))
+    assert mdlm._edits == []
 
 
 # ------------------------------------------------------------------------------ persistence
@@ -332,15 +368,30 @@ def test_save_load_round_trip_is_exact(tmp_path, mdlm, memory):
     assert torch.equal(a, b)
 
 
+def test_memories_in_the_earlier_file_layout_still_load(tmp_path, mdlm, gated):
+    """A gated memory saved by the earlier edit-memory writer (tests/data, written before the
+    one serialiser) loads equal to the same memory built now, and re-saves in today's format."""
+    legacy = tt.EditMemory.load(DATA / "legacy_gated_memory.safetensors")
+    assert legacy.equals(gated)
+    assert legacy.gate.calibration == gated.gate.calibration
+    again = tt.EditMemory.load(legacy.save(tmp_path / "resaved.safetensors"))
+    assert again.equals(legacy) and again.timings == legacy.timings
+
+
 def test_corrupt_or_truncated_file_is_a_clear_error(tmp_path, memory):
-    """A truncated or garbage file raises EditMemoryError, a missing one FileNotFoundError."""
+    """A truncated or garbage file raises EditMemoryError (also a ResultFileError), a plain
+    safetensors file says it is none of ours, a missing one FileNotFoundError (a result of
+    another kind: tests/test_bad_input.py)."""
     path = memory.save(tmp_path / "mem.safetensors")
     data = path.read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     for name in ("trunc", "junk"):
-        with pytest.raises(EditMemoryError):
+        with pytest.raises(EditMemoryError, match="truncated or corrupt") as err:
             tt.EditMemory.load(tmp_path / f"{name}.safetensors")
+        assert isinstance(err.value, ResultFileError)
+    with pytest.raises(EditMemoryError, match="not a tie_tracing result"):
+        tt.EditMemory.load(DATA / "release_raw_tie.safetensors")  # plain safetensors
     with pytest.raises(FileNotFoundError):
         tt.EditMemory.load(tmp_path / "missing.safetensors")
 
@@ -355,12 +406,12 @@ def test_bad_requests_raise_named_errors(mdlm, memory):
     with pytest.raises(EditMemoryError, match="duplicate.*ada"):
         tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).insert(FACTS[:1])
     with pytest.raises(EditMemoryError, match="nobody"):
-        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).remove(["nobody"])
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).without(["nobody"])
     for q in (0, 5):
         with pytest.raises(EditMemoryError, match="q"):
             tt.EditMemory.build(mdlm, FACTS, layer=LAYER, q=q)
     with pytest.raises(EditMemoryError, match="q=2"):
-        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, q=2).remove("ada")
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, q=2).without("ada")
     with pytest.raises(EditMemoryError, match="operating point"):
         tt.EditMemory.build(mdlm, FACTS, alpha=1.0)
     with pytest.raises(ValueError, match="layer"):
@@ -700,7 +751,7 @@ def test_gated_save_load_round_trip_is_exact(tmp_path, mdlm, gated):
 
     path = gated.save(tmp_path / "gated.safetensors")
     with safe_open(str(path), framework="pt") as fh:
-        assert {"gate_mean", "gate_whiten", "gate_tau", "calibration_tokens"} <= set(fh.keys())
+        assert {"keys", "gate.mean", "gate.whiten", "gate_score_max"} <= set(fh.keys())
     loaded = tt.EditMemory.load(path)
     assert loaded.equals(gated) and loaded.gate is not None
     assert loaded.gate.calibration.fact_ids == tuple(f.id for f in CALIBRATION)
@@ -744,13 +795,13 @@ def test_memory_refuses_another_model_and_names_both(mdlm, memory):
 def test_installing_an_installed_memory_is_an_error(mdlm, memory):
     """A second install of a live memory raises; a with_config copy is independent; after
     removal the memory installs again."""
-    with memory.install(mdlm):
+    with memory.install(mdlm) as handle:
         with pytest.raises(EditMemoryError, match="already installed"):
             memory.install(mdlm)
-        assert memory.installed
+        assert handle.installed and live_handles(mdlm) == [handle]
         with memory.with_config(alpha=2.0).install(mdlm):
             assert len(mdlm._edits) == 2
-    assert not memory.installed and mdlm._edits == []
+    assert not handle.installed and live_handles(mdlm) == [] and mdlm._edits == []
     memory.install(mdlm).remove()
     assert mdlm._edits == []
 
@@ -898,8 +949,9 @@ def test_token_gated_round_trip_insert_and_remove(tmp_path, mdlm, token_gated):
     with fresh.install(mdlm):
         b = mdlm.logits(x)
     assert torch.equal(a, b)
-    grown.remove("kess")
-    assert torch.equal(grown.subject_tokens, token_gated.subject_tokens[:, :2])
+    shrunk = grown.without("kess")
+    assert torch.equal(shrunk.subject_tokens, token_gated.subject_tokens[:, :2])
+    assert grown.subject_tokens.shape == (3, 2)
 
 
 def test_gate_kind_is_validated(mdlm):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..core._guards import as_int, as_real
+from ..core._io import ResultFileError
 from ..core.backbones import MODULES
 from ..core.errors import TieTracingError
 
@@ -30,6 +31,7 @@ __all__ = [
     "TARGET_KINDS",
     "EditConfig",
     "EditMemoryError",
+    "EditMemoryFileError",
     "EditMemoryWarning",
     "normalize_steps",
 ]
@@ -69,6 +71,12 @@ class EditMemoryError(TieTracingError, ValueError):
     """A bad edit-memory request (duplicate or unknown ids, bad ``q``, singular Gram matrix,
     a memory installed twice or on a model it was not built on, a gate without calibration
     prompts, an unreadable memory file)."""
+
+
+class EditMemoryFileError(EditMemoryError, ResultFileError):
+    """A file that :meth:`EditMemory.load <tie_tracing.editing.EditMemory.load>` cannot read
+    (truncated, corrupt, or another kind of object); both an :class:`EditMemoryError` and a
+    :class:`~tie_tracing.core._io.ResultFileError`."""
 
 
 class EditMemoryWarning(UserWarning):

@@ -32,7 +32,8 @@ the memory's (another spelling, a pronoun) scores lower and may not fire.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -91,9 +92,10 @@ class CalibrationSet:
         return cls(ids=tuple(ids), subjects=tuple(subjects), tokens=tuple(tokens))
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class SubjectGate:
-    """Detection statistics at one site (see the module docstring).
+    """Detection statistics at one site (see the module docstring); a value, saved with its
+    memory. The whitened calibration states are a cache beside it (not a field).
 
     Attributes:
         mean: ``[d]`` ``μ`` (float32).
@@ -106,7 +108,8 @@ class SubjectGate:
     whiten: torch.Tensor
     shrinkage: float
     calibration: CalibrationSet
-    _states: list[torch.Tensor] | None = field(default=None, repr=False)
+    #: The whitened calibration states, when in memory (a cache: never saved or compared).
+    _states: ClassVar[list[torch.Tensor] | None] = None
 
     @classmethod
     def fit(
@@ -128,7 +131,7 @@ class SubjectGate:
         rows = torch.cat([s[v] for s, v in zip(states, valid)])
         mu, whiten = algebra.whitener(rows, shrinkage)
         gate = cls(mu.float(), whiten.float(), float(shrinkage), calibration)
-        gate._states = [gate.whiten_states(s) for s in states]
+        object.__setattr__(gate, "_states", [gate.whiten_states(s) for s in states])
         return gate
 
     def __len__(self) -> int:
@@ -151,7 +154,7 @@ class SubjectGate:
         states = capture_states(
             model, self.calibration.tokens, layer=layer, module=module, batch_size=batch_size
         )
-        self._states = [self.whiten_states(s) for s in states]
+        object.__setattr__(self, "_states", [self.whiten_states(s) for s in states])
 
     def calibration_maxima(
         self,
