@@ -254,8 +254,8 @@ def test_edit_fires_on_every_diffusion_step(mdlm, memory):
 
 
 def test_step_set_limits_diffusion_forwards_but_not_standalone(mdlm, memory):
-    """steps=(1, 3): the loop's other steps are untouched; a stand-alone forward is edited."""
-    early = memory.with_config(steps=(1, 3))
+    """edit_steps=(1, 3): the loop's other steps are untouched; a stand-alone forward is edited."""
+    early = memory.with_config(edit_steps=(1, 3))
     x, p = _query_x(mdlm, FACTS[0])
     with early.install(mdlm) as handle:
         mdlm.denoise(x, answer_start=p, steps=5)
@@ -458,7 +458,7 @@ def test_per_row_steps_match_per_step_application(memory, mdlm):
     """A forward mixing rows of several steps (the TIE sweep) edits each row as its own step would."""
     from tie_tracing.editing import EditHandle
 
-    restricted = memory.with_config(steps=(0, 2))
+    restricted = memory.with_config(edit_steps=(0, 2))
     hidden = torch.randn(3, 5, mdlm.hidden_size)
     steps = torch.tensor([0, 1, 2])
     mixed = hidden.clone()
@@ -474,7 +474,7 @@ def test_handle_counts_forwards_per_step_not_rows(memory, mdlm):
     """fired/skipped count a mixed-step forward once per distinct step, however many rows."""
     from tie_tracing.editing import EditHandle
 
-    restricted = memory.with_config(steps=(0, 2))
+    restricted = memory.with_config(edit_steps=(0, 2))
     handle = EditHandle(restricted, mdlm)
     steps = torch.tensor([0, 0, 0, 1, 1, 2])  # one forward: rows at steps {0, 1, 2}
     handle(torch.randn(6, 5, mdlm.hidden_size), _at(steps))
@@ -486,18 +486,34 @@ def test_handle_counts_forwards_per_step_not_rows(memory, mdlm):
     assert dict(everywhere.fired) == {3: 1, 5: 1} and not everywhere.skipped
 
 
+def test_steps_is_a_deprecated_alias_of_edit_steps(memory):
+    """EditConfig(steps=...), config.steps and with_config(steps=...) warn and mean edit_steps;
+    giving both names is an error; a record written before the rename reads as edit_steps."""
+    with pytest.warns(DeprecationWarning, match="edit_steps"):
+        c = EditConfig(layer=0, steps=[2, 1])
+    assert c.edit_steps == (1, 2) and c == EditConfig(layer=0, edit_steps=(1, 2))
+    with pytest.warns(DeprecationWarning, match="edit_steps"):
+        assert c.steps == (1, 2)
+    with pytest.warns(DeprecationWarning, match="edit_steps"):
+        assert memory.with_config(steps=3).config.edit_steps == (3,)
+    with pytest.raises(TypeError, match="once"), pytest.warns(DeprecationWarning):
+        EditConfig(layer=0, steps=1, edit_steps=2)
+    old = {k: v for k, v in c.to_dict().items() if k != "edit_steps"} | {"steps": [1, 2]}
+    assert EditConfig.from_dict(old) == c and "steps" not in c.to_dict()
+
+
 def test_build_accepts_an_int_step_and_refuses_bad_steps(mdlm):
     """edit_steps=3 is the one-step set {3}; negative, non-integer or empty step sets raise
     ValueError; steps= (a count elsewhere) raises a TypeError naming edit_steps."""
     mem = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, edit_steps=3)
-    assert mem.config.steps == (3,)
+    assert mem.config.edit_steps == (3,)
     assert tt.EditMemory.build(
         mdlm, FACTS[:2], layer=LAYER, lam=0.1, edit_steps=[2, 0, 2]
-    ).config.steps == (0, 2)
+    ).config.edit_steps == (0, 2)
     with pytest.raises(TypeError, match="edit_steps"):
         tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps={0, 1})
-    assert mem.with_config(steps=1).config.steps == (1,)
-    assert EditConfig(layer=0, steps=torch.tensor([1, 0])).steps == (0, 1)
+    assert mem.with_config(edit_steps=1).config.edit_steps == (1,)
+    assert EditConfig(layer=0, edit_steps=torch.tensor([1, 0])).edit_steps == (0, 1)
     x, p = _query_x(mdlm, FACTS[0])
     with mem.install(mdlm) as handle:
         mdlm.denoise(x, answer_start=p, steps=5)
@@ -732,7 +748,7 @@ def test_gated_memory_in_the_diffusion_loop_and_mixed_steps(mdlm, gated):
         out = mdlm.denoise(x, answer_start=len(prompt), steps=3).states
         assert dict(handle.fired) == {0: 1, 1: 1, 2: 1}
     assert torch.equal(out, ref)
-    restricted = gated.with_config(steps=(0, 2))
+    restricted = gated.with_config(edit_steps=(0, 2))
     x2 = torch.cat([_query(mdlm, ADA[0])] * 3)
     hidden = _site(mdlm, x2)
     mixed = hidden.clone()
@@ -844,7 +860,7 @@ def test_gate_options_are_validated(mdlm, gated, replicas):
         EditConfig(layer=0, apply_at="subject")
     with pytest.raises(ValueError, match="key_at"):
         EditConfig(layer=0, key_at="object")
-    c = EditConfig(layer=2, subject_gate=True, apply_at="answer", key_at="answer", steps=(1,))
+    c = EditConfig(layer=2, subject_gate=True, apply_at="answer", key_at="answer", edit_steps=(1,))
     assert EditConfig.from_dict(c.to_dict()) == c and not c.is_paper_form
     plain = tt.EditMemory.build(mdlm, ADA, layer=LAYER)
     with pytest.raises(EditMemoryError, match="calibration"):

@@ -44,7 +44,7 @@ every position ``i``. Three options of :class:`EditConfig` make a **gated memory
   inside the diffusion loop); every other position keeps its exact bits.
 * ``key_at="answer"``: ``K = [k^O_f]``, the keys where such an update acts.
 
-**Step set.** ``steps=None`` (default) fires on every forward. With a step set — a *set of
+**Step set.** ``edit_steps=None`` (default) fires on every forward. With a step set — a *set of
 denoising steps* (an int is a one-step set), not a step count as in ``trace_tie(steps=T)`` —
 a forward of the diffusion loop fires when its context's step is in the set; a
 ``T``-step sampler numbers its forwards ``0 … T-1``, so steps ``≥ T`` never fire. A TIE-sweep

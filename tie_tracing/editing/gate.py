@@ -37,6 +37,7 @@ from typing import ClassVar
 
 import torch
 
+from ..core.defaults import BATCH_SIZE
 from ..core.facts import Fact
 from ..tracing.patching import fact_key
 from . import algebra
@@ -120,7 +121,7 @@ class SubjectGate:
         layer: int,
         module: str,
         shrinkage: float,
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
     ) -> SubjectGate:
         """Fit ``μ, C_s^{-½}`` on the non-``[MASK]`` tokens of ``facts``' queries."""
         calibration = CalibrationSet.from_facts(model, facts)
@@ -147,7 +148,9 @@ class SubjectGate:
         """``[N, d]`` unit ``C_s^{-½}(k_f − μ)`` (float32)."""
         return algebra.whitened_directions(subject_keys.float(), self.mean, self.whiten).float()
 
-    def ensure_states(self, model, *, layer: int, module: str, batch_size: int = 64) -> None:
+    def ensure_states(
+        self, model, *, layer: int, module: str, batch_size: int = BATCH_SIZE
+    ) -> None:
         """Recompute the whitened calibration states from the stored token ids if needed."""
         if self._states is not None:
             return

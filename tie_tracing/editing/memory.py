@@ -24,6 +24,7 @@ import torch
 
 from ..core._guards import require_model
 from ..core._io import ResultFileError, Saveable, load_object
+from ..core.defaults import BATCH_SIZE
 from ..core.errors import ShapeError
 from ..core.facts import Fact, as_facts, load_refusals
 from ..core.fingerprint import describe_model
@@ -269,7 +270,7 @@ class EditMemory(Saveable):
         apply_at: str | None = None,
         key_at: str | None = None,
         calibration: Sequence[Fact] | None = None,
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
         steps: Any = None,
     ) -> EditMemory:
         """Capture keys and deltas for ``facts`` on ``model`` and factorise the memory.
@@ -288,7 +289,7 @@ class EditMemory(Saveable):
             alpha, lam, q, kappa: Hyper-parameters (see :class:`EditConfig`).
             edit_steps: The *set of denoising steps* the edit fires at — an int is a one-step
                 set (``edit_steps=3`` is ``{3}``), an iterable of ints a set, ``None`` every
-                step (stored as ``EditConfig.steps``). It is not a step count, unlike
+                step (stored as ``EditConfig.edit_steps``). It is not a step count, unlike
                 ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
                 sampler's forwards are numbered ``0 … T-1``, so the set should lie within that
                 range — a step ``≥ T`` never fires (nothing checks this, since ``T`` is chosen
@@ -450,7 +451,7 @@ class EditMemory(Saveable):
         return (
             f"EditMemory(mode={c.mode!r}, site=({c.layer}, {c.module!r}), N={len(self)}, "
             f"d={self.model_info.get('hidden_size')}, alpha={c.alpha:g}, lam={c.lam:g}, "
-            f"q={c.q}{'(cap)' if c.cap_q else ''}, steps={'all' if c.steps is None else list(c.steps)}, "
+            f"q={c.q}{'(cap)' if c.cap_q else ''}, edit_steps={'all' if c.edit_steps is None else list(c.edit_steps)}, "
             f"gate={gate}, apply_at={c.apply_at!r}, key_at={c.key_at!r}, "
             f"model={self.model_info.get('name')!r}, facts={ids})"
         )
@@ -692,7 +693,7 @@ class EditMemory(Saveable):
         *,
         model=None,
         targets: str | Sequence[str] = "auto",
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
     ) -> EditMemory:
         """A new memory with ``facts`` captured and added (streaming; ``G`` refactorised).
 
@@ -797,6 +798,14 @@ class EditMemory(Saveable):
             raise EditMemoryError(
                 "keys and deltas belong to their site: rebuild to change layer/module"
             )
+        if "steps" in changes:  # the deprecated name of edit_steps
+            warnings.warn(
+                "with_config(steps=...) is now with_config(edit_steps=...) (`steps` means a "
+                "number of denoising steps elsewhere); the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            changes = {("edit_steps" if k == "steps" else k): v for k, v in changes.items()}
         return self._derived(config=replace(self.config, **changes))
 
     def _warn_blind(self, among: Sequence[str] | None = None) -> None:

@@ -95,6 +95,7 @@ from .._version import __version__
 from ..core._guards import as_int, as_real, require_model
 from ..core._io import ResultFileError, Saveable, load_object
 from ..core.backbones import get_module, hidden_of
+from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError, TieTracingError
 from ..core.facts import Fact
 from ..core.likelihood import _elbo_masks, answer_logprob
@@ -783,7 +784,11 @@ def _check_inputs(model, forget: Sequence[Fact], retain: Sequence[Fact], cfg: Un
 
 
 def _mean_lp(model, facts: Sequence[Fact], cfg: UnlearnConfig) -> float:
-    return float(answer_logprob(model, facts, estimator=cfg.eval_estimator, seed=cfg.seed).mean())
+    return float(
+        answer_logprob(
+            model, facts, estimator=cfg.eval_estimator, seed=cfg.seed, progress=False
+        ).mean()
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -822,7 +827,7 @@ def unlearn(
     weight_decay: float = 0.01,
     warmup_steps: int = 0,
     monitor: Sequence[Fact] | None = None,
-    progress: bool = True,
+    progress: bool = PROGRESS,
 ):
     """Unlearn ``forget`` from a copy of ``model`` with a training-time baseline (SPEC §10.6).
 

@@ -93,6 +93,7 @@ from .._version import __version__
 from ..core._guards import require_model
 from ..core.backbones import hidden_of
 from ..core.context import ForwardContext
+from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact
 from ..core.results import PositionalResult
@@ -381,7 +382,7 @@ def trace_positional(
     *,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
-    progress: bool | str = True,
+    progress: bool | str = PROGRESS,
     shard: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> PositionalResult:

@@ -69,6 +69,7 @@ import torch
 from .._version import __version__
 from ..core._guards import require_model
 from ..core.context import ForwardContext
+from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
 from ..core.results import TIEPair, TIEResult, tie_from_ie
@@ -770,7 +771,7 @@ def trace_tie(  # type: ignore[misc]
     neighbours: Sequence[Fact] | Fact | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
-    progress: bool | str = True,
+    progress: bool | str = PROGRESS,
     shard: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> TIEResult | TIEPair:
