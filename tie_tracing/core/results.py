@@ -32,7 +32,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -43,6 +43,7 @@ from .._version import __version__
 from ._guards import as_int
 from ._io import ResultFileError, Saveable, load_object, save_object, to_dataframe
 from .errors import ShapeError
+from .provenance import PositionalProvenance, Provenance, TraceProvenance
 from .sampler import commit_steps as _commit_steps
 
 __all__ = [
@@ -176,7 +177,7 @@ def _pad_dim(t: torch.Tensor, dim: int, size: int, value: float) -> torch.Tensor
 _PER_FACT_CONFIG_KEYS = frozenset({"prompt_length"})
 
 
-def _merge_configs(configs: Sequence[dict], kind: str) -> dict:
+def _merge_configs(configs: Sequence[Mapping[str, Any]], kind: str) -> dict[str, Any]:
     keys = set().union(*(c.keys() for c in configs))
     merged: dict[str, Any] = {}
     for key in sorted(keys, key=str):
@@ -212,6 +213,7 @@ class _ResultBase:
     """Shared machinery: save/load, fact selection, metadata normalisation."""
 
     _KIND: ClassVar[str] = ""
+    _CONFIG: ClassVar[type[Provenance]] = Provenance  # the typed provenance of ``config``
     _FACT_TENSORS: ClassVar[tuple[str, ...]] = ()  # tensor fields with a leading fact axis
     _FACT_TUPLES: ClassVar[tuple[str, ...]] = ("fact_ids", "subjects", "questions", "answers")
     _EXTRA_FACT_TUPLES: ClassVar[tuple[str, ...]] = ()  # more per-fact tuple fields
@@ -223,10 +225,12 @@ class _ResultBase:
             if isinstance(value, torch.Tensor):
                 continue
             if f.name == "config":
-                if not isinstance(value, dict):
-                    raise TypeError(f"config must be a dict, got {type(value).__name__}")
-                value = _jsonable(dict(value), "config")
-                value.setdefault("normalized", False)
+                if not isinstance(value, Mapping):
+                    raise TypeError(
+                        f"config must be a {self._CONFIG.__name__} or a dict of its fields, got "
+                        f"{type(value).__name__}"
+                    )
+                value = self._CONFIG.from_record(value)
             elif isinstance(value, (list, tuple)):
                 value = _to_tuple(value)
             object.__setattr__(self, f.name, value)
@@ -313,7 +317,7 @@ class _ResultBase:
         The tracers list a fact as unknown when the clean model does not produce its answer
         (TIE: the clean sample; positional: the top-1 first answer token).
         """
-        unknown = set(self.config.get("unknown_facts", ()) or ())  # type: ignore[attr-defined]
+        unknown = set(self.config.unknown_facts)  # type: ignore[attr-defined]
         ids = self.fact_ids  # type: ignore[attr-defined]
         return torch.tensor([fid not in unknown for fid in ids], dtype=torch.bool)
 
@@ -402,8 +406,10 @@ class TIEResult(_ResultBase):
             run committed differently from the corrupted run at the patched step.
         fact_ids, subjects, questions, answers: one str per fact.
         layers, steps, modules: labels of the ``layer``, ``step``, ``module`` axes.
-        config: JSON-serialisable trace settings; must hold ``"decay"``. ``"normalized"``
-            (default ``False``) records whether :meth:`normalized` produced it.
+        config: The typed provenance (:class:`~tie_tracing.core.provenance.TraceProvenance`:
+            the trace settings and what the run added; a dict of its fields is converted, a
+            missing or unknown field named). ``normalized`` records whether :meth:`normalized`
+            produced it.
         seeds: the seeds of the run(s).
         model_id: the traced model's name or path.
         version: the tie_tracing version that produced it.
@@ -440,7 +446,7 @@ class TIEResult(_ResultBase):
     layers: tuple[int, ...]
     steps: tuple[int, ...]
     modules: tuple[str, ...]
-    config: dict
+    config: TraceProvenance
     seeds: tuple[int, ...]
     model_id: str
     version: str = __version__
@@ -448,6 +454,7 @@ class TIEResult(_ResultBase):
     object_mask: torch.Tensor | None = None
 
     _KIND: ClassVar[str] = "TIEResult"
+    _CONFIG: ClassVar[type[Provenance]] = TraceProvenance
     _FACT_TENSORS: ClassVar[tuple[str, ...]] = (
         "tie",
         "ie",
@@ -465,8 +472,6 @@ class TIEResult(_ResultBase):
 
     def __post_init__(self) -> None:
         self._normalise_metadata()
-        if "decay" not in self.config:
-            raise ValueError("TIEResult.config must record 'decay' (γ of Eq. 4)")
         for name in ("tie", "ie", "lp_clean", "lp_corrupt", "lp_corrupt_draws", "diverged"):
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -540,12 +545,12 @@ class TIEResult(_ResultBase):
         return value
 
     def _mask_id(self) -> int:
-        if "mask_token_id" not in self.config:
+        if self.config.mask_token_id is None:
             raise KeyError(
                 "this TIEResult does not record config['mask_token_id'] (made before commit "
                 "maps existed?): commit maps need it"
             )
-        return int(self.config["mask_token_id"])
+        return int(self.config.mask_token_id)
 
     @property
     def clean_commits(self) -> torch.Tensor:
@@ -629,12 +634,12 @@ class TIEResult(_ResultBase):
     @property
     def decay(self) -> float:
         """``γ`` of Eq. 4 (``config["decay"]``)."""
-        return float(self.config["decay"])
+        return float(self.config.decay)  # type: ignore[arg-type]
 
     @property
     def is_normalized(self) -> bool:
         """Whether ``ie``/``tie`` are in normalised units (clean = 1, corrupted = 0)."""
-        return bool(self.config.get("normalized", False))
+        return bool(self.config.normalized)
 
     @property
     def n_later_steps(self) -> int:
@@ -698,7 +703,7 @@ class TIEResult(_ResultBase):
         ie = self.ie / denom[:, None, None, None, :]
         tie = tie_from_ie(ie, self.decay, steps=self.steps, nan_policy=nan_policy)
         config = dict(self.config, normalized=True, normalize_nan_policy=nan_policy)
-        return dataclasses.replace(self, ie=ie, tie=tie, config=config)
+        return dataclasses.replace(self, ie=ie, tie=tie, config=self._CONFIG.from_record(config))
 
     # -- combination -------------------------------------------------------------------
     @classmethod
@@ -732,7 +737,7 @@ class TIEResult(_ResultBase):
                     f"n_noise={p.lp_corrupt_draws.shape[1]}; part 0 has T={first.ie.shape[-1]}, "
                     f"n_noise={first.lp_corrupt_draws.shape[1]}"
                 )
-        config = _merge_configs([p.config for p in parts], "TIEResult")
+        config = cls._CONFIG.from_record(_merge_configs([p.config for p in parts], "TIEResult"))
         width = max(int(p.clean_tokens.shape[-1]) for p in parts)
         tensors: dict[str, Any] = {}
         for name in cls._FACT_TENSORS:
@@ -891,7 +896,7 @@ class TIEResult(_ResultBase):
             diverged=weighted("diverged"),
             lp_corrupt_draws=torch.cat([p.lp_corrupt_draws.to(device) for p in parts], dim=1),
             corrupt_tokens=torch.cat([p.corrupt_tokens.to(device) for p in parts], dim=1),
-            config=config,
+            config=cls._CONFIG.from_record(config),
             seeds=tuple(s for p in parts for s in p.seeds),
         )
 
@@ -942,15 +947,24 @@ class TIEResult(_ResultBase):
             layers=tuple(range(n_layers)),
             steps=tuple(range(n_steps)),
             modules=tuple(modules),
-            config={
-                "decay": decay,
-                "n_noise": n_noise,
-                "steps": n_steps,
-                "noise_scale": 3.0,
-                "mask_token_id": mask_id,
-                "lp": "frozen",
-                "target": "answer",
-            },
+            config=TraceProvenance.from_record(
+                {
+                    "modules": list(modules),
+                    "layers": None,
+                    "noise_scale": 3.0,
+                    "nu": None,
+                    "replace": False,
+                    "n_noise": n_noise,
+                    "seed": seed,
+                    "steps": n_steps,
+                    "decay": decay,
+                    "temperature": 0.0,
+                    "block_length": None,
+                    "lp": "frozen",
+                    "target": "answer",
+                    "mask_token_id": mask_id,
+                }
+            ),
             seeds=(seed,),
             model_id="synthetic",
         )
@@ -1118,13 +1132,14 @@ class PositionalResult(_ResultBase):
     answers: tuple[str, ...]
     layers: tuple[int, ...]
     modules: tuple[str, ...]
-    config: dict
+    config: PositionalProvenance
     seeds: tuple[int, ...]
     model_id: str
     version: str = __version__
     metric: str = "prob"
 
     _KIND: ClassVar[str] = "PositionalResult"
+    _CONFIG: ClassVar[type[Provenance]] = PositionalProvenance
     _FACT_TENSORS: ClassVar[tuple[str, ...]] = ("prob", "lp", "lp_clean", "lp_corrupt")
     dims: ClassVar[tuple[str, ...]] = ("fact", "layer", "position", "module")
 
@@ -1252,7 +1267,9 @@ class PositionalResult(_ResultBase):
                         f"cannot concat PositionalResults: part {i} has {name}={getattr(p, name)!r}, "
                         f"part 0 has {getattr(first, name)!r}"
                     )
-        config = _merge_configs([p.config for p in parts], "PositionalResult")
+        config = cls._CONFIG.from_record(
+            _merge_configs([p.config for p in parts], "PositionalResult")
+        )
         width = max(int(p.prob.shape[2]) for p in parts)
         tensors: dict[str, Any] = {
             "prob": torch.cat([_pad_dim(p.prob, 2, width, math.nan) for p in parts]),
@@ -1331,7 +1348,7 @@ class PositionalResult(_ResultBase):
                         f"{i}; its noise draws would be counted twice"
                     )
                 owner[s] = i
-        draws = [int(p.config.get("n_noise", 1)) for p in parts]
+        draws = [int(p.config.n_noise) for p in parts]
         w = torch.tensor(draws, dtype=torch.float64) / sum(draws)
 
         def mean_prob(name: str) -> torch.Tensor:
@@ -1355,7 +1372,7 @@ class PositionalResult(_ResultBase):
             prob=prob.to(dtype),
             lp=prob.log().to(dtype),
             lp_corrupt=mean_prob("lp_corrupt").log().to(first.lp_corrupt.dtype),
-            config=config,
+            config=cls._CONFIG.from_record(config),
             seeds=tuple(s for p in parts for s in p.seeds),
         )
 
@@ -1393,7 +1410,20 @@ class PositionalResult(_ResultBase):
             answers=tuple("Lisbon" for _ in lengths),
             layers=tuple(range(n_layers)),
             modules=tuple(modules),
-            config={"noise_scale": 3.0, "window": 1},
+            config=PositionalProvenance.from_record(
+                {
+                    "modules": list(modules),
+                    "layers": None,
+                    "noise_scale": 3.0,
+                    "nu": None,
+                    "replace": False,
+                    "n_noise": 1,
+                    "seed": seed,
+                    "window": 1,
+                    "causal": True,  # prediction at the last prompt token, object after it
+                    "shifted": True,
+                }
+            ),
             seeds=(seed,),
             model_id="synthetic",
         )

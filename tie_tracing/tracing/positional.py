@@ -96,6 +96,7 @@ from ..core.context import ForwardContext
 from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact
+from ..core.provenance import PositionalProvenance
 from ..core.results import PositionalResult
 from .config import PositionalConfig, apply_overrides, check_facts, rows_for
 from .engine import Work, check_shard, run_batches, trace_facts
@@ -368,7 +369,7 @@ def _result(
         answers=(fact.answer,),
         layers=tuple(plan.layers),
         modules=plan.config.sites.modules,
-        config=record,  # config["prompt_length"] is added after concatenation (per fact)
+        config=PositionalProvenance.from_record(record),  # prompt_length: after concat
         seeds=(plan.config.corruption.seed,),
         model_id=str(model.name),
         version=__version__,

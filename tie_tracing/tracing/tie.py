@@ -72,6 +72,7 @@ from ..core.context import ForwardContext
 from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
+from ..core.provenance import TraceProvenance
 from ..core.results import TIEPair, TIEResult, tie_from_ie
 from ..core.sampler import frozen_terms, target_logprob
 from ..core.samplers import Sampler, resolve_sampler
@@ -609,7 +610,7 @@ def _result(
         layers=tuple(layers),
         steps=tuple(range(steps)),
         modules=tuple(modules),
-        config=record,
+        config=TraceProvenance.from_record(record),
         seeds=(config.corruption.seed,),
         model_id=str(model.name),
         version=__version__,
