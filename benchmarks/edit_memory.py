@@ -78,7 +78,7 @@ def main() -> None:
         dt, ref = sample()
         times["unedited"].append(dt)
         handle = memory.install(model)
-        install_s.append(memory.install_seconds)
+        install_s.append(handle.install_seconds)
         dt, edited = sample()
         handle.remove()
         times["edited"].append(dt)

@@ -104,7 +104,7 @@ def main() -> None:
     # step sets: measured along diffusion trajectories
     ref_f, ref_r = tt.diffuse(model, forget), tt.diffuse(model, retain)
     for label, steps in STEP_SETS.items():
-        mem = memory.with_config(steps=steps)
+        mem = memory.with_config(edit_steps=steps)
         with mem.install(model) as handle:
             out_f, out_r = tt.diffuse(model, forget), tt.diffuse(model, retain)
         d_traj_f = (out_f.target_logprobs - ref_f.target_logprobs).mean(1)

@@ -170,10 +170,12 @@ def run(model, sets, points, forget_name: str, args, reference) -> dict:
         flush=True,
     )
 
-    evals, utility, hits, seconds = {}, {}, {}, {}
+    evals, utility, hits, seconds, install_s = {}, {}, {}, {}, {}
     for name, (_label, memory) in methods.items():
         t1 = time.perf_counter()
         handle = memory.install(model) if memory is not None else None
+        if handle is not None:
+            install_s[name] = handle.install_seconds
         try:
             ev = tt.evaluate(
                 model, splits, estimator="masked", reference=None if args.fast else reference,
@@ -232,7 +234,7 @@ def run(model, sets, points, forget_name: str, args, reference) -> dict:
             "seconds": seconds[name],
         }
     memories = {
-        name: {"repr": repr(mem), "build_s": mem.timings.get("build"), "install_s": mem.install_seconds,
+        name: {"repr": repr(mem), "build_s": mem.timings.get("build"), "install_s": install_s.get(name),
                "gate_tau": None if mem.gate_thresholds is None or not mem.config.subject_gate
                else [float(mem.gate_thresholds.min()), float(mem.gate_thresholds.max())]}
         for name, (_l, mem) in methods.items() if mem is not None

@@ -65,7 +65,7 @@ def main() -> None:
         finally:
             handle.remove()
         row = {"n": n, "build_s": statistics.median(builds), "capture_s": statistics.median(captures),
-               "solve_s": statistics.median(solves), "install_s": memory.install_seconds,
+               "solve_s": statistics.median(solves), "install_s": handle.install_seconds,
                "q_effective": memory.q_effective}  # fmt: skip
         for name, d in (("d_forget", df), ("d_retain", dr), ("d_world", dw)):
             row[name], row[name + "_low"], row[name + "_high"] = tt.analysis.mean_ci(d)

@@ -1,7 +1,7 @@
 """Streaming (SPEC §10.5): 50 facts inserted one at a time into an installed memory.
 
 The memory starts with the first of 50 forget05 facts, is installed once, and grows by
-``memory.insert(fact)`` (each insert captures on the frozen model with the edit suspended,
+``handle.insert(fact)`` on the installed memory (each insert captures on the frozen model with the edit suspended,
 then refactorises ``G``; the installed edit sees the new state at once). After every insert:
 RetainLP on ``retain_eval`` (200), WorldFact (50), ForgetLP of the facts inserted so far,
 and the insert time. Masked estimator, refusal targets, at an explicit operating point
@@ -49,11 +49,11 @@ def main() -> None:
     )
     memory = C.build(model, stream[:1], op, calibration=calibration)
     rows = []
-    with memory.install(model):
+    with memory.install(model) as handle:
         for i in range(N_INSERTS):
             t0 = time.perf_counter()
             if i:
-                memory.insert(stream[i])
+                handle.insert(stream[i])
             insert_s = time.perf_counter() - t0 if i else memory.timings["build"]
             dr = C.logprobs(model, retain) - base_r
             dw = C.logprobs(model, world) - base_w

@@ -410,7 +410,7 @@ CASES = [
     ("load-memory-as-result", lambda e: TIEResult.load(_build(e).save(e.tmp / "m.safetensors")),
      ResultFileError, "holds an EditMemory, not a TIEResult; use EditMemory.load"),
     ("load-result-as-memory", lambda e: tt.EditMemory.load(_saved(e, SYN)), EditMemoryError,
-     "holds a TIEResult, not an EditMemory; load it with tt.TIEResult.load"),
+     "holds a TIEResult, not an EditMemory; use TIEResult.load"),
     ("load-weights-as-result", lambda e: TIEResult.load(_checkpoint(e, lambda f: None) /
      "model.safetensors"), ResultFileError,
      "not a tie_tracing result but a plain safetensors file (model weights?)"),

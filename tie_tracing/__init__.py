@@ -8,7 +8,7 @@ Everything else lives in the layer it belongs to, each a namespace of its own::
     tt.core        models, backbones, facts, the diffusion loop and samplers, results, I/O
     tt.tracing     patching, the TIE engine, positional tracing, references, sharding
     tt.analysis    Eq. 5, bootstrap CIs, selection and seed stability, AR vs diffusion
-    tt.editing     the edit memory (algebra, capture, gate, install, persistence, efficacy)
+    tt.editing     the edit memory (algebra, capture, gate, install, efficacy)
     tt.evaluation  SPEC §9 metrics, the unlearning suite and the unlearning baselines
     tt.figures     every figure (plot_*, save_figure, notebook_figures)
     tt.zoo         the embedded corpus, tokenizer and models

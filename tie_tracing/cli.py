@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import sys
 import time
 import uuid
@@ -367,86 +366,6 @@ def _remove_stale(args: argparse.Namespace, paths: list[Path], why: str) -> None
         _say(args, f"removed {', '.join(str(p) for p in gone)} ({why})", err=True)
 
 
-def _concentration(result) -> dict:
-    """Where |TIE| concentrates: shares by layer and by step, and the top cells."""
-    import torch
-
-    mean = result.mean().abs().nan_to_num()
-    total = float(mean.sum()) or 1.0
-    by_layer = (mean.sum(dim=(1, 2)) / total).tolist()
-    by_step = (mean.sum(dim=(0, 2)) / total).tolist()
-    by_module = (mean.sum(dim=(0, 1)) / total).tolist()
-    flat = mean.flatten()
-    top = torch.topk(flat, k=min(5, flat.numel())).indices.tolist()
-    n_s, n_m = mean.shape[1], mean.shape[2]
-    cells = [
-        {
-            "layer": result.layers[i // (n_s * n_m)],
-            "step": result.steps[(i // n_m) % n_s],
-            "module": result.modules[i % n_m],
-            "mean_abs_tie": float(flat[i]),
-        }
-        for i in top
-    ]
-    return {
-        "share_by_layer": dict(zip(map(str, result.layers), by_layer)),
-        "share_by_step": dict(zip(map(str, result.steps), by_step)),
-        "share_by_module": dict(zip(result.modules, by_module)),
-        "top_cells": cells,
-    }
-
-
-def _cell_ci(result, coordinate) -> dict[str, Any]:
-    """The Eq. 5 score of one cell (mean |TIE| over known facts) and signed mean, with 95% CIs."""
-    import torch
-
-    import tie_tracing as tt
-
-    known = result.known_only()
-    li, si, mi = coordinate.index
-    per_fact = known.tie[:, li, si, mi].detach().to("cpu", torch.float64)
-    low, high = tt.analysis.bootstrap_ci(per_fact.abs())
-    t_low, t_high = tt.analysis.bootstrap_ci(per_fact)
-    return coordinate.to_dict() | {
-        "n_facts": int(per_fact.numel()),
-        "ci95": [float(low), float(high)],
-        "mean_tie": float(per_fact.mean()),
-        "mean_tie_ci95": [float(t_low), float(t_high)],
-    }
-
-
-def _spread(values: list[int]) -> dict[str, Any]:
-    if not values:
-        return {"median": None, "min": None, "max": None}
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def _commit_summary(result) -> dict[str, Any]:
-    """Where the clean trajectory commits the object, and which steps are idle, over known facts."""
-    import torch
-
-    known = result.known_only()
-    steps = [int(s) for s in known.object_commit_step]
-    committed = {fid: s for fid, s in zip(known.fact_ids, steps)}
-    decided = [s for s in steps if s >= 0]
-    idle = known.idle_steps  # [fact, T]
-    per_fact_idle = [int(n) for n in idle.sum(-1)]
-    return {
-        "object_commit": {
-            **_spread(decided),
-            "per_fact": committed,
-            "histogram": {str(k): decided.count(k) for k in sorted(set(decided))},
-            "never_committed": [fid for fid, s in committed.items() if s < 0],
-        },
-        "idle_steps": {
-            "T": known.n_later_steps,
-            **_spread(per_fact_idle),
-            "per_fact": dict(zip(known.fact_ids, per_fact_idle)),
-            "idle_for_every_fact": [int(k) for k in torch.nonzero(idle.all(0)).flatten()],
-        },
-    }
-
-
 def _fmt_range(spread: dict[str, Any]) -> str:
     lo, hi = spread["min"], spread["max"]
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
@@ -513,34 +432,17 @@ def figure2(args: argparse.Namespace) -> int:
     ]
     result = tt.TIEResult.pool_seeds(traces)
     result.save(out / "figure2_tie.safetensors")
-    best = tt.select_coordinate(result)
-    resid = tt.select_coordinate(result, modules="resid")
-    stability = tt.analysis.seed_stability(traces) if len(traces) > 1 else None
-    bootstrap = tt.analysis.selection_stability(result, seeds=traces if len(traces) > 1 else None)
-    commits = _commit_summary(result)
+    stats = tt.analysis.trace_summary(result, traces)
     summary = {
         "model": str(model.name),
-        "facts": list(result.fact_ids),
-        "unknown_facts": result.config.get("unknown_facts", []),
+        "facts": stats.pop("facts"),
+        "unknown_facts": stats.pop("unknown_facts"),
         "lp": args.lp,
         "target": args.target,
         "steps": args.steps,
         "seeds": seeds,
         "n_noise_per_seed": args.n_noise,
-        "selected": _cell_ci(result, best),
-        "selected_resid": _cell_ci(result, resid),
-        "selection_bootstrap": {
-            "resampled": "facts and seeds" if len(traces) > 1 else "facts",
-            "n_boot": bootstrap.n_boot,
-            "agreement": bootstrap.agreement,
-            "top": [list(t) for t in bootstrap.top],
-        },
-        "seed_stability": stability.to_dict() if stability is not None else None,
-        **commits,
-        "lp_clean_final": result.lp_clean[:, -1].mean().item(),
-        "lp_corrupt_final": result.lp_corrupt[:, -1].mean().item(),
-        "concentration": _concentration(result),
-        "engine_stats": result.config.get("engine_stats"),
+        **stats,
     }
     written = _write_figure(
         args,

@@ -40,12 +40,12 @@ def _positional(
     tokens = tuple(f"t{i}" for i in range(n_p))
     k = object_offset or 0
     pred = n_prompt + k - 1 if shifted else n_prompt + k
-    config: dict = {"shifted": shifted}
-    if object_offset is not None:
-        config["prompt_length"] = {"f0": n_prompt}
     base = PositionalResult.synthetic(
         n_facts=1, n_layers=n_l, modules=("resid", "attn", "mlp")[:n_m]
     )
+    config = dict(base.config, shifted=shifted)
+    if object_offset is not None:
+        config["prompt_length"] = {"f0": n_prompt}
     return dataclasses.replace(
         base,
         prob=lp[None].exp(),

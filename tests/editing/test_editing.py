@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from pathlib import Path
 
 import nnsight
 import pytest
@@ -10,9 +12,13 @@ import replicas as R
 import torch
 
 import tie_tracing as tt
+from tie_tracing.core._io import ResultFileError
 from tie_tracing.core.backbones import hidden_of
 from tie_tracing.core.context import STANDALONE, ForwardContext
 from tie_tracing.editing import EditConfig, EditHandle, EditMemoryError, capture_keys_and_deltas
+from tie_tracing.editing.install import live_handles
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def _at(step) -> ForwardContext:
@@ -248,8 +254,8 @@ def test_edit_fires_on_every_diffusion_step(mdlm, memory):
 
 
 def test_step_set_limits_diffusion_forwards_but_not_standalone(mdlm, memory):
-    """steps=(1, 3): the loop's other steps are untouched; a stand-alone forward is edited."""
-    early = memory.with_config(steps=(1, 3))
+    """edit_steps=(1, 3): the loop's other steps are untouched; a stand-alone forward is edited."""
+    early = memory.with_config(edit_steps=(1, 3))
     x, p = _query_x(mdlm, FACTS[0])
     with early.install(mdlm) as handle:
         mdlm.denoise(x, answer_start=p, steps=5)
@@ -291,29 +297,59 @@ def test_removal_keeps_other_interventions(mdlm, memory):
     assert torch.equal(memory_free_logits(mdlm, x), mdlm.logits(x))
 
 
-def test_insert_and_remove_match_a_fresh_build(mdlm):
-    """Streaming: build(2) + insert(2) == build(4); remove(id) == build without it."""
+def test_insert_and_without_match_a_fresh_build(mdlm):
+    """Streaming: build(2) + insert(2) == build(4); without(id) == build without it; both
+    return new values and leave the memory they started from unchanged."""
     full = tt.EditMemory.build(mdlm, FACTS, layer=LAYER, lam=0.1, q=2)
-    grown = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, q=2).insert(FACTS[2:])
+    small = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, q=2)
+    small_keys = small.keys.clone()
+    grown = small.insert(FACTS[2:])
     assert torch.allclose(grown.keys, full.keys, atol=1e-6) and grown.ids == full.ids
+    assert small.ids == ("ada", "mara") and torch.equal(small.keys, small_keys)
     h = torch.randn(3, mdlm.hidden_size)
     assert torch.allclose(grown.update(h), full.update(h), atol=1e-5)
-    shrunk = full.remove(["mara"])
+    shrunk = full.without(["mara"])
+    assert full.ids == tuple(f.id for f in FACTS)
     ref = tt.EditMemory.build(mdlm, [FACTS[0], *FACTS[2:]], layer=LAYER, lam=0.1, q=2)
     assert shrunk.ids == ref.ids and torch.allclose(shrunk.update(h), ref.update(h), atol=1e-5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.keys = shrunk.keys  # type: ignore[misc]
+
+
+def test_remove_is_a_deprecated_alias_of_without(memory):
+    """memory.remove(ids) warns that it returns a new value, and returns what without() does."""
+    with pytest.warns(DeprecationWarning, match="without"):
+        shrunk = memory.remove("kess")
+    assert shrunk.equals(memory.without("kess")) and "kess" in memory.ids
 
 
 def test_insert_while_installed_captures_the_frozen_model(mdlm):
-    """An insert into an installed memory captures with the edit suspended and acts at once."""
+    """handle.insert captures with the edit suspended and acts at once; handle.without takes
+    the fact out again, and the edit then equals the original memory's."""
     mem = tt.EditMemory.build(mdlm, FACTS[:1], layer=LAYER, alpha=2.0)
     x, _ = _query_x(mdlm, FACTS[1])
-    with mem.install(mdlm):
+    with mem.install(mdlm) as handle:
         before = mdlm.logits(x)
-        mem.insert(FACTS[1:2])
+        assert handle.insert(FACTS[1:2]) is handle and len(mdlm._edits) == 1
         after = mdlm.logits(x)
+        grown = handle.memory
+        handle.without("mara")
+        again = mdlm.logits(x)
     ref = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, alpha=2.0)
-    assert torch.equal(mem.keys, ref.keys)
-    assert not torch.equal(before, after)
+    assert torch.equal(grown.keys, ref.keys) and mem.ids == ("ada",)
+    assert not torch.equal(before, after) and torch.equal(before, again)
+
+
+def test_swap_refuses_another_site_or_a_removed_handle(mdlm, memory):
+    """A live edit takes a new memory only at its own site; a removed handle takes none."""
+    other_site = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER + 1, alpha=1.0, lam=0.1)
+    with memory.install(mdlm) as handle:
+        with pytest.raises(EditMemoryError, match="install it separately"):
+            handle.swap(other_site)
+        assert handle.memory is memory
+    with pytest.raises(EditMemoryError, match="removed"):
+        handle.swap(memory.with_config(alpha=2.0))
+    assert mdlm._edits == []
 
 
 # ------------------------------------------------------------------------------ persistence
@@ -332,15 +368,30 @@ def test_save_load_round_trip_is_exact(tmp_path, mdlm, memory):
     assert torch.equal(a, b)
 
 
+def test_memories_in_the_earlier_file_layout_still_load(tmp_path, mdlm, gated):
+    """A gated memory saved by the earlier edit-memory writer (tests/data, written before the
+    one serialiser) loads equal to the same memory built now, and re-saves in today's format."""
+    legacy = tt.EditMemory.load(DATA / "legacy_gated_memory.safetensors")
+    assert legacy.equals(gated)
+    assert legacy.gate.calibration == gated.gate.calibration
+    again = tt.EditMemory.load(legacy.save(tmp_path / "resaved.safetensors"))
+    assert again.equals(legacy) and again.timings == legacy.timings
+
+
 def test_corrupt_or_truncated_file_is_a_clear_error(tmp_path, memory):
-    """A truncated or garbage file raises EditMemoryError, a missing one FileNotFoundError."""
+    """A truncated or garbage file raises EditMemoryError (also a ResultFileError), a plain
+    safetensors file says it is none of ours, a missing one FileNotFoundError (a result of
+    another kind: tests/test_bad_input.py)."""
     path = memory.save(tmp_path / "mem.safetensors")
     data = path.read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     for name in ("trunc", "junk"):
-        with pytest.raises(EditMemoryError):
+        with pytest.raises(EditMemoryError, match="truncated or corrupt") as err:
             tt.EditMemory.load(tmp_path / f"{name}.safetensors")
+        assert isinstance(err.value, ResultFileError)
+    with pytest.raises(EditMemoryError, match="not a tie_tracing result"):
+        tt.EditMemory.load(DATA / "release_raw_tie.safetensors")  # plain safetensors
     with pytest.raises(FileNotFoundError):
         tt.EditMemory.load(tmp_path / "missing.safetensors")
 
@@ -355,12 +406,12 @@ def test_bad_requests_raise_named_errors(mdlm, memory):
     with pytest.raises(EditMemoryError, match="duplicate.*ada"):
         tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).insert(FACTS[:1])
     with pytest.raises(EditMemoryError, match="nobody"):
-        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).remove(["nobody"])
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER).without(["nobody"])
     for q in (0, 5):
         with pytest.raises(EditMemoryError, match="q"):
             tt.EditMemory.build(mdlm, FACTS, layer=LAYER, q=q)
     with pytest.raises(EditMemoryError, match="q=2"):
-        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, q=2).remove("ada")
+        tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, q=2).without("ada")
     with pytest.raises(EditMemoryError, match="operating point"):
         tt.EditMemory.build(mdlm, FACTS, alpha=1.0)
     with pytest.raises(ValueError, match="layer"):
@@ -407,7 +458,7 @@ def test_per_row_steps_match_per_step_application(memory, mdlm):
     """A forward mixing rows of several steps (the TIE sweep) edits each row as its own step would."""
     from tie_tracing.editing import EditHandle
 
-    restricted = memory.with_config(steps=(0, 2))
+    restricted = memory.with_config(edit_steps=(0, 2))
     hidden = torch.randn(3, 5, mdlm.hidden_size)
     steps = torch.tensor([0, 1, 2])
     mixed = hidden.clone()
@@ -423,7 +474,7 @@ def test_handle_counts_forwards_per_step_not_rows(memory, mdlm):
     """fired/skipped count a mixed-step forward once per distinct step, however many rows."""
     from tie_tracing.editing import EditHandle
 
-    restricted = memory.with_config(steps=(0, 2))
+    restricted = memory.with_config(edit_steps=(0, 2))
     handle = EditHandle(restricted, mdlm)
     steps = torch.tensor([0, 0, 0, 1, 1, 2])  # one forward: rows at steps {0, 1, 2}
     handle(torch.randn(6, 5, mdlm.hidden_size), _at(steps))
@@ -435,18 +486,34 @@ def test_handle_counts_forwards_per_step_not_rows(memory, mdlm):
     assert dict(everywhere.fired) == {3: 1, 5: 1} and not everywhere.skipped
 
 
+def test_steps_is_a_deprecated_alias_of_edit_steps(memory):
+    """EditConfig(steps=...), config.steps and with_config(steps=...) warn and mean edit_steps;
+    giving both names is an error; a record written before the rename reads as edit_steps."""
+    with pytest.warns(DeprecationWarning, match="edit_steps"):
+        c = EditConfig(layer=0, steps=[2, 1])
+    assert c.edit_steps == (1, 2) and c == EditConfig(layer=0, edit_steps=(1, 2))
+    with pytest.warns(DeprecationWarning, match="edit_steps"):
+        assert c.steps == (1, 2)
+    with pytest.warns(DeprecationWarning, match="edit_steps"):
+        assert memory.with_config(steps=3).config.edit_steps == (3,)
+    with pytest.raises(TypeError, match="once"), pytest.warns(DeprecationWarning):
+        EditConfig(layer=0, steps=1, edit_steps=2)
+    old = {k: v for k, v in c.to_dict().items() if k != "edit_steps"} | {"steps": [1, 2]}
+    assert EditConfig.from_dict(old) == c and "steps" not in c.to_dict()
+
+
 def test_build_accepts_an_int_step_and_refuses_bad_steps(mdlm):
     """edit_steps=3 is the one-step set {3}; negative, non-integer or empty step sets raise
     ValueError; steps= (a count elsewhere) raises a TypeError naming edit_steps."""
     mem = tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, edit_steps=3)
-    assert mem.config.steps == (3,)
+    assert mem.config.edit_steps == (3,)
     assert tt.EditMemory.build(
         mdlm, FACTS[:2], layer=LAYER, lam=0.1, edit_steps=[2, 0, 2]
-    ).config.steps == (0, 2)
+    ).config.edit_steps == (0, 2)
     with pytest.raises(TypeError, match="edit_steps"):
         tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, lam=0.1, steps={0, 1})
-    assert mem.with_config(steps=1).config.steps == (1,)
-    assert EditConfig(layer=0, steps=torch.tensor([1, 0])).steps == (0, 1)
+    assert mem.with_config(edit_steps=1).config.edit_steps == (1,)
+    assert EditConfig(layer=0, edit_steps=torch.tensor([1, 0])).edit_steps == (0, 1)
     x, p = _query_x(mdlm, FACTS[0])
     with mem.install(mdlm) as handle:
         mdlm.denoise(x, answer_start=p, steps=5)
@@ -681,7 +748,7 @@ def test_gated_memory_in_the_diffusion_loop_and_mixed_steps(mdlm, gated):
         out = mdlm.denoise(x, answer_start=len(prompt), steps=3).states
         assert dict(handle.fired) == {0: 1, 1: 1, 2: 1}
     assert torch.equal(out, ref)
-    restricted = gated.with_config(steps=(0, 2))
+    restricted = gated.with_config(edit_steps=(0, 2))
     x2 = torch.cat([_query(mdlm, ADA[0])] * 3)
     hidden = _site(mdlm, x2)
     mixed = hidden.clone()
@@ -700,7 +767,7 @@ def test_gated_save_load_round_trip_is_exact(tmp_path, mdlm, gated):
 
     path = gated.save(tmp_path / "gated.safetensors")
     with safe_open(str(path), framework="pt") as fh:
-        assert {"gate_mean", "gate_whiten", "gate_tau", "calibration_tokens"} <= set(fh.keys())
+        assert {"keys", "gate.mean", "gate.whiten", "gate_score_max"} <= set(fh.keys())
     loaded = tt.EditMemory.load(path)
     assert loaded.equals(gated) and loaded.gate is not None
     assert loaded.gate.calibration.fact_ids == tuple(f.id for f in CALIBRATION)
@@ -744,13 +811,13 @@ def test_memory_refuses_another_model_and_names_both(mdlm, memory):
 def test_installing_an_installed_memory_is_an_error(mdlm, memory):
     """A second install of a live memory raises; a with_config copy is independent; after
     removal the memory installs again."""
-    with memory.install(mdlm):
+    with memory.install(mdlm) as handle:
         with pytest.raises(EditMemoryError, match="already installed"):
             memory.install(mdlm)
-        assert memory.installed
+        assert handle.installed and live_handles(mdlm) == [handle]
         with memory.with_config(alpha=2.0).install(mdlm):
             assert len(mdlm._edits) == 2
-    assert not memory.installed and mdlm._edits == []
+    assert not handle.installed and live_handles(mdlm) == [] and mdlm._edits == []
     memory.install(mdlm).remove()
     assert mdlm._edits == []
 
@@ -793,7 +860,7 @@ def test_gate_options_are_validated(mdlm, gated, replicas):
         EditConfig(layer=0, apply_at="subject")
     with pytest.raises(ValueError, match="key_at"):
         EditConfig(layer=0, key_at="object")
-    c = EditConfig(layer=2, subject_gate=True, apply_at="answer", key_at="answer", steps=(1,))
+    c = EditConfig(layer=2, subject_gate=True, apply_at="answer", key_at="answer", edit_steps=(1,))
     assert EditConfig.from_dict(c.to_dict()) == c and not c.is_paper_form
     plain = tt.EditMemory.build(mdlm, ADA, layer=LAYER)
     with pytest.raises(EditMemoryError, match="calibration"):
@@ -898,8 +965,9 @@ def test_token_gated_round_trip_insert_and_remove(tmp_path, mdlm, token_gated):
     with fresh.install(mdlm):
         b = mdlm.logits(x)
     assert torch.equal(a, b)
-    grown.remove("kess")
-    assert torch.equal(grown.subject_tokens, token_gated.subject_tokens[:, :2])
+    shrunk = grown.without("kess")
+    assert torch.equal(shrunk.subject_tokens, token_gated.subject_tokens[:, :2])
+    assert grown.subject_tokens.shape == (3, 2)
 
 
 def test_gate_kind_is_validated(mdlm):

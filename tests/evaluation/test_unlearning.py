@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import replicas as R
 import torch
 
 import tie_tracing as tt
+from tie_tracing.core._io import ResultFileError
 from tie_tracing.evaluation.unlearning import (
     METHODS,
     adapter_state_dict,
@@ -293,16 +295,41 @@ def test_ar_objective_on_a_causal_model(replicas):
 
 
 def test_log_and_config_round_trip(mdlm, tmp_path):
-    """UnlearnLog and UnlearnConfig save/load as JSON exactly (NaN retain terms included)."""
+    """UnlearnLog and UnlearnConfig save/load through the one serialiser exactly (NaN retain
+    terms included); JSON files of the earlier format still load; a foreign or corrupt file is
+    a ResultFileError naming the problem."""
     _, log = tt.unlearn(mdlm, FORGET, RETAIN, method="ga", lora={"r": 2}, **FAST)
     assert math.isnan(log.retain_loss[0])
-    loaded = tt.UnlearnLog.load(log.save(tmp_path / "log.json"))
+    path = log.save(tmp_path / "log.safetensors")
+    loaded = tt.UnlearnLog.load(path)
     assert loaded.to_dict() == log.to_dict()
+    assert all(
+        a == b or (math.isnan(a) and math.isnan(b))
+        for name in ("loss", "forget_loss", "retain_loss", "forget_lp", "retain_lp")
+        for a, b in zip(getattr(loaded, name), getattr(log, name), strict=True)
+    )
+    assert (loaded.wall_seconds, loaded.device) == (log.wall_seconds, log.device)
+    old = tmp_path / "old_log.json"  # the layout the earlier writer produced
+    old.write_text(json.dumps(log.to_dict(), indent=1, allow_nan=False))
+    assert tt.UnlearnLog.load(old).to_dict() == log.to_dict()
+    old_cfg = tmp_path / "old_cfg.json"
+    old_cfg.write_text(
+        json.dumps({"format": "tie_tracing.UnlearnConfig/1", **log.config.to_dict()})
+    )
+    assert tt.UnlearnConfig.load(old_cfg) == log.config
+    with pytest.raises(ResultFileError, match="holds an UnlearnLog, not an UnlearnConfig"):
+        tt.UnlearnConfig.load(path)
+    (tmp_path / "junk.safetensors").write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ResultFileError, match="truncated or corrupt"):
+        tt.UnlearnLog.load(tmp_path / "junk.safetensors")
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(ResultFileError, match="is a JSON file"):
+        tt.UnlearnLog.load(tmp_path / "other.json")
     assert loaded.config == log.config and loaded.config.lora == tt.LoraSpec(r=2)
     assert loaded.values.shape == (3,) and loaded.dims == ("step",)
     assert log.peak_memory_bytes > 0 and log.wall_seconds > log.eval_seconds > 0
     assert "method='ga'" in repr(log)
-    cfg = tt.UnlearnConfig.load(log.config.save(tmp_path / "cfg.json"))
+    cfg = tt.UnlearnConfig.load(log.config.save(tmp_path / "cfg.safetensors"))
     assert cfg == log.config
     _, again = tt.unlearn(mdlm, FORGET, RETAIN, progress=False, **cfg.to_dict())
     assert again.loss == log.loss

@@ -3,7 +3,9 @@
 * :mod:`.selection` — Eq. 5, :func:`select_coordinate` (SPEC §7);
 * :mod:`.stats` — bootstrap CIs (per cell, and :func:`mean_ci` of a 1-D sample), the selection studies (landscape, β trade-off, stability,
   per-fact optima), seed stability and localisation statistics;
-* :mod:`.compare` — the AR-versus-diffusion summaries (SPEC §6, §10.3).
+* :mod:`.compare` — the AR-versus-diffusion summaries (SPEC §6, §10.3);
+* :mod:`.summary` — the summary of a trace that ``tie-tracing figure2`` reports
+  (:func:`trace_summary`: selected cell with CIs, commit steps, concentration).
 """
 
 from .compare import (
@@ -34,6 +36,7 @@ from .stats import (
     seed_stability,
     selection_stability,
 )
+from .summary import cell_ci, commit_summary, tie_concentration, trace_summary
 
 __all__ = [
     "CATEGORIES",
@@ -48,7 +51,9 @@ __all__ = [
     "beta_tradeoff",
     "bootstrap_ci",
     "category_support",
+    "cell_ci",
     "cluster_mean_ci",
+    "commit_summary",
     "compare_paradigms",
     "localisation_stats",
     "localisation_summary",
@@ -59,5 +64,7 @@ __all__ = [
     "seed_stability",
     "select_coordinate",
     "selection_stability",
+    "tie_concentration",
     "token_categories",
+    "trace_summary",
 ]

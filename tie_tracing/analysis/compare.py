@@ -99,8 +99,8 @@ CATEGORIES: tuple[str, ...] = (
 
 def _object_position(result: PositionalResult, f: int) -> int:
     """Position of fact ``f``'s object's first token: the prediction position, + 1 when the
-    model is shifted or causal (``config["shifted"]``, assumed when not recorded)."""
-    shifted = bool(result.config.get("shifted", True))
+    model is shifted or causal (``config.shifted``, which every positional result records)."""
+    shifted = bool(result.config.shifted)
     return int(result.prediction_position[f]) + int(shifted)
 
 
@@ -109,7 +109,7 @@ def _prompt_length(result: PositionalResult, f: int) -> int:
     :func:`~tie_tracing.tracing.positional.trace_positional` records it; for results without it
     (older traces, hand-made results) the object's position, i.e. the object is taken to
     start the answer (the only layout those traces had)."""
-    lengths = result.config.get("prompt_length")
+    lengths = result.config.prompt_length
     fid = result.fact_ids[f]
     if isinstance(lengths, Mapping) and fid in lengths:
         return int(lengths[fid])

@@ -227,8 +227,16 @@ class _NoTensors(dict):
         return None
 
 
-def load_object(cls: type, path: str | os.PathLike) -> Any:
+def _a(noun: object) -> str:
+    return "an" if str(noun)[:1] in "AEIOU" else "a"
+
+
+def load_object(cls: type, path: str | os.PathLike, *, legacy: Any = None) -> Any:
     """Read an object of type ``cls`` written by :func:`save_object`.
+
+    ``legacy``: for a type that had its own safetensors layout before this serialiser,
+    ``legacy(cls, meta, tensors, path)`` reads a file of the right kind whose header has no
+    ``"fields"`` entry (that layout's files).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -238,8 +246,11 @@ def load_object(cls: type, path: str | os.PathLike) -> Any:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    expected = getattr(cls, "_KIND", "") or cls.__name__
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give the path of a saved result file")
+        raise IsADirectoryError(
+            f"{path} is a directory; give the path of a file written by {expected}.save"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no result file at {path}")
     try:
@@ -248,7 +259,6 @@ def load_object(cls: type, path: str | os.PathLike) -> Any:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise ResultFileError(f"{path} {_not_safetensors(path)}: {exc}") from exc
-    expected = getattr(cls, "_KIND", "") or cls.__name__
     if META_KEY not in header:
         raise ResultFileError(
             f"{path} has no {META_KEY!r} metadata: not a tie_tracing result but a plain "
@@ -261,8 +271,11 @@ def load_object(cls: type, path: str | os.PathLike) -> Any:
     except (ValueError, KeyError, TypeError) as exc:
         raise ResultFileError(f"{path}: corrupt tie_tracing metadata: {exc}") from exc
     if kind != expected:
-        article = "an" if str(kind)[:1] in "AEIOU" else "a"
-        raise ResultFileError(f"{path} holds {article} {kind}, not a {expected}; use {kind}.load")
+        raise ResultFileError(
+            f"{path} holds {_a(kind)} {kind}, not {_a(expected)} {expected}; use {kind}.load"
+        )
+    if legacy is not None and isinstance(meta, dict) and "fields" not in meta:
+        return legacy(cls, meta, tensors, path)
     try:
         fields = meta["fields"]
     except (KeyError, TypeError) as exc:

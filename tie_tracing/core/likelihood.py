@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ._guards import require_model
 from .context import ForwardContext
+from .defaults import BATCH_SIZE, PROGRESS
 from .facts import Fact, as_facts
 from .prompting import chunks_by_shape
 from .sampler import check_finite, target_logprob
@@ -53,8 +54,8 @@ def answer_logprob(
     estimator: str = "masked",
     mc: int = 128,
     seed: int = 0,
-    batch_size: int = 64,
-    progress: bool = False,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = PROGRESS,
 ) -> torch.Tensor:
     """``log p(answer | question)`` per fact, in nats.
 

@@ -28,11 +28,10 @@ cell's mean rather than poisoning it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -43,6 +42,7 @@ from .._version import __version__
 from ._guards import as_int
 from ._io import ResultFileError, Saveable, load_object, save_object, to_dataframe
 from .errors import ShapeError
+from .provenance import PositionalProvenance, Provenance, TraceProvenance
 from .sampler import commit_steps as _commit_steps
 
 __all__ = [
@@ -136,13 +136,6 @@ def tie_from_ie(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _jsonable(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be JSON-serialisable: {exc}") from exc
-
-
 def _to_tuple(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_to_tuple(v) for v in value)
@@ -157,13 +150,6 @@ def _fmt_shape(t: torch.Tensor, dims: Sequence[str]) -> str:
     return "[" + ", ".join(f"{d}={n}" for d, n in zip(dims, t.shape)) + "]"
 
 
-def _pad_last(t: torch.Tensor, size: int, value: float) -> torch.Tensor:
-    if t.shape[-1] == size:
-        return t
-    pad = torch.full((*t.shape[:-1], size - t.shape[-1]), value, dtype=t.dtype, device=t.device)
-    return torch.cat([t, pad], dim=-1)
-
-
 def _pad_dim(t: torch.Tensor, dim: int, size: int, value: float) -> torch.Tensor:
     if t.shape[dim] == size:
         return t
@@ -176,7 +162,7 @@ def _pad_dim(t: torch.Tensor, dim: int, size: int, value: float) -> torch.Tensor
 _PER_FACT_CONFIG_KEYS = frozenset({"prompt_length"})
 
 
-def _merge_configs(configs: Sequence[dict], kind: str) -> dict:
+def _merge_configs(configs: Sequence[Mapping[str, Any]], kind: str) -> dict[str, Any]:
     keys = set().union(*(c.keys() for c in configs))
     merged: dict[str, Any] = {}
     for key in sorted(keys, key=str):
@@ -207,11 +193,19 @@ def _merge_configs(configs: Sequence[dict], kind: str) -> dict:
 # ----------------------------------------------------------------------------- base
 
 
+def _refuse_pool(i: int, what: str, mine: Any, theirs: Any) -> ValueError:
+    return ValueError(
+        f"cannot pool seeds: result {i} has {what}={mine!r}, result 0 has {theirs!r} "
+        "(pool traces of the same facts and settings under different noise seeds)"
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class _ResultBase:
     """Shared machinery: save/load, fact selection, metadata normalisation."""
 
     _KIND: ClassVar[str] = ""
+    _CONFIG: ClassVar[type[Provenance]] = Provenance  # the typed provenance of ``config``
     _FACT_TENSORS: ClassVar[tuple[str, ...]] = ()  # tensor fields with a leading fact axis
     _FACT_TUPLES: ClassVar[tuple[str, ...]] = ("fact_ids", "subjects", "questions", "answers")
     _EXTRA_FACT_TUPLES: ClassVar[tuple[str, ...]] = ()  # more per-fact tuple fields
@@ -223,10 +217,12 @@ class _ResultBase:
             if isinstance(value, torch.Tensor):
                 continue
             if f.name == "config":
-                if not isinstance(value, dict):
-                    raise TypeError(f"config must be a dict, got {type(value).__name__}")
-                value = _jsonable(dict(value), "config")
-                value.setdefault("normalized", False)
+                if not isinstance(value, Mapping):
+                    raise TypeError(
+                        f"config must be a {self._CONFIG.__name__} or a dict of its fields, got "
+                        f"{type(value).__name__}"
+                    )
+                value = self._CONFIG.from_record(value)
             elif isinstance(value, (list, tuple)):
                 value = _to_tuple(value)
             object.__setattr__(self, f.name, value)
@@ -252,6 +248,123 @@ class _ResultBase:
     def _fact_label(self, i: int) -> str:
         fid = self.fact_ids[i]  # type: ignore[attr-defined]
         return f"{fid!r}" if fid else f"#{i}"
+
+    # -- combination (shared by every result) ------------------------------------------
+    #: Fields every part must share to be concatenated / pooled.
+    _SAME_TO_CONCAT: ClassVar[tuple[str, ...]] = ()
+    _SAME_TO_POOL: ClassVar[tuple[str, ...]] = ()
+    #: Per-fact tensors padded to the longest part: ``name -> (dim, fill value)``.
+    _PAD: ClassVar[dict[str, tuple[int, Any]]] = {}
+    #: Config fields that may differ between seeds of one pool.
+    _POOL_FREE: ClassVar[frozenset[str]] = frozenset(
+        {"seed", "n_noise", "engine_stats", "unknown_facts", "pooled"}
+    )
+
+    @classmethod
+    def _parts(cls: type[R], results: Iterable[R], what: str) -> list[R]:
+        parts = list(results)
+        if not parts:
+            raise ValueError(f"{what} needs at least one {cls.__name__}")
+        if any(not isinstance(p, cls) for p in parts):
+            raise TypeError(f"{what}: every part must be a {cls.__name__}")
+        return parts
+
+    def _check_concat(self, first: Any, i: int) -> None:
+        """More agreement a part ``i`` must show to be concatenated (a hook)."""
+
+    @classmethod
+    def concat(cls: type[R], results: Iterable[R]) -> R:
+        """Stack results over the fact axis (e.g. traces of fact batches).
+
+        The fields of ``_SAME_TO_CONCAT`` (labels, model id, version, …) and the config must
+        agree, except the per-run config entries ``nu``, ``sigma_emb``, ``seed`` and
+        ``engine_stats``, which become a list with one entry per part when they differ, and
+        ``unknown_facts`` (joined) and ``prompt_length`` (merged by fact id). Per-fact tensors
+        of ``_PAD`` are padded to the longest part (token ids with ``-1``, masks with
+        ``False``, positional maps with NaN). Seeds are the union of the parts', in order.
+        """
+        parts = cls._parts(results, "concat")
+        first = parts[0]
+        for i, p in enumerate(parts[1:], start=1):
+            for name in cls._SAME_TO_CONCAT:
+                if getattr(p, name) != getattr(first, name):
+                    raise ValueError(
+                        f"cannot concat {cls.__name__}s: part {i} has {name}={getattr(p, name)!r}, "
+                        f"part 0 has {getattr(first, name)!r}"
+                    )
+            p._check_concat(first, i)
+        merged = _merge_configs([p.config for p in parts], cls.__name__)  # type: ignore[attr-defined]
+        tensors: dict[str, Any] = {}
+        for name in cls._FACT_TENSORS:
+            ts = [getattr(p, name) for p in parts]
+            if name in cls._PAD:
+                dim, fill = cls._PAD[name]
+                width = max(int(t.shape[dim]) for t in ts)
+                ts = [_pad_dim(t, dim, width, fill) for t in ts]
+            tensors[name] = torch.cat(ts, dim=0)
+        names = cls._FACT_TUPLES + cls._EXTRA_FACT_TUPLES
+        tuples = {name: tuple(x for p in parts for x in getattr(p, name)) for name in names}
+        seeds = tuple(dict.fromkeys(s for p in parts for s in p.seeds))  # type: ignore[attr-defined]
+        changes = {**tensors, **tuples, "seeds": seeds, "config": cls._CONFIG.from_record(merged)}  # type: ignore[attr-defined]
+        return dataclasses.replace(first, **changes)  # type: ignore[type-var]
+
+    def _check_pool(self, first: Any, i: int) -> None:
+        """More agreement a part ``i`` must show to be pooled (a hook; e.g. the clean run)."""
+
+    @classmethod
+    def _pool_parts(cls: type[R], results: Iterable[R]) -> list[R]:
+        """The parts of a seed pool, checked: same facts and settings (``_SAME_TO_POOL``, the
+        config but ``_POOL_FREE``), none normalised, every seed in one part only."""
+        parts = cls._parts(results, "pool_seeds")
+        first: Any = parts[0]
+        for i, p in enumerate(parts):
+            part: Any = p
+            if part.config.normalized:
+                raise ValueError(
+                    f"cannot pool seeds: result {i} is normalised; pool the raw traces, then "
+                    "call .normalized() on the pooled result"
+                )
+            if not part.seeds:
+                raise ValueError(f"cannot pool seeds: result {i} records no seed")
+            if i == 0:
+                continue
+            for name in cls._SAME_TO_POOL:
+                if getattr(part, name) != getattr(first, name):
+                    raise _refuse_pool(i, name, getattr(part, name), getattr(first, name))
+            part._check_pool(first, i)
+            for key in sorted((set(part.config) | set(first.config)) - cls._POOL_FREE, key=str):
+                mine = part.config.get(key, "<missing>")
+                theirs = first.config.get(key, "<missing>")
+                if mine != theirs:
+                    raise _refuse_pool(i, f"config[{key!r}]", mine, theirs)
+        owner: dict[int, int] = {}
+        for i, p in enumerate(parts):
+            for s in p.seeds:  # type: ignore[attr-defined]
+                if s in owner:
+                    raise ValueError(
+                        f"cannot pool seeds: seed {s} appears in result {owner[s]} and result {i}; "
+                        "its noise draws would be counted twice"
+                    )
+                owner[s] = i
+        return parts
+
+    @staticmethod
+    def _pooled_config(parts: Sequence[Any], draws: Sequence[int]) -> dict[str, Any]:
+        """The pool's config: every seed, the total draws, one ``pooled`` entry per part
+        (``{"seeds", "n_noise"}``, flattened when a part is itself a pool), the union of
+        unknown facts in fact order, and the engine counters per part."""
+        first = parts[0]
+        entries: list[dict[str, Any]] = []
+        for p, n in zip(parts, draws):
+            entries += p.config.get("pooled") or [{"seeds": list(p.seeds), "n_noise": n}]
+        config = dict(first.config)
+        config.update(seed=[s for p in parts for s in p.seeds], n_noise=sum(draws), pooled=entries)
+        if any("unknown_facts" in p.config for p in parts):
+            unknown = {u for p in parts for u in (p.config.get("unknown_facts") or [])}
+            config["unknown_facts"] = [f for f in first.fact_ids if f in unknown]
+        if any("engine_stats" in p.config for p in parts):
+            config["engine_stats"] = [p.config.get("engine_stats") for p in parts]
+        return config
 
     # -- selection ---------------------------------------------------------------------
     def _fact_indices(self, selection: Any) -> list[int]:
@@ -313,7 +426,7 @@ class _ResultBase:
         The tracers list a fact as unknown when the clean model does not produce its answer
         (TIE: the clean sample; positional: the top-1 first answer token).
         """
-        unknown = set(self.config.get("unknown_facts", ()) or ())  # type: ignore[attr-defined]
+        unknown = set(self.config.unknown_facts)  # type: ignore[attr-defined]
         ids = self.fact_ids  # type: ignore[attr-defined]
         return torch.tensor([fid not in unknown for fid in ids], dtype=torch.bool)
 
@@ -402,8 +515,10 @@ class TIEResult(_ResultBase):
             run committed differently from the corrupted run at the patched step.
         fact_ids, subjects, questions, answers: one str per fact.
         layers, steps, modules: labels of the ``layer``, ``step``, ``module`` axes.
-        config: JSON-serialisable trace settings; must hold ``"decay"``. ``"normalized"``
-            (default ``False``) records whether :meth:`normalized` produced it.
+        config: The typed provenance (:class:`~tie_tracing.core.provenance.TraceProvenance`:
+            the trace settings and what the run added; a dict of its fields is converted, a
+            missing or unknown field named). ``normalized`` records whether :meth:`normalized`
+            produced it.
         seeds: the seeds of the run(s).
         model_id: the traced model's name or path.
         version: the tie_tracing version that produced it.
@@ -440,7 +555,7 @@ class TIEResult(_ResultBase):
     layers: tuple[int, ...]
     steps: tuple[int, ...]
     modules: tuple[str, ...]
-    config: dict
+    config: TraceProvenance
     seeds: tuple[int, ...]
     model_id: str
     version: str = __version__
@@ -448,6 +563,7 @@ class TIEResult(_ResultBase):
     object_mask: torch.Tensor | None = None
 
     _KIND: ClassVar[str] = "TIEResult"
+    _CONFIG: ClassVar[type[Provenance]] = TraceProvenance
     _FACT_TENSORS: ClassVar[tuple[str, ...]] = (
         "tie",
         "ie",
@@ -465,8 +581,6 @@ class TIEResult(_ResultBase):
 
     def __post_init__(self) -> None:
         self._normalise_metadata()
-        if "decay" not in self.config:
-            raise ValueError("TIEResult.config must record 'decay' (γ of Eq. 4)")
         for name in ("tie", "ie", "lp_clean", "lp_corrupt", "lp_corrupt_draws", "diverged"):
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -540,12 +654,12 @@ class TIEResult(_ResultBase):
         return value
 
     def _mask_id(self) -> int:
-        if "mask_token_id" not in self.config:
+        if self.config.mask_token_id is None:
             raise KeyError(
                 "this TIEResult does not record config['mask_token_id'] (made before commit "
                 "maps existed?): commit maps need it"
             )
-        return int(self.config["mask_token_id"])
+        return int(self.config.mask_token_id)
 
     @property
     def clean_commits(self) -> torch.Tensor:
@@ -629,12 +743,12 @@ class TIEResult(_ResultBase):
     @property
     def decay(self) -> float:
         """``γ`` of Eq. 4 (``config["decay"]``)."""
-        return float(self.config["decay"])
+        return float(self.config.decay)  # type: ignore[arg-type]
 
     @property
     def is_normalized(self) -> bool:
         """Whether ``ie``/``tie`` are in normalised units (clean = 1, corrupted = 0)."""
-        return bool(self.config.get("normalized", False))
+        return bool(self.config.normalized)
 
     @property
     def n_later_steps(self) -> int:
@@ -698,55 +812,61 @@ class TIEResult(_ResultBase):
         ie = self.ie / denom[:, None, None, None, :]
         tie = tie_from_ie(ie, self.decay, steps=self.steps, nan_policy=nan_policy)
         config = dict(self.config, normalized=True, normalize_nan_policy=nan_policy)
-        return dataclasses.replace(self, ie=ie, tie=tie, config=config)
+        return dataclasses.replace(self, ie=ie, tie=tie, config=self._CONFIG.from_record(config))
 
     # -- combination -------------------------------------------------------------------
-    @classmethod
-    def concat(cls, results: Iterable[TIEResult]) -> TIEResult:
-        """Stack results over the fact axis (e.g. traces of fact batches).
+    _SAME_TO_CONCAT: ClassVar[tuple[str, ...]] = (
+        "layers",
+        "steps",
+        "modules",
+        "model_id",
+        "version",
+    )
+    _SAME_TO_POOL: ClassVar[tuple[str, ...]] = (
+        "fact_ids",
+        "layers",
+        "steps",
+        "modules",
+        "model_id",
+    )
+    _PAD: ClassVar[dict[str, tuple[int, Any]]] = {
+        "clean_tokens": (-1, -1),
+        "corrupt_tokens": (-1, -1),
+        "target_mask": (-1, False),
+        "object_mask": (-1, False),
+    }
 
-        Layers, steps, modules, model id, version and config must agree, except the per-run
-        config keys ``nu``, ``sigma_emb``, ``seed`` and ``engine_stats``, which become a list
-        with one entry per part when they differ, and ``unknown_facts``, whose lists are joined. Token tensors are padded with ``-1`` to the longest
-        answer. Seeds are the union of the parts' seeds, in order.
-        """
-        parts = list(results)
-        if not parts:
-            raise ValueError("concat needs at least one TIEResult")
-        if any(not isinstance(p, cls) for p in parts):
-            raise TypeError("concat: every part must be a TIEResult")
-        first = parts[0]
-        for i, p in enumerate(parts[1:], start=1):
-            for name in ("layers", "steps", "modules", "model_id", "version"):
-                if getattr(p, name) != getattr(first, name):
-                    raise ValueError(
-                        f"cannot concat TIEResults: part {i} has {name}={getattr(p, name)!r}, "
-                        f"part 0 has {getattr(first, name)!r}"
-                    )
-            if (
-                p.ie.shape[-1] != first.ie.shape[-1]
-                or p.lp_corrupt_draws.shape[1] != first.lp_corrupt_draws.shape[1]
-            ):
-                raise ValueError(
-                    f"cannot concat TIEResults: part {i} has T={p.ie.shape[-1]}, "
-                    f"n_noise={p.lp_corrupt_draws.shape[1]}; part 0 has T={first.ie.shape[-1]}, "
-                    f"n_noise={first.lp_corrupt_draws.shape[1]}"
+    def _check_concat(self, first: TIEResult, i: int) -> None:
+        if (
+            self.ie.shape[-1] != first.ie.shape[-1]
+            or self.lp_corrupt_draws.shape[1] != first.lp_corrupt_draws.shape[1]
+        ):
+            raise ValueError(
+                f"cannot concat TIEResults: part {i} has T={self.ie.shape[-1]}, "
+                f"n_noise={self.lp_corrupt_draws.shape[1]}; part 0 has T={first.ie.shape[-1]}, "
+                f"n_noise={first.lp_corrupt_draws.shape[1]}"
+            )
+
+    def _check_pool(self, first: TIEResult, i: int) -> None:
+        if self.n_later_steps != first.n_later_steps:
+            raise _refuse_pool(i, "T", self.n_later_steps, first.n_later_steps)
+        same_clean = (
+            self.clean_tokens.shape == first.clean_tokens.shape
+            and bool(torch.equal(self.clean_tokens.cpu(), first.clean_tokens.cpu()))
+            and bool(torch.equal(self._mask("target_mask").cpu(), first._mask("target_mask").cpu()))
+            and bool(torch.equal(self._mask("object_mask").cpu(), first._mask("object_mask").cpu()))
+            and bool(
+                torch.allclose(
+                    self.lp_clean.cpu().double(), first.lp_clean.cpu().double(), atol=1e-5, rtol=0
                 )
-        config = _merge_configs([p.config for p in parts], "TIEResult")
-        width = max(int(p.clean_tokens.shape[-1]) for p in parts)
-        tensors: dict[str, Any] = {}
-        for name in cls._FACT_TENSORS:
-            ts = [getattr(p, name) for p in parts]
-            if name in ("clean_tokens", "corrupt_tokens"):
-                ts = [_pad_last(t, width, -1) for t in ts]
-            elif name in ("target_mask", "object_mask"):
-                ts = [_pad_last(t, width, False) for t in ts]
-            tensors[name] = torch.cat(ts, dim=0)
-        tuples: dict[str, Any] = {
-            name: tuple(x for p in parts for x in getattr(p, name)) for name in cls._FACT_TUPLES
-        }
-        seeds = tuple(dict.fromkeys(s for p in parts for s in p.seeds))
-        return dataclasses.replace(first, **tensors, **tuples, config=config, seeds=seeds)
+            )
+        )
+        if not same_clean:
+            raise ValueError(
+                f"cannot pool seeds: result {i} has another clean trajectory than result 0 "
+                "(clean tokens, LP_clean or target/object masks differ; a sampler with "
+                "temperature > 0 makes the clean run depend on the seed)"
+            )
 
     @classmethod
     def pool_seeds(cls, results: Iterable[TIEResult]) -> TIEResult:
@@ -796,69 +916,10 @@ class TIEResult(_ResultBase):
             >>> torch.allclose(p.tie, 1.75 * a.tie)
             True
         """
-        parts = list(results)
-        if not parts:
-            raise ValueError("pool_seeds needs at least one TIEResult")
-        if any(not isinstance(p, cls) for p in parts):
-            raise TypeError("pool_seeds: every part must be a TIEResult")
+        parts = cls._pool_parts(results)
         first = parts[0]
         if len(parts) == 1:
             return first
-        free_keys = {"seed", "n_noise", "engine_stats", "unknown_facts", "pooled"}
-
-        def refuse(i: int, what: str, mine: Any, theirs: Any) -> ValueError:
-            return ValueError(
-                f"cannot pool seeds: result {i} has {what}={mine!r}, result 0 has {theirs!r} "
-                "(pool traces of the same facts and settings under different noise seeds)"
-            )
-
-        for i, p in enumerate(parts):
-            if p.is_normalized:
-                raise ValueError(
-                    f"cannot pool seeds: result {i} is normalised; pool the raw traces, then "
-                    "call .normalized() on the pooled result"
-                )
-            if not p.seeds:
-                raise ValueError(f"cannot pool seeds: result {i} records no seed")
-            if i == 0:
-                continue
-            for name in ("fact_ids", "layers", "steps", "modules", "model_id"):
-                if getattr(p, name) != getattr(first, name):
-                    raise refuse(i, name, getattr(p, name), getattr(first, name))
-            if p.n_later_steps != first.n_later_steps:
-                raise refuse(i, "T", p.n_later_steps, first.n_later_steps)
-            for key in sorted(set(p.config) | set(first.config), key=str):
-                if key in free_keys:
-                    continue
-                mine, theirs = p.config.get(key, "<missing>"), first.config.get(key, "<missing>")
-                if mine != theirs:
-                    raise refuse(i, f"config[{key!r}]", mine, theirs)
-            same_clean = (
-                p.clean_tokens.shape == first.clean_tokens.shape
-                and bool(torch.equal(p.clean_tokens.cpu(), first.clean_tokens.cpu()))
-                and bool(torch.equal(p.target_mask.cpu(), first.target_mask.cpu()))  # type: ignore[union-attr]
-                and bool(torch.equal(p.object_mask.cpu(), first.object_mask.cpu()))  # type: ignore[union-attr]
-                and bool(
-                    torch.allclose(
-                        p.lp_clean.cpu().double(), first.lp_clean.cpu().double(), atol=1e-5, rtol=0
-                    )
-                )
-            )
-            if not same_clean:
-                raise ValueError(
-                    f"cannot pool seeds: result {i} has another clean trajectory than result 0 "
-                    "(clean tokens, LP_clean or target/object masks differ; a sampler with "
-                    "temperature > 0 makes the clean run depend on the seed)"
-                )
-        owner: dict[int, int] = {}
-        for i, p in enumerate(parts):
-            for s in p.seeds:
-                if s in owner:
-                    raise ValueError(
-                        f"cannot pool seeds: seed {s} appears in result {owner[s]} and result {i}; "
-                        "its noise draws would be counted twice"
-                    )
-                owner[s] = i
         draws = [int(p.lp_corrupt_draws.shape[1]) for p in parts]
         device = first.ie.device
         weights = torch.tensor(draws, dtype=torch.float64, device=device) / sum(draws)
@@ -869,20 +930,7 @@ class TIEResult(_ResultBase):
             w = weights.reshape(-1, *([1] * ref.ndim))
             return (stacked * w).sum(0).to(ref.dtype)
 
-        pooled_entries: list[dict[str, Any]] = []
-        for p, n in zip(parts, draws):
-            pooled_entries += p.config.get("pooled") or [{"seeds": list(p.seeds), "n_noise": n}]
-        unknown = {u for p in parts for u in (p.config.get("unknown_facts") or [])}
-        config = dict(first.config)
-        config.update(
-            seed=[s for p in parts for s in p.seeds],
-            n_noise=sum(draws),
-            pooled=pooled_entries,
-        )
-        if any("unknown_facts" in p.config for p in parts):
-            config["unknown_facts"] = [fid for fid in first.fact_ids if fid in unknown]
-        if any("engine_stats" in p.config for p in parts):
-            config["engine_stats"] = [p.config.get("engine_stats") for p in parts]
+        config = cls._pooled_config(parts, draws)
         return dataclasses.replace(
             first,
             ie=weighted("ie"),
@@ -891,7 +939,7 @@ class TIEResult(_ResultBase):
             diverged=weighted("diverged"),
             lp_corrupt_draws=torch.cat([p.lp_corrupt_draws.to(device) for p in parts], dim=1),
             corrupt_tokens=torch.cat([p.corrupt_tokens.to(device) for p in parts], dim=1),
-            config=config,
+            config=cls._CONFIG.from_record(config),
             seeds=tuple(s for p in parts for s in p.seeds),
         )
 
@@ -942,15 +990,24 @@ class TIEResult(_ResultBase):
             layers=tuple(range(n_layers)),
             steps=tuple(range(n_steps)),
             modules=tuple(modules),
-            config={
-                "decay": decay,
-                "n_noise": n_noise,
-                "steps": n_steps,
-                "noise_scale": 3.0,
-                "mask_token_id": mask_id,
-                "lp": "frozen",
-                "target": "answer",
-            },
+            config=TraceProvenance.from_record(
+                {
+                    "modules": list(modules),
+                    "layers": None,
+                    "noise_scale": 3.0,
+                    "nu": None,
+                    "replace": False,
+                    "n_noise": n_noise,
+                    "seed": seed,
+                    "steps": n_steps,
+                    "decay": decay,
+                    "temperature": 0.0,
+                    "block_length": None,
+                    "lp": "frozen",
+                    "target": "answer",
+                    "mask_token_id": mask_id,
+                }
+            ),
             seeds=(seed,),
             model_id="synthetic",
         )
@@ -1118,13 +1175,14 @@ class PositionalResult(_ResultBase):
     answers: tuple[str, ...]
     layers: tuple[int, ...]
     modules: tuple[str, ...]
-    config: dict
+    config: PositionalProvenance
     seeds: tuple[int, ...]
     model_id: str
     version: str = __version__
     metric: str = "prob"
 
     _KIND: ClassVar[str] = "PositionalResult"
+    _CONFIG: ClassVar[type[Provenance]] = PositionalProvenance
     _FACT_TENSORS: ClassVar[tuple[str, ...]] = ("prob", "lp", "lp_clean", "lp_corrupt")
     dims: ClassVar[tuple[str, ...]] = ("fact", "layer", "position", "module")
 
@@ -1236,36 +1294,19 @@ class PositionalResult(_ResultBase):
         """Alias of :meth:`mean`."""
         return self.mean()
 
-    @classmethod
-    def concat(cls, results: Iterable[PositionalResult]) -> PositionalResult:
-        """Stack results over facts, NaN-padding the position axis to the longest prompt."""
-        parts = list(results)
-        if not parts:
-            raise ValueError("concat needs at least one PositionalResult")
-        if any(not isinstance(p, cls) for p in parts):
-            raise TypeError("concat: every part must be a PositionalResult")
-        first = parts[0]
-        for i, p in enumerate(parts[1:], start=1):
-            for name in ("layers", "modules", "window", "model_id", "version", "metric"):
-                if getattr(p, name) != getattr(first, name):
-                    raise ValueError(
-                        f"cannot concat PositionalResults: part {i} has {name}={getattr(p, name)!r}, "
-                        f"part 0 has {getattr(first, name)!r}"
-                    )
-        config = _merge_configs([p.config for p in parts], "PositionalResult")
-        width = max(int(p.prob.shape[2]) for p in parts)
-        tensors: dict[str, Any] = {
-            "prob": torch.cat([_pad_dim(p.prob, 2, width, math.nan) for p in parts]),
-            "lp": torch.cat([_pad_dim(p.lp, 2, width, math.nan) for p in parts]),
-            "lp_clean": torch.cat([p.lp_clean for p in parts]),
-            "lp_corrupt": torch.cat([p.lp_corrupt for p in parts]),
-        }
-        names = cls._FACT_TUPLES + cls._EXTRA_FACT_TUPLES
-        tuples: dict[str, Any] = {
-            name: tuple(x for p in parts for x in getattr(p, name)) for name in names
-        }
-        seeds = tuple(dict.fromkeys(s for p in parts for s in p.seeds))
-        return dataclasses.replace(first, **tensors, **tuples, config=config, seeds=seeds)
+    # -- combination -------------------------------------------------------------------
+    _SAME_TO_CONCAT: ClassVar[tuple[str, ...]] = (
+        "layers", "modules", "window", "model_id", "version", "metric",
+    )  # fmt: skip
+    _SAME_TO_POOL: ClassVar[tuple[str, ...]] = (
+        "fact_ids", "layers", "modules", "window", "model_id", "metric", "tokens",
+        "subject_positions", "prediction_position",
+    )  # fmt: skip
+    _PAD: ClassVar[dict[str, tuple[int, Any]]] = {"prob": (2, math.nan), "lp": (2, math.nan)}
+
+    def _check_pool(self, first: PositionalResult, i: int) -> None:
+        if not torch.allclose(self.lp_clean.double(), first.lp_clean.double(), atol=1e-5):
+            raise ValueError(f"cannot pool seeds: result {i} has another clean baseline")
 
     @classmethod
     def pool_seeds(cls, results: Iterable[PositionalResult]) -> PositionalResult:
@@ -1290,48 +1331,11 @@ class PositionalResult(_ResultBase):
             >>> p.seeds, p.config["n_noise"]
             ((0, 1), 2)
         """
-        parts = list(results)
-        if not parts:
-            raise ValueError("pool_seeds needs at least one PositionalResult")
-        if any(not isinstance(p, cls) for p in parts):
-            raise TypeError("pool_seeds: every part must be a PositionalResult")
+        parts = cls._pool_parts(results)
         first = parts[0]
         if len(parts) == 1:
             return first
-        free = {"seed", "n_noise", "unknown_facts", "pooled", "engine_stats"}
-        same = (
-            "fact_ids", "layers", "modules", "window", "model_id", "metric", "tokens",
-            "subject_positions", "prediction_position",
-        )  # fmt: skip
-        for i, p in enumerate(parts[1:], start=1):
-            for name in same:
-                if getattr(p, name) != getattr(first, name):
-                    raise ValueError(
-                        f"cannot pool seeds: result {i} has another {name} than result 0 "
-                        f"({getattr(p, name)!r} vs {getattr(first, name)!r}); pool traces of "
-                        "the same facts and settings under different seeds"
-                    )
-            for key in sorted((set(p.config) | set(first.config)) - free, key=str):
-                if p.config.get(key, "<missing>") != first.config.get(key, "<missing>"):
-                    raise ValueError(
-                        f"cannot pool seeds: result {i} has config[{key!r}]="
-                        f"{p.config.get(key, '<missing>')!r}, result 0 has "
-                        f"{first.config.get(key, '<missing>')!r}"
-                    )
-            if not torch.allclose(p.lp_clean.double(), first.lp_clean.double(), atol=1e-5):
-                raise ValueError(f"cannot pool seeds: result {i} has another clean baseline")
-        owner: dict[int, int] = {}
-        for i, p in enumerate(parts):
-            if not p.seeds:
-                raise ValueError(f"cannot pool seeds: result {i} records no seed")
-            for s in p.seeds:
-                if s in owner:
-                    raise ValueError(
-                        f"cannot pool seeds: seed {s} appears in result {owner[s]} and result "
-                        f"{i}; its noise draws would be counted twice"
-                    )
-                owner[s] = i
-        draws = [int(p.config.get("n_noise", 1)) for p in parts]
+        draws = [int(p.config.n_noise) for p in parts]
         w = torch.tensor(draws, dtype=torch.float64) / sum(draws)
 
         def mean_prob(name: str) -> torch.Tensor:
@@ -1339,23 +1343,14 @@ class PositionalResult(_ResultBase):
             return (stacked * w.reshape(-1, *([1] * (stacked.ndim - 1)))).sum(0)
 
         prob = mean_prob("lp")
-        entries: list[dict[str, Any]] = []
-        for p, n in zip(parts, draws):
-            entries += p.config.get("pooled") or [{"seeds": list(p.seeds), "n_noise": n}]
-        config = dict(first.config)
-        config.update(seed=[s for p in parts for s in p.seeds], n_noise=sum(draws), pooled=entries)
-        if any("unknown_facts" in p.config for p in parts):
-            unknown = {u for p in parts for u in (p.config.get("unknown_facts") or [])}
-            config["unknown_facts"] = [f for f in first.fact_ids if f in unknown]
-        if any("engine_stats" in p.config for p in parts):
-            config["engine_stats"] = [p.config.get("engine_stats") for p in parts]
+        config = cls._pooled_config(parts, draws)
         dtype = first.lp.dtype
         return dataclasses.replace(
             first,
             prob=prob.to(dtype),
             lp=prob.log().to(dtype),
             lp_corrupt=mean_prob("lp_corrupt").log().to(first.lp_corrupt.dtype),
-            config=config,
+            config=cls._CONFIG.from_record(config),
             seeds=tuple(s for p in parts for s in p.seeds),
         )
 
@@ -1393,7 +1388,20 @@ class PositionalResult(_ResultBase):
             answers=tuple("Lisbon" for _ in lengths),
             layers=tuple(range(n_layers)),
             modules=tuple(modules),
-            config={"noise_scale": 3.0, "window": 1},
+            config=PositionalProvenance.from_record(
+                {
+                    "modules": list(modules),
+                    "layers": None,
+                    "noise_scale": 3.0,
+                    "nu": None,
+                    "replace": False,
+                    "n_noise": 1,
+                    "seed": seed,
+                    "window": 1,
+                    "causal": True,  # prediction at the last prompt token, object after it
+                    "shifted": True,
+                }
+            ),
             seeds=(seed,),
             model_id="synthetic",
         )

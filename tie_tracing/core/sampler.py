@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from ._guards import as_int, require_model
 from ._io import Saveable
 from .context import ForwardContext
+from .defaults import BATCH_SIZE, PROGRESS
 from .errors import NonFiniteActivationError
 from .facts import Fact, locate_object
 from .prompting import chunks_by_shape, encode_prompt
@@ -335,8 +336,8 @@ def diffuse(
     temperature: float | None = None,
     seed: int = 0,
     answer_length: int | None = None,
-    batch_size: int = 64,
-    progress: bool = False,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = PROGRESS,
     lp: str = "frozen",
     target: str = "answer",
     sampler=None,

@@ -44,7 +44,7 @@ every position ``i``. Three options of :class:`EditConfig` make a **gated memory
   inside the diffusion loop); every other position keeps its exact bits.
 * ``key_at="answer"``: ``K = [k^O_f]``, the keys where such an update acts.
 
-**Step set.** ``steps=None`` (default) fires on every forward. With a step set — a *set of
+**Step set.** ``edit_steps=None`` (default) fires on every forward. With a step set — a *set of
 denoising steps* (an int is a one-step set), not a step count as in ``trace_tie(steps=T)`` —
 a forward of the diffusion loop fires when its context's step is in the set; a
 ``T``-step sampler numbers its forwards ``0 … T-1``, so steps ``≥ T`` never fire. A TIE-sweep
@@ -60,8 +60,13 @@ memory acts on the same state identically in the loop and in a tracing sweep.
 trace and direct call of ``model.denoise`` / ``model.logits`` (hence ``tt.diffuse``,
 ``tt.answer_logprob``, ``tt.evaluate``, ``tt.trace_tie``). A memory installs only on the
 model it was built on (:mod:`.fingerprint`), at most once at a time; removal restores the
-unedited outputs bit for bit; inserts and removals act on an installed memory at once.
-**Persistence** (:mod:`.persistence`): one safetensors file, exact round trip.
+unedited outputs bit for bit. A memory is a value (:class:`EditMemory` is frozen):
+``memory.insert(facts)`` and ``memory.without(ids)`` return new memories, and the handle holds
+the installed state — ``handle.insert(facts)`` / ``handle.without(ids)`` / ``handle.swap(m)``
+put a new value into the live edit at once.
+**Persistence**: ``memory.save(path)`` / ``EditMemory.load(path)`` through the package's one
+serialiser (:mod:`tie_tracing.core._io`: one safetensors file, JSON header, exact round trip);
+files of the earlier edit-memory layout are still read (:mod:`.legacy`).
 **Efficacy by layer** (:mod:`.efficacy`): :func:`edit_efficacy` installs the same memory at
 several layers and measures ΔForgetLP / ΔRetainLP (SPEC §10.3).
 **Controls** (:mod:`.controls`): :func:`random_directions` — the same memory with random update
@@ -114,12 +119,13 @@ from .config import (
     TARGET_KINDS,
     EditConfig,
     EditMemoryError,
+    EditMemoryFileError,
     EditMemoryWarning,
 )
 from .controls import random_directions
 from .efficacy import edit_efficacy
 from .gate import CalibrationSet, SubjectGate
-from .install import EditHandle
+from .install import EditHandle, live_handles
 from .memory import EditMemory
 from .operating_point import operating_point
 
@@ -137,6 +143,7 @@ __all__ = [
     "EditHandle",
     "EditMemory",
     "EditMemoryError",
+    "EditMemoryFileError",
     "EditMemoryWarning",
     "SubjectGate",
     "capture_keys_and_deltas",
@@ -148,6 +155,7 @@ __all__ = [
     "factorize",
     "factorize_blocks",
     "lam_abs",
+    "live_handles",
     "model_fingerprint",
     "operating_point",
     "primal_map",

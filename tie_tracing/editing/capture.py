@@ -27,6 +27,7 @@ import torch
 from ..core._nnsight import suspended_edits
 from ..core.backbones import hidden_of
 from ..core.context import STANDALONE
+from ..core.defaults import BATCH_SIZE
 from ..core.errors import ShapeError
 from ..core.facts import Fact
 from ..tracing.patching import encode_query
@@ -132,7 +133,7 @@ def capture(
     *,
     layer: int,
     module: str = "resid",
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> Captured:
     """Eq. 6–8 (and the answer-slot keys) for ``facts`` at site ``(layer, module)``.
 
@@ -188,7 +189,7 @@ def capture_keys_and_deltas(
     *,
     layer: int,
     module: str = "resid",
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(K, V, V*)``, each ``[N, d]`` float32 CPU: Eq. 6–8 (see :func:`capture`)."""
     c = capture(model, facts, targets, layer=layer, module=module, batch_size=batch_size)
@@ -201,7 +202,7 @@ def capture_states(
     *,
     layer: int,
     module: str = "resid",
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> list[torch.Tensor]:
     """Per sequence, ``[len(seq), d]`` site outputs (float32, CPU) of the frozen model."""
     model.check_site(layer, module)

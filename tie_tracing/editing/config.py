@@ -8,8 +8,10 @@ captured tensors it applies to live in :class:`~tie_tracing.editing.memory.EditM
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from ..core._guards import as_int, as_real
+from ..core._io import ResultFileError
 from ..core.backbones import MODULES
 from ..core.errors import TieTracingError
 
@@ -30,6 +33,7 @@ __all__ = [
     "TARGET_KINDS",
     "EditConfig",
     "EditMemoryError",
+    "EditMemoryFileError",
     "EditMemoryWarning",
     "normalize_steps",
 ]
@@ -71,6 +75,12 @@ class EditMemoryError(TieTracingError, ValueError):
     prompts, an unreadable memory file)."""
 
 
+class EditMemoryFileError(EditMemoryError, ResultFileError):
+    """A file that :meth:`EditMemory.load <tie_tracing.editing.EditMemory.load>` cannot read
+    (truncated, corrupt, or another kind of object); both an :class:`EditMemoryError` and a
+    :class:`~tie_tracing.core._io.ResultFileError`."""
+
+
 class EditMemoryWarning(UserWarning):
     """Something an edit memory can do but probably should not (a stale operating point,
     a gate that can never fire on a fact)."""
@@ -90,10 +100,12 @@ class EditConfig:
         alpha: Strength ``α``.
         lam: Scale-free ridge ``λ`` (``λ_abs = λ · mean(diag(K Kᵀ))``).
         q: Coefficients kept per token by ``top_q`` (``None``: all, dense).
-        steps: The set of denoising steps the edit fires at, a sorted tuple of distinct ints
-            ``≥ 0`` (an int given here is a one-step set; ``None``: every forward). Steps are
-            numbered ``0 … T-1`` for a ``T``-step sampler; a step ``≥ T`` never fires.
-            Stand-alone forwards (context step ``None``) always fire.
+        edit_steps: The edit's step set: the denoising steps it fires at, a sorted tuple of
+            distinct ints ``≥ 0`` (an int given here is a one-step set; ``None``: every
+            forward). Steps are numbered ``0 … T-1`` for a ``T``-step sampler; a step ``≥ T``
+            never fires. Stand-alone forwards (context step ``None``) always fire. (Across the
+            package ``steps`` means a number of denoising steps; ``EditConfig(steps=...)`` and
+            ``config.steps`` are deprecated aliases of this field, for one release.)
         kappa: Gate cap ``κ`` of the ``"gated"`` mode (Eq. 10).
         mode: ``"ridge"`` (Eq. 11–12), ``"gated"`` (Eq. 10 per fact, summed) or ``"steer"``.
         cap_q: ``q`` came from an operating point: use ``min(q, N)`` instead of refusing
@@ -119,7 +131,7 @@ class EditConfig:
     alpha: float = 1.0
     lam: float = 0.01
     q: int | None = None
-    steps: tuple[int, ...] | None = None
+    edit_steps: tuple[int, ...] | None = None
     kappa: float = 1.0
     mode: str = "ridge"
     cap_q: bool = False
@@ -174,8 +186,8 @@ class EditConfig:
                 raise EditMemoryError(
                     f"q must be an integer ≥ 1 (or None for dense), got {self.q!r}"
                 )
-        if self.steps is not None:
-            object.__setattr__(self, "steps", normalize_steps(self.steps))
+        if self.edit_steps is not None:
+            object.__setattr__(self, "edit_steps", normalize_steps(self.edit_steps))
 
     @property
     def is_paper_form(self) -> bool:
@@ -195,23 +207,53 @@ class EditConfig:
 
     def fires_at(self, step: int | None) -> bool:
         """Whether the edit acts on a forward at denoising ``step`` (``None``: stand-alone)."""
-        return step is None or self.steps is None or step in self.steps
+        return step is None or self.edit_steps is None or step in self.edit_steps
+
+    @property
+    def steps(self) -> tuple[int, ...] | None:
+        """Deprecated name of :attr:`edit_steps` (``steps`` is a step count elsewhere)."""
+        warnings.warn(_STEPS_RENAMED, DeprecationWarning, stacklevel=2)
+        return self.edit_steps
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["steps"] = None if self.steps is None else list(self.steps)
+        d["edit_steps"] = None if self.edit_steps is None else list(self.edit_steps)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EditConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (no silent drops)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (no silent drops). A record
+        written before the rename (a ``"steps"`` key) reads as ``edit_steps``."""
         d = dict(d)
+        if "steps" in d and "edit_steps" not in d:
+            d["edit_steps"] = d.pop("steps")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise EditMemoryError(f"unknown EditConfig fields {sorted(unknown)}")
-        if d.get("steps") is not None:
-            d["steps"] = tuple(d["steps"])
+        if d.get("edit_steps") is not None:
+            d["edit_steps"] = tuple(d["edit_steps"])
         return cls(**d)
+
+
+_STEPS_RENAMED = (
+    "EditConfig.steps is now EditConfig.edit_steps (the edit's step set; `steps` means a "
+    "number of denoising steps elsewhere): the old name goes in the next release"
+)
+_dataclass_init = EditConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_alias(self: EditConfig, *args: Any, steps: Any = None, **kwargs: Any) -> None:
+    """``EditConfig(steps=...)``: the deprecated spelling of ``edit_steps=``."""
+    if steps is not None:
+        warnings.warn(_STEPS_RENAMED, DeprecationWarning, stacklevel=2)
+        if kwargs.get("edit_steps") is not None:
+            raise TypeError("give the step set once, as edit_steps= (steps= is its old name)")
+        kwargs["edit_steps"] = steps
+    _dataclass_init(self, *args, **kwargs)
+
+
+EditConfig.__init__ = _init_with_alias  # type: ignore[method-assign]
 
 
 def normalize_steps(steps: Any) -> tuple[int, ...]:

@@ -21,9 +21,10 @@ def random_directions(memory: EditMemory, *, seed: int = 0) -> EditMemory:
 
     For each fact ``f``, ``δ'_f = ‖δ_f‖ · g_f / ‖g_f‖`` with ``g_f ~ N(0, I_d)`` drawn from a
     generator seeded by ``seed`` (row by row, in the memory's order); the target values become
-    ``v_f + δ'_f`` so ``memory.deltas`` of the copy is ``δ'``. Keys, answer values, gate,
+    ``v_f + δ'_f`` so ``deltas`` of the copy is ``δ'``. Keys, answer values, gate,
     config and model fingerprint are shared, so the copy installs on the same model and fires
-    exactly where the original does. The copy is not installed.
+    exactly where the original does. The copy is a new value (the memory is unchanged) and is
+    not installed.
 
     Raises:
         EditMemoryError: the memory is empty.
@@ -39,12 +40,4 @@ def random_directions(memory: EditMemory, *, seed: int = 0) -> EditMemory:
     g = torch.randn(deltas.shape, generator=generator, dtype=torch.float64)
     norms = deltas.double().norm(dim=1, keepdim=True)
     random = (g / g.norm(dim=1, keepdim=True) * norms).to(deltas.dtype)
-    copy = EditMemory(
-        memory.config, ids=memory.ids, keys=memory.keys, answer_values=memory.answer_values,
-        target_values=memory.answer_values + random, targets=memory.targets,
-        model_info=memory.model_info, timings=dict(memory.timings), slot_keys=memory.slot_keys,
-        subjects=memory.subjects, subject_lengths=memory.subject_lengths, gate=memory.gate,
-        gate_score_max=memory.gate_score_max, subject_tokens=memory.subject_tokens,
-    )  # fmt: skip
-    copy._model = memory._model
-    return copy
+    return memory._derived(target_values=memory.answer_values + random)

@@ -53,14 +53,14 @@ def edit_efficacy(
     """
     require_model(model, "edit_efficacy")
     facts, retain = list(facts), list(retain)
-    base_f = answer_logprob(model, facts, estimator=estimator, seed=seed)
-    base_r = answer_logprob(model, retain, estimator=estimator, seed=seed)
+    base_f = answer_logprob(model, facts, estimator=estimator, seed=seed, progress=False)
+    base_r = answer_logprob(model, retain, estimator=estimator, seed=seed, progress=False)
     rows = []
     for name, layer in layers.items():
         memory = EditMemory.build(model, facts, layer=int(layer), module=module, **memory_kwargs)
         with memory.install(model):
-            lp_f = answer_logprob(model, facts, estimator=estimator, seed=seed)
-            lp_r = answer_logprob(model, retain, estimator=estimator, seed=seed)
+            lp_f = answer_logprob(model, facts, estimator=estimator, seed=seed, progress=False)
+            lp_r = answer_logprob(model, retain, estimator=estimator, seed=seed, progress=False)
         df = mean_ci((lp_f - base_f).tolist(), n_resamples=n_resamples, seed=seed)
         dr = mean_ci((lp_r - base_r).tolist(), n_resamples=n_resamples, seed=seed)
         rows.append(

@@ -32,10 +32,12 @@ the memory's (another spelling, a pronoun) scores lower and may not fire.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..core.defaults import BATCH_SIZE
 from ..core.facts import Fact
 from ..tracing.patching import fact_key
 from . import algebra
@@ -91,9 +93,10 @@ class CalibrationSet:
         return cls(ids=tuple(ids), subjects=tuple(subjects), tokens=tuple(tokens))
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class SubjectGate:
-    """Detection statistics at one site (see the module docstring).
+    """Detection statistics at one site (see the module docstring); a value, saved with its
+    memory. The whitened calibration states are a cache beside it (not a field).
 
     Attributes:
         mean: ``[d]`` ``μ`` (float32).
@@ -106,7 +109,8 @@ class SubjectGate:
     whiten: torch.Tensor
     shrinkage: float
     calibration: CalibrationSet
-    _states: list[torch.Tensor] | None = field(default=None, repr=False)
+    #: The whitened calibration states, when in memory (a cache: never saved or compared).
+    _states: ClassVar[list[torch.Tensor] | None] = None
 
     @classmethod
     def fit(
@@ -117,7 +121,7 @@ class SubjectGate:
         layer: int,
         module: str,
         shrinkage: float,
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
     ) -> SubjectGate:
         """Fit ``μ, C_s^{-½}`` on the non-``[MASK]`` tokens of ``facts``' queries."""
         calibration = CalibrationSet.from_facts(model, facts)
@@ -128,7 +132,7 @@ class SubjectGate:
         rows = torch.cat([s[v] for s, v in zip(states, valid)])
         mu, whiten = algebra.whitener(rows, shrinkage)
         gate = cls(mu.float(), whiten.float(), float(shrinkage), calibration)
-        gate._states = [gate.whiten_states(s) for s in states]
+        object.__setattr__(gate, "_states", [gate.whiten_states(s) for s in states])
         return gate
 
     def __len__(self) -> int:
@@ -144,14 +148,16 @@ class SubjectGate:
         """``[N, d]`` unit ``C_s^{-½}(k_f − μ)`` (float32)."""
         return algebra.whitened_directions(subject_keys.float(), self.mean, self.whiten).float()
 
-    def ensure_states(self, model, *, layer: int, module: str, batch_size: int = 64) -> None:
+    def ensure_states(
+        self, model, *, layer: int, module: str, batch_size: int = BATCH_SIZE
+    ) -> None:
         """Recompute the whitened calibration states from the stored token ids if needed."""
         if self._states is not None:
             return
         states = capture_states(
             model, self.calibration.tokens, layer=layer, module=module, batch_size=batch_size
         )
-        self._states = [self.whiten_states(s) for s in states]
+        object.__setattr__(self, "_states", [self.whiten_states(s) for s in states])
 
     def calibration_maxima(
         self,

@@ -9,17 +9,27 @@ subject gate, or answer-slot application) also reads the token embedding's input
 loop. Edits run before a trace's own interventions at the same site (a trace reading the
 site sees the edited value; a trace patching it overrides the edit).
 
-Rules: a memory is installed at most once at a time (a second :func:`install` while its handle
-is live is an error; ``memory.with_config(...)`` makes an independent copy); it installs only
-on the model it was built on (same fingerprint, :mod:`.fingerprint`). The edit only ever adds
-to an activation — no weight changes — so :meth:`EditHandle.remove` restores unedited outputs
-bit for bit; it drops exactly this edit's mediator (other edits stay).
+The memory is a value; the installed state is the handle's. :class:`EditHandle` holds the
+memory the edit applies, the edit's nnsight mediator, the install time and the per-step
+counters; :meth:`EditHandle.insert`, :meth:`EditHandle.without` and :meth:`EditHandle.swap`
+put a new memory value into the live edit (same site), so streaming needs no reinstall.
+
+Rules: one memory value is installed on a model at most once at a time (a second
+:func:`install` of the same value while its handle is live is an error; a derived value —
+``memory.with_config(...)``, ``memory.insert(...)`` — installs independently); it installs
+only on the model it was built on (same fingerprint, :mod:`.fingerprint`). The edit only ever
+adds to an activation — no weight changes — so :meth:`EditHandle.remove` restores unedited
+outputs bit for bit; it drops exactly this edit's mediator (other edits stay). The live handles
+of a model are kept in a weak table keyed by the model (:func:`live_handles`), so the model
+itself carries no extra attribute.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,16 +40,36 @@ from ..core.context import ForwardContext
 from ..core.fingerprint import format_model, model_fingerprint
 from .config import EditMemoryError
 
-__all__ = ["EditHandle", "check_model", "install"]
+__all__ = ["EditHandle", "check_model", "install", "live_handles"]
+
+#: model -> its handles, in install order (pruned of removed ones on every read).
+_LIVE: weakref.WeakKeyDictionary[Any, list[EditHandle]] = weakref.WeakKeyDictionary()
+
+
+def live_handles(model) -> list[EditHandle]:
+    """The handles of memories installed on ``model`` whose edit is still in place."""
+    try:
+        handles = _LIVE.get(model, [])
+    except TypeError:  # an object that cannot be weakly referenced has no handles
+        return []
+    alive = [h for h in handles if h.installed]
+    if len(alive) != len(handles):
+        _LIVE[model] = alive
+    return alive
 
 
 @dataclass(eq=False)
 class EditHandle:
     """An installed :class:`EditMemory`; ``remove()`` (or the ``with`` block's end) uninstalls it.
 
+    The handle is the installed state: the memory value the edit applies (replaced by
+    :meth:`insert`, :meth:`without` and :meth:`swap`, which act at once), the model, the
+    install time and the per-step counters.
+
     Attributes:
-        memory: The memory (live: inserts and removals act at once).
+        memory: The memory value the edit applies now.
         model: The model it is installed on.
+        install_seconds: Seconds :func:`install` took.
         fired: How many forwards the edit modified, per denoising step of their context
             (``None`` = stand-alone forward). Counts are *forwards per step*, not rows: a
             forward whose rows sit at several steps (the TIE sweep's context holds a
@@ -56,6 +86,7 @@ class EditHandle:
     model: Any
     fired: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
+    install_seconds: float | None = None
     _mediator: Any = None
 
     @property
@@ -97,6 +128,42 @@ class EditHandle:
             return
         memory.apply_(hidden, token_ids, answer_start)
         self.fired[step] += 1
+
+    def swap(self, memory: Any) -> EditHandle:
+        """Make the live edit apply ``memory`` from the next forward on; returns ``self``.
+
+        Raises:
+            EditMemoryError: the handle was removed, ``memory`` is empty, was built on another
+                model, or acts at another site or needs token ids where this edit does not
+                (install it separately).
+        """
+        if not self.installed:
+            raise EditMemoryError("this handle was removed: install the memory again")
+        memory._require_facts()
+        check_model(memory, self.model)
+        old, new = self.memory.config, memory.config
+        if (old.layer, old.module, old.needs_token_ids) != (
+            new.layer,
+            new.module,
+            new.needs_token_ids,
+        ):
+            raise EditMemoryError(
+                f"this edit acts at ({old.layer}, {old.module!r}) "
+                f"(token ids: {old.needs_token_ids}); the new memory needs ({new.layer}, "
+                f"{new.module!r}) (token ids: {new.needs_token_ids}): install it separately"
+            )
+        memory._tensors(self.model.param_device)  # move to the device once, now
+        self.memory = memory
+        return self
+
+    def insert(self, facts: Any, **kwargs: Any) -> EditHandle:
+        """Capture ``facts`` on this model (the edit suspended) and swap the grown memory
+        in (``memory.insert(facts, model=self.model, **kwargs)``); returns ``self``."""
+        return self.swap(self.memory.insert(facts, model=self.model, **kwargs))
+
+    def without(self, ids: str | Iterable[str] | Sequence[str]) -> EditHandle:
+        """Swap in the memory without the facts ``ids``; returns ``self``."""
+        return self.swap(self.memory.without(ids))
 
     def remove(self) -> None:
         """Take this edit out of the model (idempotent); other edits stay."""
@@ -150,15 +217,14 @@ def install(memory: Any, model) -> EditHandle:
     """Install ``memory`` on ``model`` as an nnsight edit (see the module docstring).
 
     Raises:
-        EditMemoryError: the memory is empty or already installed, the model is not the one
+        EditMemoryError: the memory is empty or already installed on ``model``, the model is not the one
             it was built on, or the config needs ``[MASK]`` slots the model lacks.
     """
     t0 = time.perf_counter()
     memory._require_facts()
-    live = memory._handle
-    if live is not None and live.installed:
+    if any(h.memory is memory for h in live_handles(model)):
         raise EditMemoryError(
-            f"this memory is already installed on {getattr(live.model, 'name', '?')!r}: remove "
+            f"this memory is already installed on {getattr(model, 'name', '?')!r}: remove "
             "that handle first (or install memory.with_config(...), an independent copy)"
         )
     check_model(memory, model)
@@ -173,8 +239,6 @@ def install(memory: Any, model) -> EditHandle:
         handle._mediator = register_edit_with_inputs(model, site, model.embedding, handle)
     else:
         handle._mediator = register_edit(model, site, handle)
-    memory._handle = handle
-    if memory._model is None:
-        memory._model = model
-    memory.timings["install"] = time.perf_counter() - t0
+    _LIVE.setdefault(model, []).append(handle)
+    handle.install_seconds = time.perf_counter() - t0
     return handle

@@ -1,9 +1,13 @@
-"""The edit memory object: captured tensors + a config, the algebra applied to them, streaming.
+"""The edit memory as a value: captured tensors + a config + provenance, and the algebra on them.
 
-:class:`EditMemory` composes the separate pieces of :mod:`tie_tracing.editing` — it captures
-with :mod:`.capture`, fits a :class:`~.gate.SubjectGate` on calibration prompts, solves and
-applies with the pure functions of :mod:`.algebra`, installs through :mod:`.install` and
-saves/loads through :mod:`.persistence`. See the package docstring for the math.
+:class:`EditMemory` is a frozen value. It composes the separate pieces of
+:mod:`tie_tracing.editing` — it captures with :mod:`.capture`, fits a :class:`~.gate.SubjectGate`
+on calibration prompts, solves with the pure functions of :mod:`.algebra` (:func:`solve`, run
+once when the value is made) and installs through :mod:`.install`, which returns the handle that
+holds the installed state. :meth:`EditMemory.insert` and :meth:`EditMemory.without` return new
+memories; :meth:`~.install.EditHandle.insert` / :meth:`~.install.EditHandle.without` swap the
+new value into an installed edit. Saving and loading go through the package's one serialiser
+(:mod:`tie_tracing.core._io`). See the package docstring for the math.
 """
 
 from __future__ import annotations
@@ -13,27 +17,34 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import torch
 
 from ..core._guards import require_model
+from ..core._io import ResultFileError, Saveable, load_object
+from ..core.defaults import BATCH_SIZE
 from ..core.errors import ShapeError
 from ..core.facts import Fact, as_facts, load_refusals
 from ..core.fingerprint import describe_model
 from ..tracing.patching import fact_key
 from . import algebra
 from .capture import capture
-from .config import TARGET_KINDS, EditConfig, EditMemoryError, EditMemoryWarning
+from .config import (
+    TARGET_KINDS,
+    EditConfig,
+    EditMemoryError,
+    EditMemoryFileError,
+    EditMemoryWarning,
+)
 from .gate import SubjectGate
 from .install import EditHandle, check_model, install
+from .legacy import read_legacy_memory
 from .operating_point import gate_shrinkage as resolve_shrinkage
 from .operating_point import resolve_calibration, resolve_config
-from .persistence import load_memory, save_memory
 
-__all__ = ["EditMemory"]
+__all__ = ["EditMemory", "Solved", "solve"]
 
 #: Per-fact row attributes, aligned with ``ids`` (``None`` where a memory lacks one).
 _ROWS = (
@@ -50,69 +61,146 @@ _ROWS = (
 )
 
 
-class EditMemory:
-    """A multi-fact edit memory (SPEC §8): keys, deltas, a config, a factorised Gram matrix and,
-    for a gated memory, the subject gate's statistics and per-fact thresholds.
+@dataclass(frozen=True)
+class Solved:
+    """What :func:`solve` precomputes from a memory's rows and config (CPU tensors).
 
-    Build it with :meth:`build` (or :meth:`load`); grow or shrink it with :meth:`insert` and
-    :meth:`remove`; apply it with :meth:`install`. The tensors are CPU float32:
+    Attributes:
+        tensors: ``deltas``, ``mean_delta``; ``coef`` (``G⁻¹K``) and, for ``N > d``,
+            ``dense_map`` (ridge); ``gate_keys`` (Eq. 10); the gate's patterns (token gate) or
+            whitening, directions and thresholds (cosine gate).
+        groups: The cosine gate's facts grouped by subject length (``None`` otherwise).
+        seconds: How long the solve took.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    groups: list[tuple[int, torch.Tensor]] | None
+    seconds: float
+
+
+def solve(memory: EditMemory) -> Solved:
+    """Factorise ``G`` (ridge) or precompute Eq. 10's gate keys, and the gate's directions.
+
+    A pure function of the memory's rows and config. Raises :class:`EditMemoryError` on a
+    singular ``G`` (``λ = 0`` with dependent keys) or dependent Eq. 10 keys.
+    """
+    t0 = time.perf_counter()
+    c = memory.config
+    deltas = memory.deltas
+    tensors: dict[str, torch.Tensor] = {"deltas": deltas, "mean_delta": deltas.mean(0)}
+    groups = None
+    keys = memory.active_keys
+    if c.mode == "ridge":
+        if c.ridge_blocks == "subject":
+            coef = algebra.factorize_blocks(keys, c.lam, _subject_groups(memory.subjects))
+        else:
+            _chol, coef = algebra.factorize(keys, c.lam)
+        tensors["coef"] = coef.float()
+        if len(memory) > keys.shape[1]:
+            tensors["dense_map"] = (coef.T @ deltas.double()).float()  # (G⁻¹K)ᵀD = W
+    elif c.mode == "gated":
+        try:
+            tensors["gate_keys"] = algebra.eq10_gate_keys(keys).float()
+        except EditMemoryError as exc:
+            raise EditMemoryError(f"{exc} (facts {list(memory.ids)})") from exc
+    if c.subject_gate and c.gate_kind == "tokens":
+        assert memory.subject_tokens is not None
+        # facts about one subject share a pattern: match the distinct ones, then index
+        distinct, inverse = torch.unique(memory.subject_tokens, dim=0, return_inverse=True)
+        tensors["gate_patterns"], tensors["gate_inverse"] = distinct, inverse
+    elif c.subject_gate:
+        assert memory.gate is not None and memory.gate_thresholds is not None
+        assert memory.subject_lengths is not None
+        tensors.update(
+            gate_mean=memory.gate.mean,
+            gate_whiten=memory.gate.whiten,
+            gate_directions=memory.gate.directions(memory.keys),
+            gate_tau=memory.gate_thresholds,
+        )
+        groups = algebra.length_groups(memory.subject_lengths)
+    return Solved(tensors, groups, time.perf_counter() - t0)
+
+
+def _subject_groups(subjects: Sequence[str] | None) -> torch.Tensor:
+    """``[N]`` one integer label per distinct subject (case- and space-insensitive)."""
+    if subjects is None:
+        raise EditMemoryError("ridge_blocks='subject' needs the facts' subjects (build it)")
+    labels: dict[str, int] = {}
+    keys = [" ".join(s.casefold().split()) for s in subjects]
+    return torch.tensor([labels.setdefault(k, len(labels)) for k in keys], dtype=torch.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class EditMemory(Saveable):
+    """A multi-fact edit memory (SPEC §8), as an immutable value: keys, deltas, a config, the
+    subject gate's statistics and per-fact thresholds (gated memories), and provenance.
+
+    Build it with :meth:`build` (or :meth:`load`); derive new memories with :meth:`insert`,
+    :meth:`without` and :meth:`with_config` (the original is never changed); apply it with
+    :meth:`install`, which returns an :class:`~.install.EditHandle` holding the installed
+    state. Constructing a memory validates it and solves it once (:func:`solve`). The tensors
+    are CPU float32:
 
     Attributes:
         config: The :class:`EditConfig`.
         ids: Fact ids, aligned with the rows of every tensor (unique).
         keys: ``[N, d]`` subject keys ``k_f`` (Eq. 6).
-        slot_keys: ``[N, d]`` answer-slot keys ``k^O_f`` (``None`` for a hand-built memory).
         answer_values: ``[N, d]`` original-answer values ``v_f`` (Eq. 7).
-        values: ``[N, d]`` the deltas ``δ_f`` (the main tensor, ``dims = ("fact", "hidden")``).
         target_values: ``[N, d]`` target values ``v*_f`` (Eq. 8).
         targets: The target text of each fact.
+        model_info: Provenance: name, family, hidden size, layer count, mask id and
+            fingerprint of the model it was built on.
+        slot_keys: ``[N, d]`` answer-slot keys ``k^O_f`` (``None`` for a hand-built memory).
         subjects: The subject of each fact.
         subject_lengths: ``[N]`` ``|S_f|`` in tokens (``None`` for a hand-built memory).
-        subject_tokens: ``[N, L]`` int64 token ids of each subject's first mention, padded
-            with ``-1`` (the ``"tokens"`` gate's patterns; ``None`` for a hand-built memory).
         gate: The :class:`SubjectGate` statistics (``None`` when built without calibration).
         gate_score_max: ``[N]`` each fact's highest score on calibration prompts about other
             subjects (``τ_f = gate_score_max + gate_margin``).
-        model_info: Name, family, hidden size, layer count, mask id and fingerprint of the
-            model it was built on.
-        timings: Seconds spent in ``capture``, ``calibrate`` (gate fit), ``solve``,
-            ``build`` (total), per fact (``build_per_fact``) and the last ``install``.
+        subject_tokens: ``[N, L]`` int64 token ids of each subject's first mention, padded
+            with ``-1`` (the ``"tokens"`` gate's patterns; ``None`` for a hand-built memory).
+        timings: Provenance: seconds spent in ``capture``, ``calibrate`` (gate fit),
+            ``solve``, ``build`` (total) and per fact (``build_per_fact``); ``insert`` for a
+            memory made by :meth:`insert`. (Install time is the handle's.)
+
+    The deltas ``δ_f = v*_f − v_f`` are :attr:`values` (``dims = ("fact", "hidden")``).
 
     Example:
         >>> memory = EditMemory.build(model, facts, layer=3, alpha=2.0, lam=0.1, q=4)  # doctest: +SKIP
-        >>> handle = memory.install(model)                                      # doctest: +SKIP
-        >>> handle.remove()                                                     # doctest: +SKIP
+        >>> with memory.install(model) as handle:                               # doctest: +SKIP
+        ...     handle = handle.insert(more_facts)   # the installed edit now holds both
     """
 
-    dims = ("fact", "hidden")
+    config: EditConfig
+    ids: tuple[str, ...] = field(kw_only=True)
+    keys: torch.Tensor = field(kw_only=True)
+    answer_values: torch.Tensor = field(kw_only=True)
+    target_values: torch.Tensor = field(kw_only=True)
+    targets: tuple[str, ...] = field(kw_only=True)
+    model_info: dict[str, Any] = field(kw_only=True)
+    slot_keys: torch.Tensor | None = field(default=None, kw_only=True)
+    subjects: tuple[str, ...] | None = field(default=None, kw_only=True)
+    subject_lengths: torch.Tensor | None = field(default=None, kw_only=True)
+    gate: SubjectGate | None = field(default=None, kw_only=True)
+    gate_score_max: torch.Tensor | None = field(default=None, kw_only=True)
+    subject_tokens: torch.Tensor | None = field(default=None, kw_only=True)
+    timings: dict[str, float] = field(default_factory=dict, kw_only=True)
 
-    def __init__(
-        self,
-        config: EditConfig,
-        *,
-        ids: Sequence[str],
-        keys: torch.Tensor,
-        answer_values: torch.Tensor,
-        target_values: torch.Tensor,
-        targets: Sequence[str],
-        model_info: dict[str, Any],
-        timings: dict[str, float] | None = None,
-        slot_keys: torch.Tensor | None = None,
-        subjects: Sequence[str] | None = None,
-        subject_lengths: torch.Tensor | None = None,
-        gate: SubjectGate | None = None,
-        gate_score_max: torch.Tensor | None = None,
-        subject_tokens: torch.Tensor | None = None,
-    ) -> None:
-        ids = tuple(str(i) for i in ids)
-        n = len(ids)
-        d = int(model_info["hidden_size"])
-        for name, t in (
-            ("keys", keys),
-            ("answer_values", answer_values),
-            ("target_values", target_values),
-            ("slot_keys", slot_keys),
-        ):
+    dims: ClassVar[tuple[str, ...]] = ("fact", "hidden")
+    _KIND: ClassVar[str] = "EditMemory"
+    # Not fields (never saved, never compared), set once per instance by __post_init__ /
+    # _derived: the model the memory was built on in this process (the default of
+    # :meth:`insert`), the solve, and the solved tensors per device (a cache).
+    _model: ClassVar[Any] = None
+    _solved: ClassVar[Solved]
+    _device_cache: ClassVar[dict[str, dict[str, torch.Tensor]]]
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("ids", tuple(str(i) for i in self.ids))
+        n = len(self.ids)
+        d = int(self.model_info["hidden_size"])
+        for name in ("keys", "answer_values", "target_values", "slot_keys"):
+            t = getattr(self, name)
             if t is None and name == "slot_keys":
                 continue
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, d):
@@ -121,50 +209,43 @@ class EditMemory:
                 )
             if not torch.isfinite(t).all():
                 raise EditMemoryError(f"{name} holds non-finite values")
-        for name, t1 in (("subject_lengths", subject_lengths), ("gate_score_max", gate_score_max)):
+            set_(name, t.float())
+        for name in ("subject_lengths", "gate_score_max"):
+            t1 = getattr(self, name)
             if t1 is not None and (not isinstance(t1, torch.Tensor) or tuple(t1.shape) != (n,)):
                 raise ShapeError(f"{name} must be [N={n}], got {getattr(t1, 'shape', type(t1))}")
-        if subject_tokens is not None and (
-            not isinstance(subject_tokens, torch.Tensor)
-            or subject_tokens.ndim != 2
-            or subject_tokens.shape[0] != n
-            or subject_tokens.is_floating_point()
+        tokens = self.subject_tokens
+        if tokens is not None and (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.ndim != 2
+            or tokens.shape[0] != n
+            or tokens.is_floating_point()
         ):
             raise ShapeError(
                 f"subject_tokens must be an integer [N={n}, L] tensor, got "
-                f"{getattr(subject_tokens, 'shape', type(subject_tokens))}"
+                f"{getattr(tokens, 'shape', type(tokens))}"
             )
-        if len(targets) != n:
-            raise ShapeError(f"{len(targets)} targets for {n} facts")
-        if subjects is not None and len(subjects) != n:
-            raise ShapeError(f"{len(subjects)} subjects for {n} facts")
-        _check_unique(ids)
-        self.config = config
-        self.ids = ids
-        self.keys = keys.float()
-        self.slot_keys = None if slot_keys is None else slot_keys.float()
-        self.answer_values = answer_values.float()
-        self.target_values = target_values.float()
-        self.targets = tuple(str(t) for t in targets)
-        self.subjects = None if subjects is None else tuple(str(s) for s in subjects)
-        self.subject_lengths = None if subject_lengths is None else subject_lengths.long()
-        self.subject_tokens = None if subject_tokens is None else subject_tokens.long()
-        self.gate = gate
-        self.gate_score_max = None if gate_score_max is None else gate_score_max.float()
-        self.model_info = dict(model_info)
-        self.timings: dict[str, float] = dict(timings or {})
-        self._model: Any = None
-        self._handle: EditHandle | None = None
-        self._version = 0
-        self._device_cache: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-        self._solved: dict[str, torch.Tensor] | None = None
-        self._groups: list[tuple[int, torch.Tensor]] | None = None
-        self._check_config(config)
+        if len(self.targets) != n:
+            raise ShapeError(f"{len(self.targets)} targets for {n} facts")
+        if self.subjects is not None and len(self.subjects) != n:
+            raise ShapeError(f"{len(self.subjects)} subjects for {n} facts")
+        _check_unique(self.ids)
+        set_("targets", tuple(str(t) for t in self.targets))
+        if self.subjects is not None:
+            set_("subjects", tuple(str(s) for s in self.subjects))
+        if self.subject_lengths is not None:
+            set_("subject_lengths", self.subject_lengths.long())
+        if tokens is not None:
+            set_("subject_tokens", tokens.long())
+        if self.gate_score_max is not None:
+            set_("gate_score_max", self.gate_score_max.float())
+        set_("model_info", dict(self.model_info))
+        set_("timings", {str(k): float(v) for k, v in self.timings.items()})
+        self._check_config()
         if n:
-            self._check_q(n)
-        self._solve()
-
-    # -- construction ------------------------------------------------------------------------
+            self._check_q()
+        set_("_solved", solve(self) if n else Solved({}, None, 0.0))
+        set_("_device_cache", {})
 
     @classmethod
     def build(
@@ -189,7 +270,7 @@ class EditMemory:
         apply_at: str | None = None,
         key_at: str | None = None,
         calibration: Sequence[Fact] | None = None,
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
         steps: Any = None,
     ) -> EditMemory:
         """Capture keys and deltas for ``facts`` on ``model`` and factorise the memory.
@@ -208,7 +289,7 @@ class EditMemory:
             alpha, lam, q, kappa: Hyper-parameters (see :class:`EditConfig`).
             edit_steps: The *set of denoising steps* the edit fires at — an int is a one-step
                 set (``edit_steps=3`` is ``{3}``), an iterable of ints a set, ``None`` every
-                step (stored as ``EditConfig.steps``). It is not a step count, unlike
+                step (stored as ``EditConfig.edit_steps``). It is not a step count, unlike
                 ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
                 sampler's forwards are numbered ``0 … T-1``, so the set should lie within that
                 range — a step ``≥ T`` never fires (nothing checks this, since ``T`` is chosen
@@ -236,7 +317,8 @@ class EditMemory:
                 steps; the step set of an edit is ``edit_steps``. Passing it raises.
 
         Returns:
-            An :class:`EditMemory` (``timings`` holds the capture, calibration and solve seconds).
+            An :class:`EditMemory` (``timings`` holds the capture, calibration and solve seconds;
+            the model is remembered, in this process only, as the default of :meth:`insert`).
 
         Raises:
             EditMemoryError: no layer for a model without an operating point, duplicate ids,
@@ -293,19 +375,19 @@ class EditMemory:
             )  # fmt: skip
             calibrate_s = time.perf_counter() - t0
         memory = cls(
-            config, ids=ids, keys=captured.subject_keys, slot_keys=captured.slot_keys,
+            config, ids=tuple(ids), keys=captured.subject_keys, slot_keys=captured.slot_keys,
             answer_values=captured.answer_values, target_values=captured.target_values,
-            targets=target_texts, subjects=subjects, subject_lengths=captured.subject_lengths,
+            targets=tuple(target_texts), subjects=tuple(subjects), subject_lengths=captured.subject_lengths,
             gate=gate, gate_score_max=score_max, model_info=describe_model(model),
             subject_tokens=captured.subject_tokens,
         )  # fmt: skip
-        memory._model = model
         memory._warn_blind()
         total = time.perf_counter() - start
-        memory.timings.update(
-            capture=capture_s, calibrate=calibrate_s, build=total, build_per_fact=total / len(facts)
-        )
-        return memory
+        timings = dict(
+            capture=capture_s, calibrate=calibrate_s, solve=memory._solved.seconds, build=total,
+            build_per_fact=total / len(facts),
+        )  # fmt: skip
+        return memory._derived(model=model, timings=timings)
 
     # -- views -------------------------------------------------------------------------------
 
@@ -369,14 +451,15 @@ class EditMemory:
         return (
             f"EditMemory(mode={c.mode!r}, site=({c.layer}, {c.module!r}), N={len(self)}, "
             f"d={self.model_info.get('hidden_size')}, alpha={c.alpha:g}, lam={c.lam:g}, "
-            f"q={c.q}{'(cap)' if c.cap_q else ''}, steps={'all' if c.steps is None else list(c.steps)}, "
+            f"q={c.q}{'(cap)' if c.cap_q else ''}, edit_steps={'all' if c.edit_steps is None else list(c.edit_steps)}, "
             f"gate={gate}, apply_at={c.apply_at!r}, key_at={c.key_at!r}, "
             f"model={self.model_info.get('name')!r}, facts={ids})"
         )
 
     # -- the algebra -------------------------------------------------------------------------
 
-    def _check_config(self, config: EditConfig) -> None:
+    def _check_config(self) -> None:
+        config = self.config
         if config.key_at == "answer" and self.slot_keys is None:
             raise EditMemoryError("key_at='answer' needs answer-slot keys (build the memory)")
         if config.subject_gate and config.gate_kind == "tokens" and self.subject_tokens is None:
@@ -396,73 +479,23 @@ class EditMemory:
             if config.apply_at == "answer":
                 raise EditMemoryError("apply_at='answer' needs a model with a [MASK] token")
 
-    def _check_q(self, n: int) -> None:
-        q = self.config.q
+    def _check_q(self) -> None:
+        q, n = self.config.q, len(self)
         if q is not None and not self.config.cap_q and q > n:
             raise EditMemoryError(
                 f"q={q} exceeds the number of facts N={n}; use q ≤ N (or q=None for dense)"
             )
 
-    def _solve(self) -> None:
-        """Factorise ``G`` (ridge) or precompute Eq. 10's gate keys; the gate's directions."""
-        t0 = time.perf_counter()
-        self._device_cache = {}
-        self._version += 1
-        if not len(self):
-            self._solved = None
-            return
-        deltas = self.deltas
-        solved: dict[str, torch.Tensor] = {"deltas": deltas, "mean_delta": deltas.mean(0)}
-        keys = self.active_keys
-        if self.config.mode == "ridge":
-            if self.config.ridge_blocks == "subject":
-                coef = algebra.factorize_blocks(keys, self.config.lam, self._subject_groups())
-            else:
-                _chol, coef = algebra.factorize(keys, self.config.lam)
-            solved["coef"] = coef.float()
-            if len(self) > keys.shape[1]:
-                solved["dense_map"] = (coef.T @ deltas.double()).float()  # (G⁻¹K)ᵀD = W
-        elif self.config.mode == "gated":
-            try:
-                solved["gate_keys"] = algebra.eq10_gate_keys(keys).float()
-            except EditMemoryError as exc:
-                raise EditMemoryError(f"{exc} (facts {list(self.ids)})") from exc
-        if self.config.subject_gate and self.config.gate_kind == "tokens":
-            assert self.subject_tokens is not None
-            # facts about one subject share a pattern: match the distinct ones, then index
-            distinct, inverse = torch.unique(self.subject_tokens, dim=0, return_inverse=True)
-            solved["gate_patterns"], solved["gate_inverse"] = distinct, inverse
-        elif self.config.subject_gate:
-            assert self.gate is not None and self.gate_thresholds is not None
-            assert self.subject_lengths is not None
-            solved.update(
-                gate_mean=self.gate.mean,
-                gate_whiten=self.gate.whiten,
-                gate_directions=self.gate.directions(self.keys),
-                gate_tau=self.gate_thresholds,
-            )
-            self._groups = algebra.length_groups(self.subject_lengths)
-        self._solved = solved
-        self.timings["solve"] = time.perf_counter() - t0
-
-    def _subject_groups(self) -> torch.Tensor:
-        """``[N]`` one integer label per distinct subject (case- and space-insensitive)."""
-        if self.subjects is None:
-            raise EditMemoryError("ridge_blocks='subject' needs the facts' subjects (build it)")
-        labels: dict[str, int] = {}
-        keys = [" ".join(s.casefold().split()) for s in self.subjects]
-        return torch.tensor([labels.setdefault(k, len(labels)) for k in keys], dtype=torch.int64)
-
     def _tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
-        key = (str(device), self._version)
+        """The solved tensors on ``device`` (float32), moved once per device and cached."""
+        key = str(device)
         cached = self._device_cache.get(key)
         if cached is None:
-            assert self._solved is not None
             cached = {
                 k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device)
-                for k, v in self._solved.items()
+                for k, v in self._solved.tensors.items()
             }
-            self._device_cache = {key: cached}
+            self._device_cache[key] = cached
         return cached
 
     def _require_facts(self) -> None:
@@ -562,7 +595,7 @@ class EditMemory:
             assert self.subject_lengths is not None
             u = (hidden.float() - s["gate_mean"]) @ s["gate_whiten"]
             scores = algebra.window_scores(
-                u, ~masked, s["gate_directions"], self.subject_lengths, self._groups
+                u, ~masked, s["gate_directions"], self.subject_lengths, self._solved.groups
             )
             gate = (scores > s["gate_tau"]).float()
             where = where & (gate > 0).any(-1)[:, None]
@@ -633,7 +666,26 @@ class EditMemory:
         upd = self._token_update(sel.float(), s, None if gate is None else gate[rows])
         hidden[where] = sel + upd.to(hidden.dtype)
 
-    # -- streaming ---------------------------------------------------------------------------
+    # -- new values -------------------------------------------------------------------------
+
+    def _derived(
+        self, *, model: Any = None, timings: dict[str, float] | None = None, **changes: Any
+    ) -> EditMemory:
+        """A new memory with some fields changed (validated and solved again), carrying the
+        model reference; ``changes`` empty and only ``timings`` given stamps this value's
+        provenance without solving again."""  # fmt: skip
+        if changes:
+            if timings is not None:
+                changes["timings"] = timings
+            new = replace(self, **changes)
+        else:  # same rows and config: share the solve, restamp the provenance
+            new = object.__new__(type(self))
+            new.__dict__.update(self.__dict__)
+            object.__setattr__(new, "_device_cache", {})
+            if timings is not None:
+                object.__setattr__(new, "timings", dict(timings))
+        object.__setattr__(new, "_model", model if model is not None else self._model)
+        return new
 
     def insert(
         self,
@@ -641,16 +693,19 @@ class EditMemory:
         *,
         model=None,
         targets: str | Sequence[str] = "auto",
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
     ) -> EditMemory:
-        """Capture ``facts`` and add them (streaming); refactorises ``G``. Returns ``self``.
+        """A new memory with ``facts`` captured and added (streaming; ``G`` refactorised).
 
-        ``model`` defaults to the model the memory was built on or last installed on (it must
-        be that model: same fingerprint). Acts immediately on an installed memory. A gated
-        memory calibrates the new facts' thresholds on its stored calibration prompts (the
-        thresholds of the facts already in it do not move). Raises :class:`EditMemoryError`
-        on an id already in the memory (or repeated in ``facts``); on any error the memory
-        is unchanged.
+        ``model`` defaults to the model the memory was built on in this process (it must be
+        that model: same fingerprint). This memory is not changed: to grow an *installed*
+        memory, use :meth:`EditHandle.insert <.install.EditHandle.insert>`, which swaps the
+        new value into the edit. A gated memory calibrates the new facts' thresholds on its
+        stored calibration prompts (the thresholds of the facts already in it do not move).
+
+        Raises:
+            EditMemoryError: no model to capture on, another model, or an id already in the
+                memory (or repeated in ``facts``).
         """
         facts = [facts] if isinstance(facts, Fact) else list(facts)
         if not facts:
@@ -676,7 +731,8 @@ class EditMemory:
                 self.gate.directions(new.subject_keys), new.subject_lengths, subjects,
                 mask_token_id=model.mask_token_id, fact_ids=ids,
             )  # fmt: skip
-        self._replace_rows(
+        grown = self._derived(
+            model=model,
             ids=self.ids + tuple(ids),
             targets=self.targets + tuple(texts),
             subjects=_cat_tuple(self.subjects, subjects),
@@ -688,18 +744,19 @@ class EditMemory:
             subject_tokens=_cat_tokens(self.subject_tokens, new.subject_tokens),
             gate_score_max=_cat(self.gate_score_max, score_max),
         )
-        self._model = model
-        self._warn_blind(ids)
-        self.timings["capture"] = capture_s
-        self.timings["insert"] = time.perf_counter() - t0
-        return self
+        grown._warn_blind(ids)
+        timings = {
+            **self.timings, "capture": capture_s, "solve": grown._solved.seconds,
+            "insert": time.perf_counter() - t0,
+        }  # fmt: skip
+        return grown._derived(timings=timings)
 
-    def remove(self, ids: str | Iterable[str]) -> EditMemory:
-        """Remove facts by id; refactorises ``G``. Returns ``self``.
+    def without(self, ids: str | Iterable[str]) -> EditMemory:
+        """A new memory without the facts ``ids`` (``G`` refactorised); this one is unchanged.
 
         Raises:
             EditMemoryError: an id not in the memory (named), or an explicit ``q`` larger
-                than the remaining ``N``; the memory is then unchanged.
+                than the remaining ``N``.
         """
         ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
         missing = [i for i in ids if i not in self.ids]
@@ -716,23 +773,40 @@ class EditMemory:
                 rows[name] = tuple(value[j] for j in keep)
             else:
                 rows[name] = value[keep]
-        self._replace_rows(**rows)
-        return self
+        return self._derived(**rows)
 
-    def _replace_rows(self, **rows) -> None:
-        old = {name: getattr(self, name) for name in rows}
-        n = len(rows["ids"])
-        if n:
-            self._check_q(n)
-        for name, value in rows.items():
-            setattr(self, name, value)
-        try:
-            self._solve()
-        except BaseException:
-            for name, value in old.items():
-                setattr(self, name, value)
-            self._solve()
-            raise
+    def remove(self, ids: str | Iterable[str]) -> EditMemory:
+        """Deprecated name of :meth:`without` (a memory is a value: this returns a new one)."""
+        warnings.warn(
+            "EditMemory.remove(ids) returns a new memory and leaves this one unchanged; call it "
+            "`memory.without(ids)` (or `handle.without(ids)` for an installed memory). The "
+            "name `remove` goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.without(ids)
+
+    def with_config(self, **changes) -> EditMemory:
+        """A copy sharing the captured tensors with some config fields changed (no recapture).
+
+        Example: ``memory.with_config(alpha=4.0, q=8)`` or ``memory.with_config(
+        subject_gate=True, apply_at="answer", key_at="answer")`` (the gate needs statistics:
+        build with ``calibration=``); ``with_config(layer=...)`` is refused because keys and
+        deltas belong to their site.
+        """
+        if {"layer", "module"} & set(changes):
+            raise EditMemoryError(
+                "keys and deltas belong to their site: rebuild to change layer/module"
+            )
+        if "steps" in changes:  # the deprecated name of edit_steps
+            warnings.warn(
+                "with_config(steps=...) is now with_config(edit_steps=...) (`steps` means a "
+                "number of denoising steps elsewhere); the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            changes = {("edit_steps" if k == "steps" else k): v for k, v in changes.items()}
+        return self._derived(config=replace(self.config, **changes))
 
     def _warn_blind(self, among: Sequence[str] | None = None) -> None:
         if not self.config.subject_gate or self.config.gate_kind != "cosine":
@@ -756,37 +830,31 @@ class EditMemory:
         The edit fires on every forward through nnsight whose context step is in the
         step set (stand-alone forwards always), at the positions the config selects. No
         weight changes. ``handle.remove()`` (or leaving ``with memory.install(model):``)
-        takes exactly this edit out. Timing: ``self.timings["install"]``.
+        takes exactly this edit out; ``handle.install_seconds`` is the time it took.
 
         Raises:
-            EditMemoryError: the memory is empty, already installed, or was built on another
-                model (different fingerprint; the message names both).
+            EditMemoryError: the memory is empty, already installed on ``model`` (this very
+                value), or was built on another model (different fingerprint; the message
+                names both).
         """
         return install(self, model)
 
-    @property
-    def installed(self) -> bool:
-        """Whether a handle of this memory is live."""
-        return self._handle is not None and self._handle.installed
-
-    @property
-    def install_seconds(self) -> float | None:
-        """Seconds the last :meth:`install` took (``None`` before any)."""
-        return self.timings.get("install")
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the memory to one ``.safetensors`` file (JSON config in its header), atomically."""
-        return save_memory(self, path)
-
     @classmethod
     def load(cls, path: str | os.PathLike) -> EditMemory:
-        """Read a memory written by :meth:`save` (exact: tensors bit for bit, same config).
+        """Read a memory written by :meth:`save` (exact: tensors bit for bit, same config);
+        files written by the package's earlier edit-memory format are read too.
 
         Raises:
             FileNotFoundError: no such file.
-            EditMemoryError: truncated or corrupt file, or not an edit memory.
+            EditMemoryFileError: truncated or corrupt file, or not an edit memory (an
+                :class:`EditMemoryError` and a :class:`~tie_tracing.core._io.ResultFileError`).
         """
-        return load_memory(path, cls)
+        try:
+            return load_object(cls, path, legacy=read_legacy_memory)
+        except EditMemoryFileError:
+            raise
+        except ResultFileError as exc:
+            raise EditMemoryFileError(str(exc)) from exc
 
     def equals(self, other: EditMemory) -> bool:
         """Exact equality of config, per-fact rows, gate statistics, model info and tensors."""
@@ -814,29 +882,6 @@ class EditMemory:
                 and torch.equal(ga.whiten, gb.whiten)
             )
         return True
-
-    def with_config(self, **changes) -> EditMemory:
-        """A copy sharing the captured tensors with some config fields changed (no recapture).
-
-        Example: ``memory.with_config(alpha=4.0, q=8)`` or ``memory.with_config(
-        subject_gate=True, apply_at="answer", key_at="answer")`` (the gate needs statistics:
-        build with ``calibration=``); ``with_config(layer=...)`` is refused because keys and
-        deltas belong to their site. The copy is not installed.
-        """
-        if {"layer", "module"} & set(changes):
-            raise EditMemoryError(
-                "keys and deltas belong to their site: rebuild to change layer/module"
-            )
-        config = replace(self.config, **changes)
-        memory = EditMemory(
-            config, ids=self.ids, keys=self.keys, answer_values=self.answer_values,
-            target_values=self.target_values, targets=self.targets, model_info=self.model_info,
-            timings=dict(self.timings), slot_keys=self.slot_keys, subjects=self.subjects,
-            subject_lengths=self.subject_lengths, gate=self.gate,
-            gate_score_max=self.gate_score_max, subject_tokens=self.subject_tokens,
-        )  # fmt: skip
-        memory._model = self._model
-        return memory
 
 
 # ------------------------------------------------------------------------------- helpers

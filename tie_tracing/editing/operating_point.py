@@ -104,8 +104,8 @@ def resolve_config(
         raise EditMemoryError(
             f"q={q!r} must be an integer with 1 ≤ q ≤ N={n_facts} (or None for dense)"
         )
-    if steps is None and op.get("steps") is not None:
-        steps = op["steps"]
+    if steps is None:  # an operating point records the step set as "edit_steps" (or "steps")
+        steps = op.get("edit_steps", op.get("steps"))
     gate = bool(_pick("subject_gate", subject_gate, op)) and mode != "steer"
     return EditConfig(
         layer=int(layer),
@@ -113,7 +113,7 @@ def resolve_config(
         alpha=float(_pick("alpha", alpha, op)),
         lam=float(_pick("lam", lam, op)),
         q=q,
-        steps=None if steps is None else normalize_steps(steps),
+        edit_steps=None if steps is None else normalize_steps(steps),
         kappa=float(_pick("kappa", kappa, op)),
         mode=mode,
         cap_q=cap_q,

@@ -47,6 +47,7 @@ from .._version import __version__
 from ..analysis.stats import _as_float64, _finite, mean_ci
 from ..core._guards import require_model
 from ..core._io import Saveable, load_object, save_object
+from ..core.defaults import BATCH_SIZE, PROGRESS
 from ..core.facts import Fact
 from ..core.samplers import make_sampler
 from ..tracing.patching import fact_key
@@ -619,8 +620,8 @@ def evaluate(
     mc: int = 128,
     forget_split: str = "forget",
     n_resamples: int = 2000,
-    batch_size: int = 64,
-    progress: bool = False,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = PROGRESS,
     sampler=None,
 ) -> Evaluation:
     """SPEC §9 metrics of ``model`` on each named fact set, with bootstrap CIs over facts.

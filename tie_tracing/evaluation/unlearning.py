@@ -85,7 +85,6 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,8 +93,9 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core._guards import as_int, as_real, require_model
-from ..core._io import atomic_write_text
+from ..core._io import ResultFileError, Saveable, load_object
 from ..core.backbones import get_module, hidden_of
+from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError, TieTracingError
 from ..core.facts import Fact
 from ..core.likelihood import _elbo_masks, answer_logprob
@@ -211,7 +211,7 @@ class LoraSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class UnlearnConfig:
+class UnlearnConfig(Saveable):
     """Everything that defines an :func:`unlearn` run; validated on construction.
 
     ``tt.unlearn(model, forget, retain, **config.to_dict())`` repeats a run.
@@ -319,22 +319,15 @@ class UnlearnConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnlearnConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**dict(data))
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON atomically."""
-        payload = {"format": "tie_tracing.UnlearnConfig/1", **self.to_dict()}
-        return atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
+        """Inverse of :meth:`to_dict` (a ``"format"`` entry, as files of the earlier JSON
+        format carry, is ignored)."""
+        return cls(**{k: v for k, v in data.items() if k != "format"})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> UnlearnConfig:
-        """Read a config written by :meth:`save`."""
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        if data.pop("format", None) != "tie_tracing.UnlearnConfig/1":
-            raise ValueError(f"{path}: not a saved tie_tracing UnlearnConfig")
-        return cls.from_dict(data)
+        """Read a config written by :meth:`save` (the package's one serialiser,
+        :mod:`tie_tracing.core._io`); JSON files of the earlier format are read too."""
+        return _load(cls, path, "tie_tracing.UnlearnConfig/1", cls.from_dict)
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,7 +340,7 @@ def _jf(x: float) -> float | str:
 
 
 @dataclass(frozen=True)
-class UnlearnLog:
+class UnlearnLog(Saveable):
     """What an :func:`unlearn` run did: losses per step, evaluations, time and memory.
 
     Attributes:
@@ -468,14 +461,30 @@ class UnlearnLog:
             kwargs[f.name] = value
         return cls(**kwargs)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON atomically; floats at ``repr`` precision, so :meth:`load` is exact."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
-
     @classmethod
     def load(cls, path: str | os.PathLike) -> UnlearnLog:
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+        """Read a log written by :meth:`save` (exact: floats bit for bit, ``nan`` included);
+        JSON files of the earlier format are read too."""
+        return _load(cls, path, "tie_tracing.UnlearnLog/1", cls.from_dict)
+
+
+def _load(cls: type, path: str | os.PathLike, legacy_format: str, from_dict: Any) -> Any:
+    """``load_object(cls, path)``, or, for a JSON file of the earlier format (``legacy_format``
+    in its ``"format"`` entry), ``from_dict`` of its content."""
+    try:
+        return load_object(cls, path)
+    except ResultFileError as exc:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            raise exc from None
+        if not isinstance(data, dict) or data.get("format") != legacy_format:
+            raise
+        try:
+            return from_dict(data)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ResultFileError(f"{path}: incomplete {cls.__name__} JSON file: {err!r}") from err
 
 
 # ---------------------------------------------------------------------------------------
@@ -775,7 +784,11 @@ def _check_inputs(model, forget: Sequence[Fact], retain: Sequence[Fact], cfg: Un
 
 
 def _mean_lp(model, facts: Sequence[Fact], cfg: UnlearnConfig) -> float:
-    return float(answer_logprob(model, facts, estimator=cfg.eval_estimator, seed=cfg.seed).mean())
+    return float(
+        answer_logprob(
+            model, facts, estimator=cfg.eval_estimator, seed=cfg.seed, progress=False
+        ).mean()
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -814,7 +827,7 @@ def unlearn(
     weight_decay: float = 0.01,
     warmup_steps: int = 0,
     monitor: Sequence[Fact] | None = None,
-    progress: bool = True,
+    progress: bool = PROGRESS,
 ):
     """Unlearn ``forget`` from a copy of ``model`` with a training-time baseline (SPEC §10.6).
 

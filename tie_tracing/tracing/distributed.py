@@ -28,6 +28,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+from ..core.defaults import PROGRESS
 from ..core.facts import Fact
 from .ranks import _barrier, rank_zero_first, world
 
@@ -39,7 +40,7 @@ def trace_sharded(
     *,
     out,
     trace=None,
-    progress: bool | str = True,
+    progress: bool | str = PROGRESS,
     **overrides,
 ):
     """Trace ``facts`` across the ranks of a ``torchrun`` launch; rank 0 returns the merge.

@@ -93,8 +93,10 @@ from .._version import __version__
 from ..core._guards import require_model
 from ..core.backbones import hidden_of
 from ..core.context import ForwardContext
+from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact
+from ..core.provenance import PositionalProvenance
 from ..core.results import PositionalResult
 from .config import PositionalConfig, apply_overrides, check_facts, rows_for
 from .engine import Work, check_shard, run_batches, trace_facts
@@ -367,7 +369,7 @@ def _result(
         answers=(fact.answer,),
         layers=tuple(plan.layers),
         modules=plan.config.sites.modules,
-        config=record,  # config["prompt_length"] is added after concatenation (per fact)
+        config=PositionalProvenance.from_record(record),  # prompt_length: after concat
         seeds=(plan.config.corruption.seed,),
         model_id=str(model.name),
         version=__version__,
@@ -381,7 +383,7 @@ def trace_positional(
     *,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
-    progress: bool | str = True,
+    progress: bool | str = PROGRESS,
     shard: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> PositionalResult:

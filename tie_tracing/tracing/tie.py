@@ -69,8 +69,10 @@ import torch
 from .._version import __version__
 from ..core._guards import require_model
 from ..core.context import ForwardContext
+from ..core.defaults import PROGRESS
 from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
+from ..core.provenance import TraceProvenance
 from ..core.results import TIEPair, TIEResult, tie_from_ie
 from ..core.sampler import frozen_terms, target_logprob
 from ..core.samplers import Sampler, resolve_sampler
@@ -608,7 +610,7 @@ def _result(
         layers=tuple(layers),
         steps=tuple(range(steps)),
         modules=tuple(modules),
-        config=record,
+        config=TraceProvenance.from_record(record),
         seeds=(config.corruption.seed,),
         model_id=str(model.name),
         version=__version__,
@@ -770,7 +772,7 @@ def trace_tie(  # type: ignore[misc]
     neighbours: Sequence[Fact] | Fact | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
-    progress: bool | str = True,
+    progress: bool | str = PROGRESS,
     shard: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> TIEResult | TIEPair:
