@@ -56,6 +56,7 @@ import torch
 from .._version import __version__
 from ..analysis.stats import cluster_mean_ci, mean_ci
 from ..core._io import Saveable, load_object, save_object
+from ..core.defaults import PROGRESS
 from ..core.facts import Fact
 from ..core.samplers import DreamSampler, LLaDASampler, make_sampler
 from ..tracing.patching import fact_key
@@ -633,7 +634,7 @@ def evaluate_unlearning(
     n_resamples: int = 2000,
     seed: int = 0,
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool = PROGRESS,
 ) -> UnlearningReport:
     """The unlearning suite: every method on every split that passes the recall gate.
 
