@@ -3,7 +3,10 @@
 * :mod:`.selection` — Eq. 5, :func:`select_coordinate` (SPEC §7);
 * :mod:`.stats` — bootstrap CIs (per cell, and :func:`mean_ci` of a 1-D sample), the selection studies (landscape, β trade-off, stability,
   per-fact optima), seed stability and localisation statistics;
-* :mod:`.compare` — the AR-versus-diffusion summaries (SPEC §6, §10.3).
+* :mod:`.compare` — the AR-versus-diffusion summaries (SPEC §6, §10.3);
+* :mod:`.figure2` — Figure 2's numbers: cluster-bootstrap CIs over people, the contrast
+  object − name, the final-answer effect, the immediate share, the commit-aligned view and
+  the cells zero by architecture (SPEC §5, §10.1).
 """
 
 from .compare import (
@@ -16,6 +19,15 @@ from .compare import (
     localisation_summary,
     pick_layers,
     token_categories,
+)
+from .figure2 import (
+    Figure2Data,
+    MapStats,
+    cluster_bootstrap_ci,
+    commit_aligned,
+    figure2_data,
+    final_effect,
+    immediate_part,
 )
 from .selection import select_coordinate
 from .stats import (
@@ -37,6 +49,8 @@ from .stats import (
 __all__ = [
     "CATEGORIES",
     "BetaTradeoff",
+    "Figure2Data",
+    "MapStats",
     "LocalisationStats",
     "LocalisationSummary",
     "PerFactOptima",
@@ -47,7 +61,12 @@ __all__ = [
     "beta_tradeoff",
     "bootstrap_ci",
     "category_support",
+    "cluster_bootstrap_ci",
+    "commit_aligned",
     "compare_paradigms",
+    "figure2_data",
+    "final_effect",
+    "immediate_part",
     "localisation_stats",
     "localisation_summary",
     "mean_ci",

@@ -48,6 +48,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from ..analysis.figure2 import cluster_bootstrap_ci
+from ..analysis.figure2 import structural_mask as figure2_data_structural
 from ..analysis.stats import BetaTradeoff, PerFactOptima, SelectionStability, _np, bootstrap_ci
 from ..core._io import atomic_write_bytes
 from ..core.errors import TieTracingError
@@ -83,6 +85,8 @@ POSITIVE_COLOUR = "rgb(178,24,43)"
 NEGATIVE_COLOUR = "rgb(33,102,172)"
 #: Grey of idle steps (no masked target position left, SPEC §5).
 IDLE_GREY = "rgb(160,160,160)"
+#: Dark grey of the sites zero by architecture (SPEC §5): not measurements.
+STRUCTURAL_GREY = "rgb(90,90,90)"
 #: Object tokens in a trajectory view, and the other committed tokens.
 OBJECT_COLOUR = "rgb(241,163,64)"
 COMMITTED_COLOUR = "rgb(254,235,200)"
@@ -339,22 +343,31 @@ def plot_tie_heatmaps(
     per_fact_all = _np(r_all.tie)  # [fact, layer, step, module], every fact (dropdown)
     per_fact = per_fact_all[kept]  # the averaged facts (hover)
     mean = _np(r.mean(include_unknown=True))  # r holds the known facts already
-    low, high = (_np(t) for t in bootstrap_ci(r.tie, n_resamples=n_resamples, seed=seed))
-    ci_shown = n_f >= min_ci_facts
-    crosses = (low < 0) & (high > 0) & ci_shown  # [layer, step, module]; NaN compares False
+    # the CI resamples people (cluster bootstrap: a person's facts are not independent)
+    low, high = (
+        _np(t) for t in cluster_bootstrap_ci(r.tie, r.subjects, n_resamples=n_resamples, seed=seed)
+    )
     n_subjects = len(set(r.subjects))
-    if not ci_shown:
+    ci_shown = n_f >= min_ci_facts and n_subjects >= min_ci_facts
+    crosses = (low < 0) & (high > 0) & ci_shown  # [layer, step, module]; NaN compares False
+    if n_f < min_ci_facts:
         ci_note = (
             f"No CI marks: a bootstrap 95% CI over {n_f} fact{'' if n_f == 1 else 's'} "
             f"means little (fewer than {min_ci_facts}); trace more facts"
         )
-    elif n_subjects < min_ci_facts:
+    elif not ci_shown:
         ci_note = (
-            f"The 95% CI resamples {n_f} facts of {n_subjects} subject"
-            f"{'' if n_subjects == 1 else 's'}: their relations, not people"
+            f"No CI marks: the 95% CI resamples people, and {n_f} facts of {n_subjects} "
+            f"subject{'' if n_subjects == 1 else 's'} (fewer than {min_ci_facts}) give one that "
+            "means little: trace facts of more people"
         )
     else:
         ci_note = ""
+    structural = _np(figure2_data_structural(r)).astype(bool)  # [layer, module]
+    if structural.any():  # zero by architecture: not drawn as a measured value
+        mean = np.where(structural[:, None, :], np.nan, mean)
+        per_fact_all = np.where(structural[None, :, None, :], np.nan, per_fact_all)
+        per_fact = per_fact_all[kept]
     names_all = [r_all.fact_ids[i] or f"#{i}" for i in range(n_all)]
     names = [names_all[i] for i in kept]
     unit = "normalised TIE" if r.is_normalized else "TIE (nats)"
@@ -401,8 +414,9 @@ def plot_tie_heatmaps(
                 row.append(
                     f"layer {layer}, step {step}, {r.modules[mi]}<br>"
                     f"mean {unit}: {_fmt(mean[li, si, mi])}<br>"
-                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over {facts_phrase}"
-                    f"{'' if ci_shown else ' (too few facts to rely on)'}<br>"
+                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over "
+                    f"{n_subjects} people ({facts_phrase})"
+                    f"{'' if ci_shown else ' (too few facts or people to rely on)'}<br>"
                     f"per fact:<br>{facts}{more}"
                 )
             rows.append(row)
@@ -542,6 +556,41 @@ def plot_tie_heatmaps(
         row=1,
         col=1,
     )
+    zero_why = (
+        "zero by architecture: this block's output at the subject positions reaches no "
+        "answer position (the final norm and the LM head act per position); not a measurement"
+    )
+    zero_z, zero_text = {}, {}
+    for col, mi in enumerate(mods, start=1):
+        zero_z[mi] = np.where(structural[:, mi][:, None], 1.0, np.nan).repeat(len(steps), axis=1)
+        zero_text[mi] = [
+            [
+                f"layer {layer}, step {step}, {r.modules[mi]}: {zero_why}"
+                if structural[li, mi]
+                else ""
+                for step in steps
+            ]
+            for li, layer in enumerate(layers)
+        ]
+        fig.add_trace(
+            go.Heatmap(
+                z=zero_z[mi],
+                x=steps,
+                y=layers,
+                text=zero_text[mi],
+                hovertemplate="%{text}<extra></extra>",
+                hoverongaps=False,
+                colorscale=[[0.0, STRUCTURAL_GREY], [1.0, STRUCTURAL_GREY]],
+                zmin=0.0,
+                zmax=1.0,
+                showscale=False,
+                name="zero by architecture",
+                legendgroup="structural",
+                showlegend=col == 1 and bool(structural.any()),
+            ),
+            row=1,
+            col=col,
+        )
     fig.update_yaxes(title_text="layer", dtick=1, row=1, col=1)
 
     def view(
@@ -558,12 +607,14 @@ def plot_tie_heatmaps(
         return {
             "z": [maps[mi] for mi in mods]
             + [overlays[mi][0] for mi in mods]
-            + [None] * (n_cols + 2),
+            + [None] * (n_cols + 2)
+            + [zero_z[mi] for mi in mods],
             "text": [texts[mi] for mi in mods]
             + [overlays[mi][1] for mi in mods]
             + ci_text
-            + [[] if eq5 is None else [eq5_text], None],
-            "visible": [True] * (2 * n_cols) + [is_mean] * n_cols + [True, True],
+            + [[] if eq5 is None else [eq5_text], None]
+            + [zero_text[mi] for mi in mods],
+            "visible": [True] * (2 * n_cols) + [is_mean] * n_cols + [True, True] + [True] * n_cols,
         }
 
     if object_step is not None:

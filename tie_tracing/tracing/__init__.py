@@ -30,7 +30,7 @@ from .patching import (
 )
 from .positional import trace_positional
 from .reference import reference_ie, reference_positional, reference_tie
-from .tie import trace_tie
+from .tie import SweepCache, structural_zeros, trace_tie
 
 __all__ = [
     "Budget",
@@ -41,12 +41,14 @@ __all__ = [
     "PositionalConfig",
     "Query",
     "Sites",
+    "SweepCache",
     "TraceConfig",
     "encode_query",
     "reference_ie",
     "reference_positional",
     "reference_tie",
     "run_patched",
+    "structural_zeros",
     "trace_positional",
     "trace_sharded",
     "trace_tie",

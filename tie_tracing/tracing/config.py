@@ -7,7 +7,7 @@ A trace is described by one config, nested by concern::
         sampler=LLaDASampler(),                    # the commit rule (core.samplers)
         corruption=Corruption(noise_scale=3.0, n_noise=1, seed=0, mentions="all"),
         sites=Sites(layers=None, modules=("resid", "attn", "mlp")),
-        target="answer", lp="frozen", decay=0.5,   # what LP sums and how Eq. 4 weighs it
+        target="object", lp="frozen", decay=0.5,   # what LP sums and how Eq. 4 weighs it
         mode="exact", horizon=None,                # how much of each future is followed
         patch_steps=None,                          # the steps patched (None: all T)
         budget=Budget(max_memory=None, batch_size=None),  # speed and memory, never results
@@ -140,7 +140,10 @@ class TraceConfig:
         corruption: The noise on the subject embeddings and which mentions get it
             (:class:`~tie_tracing.tracing.patching.Corruption`).
         sites: The patched ``layers × modules`` (:class:`Sites`).
-        target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over.
+        target: The positions ``LP`` sums over: ``"object"`` (default: the object's tokens,
+            the paper's Eq. 4; facts must record ``Fact.object``), ``"answer"`` (the whole
+            answer span) or ``"name"`` (the subject's name inside the answer: the
+            subject-identity part of the answer, Figure 2's contrast).
         lp: ``"frozen"`` (default) or ``"raw"``: how ``LP`` reads committed positions (SPEC §4).
         decay: ``γ`` of Eq. 4, in ``(0, 1]``.
         mode: ``"exact"`` (Eq. 4 over every later step), ``"immediate"`` (``IE`` at the patched
@@ -160,7 +163,7 @@ class TraceConfig:
     sampler: Any = None
     corruption: Corruption = field(default_factory=Corruption)
     sites: Sites = field(default_factory=Sites)
-    target: str = "answer"
+    target: str = "object"
     lp: str = "frozen"
     decay: float = 0.5
     mode: str = "exact"
