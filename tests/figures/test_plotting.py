@@ -15,7 +15,6 @@ from tie_tracing.analysis.figure2 import cluster_bootstrap_ci
 from tie_tracing.analysis.selection import select_coordinate
 from tie_tracing.analysis.stats import (
     beta_tradeoff,
-    bootstrap_ci,
     per_fact_optima,
     selection_stability,
 )
