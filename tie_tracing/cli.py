@@ -559,7 +559,17 @@ def figure2(args: argparse.Namespace) -> int:
         f"target={args.target}" + (" and name (contrast)" if contrast else "") + f", seeds "
         f"{seeds} × {args.n_noise} noise draw(s); writing to {out}",
     )
-    settings = dict(steps=args.steps, n_noise=args.n_noise, lp=args.lp)
+    settings: dict[str, Any] = dict(steps=args.steps, n_noise=args.n_noise, lp=args.lp)
+    if args.sampler:
+        settings["sampler"] = args.sampler
+    if args.patch_steps:
+        settings["patch_steps"] = args.patch_steps
+    try:  # every setting the sweep checks, before any work
+        from .tracing.config import TraceConfig
+
+        TraceConfig().override(**settings)
+    except (ValueError, TypeError) as error:
+        raise CliError(str(error), "rerun with other arguments (see --help)") from None
     traces, names = [], []
     for s in seeds:
         cache = tt.tracing.SweepCache()  # the name trace reuses the object trace's runs
@@ -1043,6 +1053,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help="trace the first N facts of --facts as listed instead of drawing people",
+    )
+    f2.add_argument(
+        "--sampler",
+        type=sampler_spec,
+        default=None,
+        help="sampler registry name or JSON config, e.g. "
+        '\'{"name": "llada", "remasking": "random"}\' (commit steps that vary across facts); '
+        "unset: LLaDA low-confidence remasking",
+    )
+    f2.add_argument(
+        "--patch-steps",
+        default=None,
+        help="patch only these steps: 'log:N' (N log-spaced steps, for long T) or "
+        "comma-separated steps; unset: every step",
     )
     f2.add_argument(
         "--no-contrast",

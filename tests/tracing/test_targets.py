@@ -151,3 +151,25 @@ def test_draw_people_is_reproducible_and_one_fact_per_person():
     assert a != tt.draw_people(facts, n_people=24, per_person=2, seed=4)
     with pytest.raises(ValueError, match="hold 1 people, fewer than n_people=2"):
         tt.draw_people(tt.load_facts("tiny", "forget01"), n_people=2)
+
+
+def test_log_step_grid_restricts_the_exact_sweep():
+    """step_grid holds 0 and T-1, is dense early and sparse late; patch_steps='log:N' traces
+    exactly those steps, each cell equal to the full sweep's, the others NaN."""
+    from tie_tracing.tracing import step_grid
+
+    grid = step_grid(128, 8)
+    assert grid[0] == 0 and grid[-1] == 127 and list(grid) == sorted(set(grid))
+    gaps = [b - a for a, b in zip(grid, grid[1:])]
+    assert gaps == sorted(gaps)  # log-spaced: the gaps never shrink
+    assert step_grid(6, 10) == tuple(range(6))
+    with pytest.raises(ValueError, match="'log:N'"):
+        tt.TraceConfig(patch_steps="lin:4")
+    m = model("tiny-mdlm")
+    full = trace(m, FACTS[:1], steps=6, nu=2.0, modules="resid")
+    part = trace(m, FACTS[:1], steps=6, nu=2.0, modules="resid", patch_steps="log:4")
+    on = list(step_grid(6, 4))
+    off = [k for k in range(6) if k not in on]
+    assert part.config["patch_steps"] == on
+    torch.testing.assert_close(part.tie[:, :, on], full.tie[:, :, on], rtol=0, atol=0)
+    assert torch.isnan(part.tie[:, :, off]).all()

@@ -17,7 +17,7 @@
 Tracing never imports editing, analysis, evaluation or figures (``tests/test_layers.py``).
 """
 
-from .config import Budget, PositionalConfig, Sites, TraceConfig
+from .config import Budget, PositionalConfig, Sites, TraceConfig, step_grid
 from .distributed import trace_sharded
 from .patching import (
     Capture,
@@ -48,6 +48,7 @@ __all__ = [
     "reference_positional",
     "reference_tie",
     "run_patched",
+    "step_grid",
     "structural_zeros",
     "trace_positional",
     "trace_sharded",

@@ -72,6 +72,7 @@ def attribution_rows(
     targets: torch.Tensor,
     weight: torch.Tensor,
     context: ForwardContext,
+    scales: Sequence[float] = (1.0,),
 ) -> torch.Tensor:
     """Attribution estimates of the immediate effect for a batch of corrupted rows.
 
@@ -88,40 +89,62 @@ def attribution_rows(
         context: The forward's context: each row's denoising step (``[rows]``) and the
             answer span's first position (read by interventions such as an installed edit
             memory; :mod:`tie_tracing.core.context`).
+        scales: Noise scales ``α`` at which the gradient is taken (one forward and backward
+            each, the noise ``α·ε``) and averaged: ``(1.0,)`` is plain attribution patching
+            at the corrupted point; ``((j − ½)/n for j = 1 … n)`` the midpoint rule of
+            integrated gradients along the corruption (clean → corrupted input). The
+            corrupted activations always come from ``α = 1``.
 
     Returns:
         ``[rows, n_sites]`` float32 estimates of ``IE_k``.
     """
     device = model.param_device
     x = x.to(device)
-    leaf = noise.to(device).detach().clone().requires_grad_(True)
     targets = targets.to(device)
     weight = weight.to(device)
-    # containers made before the trace and filled by plain loops (nnsight runs the body of
-    # a `with` block apart from this frame; comprehensions there do not come back)
-    hs: list = []
-    acts: list = []
-    grads: list = []
     answer_start = context.answer_start
-    with model.at(context), torch.enable_grad(), _no_weight_grads(model):
-        with model.logits(x) as tracer:
-            apply_noise(model, leaf, subject, replace)
-            for site in sites:  # execution order
-                h = hidden_of(model.site(*site).output)
-                hs.append(h)
-                acts.append(h[:, subject].detach().float().save())
-            logits = tracer.result[:, answer_start:]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            terms = logprobs.gather(-1, targets.expand(x.shape[0], -1)[..., None])[..., 0]
-            metric = (terms * weight).sum()
-            with metric.backward():
-                for h in reversed(hs):  # gradients arrive in reverse execution order
-                    grads.append(h.grad[:, subject].float().save())
-    grads = grads[::-1]
+    scales = tuple(float(a) for a in scales)
+    if replace and scales != (1.0,):
+        raise ValueError(
+            "integrated gradients over the corruption scale added noise; replace=True writes "
+            "the embedding instead: use ig_steps=1 (plain attribution) with replace=True"
+        )
+    acts: list = []
+    total: list[torch.Tensor] | None = None
+    for alpha in sorted(scales, reverse=True):  # α = 1 first: it gives the activations
+        # containers made before the trace and filled by plain loops (nnsight runs the body
+        # of a `with` block apart from this frame; comprehensions there do not come back)
+        hs: list = []
+        grads: list = []
+        keep = alpha == 1.0 and not acts
+        leaf = (alpha * noise.to(device)).detach().clone().requires_grad_(True)
+        with model.at(context), torch.enable_grad(), _no_weight_grads(model):
+            with model.logits(x) as tracer:
+                apply_noise(model, leaf, subject, replace)
+                for site in sites:  # execution order
+                    h = hidden_of(model.site(*site).output)
+                    hs.append(h)
+                    if keep:
+                        acts.append(h[:, subject].detach().float().save())
+                logits = tracer.result[:, answer_start:]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                terms = logprobs.gather(-1, targets.expand(x.shape[0], -1)[..., None])[..., 0]
+                metric = (terms * weight).sum()
+                with metric.backward():
+                    for h in reversed(hs):  # gradients arrive in reverse execution order
+                        grads.append(h.grad[:, subject].float().save())
+        grads = grads[::-1]
+        total = grads if total is None else [t + g for t, g in zip(total, grads)]
+    if not acts:  # no α = 1 among the scales: the corrupted activations in a plain forward
+        with torch.inference_mode(), model.at(context), model.logits(x):
+            apply_noise(model, noise.to(device), subject, replace)
+            for site in sites:
+                acts.append(hidden_of(model.site(*site).output)[:, subject].float().save())
+    assert total is not None
     out = torch.empty(x.shape[0], len(sites))
     for i in range(len(sites)):
         delta = clean[i].to(device).float() - acts[i]
-        out[:, i] = (delta * grads[i]).sum(dim=(1, 2)).cpu()
+        out[:, i] = (delta * total[i] / len(scales)).sum(dim=(1, 2)).cpu()
     return out
 
 

@@ -565,8 +565,9 @@ def _attribution_ie(
             targets=answer,
             weight=weight,
             context=ForwardContext(step=k_, answer_start=p),
+            scales=ig_scales(config.ig_steps),
         )
-        return Work.forward(len(d_), seq, backward=True)
+        return Work.forward(len(d_), seq, times=config.ig_steps, backward=True)
 
     return ie, work + run_batches(torch.arange(len(pairs)), batch_size, forward)
 
@@ -617,6 +618,12 @@ class SweepCache:
 
     def put(self, key: tuple, runs: tuple) -> None:
         self._runs[key] = runs
+
+
+def ig_scales(n: int) -> tuple[float, ...]:
+    """Noise scales of the attribution scan: ``(1.0,)`` for ``n = 1`` (the corrupted point),
+    else the midpoint rule ``(j − ½)/n``, ``j = 1 … n``."""
+    return (1.0,) if n == 1 else tuple((j - 0.5) / n for j in range(1, n + 1))
 
 
 def _trace_fact(model, query: Query, plan: TracePlan) -> tuple[TIEResult, Work]:
