@@ -51,6 +51,7 @@ __all__ = [
     "final_effect",
     "immediate_part",
     "structural_mask",
+    "tie_map_stats",
 ]
 
 
@@ -283,6 +284,12 @@ class Figure2Data:
                 "mean_abs_map": float(torch.nanmean(m.mean[:, :, mi].abs())),
             }
         return out
+
+
+def tie_map_stats(result: TIEResult, *, n_resamples: int = 2000, seed: int = 0) -> MapStats:
+    """Eq. 4's map over every fact of ``result`` (callers pass ``result.known_only()``): the
+    NaN-aware mean and its 95% CI over people (:func:`cluster_bootstrap_ci` by subject)."""
+    return _stats("tie", result.tie, result.subjects, result.steps, n_resamples, seed)
 
 
 def figure2_data(
