@@ -149,12 +149,17 @@ def immediate_part(result: TIEResult) -> torch.Tensor:
 
 
 def commit_aligned(
-    per_fact: torch.Tensor, steps: Sequence[int], commit: torch.Tensor, n_steps: int
+    per_fact: torch.Tensor,
+    steps: Sequence[int],
+    commit: torch.Tensor,
+    n_steps: int,
+    *,
+    trim: bool = False,
 ) -> tuple[torch.Tensor, list[int]]:
     """``per_fact`` ``[fact, layer, step, module]`` on the step axis relative to each fact's
     commit step: ``[fact, layer, relative, module]`` over ``k − c_f ∈ −(T−1) … T−1``, NaN where
     a fact has no such step and for facts that never committed (``c_f < 0``). Also the
-    relative step labels."""
+    relative step labels; ``trim`` keeps only the span of relative steps some fact reaches."""
     rel = list(range(-(n_steps - 1), n_steps))
     f, n_l, _, n_m = per_fact.shape
     out = torch.full((f, n_l, len(rel), n_m), float("nan"), dtype=per_fact.dtype)
@@ -164,6 +169,11 @@ def commit_aligned(
             continue
         for si, k in enumerate(steps):
             out[i, :, k - c + n_steps - 1] = per_fact[i, :, si]
+    if trim:  # only the relative steps some fact reaches
+        used = [j for j in range(len(rel)) if torch.isfinite(out[:, :, j]).any()]
+        if used:
+            keep = list(range(used[0], used[-1] + 1))
+            return out[:, :, keep], [rel[j] for j in keep]
     return out, rel
 
 
@@ -342,9 +352,9 @@ def figure2_data(
         commit = r.object_commit_step
     except KeyError:  # no commit maps recorded: nothing to align to
         commit = torch.full((r.n_facts,), -1, dtype=torch.long)
-    aligned, rel = commit_aligned(r.tie, steps, commit, n_t)
+    aligned, rel = commit_aligned(r.tie, steps, commit, n_t, trim=True)
     add("aligned", aligned, rel)
-    aligned_f, _ = commit_aligned(final_effect(r), steps, commit, n_t)
+    aligned_f, _ = commit_aligned(final_effect(r), steps, commit, n_t, trim=True)
     add("aligned_final", aligned_f, rel)
     if name is not None:
         _check_name(result, name)

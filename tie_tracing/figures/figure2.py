@@ -233,7 +233,7 @@ def _caption(data: Figure2Data, module: str) -> str:
     if "tie" in s:
         t = s["tie"]
         parts.append(
-            f"Eq. 4 ({data.target}) peaks at layer {t['layer']}, step {t['step']}: "
+            f"the mean Eq. 4 map ({data.target}) is largest at layer {t['layer']}, step {t['step']}: "
             f"{t['mean']:.2f} nats [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]"
         )
     if "contrast" in s:
@@ -253,7 +253,7 @@ def _caption(data: Figure2Data, module: str) -> str:
         parts.append(f"{share:.0%} of |TIE| is the patched forward's own effect (k′ = k)")
     if s["structural_zero_layers"]:
         parts.append(f"layer(s) {s['structural_zero_layers']} zero by architecture")
-    return "; ".join(parts) + "."
+    return "<br>".join(html.escape(p, quote=False) for p in parts) + "."
 
 
 def plot_figure2(
@@ -370,33 +370,33 @@ def plot_figure2(
             subtitle=dict(
                 text=html.escape(
                     f"target={data.target} · lp={cfg.get('lp')} · γ={cfg.get('decay')} · "
-                    f"T={cfg.get('steps')} · {cfg.get('n_noise')} noise draw(s) per seed · "
+                    f"T={cfg.get('steps')} · {cfg.get('n_noise')} noise draw(s) per fact · "
                     f"CIs resample people (cluster bootstrap)"
                 )
             ),
             x=0.01,
             xanchor="left",
         ),
-        height=360 * n_rows + 220,
+        height=360 * n_rows + 280,
         width=1250,
         legend=dict(orientation="h", x=0.0, xanchor="left", y=-0.12, yanchor="top"),
-        margin=dict(t=110, b=190, r=60),
+        margin=dict(t=110, b=250, r=60),
         plot_bgcolor="white",
     )
-    notes = [("caption", _caption(data, module), -0.22)]
+    notes = [("caption", _caption(data, module), -0.2)]
     if not ci_shown:
         notes.append(
             (
                 "CI note",
                 f"No CI marks: {data.n_people} people (fewer than {min_ci_people}) give a "
                 "bootstrap over people that means little; trace facts of more people",
-                -0.29,
+                -0.36,
             )
         )
     for name, text, y in notes:
         fig.add_annotation(
             name=name,
-            text=html.escape(text, quote=False),
+            text=text if name == "caption" else html.escape(text, quote=False),
             xref="paper",
             yref="paper",
             x=0.0,
