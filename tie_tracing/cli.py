@@ -945,6 +945,16 @@ def _view_lines(summary: dict[str, Any]) -> list[str]:
             "final-answer effect relative to the object commit: largest at "
             + cell(v["aligned_final"], "commit")
         )
+    def profile(d: dict[Any, float], word: str) -> str:
+        top = sorted(d.items(), key=lambda kv: -kv[1] if kv[1] == kv[1] else 0.0)[:3]
+        return ", ".join(f"{word}{int(k):+d} {p:.0%}" if word else f"{k} {p:.0%}" for k, p in top)
+
+    steps = sorted({int(c) for c in v["object_commit_steps"]})
+    lines.append(
+        f"TIE on the step axis (share of the mean resid map's |TIE|): steps "
+        f"{profile(v['step_profile'], '')}; relative to each fact's object commit (steps "
+        f"{steps}): {profile(v['aligned_profile'], 'commit')}"
+    )
     share = v["immediate_share"]
     lines.append(
         f"immediate share: {share:.0%} of |TIE| is the patched forward's own effect (k' = k)"

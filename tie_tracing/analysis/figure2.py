@@ -262,7 +262,9 @@ class Figure2Data:
     def summary(self, module: str = "resid") -> dict[str, Any]:
         """Numbers the figure's caption and the main job state, for one module: where the
         Eq. 4 map, the final-answer effect and the contrast peak (cell, mean, CI), the
-        immediate share, the commit steps and the people behind the CIs."""
+        immediate share, the commit steps, the people behind the CIs, and the share of the
+        mean map's ``|TIE|`` on each step (``step_profile``) and on each step relative to the
+        object commit (``aligned_profile``): how the map sits on the step axis."""
         mi = self.modules.index(module)
         out: dict[str, Any] = {
             "module": module,
@@ -275,6 +277,13 @@ class Figure2Data:
                 {self.layers[i] for i in range(len(self.layers)) if self.structural[i, mi]}
             ),
         }
+        for name, key in (("tie", "step_profile"), ("aligned", "aligned_profile")):
+            m = self.maps[name]  # share of the mean map's |value| on each (relative) step
+            mass = m.mean[:, :, mi].abs().nan_to_num(0.0)
+            mass[self.structural[:, mi]] = 0.0
+            total = float(mass.sum())
+            by_step = (mass.sum(0) / total).tolist() if total > 0 else [math.nan] * len(m.steps)
+            out[key] = dict(zip(m.steps, by_step))
         for name in ("tie", "final", "contrast", "aligned_final"):
             if name not in self.maps:
                 continue
