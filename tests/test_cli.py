@@ -43,7 +43,8 @@ def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
     views = summary["views"]["resid"]
     assert {"tie", "final", "contrast"} <= set(views) and 0 <= views["immediate_share"] <= 1
     assert "contrast object − name" in printed and "final-answer effect" in printed
-    assert "immediate share" in printed
+    assert "immediate share" in printed and "relative to each fact's object commit" in printed
+    assert sum(views["step_profile"].values()) == pytest.approx(1.0)
     assert (tmp_path / "figure2_views.html").stat().st_size > 1000
     best = tt.select_coordinate(result)
     sel = summary["selected"]

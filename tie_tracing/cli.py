@@ -945,6 +945,7 @@ def _view_lines(summary: dict[str, Any]) -> list[str]:
             "final-answer effect relative to the object commit: largest at "
             + cell(v["aligned_final"], "commit")
         )
+
     def profile(d: dict[Any, float], word: str) -> str:
         top = sorted(d.items(), key=lambda kv: -kv[1] if kv[1] == kv[1] else 0.0)[:3]
         return ", ".join(f"{word}{int(k):+d} {p:.0%}" if word else f"{k} {p:.0%}" for k, p in top)
