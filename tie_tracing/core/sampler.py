@@ -379,8 +379,9 @@ def diffuse(
         lp: How ``.target_logprobs`` reads committed positions: ``"frozen"`` (default, the
             value of the forward that committed them) or ``"raw"`` (SPEC §4).
         target: The positions ``.target_logprobs`` sums over: ``"object"`` (default, the
-            object's tokens; a fact without ``Fact.object`` targets its whole answer, with a
-            warning), ``"answer"`` (the whole
+            object's tokens; a fact without ``Fact.object`` targets its whole answer, as
+            ``Fact.object=None`` means — no warning here, where the answers are usually the
+            point; :func:`~tie_tracing.trace_tie` warns), ``"answer"`` (the whole
             answer) or ``"name"`` (the subject's name inside the answer). Prompts have no
             targets and ignore it.
         sampler: A :mod:`~tie_tracing.core.samplers` config, registry name or dict (default
@@ -416,9 +417,6 @@ def diffuse(
     check_lp_mode(lp)
     check_target(target)
     rule = resolve_sampler(sampler, temperature=temperature, block_length=block_length, model=model)
-    if target == "object":
-        facts_in = [f for f in items if isinstance(f, Fact)]
-        warn_no_object([f.id or f.question for f in facts_in if f.object is None], len(facts_in))
     rows = _queries(model, items, answer_length)
     objects: list[tuple[int, ...]] = [
         tuple(locate_object(model.tokenizer, a, item)) if isinstance(item, Fact) else ()
