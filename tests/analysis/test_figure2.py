@@ -137,7 +137,8 @@ def test_plot_figure2_draws_every_view_and_states_the_numbers():
     obj = dataclasses.replace(obj, config=obj.config | {"structural_zeros": zeros})
     d = figure2_data(obj, name, n_resamples=200)
     fig = plot_figure2(d)
-    heat = [t.name for t in fig.data if t.type == "heatmap" and t.name != "zero by architecture"]
+    marks = ("zero by architecture", "idle step")
+    heat = [t.name for t in fig.data if t.type == "heatmap" and t.name not in marks]
     assert heat == ["tie", "contrast", "final", "immediate", "aligned", "aligned_final"]
     tie_trace = next(t for t in fig.data if t.name == "tie")
     assert np.isnan(np.asarray(tie_trace.z, dtype=float)[2]).all()  # not drawn as a value

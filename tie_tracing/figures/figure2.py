@@ -12,6 +12,7 @@ functions here only draw, one per panel kind:
   with its own symmetric diverging colour axis, the hover giving the mean, the 95% CI over
   people and the number of facts;
 * :func:`_ci_marks` — open circles on the cells whose CI over people crosses 0;
+* :func:`_idle_marks` — grey columns over the steps idle for every averaged fact;
 * :func:`_structural_marks` — the sites zero by architecture, hatched grey with an "×" and
   the reason in the hover, instead of drawn as measured zeros;
 * :func:`_commit_marks` — dashed columns at the object-commit steps (unaligned panels) or at
@@ -31,7 +32,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..analysis.figure2 import Figure2Data, MapStats
-from .plotting import COMMIT_LINE, DIVERGING, MIN_CI_FACTS, MODULE_TITLES, STRUCTURAL_GREY
+from .plotting import (
+    COMMIT_LINE,
+    DIVERGING,
+    IDLE_GREY,
+    MIN_CI_FACTS,
+    MODULE_TITLES,
+    STRUCTURAL_GREY,
+)
 
 __all__ = ["PANELS", "plot_figure2"]
 
@@ -177,6 +185,37 @@ def _structural_marks(
     )
 
 
+def _idle_marks(
+    fig: go.Figure, data: Figure2Data, steps: tuple[int, ...], *, row: int, col: int, first: bool
+) -> None:
+    """Grey columns over the steps idle for every averaged fact (no masked target position
+    left, so nothing is decided there; 0 exactly under ``lp="frozen"``)."""
+    idle = [s for s, on in zip(steps, data.idle.tolist()) if on]
+    layers = list(data.layers)
+    fig.add_trace(
+        go.Heatmap(
+            z=[[1.0] * len(idle) for _ in layers],
+            x=idle,
+            y=layers,
+            colorscale=[[0.0, IDLE_GREY], [1.0, IDLE_GREY]],
+            showscale=False,
+            zmin=0.0,
+            zmax=1.0,
+            opacity=0.75,
+            text=[
+                [f"step {s}: idle for every fact (no masked target position left)" for s in idle]
+                for _ in layers
+            ],
+            hovertemplate="%{text}<extra></extra>",
+            name="idle step",
+            legendgroup="idle",
+            showlegend=first and bool(idle),
+        ),
+        row=row,
+        col=col,
+    )
+
+
 def _commit_marks(
     fig: go.Figure, steps: list[int], counts: dict[int, int], *, row: int, col: int
 ) -> None:
@@ -289,7 +328,8 @@ def plot_figure2(
     Example:
         >>> from tie_tracing.analysis.figure2 import figure2_data
         >>> fig = plot_figure2(figure2_data(TIEResult.synthetic(n_facts=6), n_resamples=100))
-        >>> [t.name for t in fig.data if t.type == "heatmap" and t.name != "zero by architecture"]
+        >>> marks = ("zero by architecture", "idle step")
+        >>> [t.name for t in fig.data if t.type == "heatmap" and t.name not in marks]
         ['tie', 'final', 'immediate', 'aligned', 'aligned_final']
     """
     if not isinstance(data, Figure2Data):
@@ -332,8 +372,10 @@ def plot_figure2(
         _map_panel(fig, stats, data, mi, row=row, col=col, axis=axis, colorbar=colorbar)
         if ci_shown and _ci_marks(fig, stats, data, mi, row=row, col=col, first=first_ci):
             first_ci = False
-        _structural_marks(fig, data, stats.steps, mi, row=row, col=col, first=i == 0)
         aligned = key.startswith("aligned")
+        if not aligned and key != "contrast":  # idle for the object, not for the name
+            _idle_marks(fig, data, stats.steps, row=row, col=col, first=i == 0)
+        _structural_marks(fig, data, stats.steps, mi, row=row, col=col, first=i == 0)
         if aligned:
             _commit_marks(fig, [0], {0: 1}, row=row, col=col)
         elif commit:
