@@ -16,7 +16,7 @@ positions keep the frozen terms of earlier forwards, which a patch at ``k`` cann
 they drop out of the difference); under ``lp="raw"`` every target position. The estimate is
 exact when ``LP_k`` is linear in the patched activation, and good when the patch is a small
 change; corruptions of 3σ are not small, so it is a *scan* that ranks cells for the exact
-sweep, not a substitute for it (``benchmarks/RESULTS.md`` measures the agreement).
+sweep, not a substitute for it (see below).
 
 The gradients of every site come from one backward (nnsight's ``with metric.backward():``)
 of the corrupted forward, whose noise leaf is the only tensor that requires a gradient; the
@@ -26,10 +26,18 @@ site at every step. The rows of all steps and noise draws of a fact are batched 
 (they are independent), and the model's parameters are set not to require gradients for the
 duration, so no weight gradient is computed or left behind.
 
-On the embedded 6-layer model the estimate agrees only loosely with the exact scan
-(``benchmarks/RESULTS.md``: Spearman ≈ 0.4 over cells at ``T = 32``) and is ≈ 2× faster, as
-both share the traced clean and corrupted trajectories and the exact scan needs only
-``L·M = 18`` patch rows per step; the saving grows with ``L·M`` (96 on LLaDA-8B).
+**A first look, not a substitute.** ``ig_steps=n`` (integrated gradients over the
+corruption: the gradient averaged at noise scales ``(j − ½)/n``, ``n`` forwards and
+backwards) is the estimator's one refinement here. On the embedded 6-layer model, object
+target, ``T = 32``, neither reaches the goals (Spearman ≥ 0.8, top-20 agreement ≥ 0.6, ≥ 5×
+faster; ``benchmarks/attribution_agreement.py``, ``benchmarks/RESULTS.md``): plain
+attribution ranks cells with Spearman 0.16 (top-20 0.00) on 4 retain people and 0.44 (top-20
+0.15) on 4 forget01 facts, ``ig_steps=2`` 0.61 (top-20 0.10) and 0.32 (top-20 0.55),
+``ig_steps=4`` 0.45 / 0.46; it is 1.6–2× faster at ``n = 1`` and slower than the exact scan
+from ``n = 4``, as both share the traced clean and corrupted trajectories and the exact
+scan needs only ``L·M = 18`` patch rows per step (the saving grows with ``L·M``: 96 on
+LLaDA-8B). Corruptions of 3σ move the log-probabilities by tens of nats, far outside the
+linear regime. Rank cells with it, then run the exact sweep on the ones that matter.
 
 Limits: the estimate only covers the patched step (``k' = k``): later steps of a divergent
 future are not linearised (a commit is a discrete choice).

@@ -974,7 +974,11 @@ def trace_tie(  # type: ignore[misc]
               future run: ``.tie`` holds ``IE_k``, the ``γ → 0`` limit of Eq. 4, and ``.ie`` is
               NaN at ``k' > k``); ``"attribution"`` (a first-order estimate of the immediate
               effect, one forward and one backward per step and draw,
-              :mod:`tie_tracing.tracing.attribution`; ``.diverged`` is NaN).
+              :mod:`tie_tracing.tracing.attribution`; ``.diverged`` is NaN). Attribution is
+              a first look: on the embedded model it ranks cells with Spearman 0.2–0.6
+              against the exact scan (``benchmarks/RESULTS.md``).
+            * ``ig_steps``: ``mode="attribution"`` only: average its gradient over ``n``
+              noise scales along the corruption (integrated gradients; default 1).
             * ``horizon``: follow each divergent future at most ``h`` steps after its patch
               (``mode="exact"`` only). Non-divergent runs, and divergent ones that rejoin a
               followed trajectory, are still exact at every later step; where a future was
