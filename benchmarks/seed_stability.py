@@ -1,8 +1,12 @@
 """Does Figure 2 survive a change of noise seed? Correlation between seeds versus facts and draws.
 
 For every number of noise draws ``k`` in ``--n-noise`` (default 1 2 4 8) and every number of
-facts ``n`` in ``--n-facts`` (default 4 8 12 20), two independent Figure 2 maps of the first
-``n`` facts of ``--facts`` (default ``tiny:forget01``) are compared. Each map pools ``k``
+facts ``n`` in ``--n-facts`` (default 12 24), two independent Figure 2 maps of the first
+``n`` facts are compared. The facts are the main job's: ``--per-person`` facts of each of
+``--people`` people drawn from ``--facts`` (default: the main job's split, ``tiny:figure``
+or ``tiny:retain``; ``tt.draw_people``, seed 0), listed person by person, so the first ``n``
+facts are those of the first ``n / per-person`` people; ``--people 0`` takes the split's
+facts as listed. Each map pools ``k``
 single-draw traces (``TIEResult.pool_seeds``): ``2·max(k)`` seeds are traced once with
 ``n_noise=1`` and map A takes seeds ``0 … k−1``, map B seeds ``k … 2k−1`` — noise is keyed by
 seed, fact and draw, so a pool of ``k`` single-draw seeds is ``k`` independent draws, the same
@@ -22,8 +26,8 @@ commit, command and settings) as JSON to ``--out``. The defaults of ``tie-tracin
 (``cli.DEFAULT_N_FACTS``, ``DEFAULT_N_NOISE``, ``DEFAULT_N_SEEDS``) are set from this table:
 the smallest cost at which ``r_resid`` is high and both maps select one cell.
 
-Usage: ``python benchmarks/seed_stability.py [--n-noise 1 2 4 8] [--n-facts 4 8 12 20]
-[--facts tiny:forget10] [--target object] [--threads 2] [--out seed_stability.json]``
+Usage: ``python benchmarks/seed_stability.py [--n-noise 1 2 4 8] [--n-facts 12 24]
+[--people 24] [--per-person 1] [--target object] [--threads 2] [--out seed_stability.json]``
 """
 
 from __future__ import annotations
@@ -81,12 +85,14 @@ def main() -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--model", default="tiny-mdlm", help="embedded name or checkpoint directory")
-    ap.add_argument("--facts", default="tiny:forget01", help="tiny:<split> or tofu:<split>")
-    ap.add_argument("--n-facts", type=int, nargs="+", default=[4, 8, 12, 20])
+    ap.add_argument("--facts", default=None, help="tiny:<split> or tofu:<split>")
+    ap.add_argument("--people", type=int, default=cli.DEFAULT_PEOPLE, help="0: no draw")
+    ap.add_argument("--per-person", type=int, default=cli.DEFAULT_PER_PERSON)
+    ap.add_argument("--n-facts", type=int, nargs="+", default=[12, 24])
     ap.add_argument("--n-noise", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--steps", type=int, default=cli.DEFAULT_STEPS, help="denoising steps T")
     ap.add_argument("--lp", default="frozen", choices=["frozen", "raw"])
-    ap.add_argument("--target", default="answer", choices=["answer", "object"])
+    ap.add_argument("--target", default="object", choices=["object", "answer", "name"])
     ap.add_argument("--seed", type=int, default=0, help="first of the 2·max(n_noise) seeds")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="JSON file for the rows (none: not written)")
@@ -98,7 +104,14 @@ def main() -> None:
     print(f"command {command}")
     model = tt.load_model(args.model)
     n_max = max(args.n_facts)
-    facts = cli._load_facts(args.facts, n_max)
+    args.facts = args.facts or cli._figure_split()
+    if args.people:
+        drawn = tt.draw_people(
+            cli._load_facts(args.facts, None), n_people=args.people, per_person=args.per_person
+        )
+        facts = drawn[:n_max]
+    else:
+        facts = cli._load_facts(args.facts, n_max)
     kw = dict(steps=args.steps, lp=args.lp, target=args.target)
     print(
         f"model={model.name} layers={model.num_layers} facts={args.facts} T={args.steps} "
@@ -161,6 +174,8 @@ def main() -> None:
             "command": command,
             "model": str(model.name),
             "facts": args.facts,
+            "people": args.people,
+            "per_person": args.per_person,
             "steps": args.steps,
             "lp": args.lp,
             "target": args.target,

@@ -75,7 +75,8 @@ def main() -> None:
     # 1. layers: TIE selection, AR-positional peak, a random other layer
     trace_facts = [g[i] for g in groups for i in (0, 7, 13)][:8]
     t0 = time.perf_counter()
-    tie = tt.trace_tie(model, trace_facts, modules=("resid",), progress=False)
+    # the shipped operating point was tuned on the whole-answer target (the default then)
+    tie = tt.trace_tie(model, trace_facts, modules=("resid",), target="answer", progress=False)
     coord = tt.select_coordinate(tie, modules="resid")
     layers = {"tie": int(coord.layer)}
     try:

@@ -229,8 +229,10 @@ CASES = [
     ("trace-layer-negative", lambda e: _trace(e, layers=[-1]), ValueError, "layer -1 outside"),
     ("trace-unknown-target", lambda e: _trace(e, target="objct"), ValueError,
      "target must be one of"),
-    ("trace-object-target-without-object", lambda e: _trace(e, target="object"), ValueError,
-     "target='object' needs facts that record an object"),
+    ("trace-name-target-without-name",
+     lambda e: _trace(e, [_fact(answer="lisbon", id="noname")], target="name"), ValueError,
+     "target='name' reads the subject's name inside the answer; the answers of 1 facts do not "
+     "contain their subject: ['noname']"),
     ("positional-subject-absent",
      lambda e: _positional(e, [_fact(subject="kess tov", id="bad")]), SubjectNotFoundError,
      "'bad': subject 'kess tov' not found"),

@@ -37,14 +37,23 @@ def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
     assert result.tie.shape[:3] == (2, tt.load_model("tiny-mdlm").num_layers, 4)
     # the saved result is the pool of seeds 0 and 1, one draw each (DEFAULT_N_SEEDS = 2)
     assert result.seeds == (0, 1) and result.lp_corrupt_draws.shape[1] == 2 * cli.DEFAULT_N_NOISE
-    assert (result.config["lp"], result.config["target"]) == ("frozen", "answer")
+    assert (result.config["lp"], result.config["target"]) == ("frozen", "object")
+    name = TIEResult.load(tmp_path / "figure2_name_tie.safetensors")  # the contrast's partner
+    assert name.config["target"] == "name" and name.fact_ids == result.fact_ids
+    views = summary["views"]["resid"]
+    assert {"tie", "final", "contrast"} <= set(views) and 0 <= views["immediate_share"] <= 1
+    assert "contrast object − name" in printed and "final-answer effect" in printed
+    assert "immediate share" in printed and "relative to each fact's object commit" in printed
+    assert sum(views["step_profile"].values()) == pytest.approx(1.0)
+    assert (tmp_path / "figure2_views.html").stat().st_size > 1000
     best = tt.select_coordinate(result)
     sel = summary["selected"]
     assert (sel["layer"], sel["step"], sel["module"]) == (best.layer, best.step, best.module)
     low, high = sel["ci95"]
-    assert low <= sel["score"] + 1e-9 and sel["score"] <= high + 1e-9
-    per_fact = result.known_only().tie[:, best.index[0], best.index[1], best.index[2]].abs()
-    expected = tt.analysis.bootstrap_ci(per_fact.double())
+    assert low <= sel["score"] + 1e-6 and sel["score"] <= high + 1e-6  # float32 score
+    known = result.known_only()
+    per_fact = known.tie[:, best.index[0], best.index[1], best.index[2]].abs()
+    expected = tt.analysis.cluster_bootstrap_ci(per_fact.double(), known.subjects)
     assert (low, high) == pytest.approx((float(expected[0]), float(expected[1])))
     stab = summary["seed_stability"]
     assert stab["seeds"] == [[0], [1]] and len(stab["same_cell"]) == 2
@@ -67,7 +76,8 @@ def test_figure2_writes_figure_result_and_summary(tmp_path, capsys):
 
 
 def test_figure2_one_seed_raw_lp_object_target(tmp_path, capsys):
-    """--n-seeds 1 --lp raw --target object: the settings reach the trace and no seed stability is claimed."""
+    """--n-seeds 1 --lp raw --target object: the settings reach the trace and no seed stability
+    is claimed; --no-contrast traces no name target."""
     code = cli.main(
         [
             "figure2",
@@ -85,6 +95,7 @@ def test_figure2_one_seed_raw_lp_object_target(tmp_path, capsys):
             "raw",
             "--target",
             "object",
+            "--no-contrast",
         ]
     )
     assert code == 0
@@ -95,6 +106,8 @@ def test_figure2_one_seed_raw_lp_object_target(tmp_path, capsys):
     summary = json.loads((tmp_path / "figure2_summary.json").read_text())
     assert summary["seed_stability"] is None and summary["seeds"] == [5]
     assert (summary["lp"], summary["target"]) == ("raw", "object")
+    assert summary["contrast_target"] is None
+    assert not (tmp_path / "figure2_name_tie.safetensors").exists()
 
 
 def test_figure2_help_shows_the_defaults(capsys):
@@ -104,7 +117,8 @@ def test_figure2_help_shows_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     options = text.split("options:", 1)[1]
     for option, default in (
-        ("--n-facts", cli.DEFAULT_N_FACTS),
+        ("--per-person", cli.DEFAULT_PER_PERSON),
+        ("--n-facts", None),
         ("--n-noise", cli.DEFAULT_N_NOISE),
         ("--n-seeds", cli.DEFAULT_N_SEEDS),
         ("--steps", cli.DEFAULT_STEPS),
@@ -113,7 +127,8 @@ def test_figure2_help_shows_the_defaults(capsys):
         found = re.search(rf"{option} {meta} [^(]*\(default: ([^)]*)\)", options)
         assert found is not None and found.group(1) == str(default), option
     assert "--lp {frozen,raw}" in text and "(default: frozen)" in text
-    assert "--target {answer,object}" in text and "(default: answer)" in text
+    assert "--target {object,answer,name}" in text and "(default: object)" in text
+    assert f"unset: {cli.DEFAULT_PEOPLE}, or all of a set with fewer" in text
 
 
 def _error_lines(capsys) -> list[str]:
@@ -480,3 +495,18 @@ def test_the_main_job_writes_to_an_ignored_folder_and_leaves_a_clone_clean(tmp_p
     assert (repo / "runs" / "figure2" / "figure2.html").is_file()
     assert (repo / "runs" / "figure2" / "trace_seed0").is_dir()
     assert git("status", "--porcelain") == before == ""
+
+
+def test_figure2_draws_people_and_refuses_a_split_with_too_few(tmp_path, capsys):
+    """By default figure2 draws --per-person facts of --people people (reproducibly, with
+    --draw-seed); a split with fewer people is refused with the fix."""
+    argv = ["figure2", "--out", str(tmp_path), "--people", "3", "--steps", "2", "--n-seeds", "1"]
+    assert cli.main([*argv, "--n-noise", "1", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "figure2_summary.json").read_text())
+    drawn = tt.draw_people(tt.load_facts("tiny", "retain"), n_people=3, seed=0)
+    assert summary["facts"] == [f.id for f in drawn] and summary["n_people"] == 3
+    assert summary["selected"]["n_people"] == 3
+    bad = ["figure2", "--facts", "tiny:forget01", "--out", str(tmp_path / "o"), "--people", "2"]
+    assert cli.main(bad) == 1
+    err = capsys.readouterr().err
+    assert "holds 1 people, fewer than --people 2" in err and "--n-facts N" in err

@@ -30,6 +30,7 @@ from .core import (
     UnsupportedSamplerError,
     answer_logprob,
     diffuse,
+    draw_people,
     load_model,
     load_rwku,
     load_tofu,
@@ -67,6 +68,7 @@ __all__ = [
     # models, facts, the diffusion loop
     "load_model",
     "load_facts",
+    "draw_people",
     "load_tofu",
     "load_rwku",
     "Fact",

@@ -54,6 +54,9 @@ from typing import Any
 # they need when they run.
 
 DEFAULT_N_FACTS = 12
+#: Figure 2 draws facts of this many people, this many each (SPEC §10.1: ≥ 24 people).
+DEFAULT_PEOPLE = 24
+DEFAULT_PER_PERSON = 1
 DEFAULT_N_NOISE = 4
 DEFAULT_N_SEEDS = 2
 DEFAULT_STEPS = 8
@@ -67,7 +70,7 @@ DEFAULT_FIGURE2_OUT = os.path.join("runs", "figure2")
 #: arguments imports no torch; a test keeps the two equal).
 MODULE_NAMES: tuple[str, ...] = ("resid", "attn", "mlp")
 #: Figure files a command writes beside a trace; stale once the trace changes.
-FIGURE_FILES: tuple[str, ...] = ("figure2.html", "figure2.png")
+FIGURE_FILES: tuple[str, ...] = ("figure2.html", "figure2.png")  # `trace`/`plot` write these
 
 
 class CliError(Exception):
@@ -376,96 +379,208 @@ def _fmt_cell(c: dict[str, Any]) -> str:
 
 
 def _check_target(args: argparse.Namespace, facts, spec: str) -> None:
-    if args.target == "object":
-        missing = [f.id or f.question for f in facts if f.object is None]
+    if args.target == "name":
+        from .core.facts import names_subject_in_answer
+
+        missing = [f.id or f.question for f in facts if not names_subject_in_answer(f)]
         if missing:
             raise CliError(
-                f"--target object needs facts that record their object; {len(missing)} of "
-                f"{spec} do not ({missing[:5]})",
-                "use --target answer",
+                f"--target name reads the subject's name inside the answer; {len(missing)} of "
+                f"{spec} do not repeat their subject there ({missing[:5]})",
+                "use --target object or --target answer",
             )
+
+
+def _figure_split() -> str:
+    """The embedded split Figure 2 draws its people from: ``figure`` where the corpus has it
+    (two facts each of people the model knows), else ``retain`` (people the model knows)."""
+    from tie_tracing.zoo.corpus import SPLITS
+
+    return "tiny:figure" if "figure" in SPLITS else "tiny:retain"
+
+
+def _figure_facts(args: argparse.Namespace, spec: str):
+    """The facts of the main job: ``--n-facts`` from the spec as listed, or (default) a
+    reproducible draw of ``--per-person`` facts from each of ``--people`` people."""
+    import tie_tracing as tt
+
+    if args.n_facts is not None:
+        return _load_facts(spec, args.n_facts)
+    facts = _load_facts(spec, None)
+    people = len({f.subject for f in facts})
+    if args.people is None:  # the default: DEFAULT_PEOPLE, or every person a small set has
+        if people < DEFAULT_PEOPLE:  # said once the model has loaded (errors come first)
+            args.people_note = (
+                f"note: --facts {spec} holds {people} people, fewer than the {DEFAULT_PEOPLE} "
+                "Figure 2 averages over by default: tracing all of them (CIs over so few "
+                "people mean little)"
+            )
+        args.people = min(people, DEFAULT_PEOPLE)
+    if people < args.people:
+        raise CliError(
+            f"--facts {spec} holds {people} people, fewer than --people {args.people}: Figure 2 "
+            "averages over people and its CIs resample them",
+            f"use --people {people} or fewer, a split with more people, or --n-facts N to "
+            "take the first N facts as listed",
+        )
+    try:
+        return tt.draw_people(
+            facts, n_people=args.people, per_person=args.per_person, seed=args.draw_seed
+        )
+    except ValueError as error:
+        raise CliError(str(error), "lower --per-person") from None
 
 
 def figure2(args: argparse.Namespace) -> int:
     import tie_tracing as tt
+    from tie_tracing.core.facts import names_subject_in_answer
 
     _check_dtype(args)
     from tie_tracing.core.model import EMBEDDED_MODELS
 
     facts_spec = args.facts or (
-        "tiny:forget01" if args.model in EMBEDDED_MODELS else "tofu:forget01"
+        _figure_split() if args.model in EMBEDDED_MODELS else "tofu:forget01"
     )
-    facts = _load_facts(facts_spec, args.n_facts)
+    facts = _figure_facts(args, facts_spec)
     _check_target(args, facts, facts_spec)
+    contrast = (
+        not args.no_contrast
+        and args.target != "name"
+        and all(names_subject_in_answer(f) for f in facts)
+    )
     out = _writable_dir(args.out)
     _set_threads(args)
     start = time.perf_counter()
     model = _load_model(args)
+    if getattr(args, "people_note", None):
+        _say(args, args.people_note, err=True)
     seeds = [args.seed + i for i in range(args.n_seeds)]
     if args.overwrite:  # seed traces of an earlier run with other seeds are replaced
-        wanted = {f"trace_seed{s}" for s in seeds}
+        wanted = {f"trace{kind}_seed{s}" for s in seeds for kind in ("", "_name")}
         _remove_stale(
             args,
-            [p for p in sorted(out.glob("trace_seed*")) if p.is_dir() and p.name not in wanted],
+            [
+                p
+                for pattern in ("trace_seed*", "trace_name_seed*")
+                for p in sorted(out.glob(pattern))
+                if p.is_dir() and p.name not in wanted
+            ],
             "traces of seeds this run does not use; --overwrite",
         )
+    n_people = len({f.subject for f in facts})
     _say(
         args,
-        f"tracing {len(facts)} facts ({facts_spec}) on {model.name} [{model.backbone.family}, "
-        f"{model.num_layers} layers], T={args.steps}, lp={args.lp}, target={args.target}, "
-        f"seeds {seeds} × {args.n_noise} noise draw(s); writing to {out}",
+        f"tracing {len(facts)} facts of {n_people} people ({facts_spec}) on {model.name} "
+        f"[{model.backbone.family}, {model.num_layers} layers], T={args.steps}, lp={args.lp}, "
+        f"target={args.target}" + (" and name (contrast)" if contrast else "") + f", seeds "
+        f"{seeds} × {args.n_noise} noise draw(s); writing to {out}",
     )
-    traces = [
-        tt.trace_tie(
-            model,
-            facts,
-            steps=args.steps,
-            n_noise=args.n_noise,
-            seed=s,
-            lp=args.lp,
-            target=args.target,
-            progress=f"TIE of {len(facts)} facts, seed {s}" if not args.quiet else False,
-            out=out / f"trace_seed{s}",  # resumable: an interrupted run picks up here
-            overwrite=args.overwrite,
+    settings: dict[str, Any] = dict(steps=args.steps, n_noise=args.n_noise, lp=args.lp)
+    if args.sampler:
+        settings["sampler"] = args.sampler
+    if args.patch_steps:
+        settings["patch_steps"] = args.patch_steps
+    try:  # every setting the sweep checks, before any work
+        from .tracing.config import TraceConfig
+
+        TraceConfig().override(**settings)
+    except (ValueError, TypeError) as error:
+        raise CliError(str(error), "rerun with other arguments (see --help)") from None
+    traces, names = [], []
+    for s in seeds:
+        cache = tt.tracing.SweepCache()  # the name trace reuses the object trace's runs
+        traces.append(
+            tt.trace_tie(
+                model,
+                facts,
+                seed=s,
+                target=args.target,
+                progress=f"TIE of {len(facts)} facts, seed {s}" if not args.quiet else False,
+                out=out / f"trace_seed{s}",  # resumable: an interrupted run picks up here
+                overwrite=args.overwrite,
+                reuse=cache,
+                **settings,
+            )
         )
-        for s in seeds
-    ]
+        if contrast:
+            names.append(
+                tt.trace_tie(
+                    model,
+                    facts,
+                    seed=s,
+                    target="name",
+                    progress=False,
+                    out=out / f"trace_name_seed{s}",
+                    overwrite=args.overwrite,
+                    reuse=cache,
+                    **settings,
+                )
+            )
     result = tt.TIEResult.pool_seeds(traces)
     result.save(out / "figure2_tie.safetensors")
+    name = tt.TIEResult.pool_seeds(names) if names else None
+    if name is not None:
+        name.save(out / "figure2_name_tie.safetensors")
+    data = tt.analysis.figure2_data(result, name)
     stats = tt.analysis.trace_summary(result, traces)
     summary = {
         "model": str(model.name),
         "facts": stats.pop("facts"),
+        "facts_spec": facts_spec,
+        "people": sorted(set(data.people)),
+        "n_people": data.n_people,
         "unknown_facts": stats.pop("unknown_facts"),
         "lp": args.lp,
         "target": args.target,
+        "contrast_target": "name" if name is not None else None,
         "steps": args.steps,
         "seeds": seeds,
         "n_noise_per_seed": args.n_noise,
         **stats,
+        "views": {m: data.summary(m) for m in result.modules},
     }
     written = _write_figure(
         args,
         result,
         out,
-        title=f"Figure 2 — TIE over (layer, step), {len(facts)} facts × "
-        f"{result.lp_corrupt_draws.shape[1]} noise draws ({len(seeds)} seed"
+        title=f"Figure 2 — TIE over (layer, step), {len(result.fact_ids)} facts of {n_people} "
+        f"people × {result.lp_corrupt_draws.shape[1]} noise draws ({len(seeds)} seed"
         f"{'s' if len(seeds) > 1 else ''}), {model.name}",
     )
+    written += _write_views(args, data, out)
     from .core._io import atomic_write_text
 
     atomic_write_text(out / "figure2_summary.json", json.dumps(summary, indent=1))
     _say(args, *_summary_lines(summary))
+    saved = [out / "figure2_tie.safetensors"]
+    if name is not None:
+        saved.append(out / "figure2_name_tie.safetensors")
     _say(
         args,
-        "wrote "
-        + ", ".join(
-            str(p)
-            for p in written + [out / "figure2_tie.safetensors", out / "figure2_summary.json"]
-        ),
+        "wrote " + ", ".join(str(p) for p in written + saved + [out / "figure2_summary.json"]),
         f"done in {time.perf_counter() - start:.1f} s",
     )
     return 0
+
+
+def _write_views(args: argparse.Namespace, data, out: Path) -> list[Path]:
+    """Figure 2's companion views of the residual stream (``figure2_views.html``/.png)."""
+    from tie_tracing.figures.figure2 import plot_figure2
+    from tie_tracing.figures.plotting import save_figure
+
+    module = "resid" if "resid" in data.modules else data.modules[0]
+    fig = plot_figure2(data, module=module)
+    written = list(
+        save_figure(
+            fig,
+            out / "figure2_views.html",
+            include_plotlyjs=True if args.self_contained else "directory",
+        )
+    )
+    png = _static_image(args, fig, out / "figure2_views.png")
+    if not png:
+        _remove_stale(args, [out / "figure2_views.png"], "an older run's image of another trace")
+    return written + png
 
 
 def _write_figure(args: argparse.Namespace, result, out: Path, *, title: str) -> list[Path]:
@@ -637,8 +752,10 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
         low, high = c["ci95"]
         lines.append(
             f"{label}: layer {c['layer']}, step {c['step']}, {c['module']} — score (mean |TIE|) "
-            f"{c['score']:.3f}, 95% CI [{low:.3f}, {high:.3f}] over {c['n_facts']} facts"
+            f"{c['score']:.3f}, 95% CI [{low:.3f}, {high:.3f}] over {c['n_facts']} facts of "
+            f"{c.get('n_people', '?')} people"
         )
+    lines.extend(_view_lines(summary))
     st = summary["seed_stability"]
     if st is None:
         lines.append("seed stability: not measured (one seed; use --n-seeds 2 or more)")
@@ -697,6 +814,60 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _view_lines(summary: dict[str, Any]) -> list[str]:
+    """The contrast, the final-answer effect and the immediate share of the resid views."""
+    v = (summary.get("views") or {}).get("resid")
+    if not v:
+        return []
+
+    def cell(d: dict[str, Any], step_word: str = "step") -> str:
+        low, high = d["ci95"]
+        return (
+            f"layer {d['layer']}, {step_word} {d['step']:+d}"
+            if step_word != "step"
+            else f"layer {d['layer']}, step {d['step']}"
+        ) + f": {d['mean']:.2f} nats, 95% CI over people [{low:.2f}, {high:.2f}]"
+
+    lines = []
+    if "contrast" in v:
+        lines.append(
+            f"contrast object − name (resid): largest at {cell(v['contrast'])}; mean |contrast| "
+            f"{v['contrast']['mean_abs_map']:.3f} vs mean |TIE| {v['tie']['mean_abs_map']:.3f}"
+        )
+    else:
+        lines.append("contrast object − name: not traced (--no-contrast, or answers without names)")
+    if "final" in v:
+        lines.append(f"final-answer effect IE(T−1) (resid): largest at {cell(v['final'])}")
+    if "aligned_final" in v:
+        lines.append(
+            "final-answer effect relative to the object commit: largest at "
+            + cell(v["aligned_final"], "commit")
+        )
+
+    def profile(d: dict[Any, float], word: str) -> str:
+        top = sorted(d.items(), key=lambda kv: -kv[1] if kv[1] == kv[1] else 0.0)[:3]
+        return ", ".join(f"{word}{int(k):+d} {p:.0%}" if word else f"{k} {p:.0%}" for k, p in top)
+
+    steps = sorted({int(c) for c in v["object_commit_steps"]})
+    lines.append(
+        f"TIE on the step axis (share of the mean resid map's |TIE|): steps "
+        f"{profile(v['step_profile'], '')}; relative to each fact's object commit (steps "
+        f"{steps}): {profile(v['aligned_profile'], 'commit')}"
+    )
+    share = v["immediate_share"]
+    lines.append(
+        f"immediate share: {share:.0%} of |TIE| is the patched forward's own effect (k' = k)"
+        if share == share
+        else "immediate share: n/a"
+    )
+    if v["structural_zero_layers"]:
+        lines.append(
+            f"zero by architecture (not measured as findings): layer(s) "
+            f"{v['structural_zero_layers']} at the subject positions"
+        )
+    return lines
+
+
 def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     """Options every command shares."""
     if model:
@@ -743,9 +914,10 @@ def _reading(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--target",
-        choices=("answer", "object"),
-        default="answer",
-        help="positions LP sums over: the whole answer or the fact's object",
+        choices=("object", "answer", "name"),
+        default="object",
+        help="positions LP sums over: the fact's object (Eq. 4), the whole answer, or the "
+        "subject's name inside the answer",
     )
 
 
@@ -757,19 +929,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     f2 = sub.add_parser(
         "figure2",
-        help="trace the facts under several noise seeds and write the interactive Figure 2",
-        description="Trace the facts under --n-seeds noise seeds, pool them, write Figure 2, "
-        "the pooled result and a summary (selected coordinate with its CI, seed stability, "
+        help="trace the facts of many people under several noise seeds and write Figure 2",
+        description="Draw --per-person facts of each of --people people, trace them under "
+        "--n-seeds noise seeds on the object target and (for the contrast) the name target, "
+        "pool the seeds, write Figure 2, its companion views (contrast, final-answer effect, "
+        "immediate part, commit-aligned maps), the pooled results and a summary (selected "
+        "coordinate with its CI over people, seed stability, contrast, final-answer effect, "
         "object commit step, idle steps). Resumes an interrupted run from --out.",
         formatter_class=fmt,
     )
     f2.add_argument(
         "--facts",
         default=None,
-        help="tiny:<split>, tofu:<split> or a .jsonl file; unset: tiny:forget01 for embedded "
-        "models, tofu:forget01 otherwise",
+        help="tiny:<split>, tofu:<split> or a .jsonl file; unset: the embedded corpus's "
+        "figure split (retain until it exists) for embedded models, tofu:forget01 otherwise",
     )
-    f2.add_argument("--n-facts", type=positive_int, default=DEFAULT_N_FACTS, help="facts to trace")
+    f2.add_argument(
+        "--people",
+        type=positive_int,
+        default=None,
+        help=f"people drawn from --facts, whom the CIs resample; unset: {DEFAULT_PEOPLE}, or "
+        "all of a set with fewer",
+    )
+    f2.add_argument(
+        "--per-person", type=positive_int, default=DEFAULT_PER_PERSON, help="facts per person"
+    )
+    f2.add_argument(
+        "--draw-seed", type=nonnegative_int, default=0, help="seed of the draw of people"
+    )
+    f2.add_argument(
+        "--n-facts",
+        type=positive_int,
+        default=None,
+        help="trace the first N facts of --facts as listed instead of drawing people",
+    )
+    f2.add_argument(
+        "--sampler",
+        type=sampler_spec,
+        default=None,
+        help="sampler registry name or JSON config, e.g. "
+        '\'{"name": "llada", "remasking": "random"}\' (commit steps that vary across facts); '
+        "unset: LLaDA low-confidence remasking",
+    )
+    f2.add_argument(
+        "--patch-steps",
+        default=None,
+        help="patch only these steps: 'log:N' (N log-spaced steps, for long T) or "
+        "comma-separated steps; unset: every step",
+    )
+    f2.add_argument(
+        "--no-contrast",
+        action="store_true",
+        help="skip the name-target trace (no object − name contrast panel)",
+    )
     f2.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help="denoising steps T")
     f2.add_argument(
         "--n-noise",

@@ -354,10 +354,12 @@ def test_diffuse_records_reading_target_and_commit_maps(mdlm):
 
 
 def test_diffuse_bad_reading_and_target(mdlm):
-    """Unknown lp/target list the choices; target='object' names facts without an object."""
+    """Unknown lp/target list the choices; under target='object' a fact without an object
+    scores its whole answer (what Fact.object=None means), the same as target='answer'."""
     with pytest.raises(ValueError, match=r"lp must be one of \('frozen', 'raw'\)"):
         tt.diffuse(mdlm, SAME_SHAPE, steps=2, lp="later")
-    with pytest.raises(ValueError, match=r"target must be one of \('answer', 'object'\)"):
+    with pytest.raises(ValueError, match=r"target must be one of \('object', 'answer', 'name'\)"):
         tt.diffuse(mdlm, SAME_SHAPE, steps=2, target="subject")
-    with pytest.raises(ValueError, match="target='object' needs facts.*'a'"):
-        tt.diffuse(mdlm, SAME_SHAPE, steps=2, target="object")
+    obj = tt.diffuse(mdlm, SAME_SHAPE, steps=2, target="object")
+    whole = tt.diffuse(mdlm, SAME_SHAPE, steps=2, target="answer")
+    torch.testing.assert_close(obj.target_logprobs, whole.target_logprobs, rtol=0, atol=0)

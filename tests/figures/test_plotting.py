@@ -11,10 +11,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from tie_tracing.analysis.figure2 import cluster_bootstrap_ci
 from tie_tracing.analysis.selection import select_coordinate
 from tie_tracing.analysis.stats import (
     beta_tradeoff,
-    bootstrap_ci,
     per_fact_optima,
     selection_stability,
 )
@@ -49,10 +49,11 @@ PANEL_TITLES = ["residual stream", "attention output", "MLP output"]
 
 def test_tie_heatmaps_structure(result):
     """One heatmap per module on one shared diverging colour axis centred at 0, panels titled
-    by module; then one idle overlay and one CI-marker trace per panel."""
+    by module; then one idle overlay and one CI-marker trace per panel, the star, the commit
+    legend line and one "zero by architecture" overlay per panel."""
     fig = plot_tie_heatmaps(result, n_resamples=200)
     assert isinstance(fig, go.Figure)
-    assert [t.type for t in fig.data] == ["heatmap"] * 6 + ["scatter"] * 5
+    assert [t.type for t in fig.data] == ["heatmap"] * 6 + ["scatter"] * 5 + ["heatmap"] * 3
     assert [t.name for t in fig.data[:9]] == ["resid", "attn", "mlp"] + ["idle step"] * 3 + [
         "95% CI crosses 0"
     ] * 3
@@ -83,8 +84,10 @@ def test_tie_heatmaps_dropdown_switches_to_each_fact(result):
     assert len(buttons) == 1 + result.n_facts
     assert buttons[0].label.startswith("mean")
     fact2 = buttons[3].args[0]
-    assert len(fact2["z"]) == 11  # 3 heatmaps, 3 idle overlays, None for the 5 scatters
-    assert fact2["z"][6:] == [None] * 5
+    assert (
+        len(fact2["z"]) == 14
+    )  # 3 heatmaps, 3 idle overlays, None for the 5 scatters, 3 zero overlays
+    assert fact2["z"][6:11] == [None] * 5
     np.testing.assert_allclose(
         np.asarray(fact2["z"][1], dtype=float), result.tie[2, :, :, 1].numpy(), rtol=1e-6
     )
@@ -217,7 +220,7 @@ def test_tie_heatmaps_average_only_known_facts(partly_known):
     z = np.asarray(fig.data[0].z, dtype=float)
     np.testing.assert_allclose(z, r.tie[[0, 2], :, :, 0].mean(0).numpy(), rtol=1e-6)
     text = fig.data[2].text[1][3]
-    assert "over 2 known of 3 facts" in text
+    assert "(2 known of 3 facts)" in text
     assert f"f0: {float(r.tie[0, 1, 3, 2]):.4g}" in text and "f1:" not in text
     assert "2 known of 3 facts" in fig.layout.title.text
     buttons = fig.layout.updatemenus[0].buttons
@@ -327,11 +330,11 @@ def test_tie_heatmaps_outline_object_commit_steps(staggered):
 
 
 def test_tie_heatmaps_mark_cells_whose_ci_crosses_zero(staggered):
-    """The "95% CI crosses 0" markers sit exactly on the cells with bootstrap low < 0 < high,
-    and only the mean view shows them."""
+    """The "95% CI crosses 0" markers sit exactly on the cells with low < 0 < high of the
+    bootstrap over people, and only the mean view shows them."""
     r = staggered
     fig = plot_tie_heatmaps(r, n_resamples=300, seed=4, min_ci_facts=3)
-    low, high = bootstrap_ci(r.tie, n_resamples=300, seed=4)
+    low, high = cluster_bootstrap_ci(r.tie, r.subjects, n_resamples=300, seed=4)
     crosses = ((low < 0) & (high > 0)).numpy()
     assert 0 < crosses.sum() < crosses.size  # the test can tell markers from no markers
     for mi, trace in enumerate(fig.data[6:9]):
@@ -340,8 +343,8 @@ def test_tie_heatmaps_mark_cells_whose_ci_crosses_zero(staggered):
         assert marked == expected
     assert sum(bool(t.showlegend) for t in fig.data[6:9]) == 1
     buttons = fig.layout.updatemenus[0].buttons
-    assert buttons[0].args[0]["visible"] == [True] * 11
-    assert all(b.args[0]["visible"] == [True] * 6 + [False] * 3 + [True] * 2 for b in buttons[1:])
+    assert buttons[0].args[0]["visible"] == [True] * 14
+    assert all(b.args[0]["visible"] == [True] * 6 + [False] * 3 + [True] * 5 for b in buttons[1:])
 
 
 def test_tie_heatmaps_title_states_provenance(staggered):
@@ -647,18 +650,19 @@ def test_tie_heatmaps_title_follows_the_dropdown(six):
 
 
 def test_tie_heatmaps_say_when_too_few_facts_for_a_ci(staggered, six):
-    """Under MIN_CI_FACTS facts no cell is circled and a note says why; facts of few
-    subjects keep the circles with a note that the CI resamples relations, not people."""
+    """Under MIN_CI_FACTS facts, or facts of fewer people, no cell is circled and a note says
+    why (the CI resamples people)."""
     assert staggered.n_facts < plotting.MIN_CI_FACTS
     fig = plot_tie_heatmaps(staggered, n_resamples=100)
     assert all(len(t.x) == 0 for t in fig.data[6:9])
     note = next(a.text for a in fig.layout.annotations if a.name == "CI note")
     assert "3 facts" in note and "fewer than 5" in note
-    assert "too few facts" in fig.data[0].text[0][0]
+    assert "too few facts or people" in fig.data[0].text[0][0]
     one_person = dataclasses.replace(six, subjects=("ada vell",) * 6)
     fig = plot_tie_heatmaps(one_person, n_resamples=100)
     note = next(a.text for a in fig.layout.annotations if a.name == "CI note")
-    assert "6 facts of 1 subject" in note
+    assert "6 facts of 1 subject" in note and "resamples people" in note
+    assert all(len(t.x) == 0 for t in fig.data[6:9])
     assert not any(
         a.name == "CI note" for a in plot_tie_heatmaps(six, n_resamples=100).layout.annotations
     )
@@ -681,3 +685,21 @@ def test_figures_fit_a_notebook_column(result, six):
     ]
     for fig in figures:
         assert fig.layout.width is None or fig.layout.width <= plotting.MAX_FIGURE_WIDTH
+
+
+def test_tie_heatmaps_mark_structural_zeros_instead_of_drawing_them(six):
+    """Sites recorded zero by architecture are not drawn as values (NaN in the heatmaps, in
+    every view) and carry a "zero by architecture" overlay with the reason in its hover."""
+    zeros = {fid: [[3, "resid"], [3, "attn"], [3, "mlp"]] for fid in six.fact_ids}
+    r = dataclasses.replace(six, config=six.config | {"structural_zeros": zeros})
+    fig = plot_tie_heatmaps(r, n_resamples=50)
+    for mi in range(3):
+        assert np.isnan(np.asarray(fig.data[mi].z, dtype=float)[3]).all()
+        assert not np.isnan(np.asarray(fig.data[mi].z, dtype=float)[2]).any()
+    overlays = [t for t in fig.data if t.name == "zero by architecture"]
+    assert len(overlays) == 3 and sum(bool(t.showlegend) for t in overlays) == 1
+    assert "reaches no answer position" in overlays[0].text[3][0] and overlays[0].text[2][0] == ""
+    for b in fig.layout.updatemenus[0].buttons[1:]:
+        assert np.isnan(np.asarray(b.args[0]["z"][0], dtype=float)[3]).all()
+    plain = plot_tie_heatmaps(six, n_resamples=50)
+    assert not any(t.showlegend for t in plain.data if t.name == "zero by architecture")

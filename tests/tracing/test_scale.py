@@ -348,3 +348,26 @@ def test_gpu_llada_layout_benchmark_runs_reduced_on_cpu():
     for line in lines:
         assert "wall=" in line and "peak=" in line and "rows/s=" in line
     assert not math.isnan(float(lines[0].split("rows/s=")[1].split()[0]))
+
+
+def test_integrated_gradients_over_the_corruption():
+    """ig_steps=n averages the gradient at noise scales (j − ½)/n: exact on a model linear in
+    the patched activations (as plain attribution), recorded in the config, refused outside
+    mode='attribution' and with replace=True, and a different estimate on a real model."""
+    from tie_tracing.tracing.tie import ig_scales
+
+    assert ig_scales(1) == (1.0,) and ig_scales(4) == (0.125, 0.375, 0.625, 0.875)
+    m = replicas.wrap(_LinearLLaDA())
+    imm = trace(m, FACTS, steps=3, nu=20.0, mode="immediate")
+    ig = trace(m, FACTS, steps=3, nu=20.0, mode="attribution", ig_steps=3)
+    torch.testing.assert_close(ig.tie, imm.tie, atol=2e-4, rtol=1e-4)
+    assert ig.config["ig_steps"] == 3 and ig.config["engine_stats"]["backwards"] > 0
+    with pytest.raises(ValueError, match="ig_steps=2 sets the attribution scan"):
+        tt.TraceConfig(ig_steps=2)
+    with pytest.raises(ValueError, match="ig_steps must be an integer ≥ 1"):
+        tt.TraceConfig(mode="attribution", ig_steps=0)
+    with pytest.raises(ValueError, match="replace=True"):
+        trace(m, FACTS[:1], steps=2, nu=1.0, mode="attribution", ig_steps=2, replace=True)
+    plain = trace(tiny(), FACTS[:1], steps=3, nu=2e-2, mode="attribution")
+    two = trace(tiny(), FACTS[:1], steps=3, nu=2e-2, mode="attribution", ig_steps=2)
+    assert not torch.equal(plain.tie, two.tie)  # the scales change the estimate on a real model

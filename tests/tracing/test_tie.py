@@ -447,14 +447,30 @@ def test_commit_maps_agree_with_the_states():
     "kwargs, message",
     [
         (dict(lp="stale"), r"lp must be one of \('frozen', 'raw'\)"),
-        (dict(target="subject"), r"target must be one of \('answer', 'object'\)"),
-        (dict(target="object"), r"target='object' needs facts .*'f0'"),
+        (dict(target="subject"), r"target must be one of \('object', 'answer', 'name'\)"),
     ],
 )
 def test_bad_reading_and_target_are_named(kwargs, message):
-    """Unknown lp/target values list the choices; target='object' names the facts without an object."""
+    """Unknown lp/target values list the choices."""
     with pytest.raises(ValueError, match=message):
         trace(model("tiny-mdlm"), FACTS[:1], steps=2, **kwargs)
+
+
+def test_object_target_of_a_fact_without_object_is_its_answer_with_a_warning():
+    """The default target is the object; a fact without one targets its whole answer (what
+    Fact.object=None means), and one warning names it; target='answer' says so silently."""
+    m = model("tiny-mdlm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = tt.trace_tie(m, FACTS[:1], steps=2, progress=False)
+        said = [str(w.message) for w in caught if "record no object" in str(w.message)]
+        assert len(said) == 1 and "1 of 1 facts" in said[0] and "'f0'" in said[0]
+        n_before = len(caught)
+        a = tt.trace_tie(m, FACTS[:1], steps=2, target="answer", progress=False)
+        assert not any("record no object" in str(w.message) for w in caught[n_before:])
+    assert r.config["target"] == "object"
+    assert r.target_mask.all()
+    torch.testing.assert_close(a.tie, r.tie, rtol=0, atol=0)
 
 
 def test_object_not_in_answer_is_an_error():

@@ -6,6 +6,9 @@
 * :mod:`.compare` — the AR-versus-diffusion summaries (SPEC §6, §10.3);
 * :mod:`.summary` — the summary of a trace that ``tie-tracing figure2`` reports
   (:func:`trace_summary`: selected cell with CIs, commit steps, concentration).
+* :mod:`.figure2` — Figure 2's numbers: cluster-bootstrap CIs over people, the contrast
+  object − name, the final-answer effect, the immediate share, the commit-aligned view and
+  the cells zero by architecture (SPEC §5, §10.1).
 """
 
 from .compare import (
@@ -18,6 +21,15 @@ from .compare import (
     localisation_summary,
     pick_layers,
     token_categories,
+)
+from .figure2 import (
+    Figure2Data,
+    MapStats,
+    cluster_bootstrap_ci,
+    commit_aligned,
+    figure2_data,
+    final_effect,
+    immediate_part,
 )
 from .selection import select_coordinate
 from .stats import (
@@ -41,6 +53,8 @@ from .summary import cell_ci, commit_summary, tie_concentration, trace_summary
 __all__ = [
     "CATEGORIES",
     "BetaTradeoff",
+    "Figure2Data",
+    "MapStats",
     "LocalisationStats",
     "LocalisationSummary",
     "PerFactOptima",
@@ -52,9 +66,14 @@ __all__ = [
     "bootstrap_ci",
     "category_support",
     "cell_ci",
+    "cluster_bootstrap_ci",
     "cluster_mean_ci",
+    "commit_aligned",
     "commit_summary",
     "compare_paradigms",
+    "figure2_data",
+    "final_effect",
+    "immediate_part",
     "localisation_stats",
     "localisation_summary",
     "mean_ci",

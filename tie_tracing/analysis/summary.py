@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from ..core.results import Coordinate, TIEResult
+from .figure2 import cluster_bootstrap_ci
 from .selection import select_coordinate
-from .stats import bootstrap_ci, seed_stability, selection_stability
+from .stats import seed_stability, selection_stability
 
 __all__ = ["cell_ci", "commit_summary", "tie_concentration", "trace_summary"]
 
@@ -63,15 +64,18 @@ def tie_concentration(result: TIEResult, *, top: int = 5) -> dict[str, Any]:
 
 def cell_ci(result: TIEResult, coordinate: Coordinate) -> dict[str, Any]:
     """The Eq. 5 score of ``coordinate``'s cell (mean ``|TIE|`` over known facts) and its
-    signed mean, with 95% bootstrap CIs: ``coordinate.to_dict()`` plus ``n_facts``, ``ci95``,
-    ``mean_tie`` and ``mean_tie_ci95``."""
+    signed mean, with 95% bootstrap CIs that resample people (the facts' subjects):
+    ``coordinate.to_dict()`` plus ``n_facts``, ``n_people``, ``ci95``, ``mean_tie`` and
+    ``mean_tie_ci95``."""
     known = result.known_only()
     li, si, mi = coordinate.index
     per_fact = known.tie[:, li, si, mi].detach().to("cpu", torch.float64)
-    low, high = bootstrap_ci(per_fact.abs())
-    t_low, t_high = bootstrap_ci(per_fact)
+    people = list(known.subjects)  # CIs resample people (cluster bootstrap)
+    low, high = cluster_bootstrap_ci(per_fact.abs(), people)
+    t_low, t_high = cluster_bootstrap_ci(per_fact, people)
     return coordinate.to_dict() | {
         "n_facts": int(per_fact.numel()),
+        "n_people": len(set(people)),
         "ci95": [float(low), float(high)],
         "mean_tie": float(per_fact.mean()),
         "mean_tie_ci95": [float(t_low), float(t_high)],

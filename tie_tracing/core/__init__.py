@@ -29,7 +29,16 @@ from .errors import (
     UnsupportedModelError,
     UnsupportedSamplerError,
 )
-from .facts import Fact, load_refusals, load_rwku, load_tofu, locate_subject, rwku_targets
+from .facts import (
+    Fact,
+    draw_people,
+    load_refusals,
+    load_rwku,
+    load_tofu,
+    locate_name,
+    locate_subject,
+    rwku_targets,
+)
 from .fingerprint import describe_model, model_fingerprint
 from .likelihood import answer_logprob
 from .model import TracedModel, load_model
@@ -84,10 +93,12 @@ __all__ = [
     "answer_logprob",
     "describe_model",
     "diffuse",
+    "draw_people",
     "load_model",
     "load_refusals",
     "load_rwku",
     "load_tofu",
+    "locate_name",
     "locate_subject",
     "make_sampler",
     "model_fingerprint",

@@ -826,18 +826,121 @@ def locate_object(tokenizer, answer_ids: Sequence[int], fact: Fact) -> list[int]
     """
     if fact.object is None:
         return list(range(len(answer_ids)))
-    text, offsets = _decoded_offsets(tokenizer, answer_ids)
-    # first whole-word occurrence ("ten" is not the "ten" inside "written"); a plain substring
-    # only when the object never stands as a word of its own (e.g. scripts without spaces)
-    match = re.search(rf"(?<!\w){re.escape(fact.object)}(?!\w)", text)
-    start = match.start() if match else text.find(fact.object)
-    if start < 0:
+    hits = _span_tokens(tokenizer, answer_ids, fact.object)
+    if isinstance(hits, str):
         raise ObjectNotFoundError(
             f"fact {fact.id or fact.question!r}: its object {fact.object!r} is not among the "
-            f"tokens of its encoded answer ({text!r}); check Fact.object against the answer"
+            f"tokens of its encoded answer ({hits!r}); check Fact.object against the answer"
         )
-    end = start + len(fact.object)
+    return hits
+
+
+def locate_name(tokenizer, answer_ids: Sequence[int], fact: Fact) -> list[int]:
+    """Offsets, within the answer span, of the tokens that spell the subject's name
+    (``fact.subject``, its first whole-word occurrence in the answer): the target positions
+    of ``target="name"``, the subject-identity part of an answer that repeats the name.
+
+    Raises:
+        ObjectNotFoundError: the answer does not repeat the subject's name (names the fact
+            and says to use another target).
+
+    Example:
+        >>> ids = tok(" Ada Vell was born in Gdansk.", add_special_tokens=False).input_ids  # doctest: +SKIP
+        >>> locate_name(tok, ids, fact)   # fact.subject == "Ada Vell"       # doctest: +SKIP
+        [0, 1]
+    """
+    hits = _span_tokens(tokenizer, answer_ids, fact.subject)
+    if isinstance(hits, str):
+        raise ObjectNotFoundError(
+            f"fact {fact.id or fact.question!r}: target='name' reads the subject's name inside "
+            f"the answer, but {fact.subject!r} is not among the tokens of its encoded answer "
+            f"({hits!r}); use target='object' or 'answer' for facts whose answer does not "
+            "repeat the subject"
+        )
+    return hits
+
+
+def _span_tokens(tokenizer, answer_ids: Sequence[int], phrase: str) -> list[int] | str:
+    """The answer tokens overlapping ``phrase``'s first whole-word occurrence in the decoded
+    answer (a plain substring only when it never stands as a word of its own, e.g. scripts
+    without spaces: "ten" is not the "ten" inside "written"); the decoded text when absent."""
+    text, offsets = _decoded_offsets(tokenizer, answer_ids)
+    match = re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text)
+    start = match.start() if match else text.find(phrase)
+    if start < 0:
+        return text
+    end = start + len(phrase)
     hits = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
     if not hits:  # pragma: no cover - a found substring always overlaps some token
-        raise ObjectNotFoundError(f"fact {fact.id!r}: object {fact.object!r} spans no token")
+        return text
     return hits
+
+
+def names_subject_in_answer(fact: Fact) -> bool:
+    """Whether ``fact.answer`` repeats ``fact.subject`` as whole words (so ``target="name"``
+    has positions), checked on the text before any tokenizer is loaded."""
+    return re.search(rf"(?<!\w){re.escape(fact.subject)}(?!\w)", fact.answer) is not None
+
+
+def target_offsets(tokenizer, answer_ids: Sequence[int], fact: Fact, target: str) -> list[int]:
+    """Offsets, within the answer span, of the positions ``LP`` sums over for ``target``
+    (SPEC §5): ``"answer"`` every position, ``"object"`` the object's tokens
+    (:func:`locate_object`; a fact without an object: its whole answer), ``"name"`` the
+    subject's name inside the answer (:func:`locate_name`)."""
+    if target == "answer":
+        return list(range(len(answer_ids)))
+    if target == "name":
+        return locate_name(tokenizer, answer_ids, fact)
+    if target != "object":
+        raise ValueError(f"target must be 'answer', 'object' or 'name', got {target!r}")
+    return locate_object(tokenizer, answer_ids, fact)
+
+
+def draw_people(
+    facts: Sequence[Fact], *, n_people: int = 24, per_person: int = 1, seed: int = 0
+) -> list[Fact]:
+    """A reproducible draw of ``per_person`` facts from each of ``n_people`` subjects.
+
+    Figure 2 averages over people, not over one person's relations (SPEC §5, §10.1): the
+    people are drawn with ``seed`` (a ``random.Random`` over the subjects in first-seen
+    order), and each drawn person's facts likewise; the result lists people in drawn order,
+    each person's facts in their set order. The same facts and seed give the same draw.
+
+    Raises:
+        ValueError: fewer than ``n_people`` subjects, or a drawn person with fewer than
+            ``per_person`` facts (says how many there are).
+
+    Example:
+        >>> fs = [Fact(subject=s, question=f"Who is {s}?", answer=s, id=f"{s}-{i}")
+        ...       for s in "ABC" for i in range(2)]
+        >>> [f.id for f in draw_people(fs, n_people=2, seed=1)]
+        ['A-1', 'C-0']
+    """
+    import random
+
+    facts = list(facts)
+    if isinstance(n_people, bool) or not isinstance(n_people, int) or n_people < 1:
+        raise ValueError(f"n_people must be an integer ≥ 1, got {n_people!r}")
+    if isinstance(per_person, bool) or not isinstance(per_person, int) or per_person < 1:
+        raise ValueError(f"per_person must be an integer ≥ 1, got {per_person!r}")
+    by_person: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_person.setdefault(f.subject, []).append(f)
+    if len(by_person) < n_people:
+        raise ValueError(
+            f"draw_people: the facts hold {len(by_person)} people, fewer than n_people="
+            f"{n_people}; lower n_people or draw from a split with more people"
+        )
+    rng = random.Random(seed)
+    people = rng.sample(list(by_person), n_people)
+    drawn: list[Fact] = []
+    for person in people:
+        own = by_person[person]
+        if len(own) < per_person:
+            raise ValueError(
+                f"draw_people: {person!r} has {len(own)} facts, fewer than per_person="
+                f"{per_person}; lower per_person"
+            )
+        picked = sorted(rng.sample(range(len(own)), per_person))
+        drawn.extend(own[i] for i in picked)
+    return drawn

@@ -159,7 +159,7 @@ def _pad_dim(t: torch.Tensor, dim: int, size: int, value: float) -> torch.Tensor
 
 
 #: Config entries that map fact ids to values: concatenation joins them.
-_PER_FACT_CONFIG_KEYS = frozenset({"prompt_length"})
+_PER_FACT_CONFIG_KEYS = frozenset({"prompt_length", "structural_zeros"})
 
 
 def _merge_configs(configs: Sequence[Mapping[str, Any]], kind: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ has a **commit map**: the step at which each answer position was committed
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,14 +46,33 @@ from ._io import Saveable
 from .context import ForwardContext
 from .defaults import BATCH_SIZE, PROGRESS
 from .errors import NonFiniteActivationError
-from .facts import Fact, locate_object
+from .facts import Fact, locate_object, target_offsets
 from .prompting import chunks_by_shape, encode_prompt
 from .samplers import resolve_sampler
 
 #: How ``LP(k)`` reads a committed position (SPEC §4).
 LP_MODES: tuple[str, ...] = ("frozen", "raw")
 #: Which answer positions ``LP`` sums over (SPEC §5).
-TARGETS: tuple[str, ...] = ("answer", "object")
+#: ``"object"`` (the default): the object's tokens, the paper's Eq. 4; ``"answer"``: the whole
+#: answer span (TOFU's convention); ``"name"``: the subject's name inside the answer, the
+#: subject-identity part that Figure 2's contrast subtracts.
+TARGETS: tuple[str, ...] = ("object", "answer", "name")
+
+
+def warn_no_object(missing: Sequence[str], total: int, *, stacklevel: int = 3) -> None:
+    """One warning for the facts that record no object under ``target="object"``: their
+    object is their whole answer (what ``Fact.object=None`` means), so their ``LP`` includes
+    the subject's name wherever the answer repeats it."""
+    if not missing:
+        return
+    listed = ", ".join(repr(m) for m in list(missing)[:5]) + (" …" if len(missing) > 5 else "")
+    warnings.warn(
+        f"target='object' (the default): {len(missing)} of {total} facts record no object "
+        f"(Fact.object is None: {listed}), so their object target is their whole answer. Set "
+        "Fact.object to measure the fact apart from the subject's name, or pass "
+        "target='answer' to say that the whole answer is meant",
+        stacklevel=stacklevel + 1,
+    )
 
 
 def check_lp_mode(lp: str) -> str:
@@ -339,7 +359,7 @@ def diffuse(
     batch_size: int = BATCH_SIZE,
     progress: bool = PROGRESS,
     lp: str = "frozen",
-    target: str = "answer",
+    target: str = "object",
     sampler=None,
 ) -> DiffusionResult:
     """Sample answers with the diffusion loop (SPEC §4).
@@ -359,7 +379,12 @@ def diffuse(
         progress: Show a progress bar over batches.
         lp: How ``.target_logprobs`` reads committed positions: ``"frozen"`` (default, the
             value of the forward that committed them) or ``"raw"`` (SPEC §4).
-        target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over.
+        target: The positions ``.target_logprobs`` sums over: ``"object"`` (default, the
+            object's tokens; a fact without ``Fact.object`` targets its whole answer, as
+            ``Fact.object=None`` means — no warning here, where the answers are usually the
+            point; :func:`~tie_tracing.trace_tie` warns), ``"answer"`` (the whole
+            answer) or ``"name"`` (the subject's name inside the answer). Prompts have no
+            targets and ignore it.
         sampler: A :mod:`~tie_tracing.core.samplers` config, registry name or dict (default
             ``LLaDASampler()``, low-confidence remasking); recorded as ``config["sampler"]``.
             A ``temperature`` / ``block_length`` given beside it must agree with it.
@@ -393,20 +418,15 @@ def diffuse(
     check_lp_mode(lp)
     check_target(target)
     rule = resolve_sampler(sampler, temperature=temperature, block_length=block_length, model=model)
-    if target == "object":
-        missing = [
-            (f.id or f.question) if isinstance(f, Fact) else repr(f)
-            for f in items
-            if not isinstance(f, Fact) or f.object is None
-        ]
-        if missing:
-            raise ValueError(
-                f"target='object' needs facts that record an object; {len(missing)} items do "
-                f"not: {missing[:10]}. Use target='answer'"
-            )
     rows = _queries(model, items, answer_length)
     objects: list[tuple[int, ...]] = [
         tuple(locate_object(model.tokenizer, a, item)) if isinstance(item, Fact) else ()
+        for item, (_, a) in zip(items, rows)
+    ]
+    target_at: list[tuple[int, ...] | None] = [
+        tuple(target_offsets(model.tokenizer, a, item, target))
+        if isinstance(item, Fact) and a is not None
+        else None
         for item, (_, a) in zip(items, rows)
     ]
     shapes = [(p, a if a is not None else [0] * int(answer_length or 0)) for p, a in rows]
@@ -427,7 +447,8 @@ def diffuse(
             )
             target_mask = torch.zeros(len(chunk), a_len, dtype=torch.bool)
             for r, i in enumerate(chunk):
-                target_mask[r, list(objects[i]) if target == "object" else slice(None)] = True
+                at = target_at[i]
+                target_mask[r, slice(None) if at is None else list(at)] = True
             out = model.denoise(
                 x,
                 answer_start=p_len,

@@ -48,6 +48,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from ..analysis.figure2 import structural_mask, tie_map_stats
 from ..analysis.stats import BetaTradeoff, PerFactOptima, SelectionStability, _np, bootstrap_ci
 from ..core._io import atomic_write_bytes
 from ..core.errors import TieTracingError
@@ -83,6 +84,8 @@ POSITIVE_COLOUR = "rgb(178,24,43)"
 NEGATIVE_COLOUR = "rgb(33,102,172)"
 #: Grey of idle steps (no masked target position left, SPEC §5).
 IDLE_GREY = "rgb(160,160,160)"
+#: Dark grey of the sites zero by architecture (SPEC §5): not measurements.
+STRUCTURAL_GREY = "rgb(90,90,90)"
 #: Object tokens in a trajectory view, and the other committed tokens.
 OBJECT_COLOUR = "rgb(241,163,64)"
 COMMITTED_COLOUR = "rgb(254,235,200)"
@@ -252,12 +255,21 @@ def plot_tie_heatmaps(
     the clean state there raises the answer's log-probability").
 
     **Mean view** (the default): the NaN-aware mean over facts. The hover of each cell
-    gives the value, the percentile-bootstrap 95% CI over facts and the per-fact values;
-    cells whose CI contains 0 (``low < 0 < high``) carry a small open circle (legend entry
-    "95% CI crosses 0"). With fewer than ``min_ci_facts`` facts the circles are left out
-    and a note on the figure says that so few facts give no CI (facts of fewer than
-    ``min_ci_facts`` subjects keep the circles, with a note that the CI resamples those
-    subjects' relations, not people). Mean, CI and hover values cover the same facts, those
+    gives the value, the 95% CI over **people** (a percentile cluster bootstrap by subject,
+    :func:`~tie_tracing.analysis.figure2.tie_map_stats`: a person's facts are not
+    independent) and the per-fact values; cells whose CI contains 0 (``low < 0 < high``)
+    carry a small open circle (legend entry "95% CI crosses 0"). With fewer than
+    ``min_ci_facts`` facts, or facts of fewer than ``min_ci_facts`` people, the circles are
+    left out and a note on the figure says why.
+
+    **Zero by architecture**: the sites a trace recorded in ``config["structural_zeros"]`` for
+    every averaged fact (the last block at the subject positions,
+    :func:`~tie_tracing.tracing.tie.structural_zeros`) are not drawn as values (NaN in every
+    view) and carry a dark overlay "zero by architecture" that says why.
+
+    The statistics come from :mod:`tie_tracing.analysis.figure2`; this function draws, one
+    helper per kind of trace (``_module_heatmaps``, ``_idle_overlays``, ``_ci_markers``,
+    ``_eq5_star``, ``_commit_legend``, ``_structural_overlays``). Mean, CI and hover values cover the same facts, those
     the model knows (:meth:`~tie_tracing.core.results.TIEResult.known_only`); when some are left
     out, the title, the hover and the "mean" entry say "n known of N facts".
 
@@ -308,8 +320,9 @@ def plot_tie_heatmaps(
         (``coloraxis="coloraxis"``, named by module), ``M`` grey idle overlays (named
         "idle step"), ``M`` scatter traces of the CI-crosses-0 cells (named "95% CI
         crosses 0", visible in the mean view only), one star on the Eq. 5 cell (named
-        "Eq. 5 cell …"; empty when no cell wins) and one legend-only line named "object
-        commit step". Dropdown button ``0`` is the mean view, button ``1 + f`` fact ``f``;
+        "Eq. 5 cell …"; empty when no cell wins), one legend-only line named "object
+        commit step" and ``M`` overlays named "zero by architecture" (empty where nothing
+        is). Dropdown button ``0`` is the mean view, button ``1 + f`` fact ``f``;
         each sets ``z`` and ``text`` of the heatmaps and overlays, the traces' ``visible``,
         the title, subtitle and commit outlines (``shapes`` named "object commit").
         Annotations named "colour key" and "CI note" hold the colour's meaning and what the
@@ -338,23 +351,30 @@ def plot_tie_heatmaps(
     n_cols = len(mods)
     per_fact_all = _np(r_all.tie)  # [fact, layer, step, module], every fact (dropdown)
     per_fact = per_fact_all[kept]  # the averaged facts (hover)
-    mean = _np(r.mean(include_unknown=True))  # r holds the known facts already
-    low, high = (_np(t) for t in bootstrap_ci(r.tie, n_resamples=n_resamples, seed=seed))
-    ci_shown = n_f >= min_ci_facts
-    crosses = (low < 0) & (high > 0) & ci_shown  # [layer, step, module]; NaN compares False
+    # mean and CI over people (a cluster bootstrap) come from the analysis layer
+    stats = tie_map_stats(r, n_resamples=n_resamples, seed=seed)
+    mean, low, high = _np(stats.mean), _np(stats.low), _np(stats.high)
     n_subjects = len(set(r.subjects))
-    if not ci_shown:
+    ci_shown = n_f >= min_ci_facts and n_subjects >= min_ci_facts
+    crosses = (low < 0) & (high > 0) & ci_shown  # [layer, step, module]; NaN compares False
+    if n_f < min_ci_facts:
         ci_note = (
             f"No CI marks: a bootstrap 95% CI over {n_f} fact{'' if n_f == 1 else 's'} "
             f"means little (fewer than {min_ci_facts}); trace more facts"
         )
-    elif n_subjects < min_ci_facts:
+    elif not ci_shown:
         ci_note = (
-            f"The 95% CI resamples {n_f} facts of {n_subjects} subject"
-            f"{'' if n_subjects == 1 else 's'}: their relations, not people"
+            f"No CI marks: the 95% CI resamples people, and {n_f} facts of {n_subjects} "
+            f"subject{'' if n_subjects == 1 else 's'} (fewer than {min_ci_facts}) give one that "
+            "means little: trace facts of more people"
         )
     else:
         ci_note = ""
+    structural = _np(structural_mask(r)).astype(bool)  # [layer, module]
+    if structural.any():  # zero by architecture: not drawn as a measured value
+        mean = np.where(structural[:, None, :], np.nan, mean)
+        per_fact_all = np.where(structural[None, :, None, :], np.nan, per_fact_all)
+        per_fact = per_fact_all[kept]
     names_all = [r_all.fact_ids[i] or f"#{i}" for i in range(n_all)]
     names = [names_all[i] for i in kept]
     unit = "normalised TIE" if r.is_normalized else "TIE (nats)"
@@ -401,8 +421,9 @@ def plot_tie_heatmaps(
                 row.append(
                     f"layer {layer}, step {step}, {r.modules[mi]}<br>"
                     f"mean {unit}: {_fmt(mean[li, si, mi])}<br>"
-                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over {facts_phrase}"
-                    f"{'' if ci_shown else ' (too few facts to rely on)'}<br>"
+                    f"95% CI [{_fmt(low[li, si, mi])}, {_fmt(high[li, si, mi])}] over "
+                    f"{n_subjects} people ({facts_phrase})"
+                    f"{'' if ci_shown else ' (too few facts or people to rely on)'}<br>"
                     f"per fact:<br>{facts}{more}"
                 )
             rows.append(row)
@@ -447,101 +468,24 @@ def plot_tie_heatmaps(
         subplot_titles=[_panel_title(r.modules[m]) for m in mods],
         horizontal_spacing=0.03,
     )
-    for col, mi in enumerate(mods, start=1):
-        fig.add_trace(
-            go.Heatmap(
-                z=mean[:, :, mi],
-                x=steps,
-                y=layers,
-                text=mean_texts[mi],
-                hovertemplate="%{text}<extra></extra>",
-                coloraxis="coloraxis",
-                name=r.modules[mi],
-            ),
-            row=1,
-            col=col,
-        )
-        fig.update_xaxes(title_text="denoising step", dtick=1, row=1, col=col)
+    modules_shown = [r.modules[m] for m in mods]
+    _module_heatmaps(
+        fig,
+        [mean[:, :, mi] for mi in mods],
+        [mean_texts[mi] for mi in mods],
+        steps,
+        layers,
+        modules_shown,
+    )
     mean_overlays = {mi: overlay(idle_mean, mean_texts[mi], "every averaged fact") for mi in mods}
-    for col, mi in enumerate(mods, start=1):
-        z, hover = mean_overlays[mi]
-        fig.add_trace(
-            go.Heatmap(
-                z=z,
-                x=steps,
-                y=layers,
-                text=hover,
-                hovertemplate="%{text}<extra></extra>",
-                hoverongaps=False,
-                colorscale=[[0.0, IDLE_GREY], [1.0, IDLE_GREY]],
-                zmin=0.0,
-                zmax=1.0,
-                showscale=False,
-                opacity=0.75,
-                name="idle step",
-                legendgroup="idle",
-                showlegend=col == 1,
-            ),
-            row=1,
-            col=col,
-        )
-    ci_text: list[list[str]] = []
-    for col, mi in enumerate(mods, start=1):
-        li_idx, si_idx = np.nonzero(crosses[:, :, mi])
-        ci_text.append(
-            [
-                f"layer {layers[la]}, step {steps[s]}, {r.modules[mi]}: 95% CI "
-                f"[{_fmt(low[la, s, mi])}, {_fmt(high[la, s, mi])}] crosses 0"
-                for la, s in zip(li_idx, si_idx)
-            ]
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=[steps[s] for s in si_idx],
-                y=[layers[la] for la in li_idx],
-                mode="markers",
-                marker=dict(symbol="circle-open", size=7, color="black", line=dict(width=1)),
-                name="95% CI crosses 0",
-                legendgroup="ci",
-                # one legend entry: on the first panel that has such cells
-                showlegend=len(li_idx) > 0 and not any(ci_text[:-1]),
-                text=ci_text[-1],
-                hovertemplate="%{text}<extra></extra>",
-            ),
-            row=1,
-            col=col,
-        )
-    eq5_col = 1 + [r.modules[m] for m in mods].index(eq5.module) if eq5 is not None else 1
-    fig.add_trace(
-        go.Scatter(
-            x=[] if eq5 is None else [eq5.step],
-            y=[] if eq5 is None else [eq5.layer],
-            mode="markers",
-            marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1)),
-            name=eq5_text,
-            legendgroup="eq5",
-            showlegend=eq5 is not None,
-            text=[] if eq5 is None else [eq5_text],
-            hovertemplate="%{text}<extra></extra>",
-        ),
-        row=1,
-        col=eq5_col,
+    _idle_overlays(fig, [mean_overlays[mi] for mi in mods], steps, layers)
+    ci_text = _ci_markers(
+        fig, crosses[..., mods], low[..., mods], high[..., mods], steps, layers, modules_shown
     )
-    info_commits = _commit_info(r_all) is not None
-    fig.add_trace(  # the dashed commit outlines are layout shapes: this names them
-        go.Scatter(
-            x=[None],
-            y=[None],
-            mode="lines",
-            line=dict(color=COMMIT_LINE, width=2, dash="dash"),
-            name="object commit step (clean run)",
-            legendgroup="commit",
-            showlegend=info_commits,
-            hoverinfo="skip",
-        ),
-        row=1,
-        col=1,
-    )
+    eq5_col = 1 + modules_shown.index(eq5.module) if eq5 is not None else 1
+    _eq5_star(fig, eq5, eq5_text, eq5_col)
+    _commit_legend(fig, _commit_info(r_all) is not None)
+    zero_z, zero_text = _structural_overlays(fig, structural[:, mods], steps, layers, modules_shown)
     fig.update_yaxes(title_text="layer", dtick=1, row=1, col=1)
 
     def view(
@@ -558,12 +502,14 @@ def plot_tie_heatmaps(
         return {
             "z": [maps[mi] for mi in mods]
             + [overlays[mi][0] for mi in mods]
-            + [None] * (n_cols + 2),
+            + [None] * (n_cols + 2)
+            + zero_z,
             "text": [texts[mi] for mi in mods]
             + [overlays[mi][1] for mi in mods]
             + ci_text
-            + [[] if eq5 is None else [eq5_text], None],
-            "visible": [True] * (2 * n_cols) + [is_mean] * n_cols + [True, True],
+            + [[] if eq5 is None else [eq5_text], None]
+            + zero_text,
+            "visible": [True] * (2 * n_cols) + [is_mean] * n_cols + [True, True] + [True] * n_cols,
         }
 
     if object_step is not None:
@@ -667,6 +613,184 @@ def plot_tie_heatmaps(
                 font=dict(size=11),
             )
     return fig
+
+
+# -- Figure 2's panels: each function draws one kind of trace, from values it is given --------
+
+
+def _module_heatmaps(
+    fig: go.Figure,
+    maps: list[np.ndarray],
+    texts: list[list[list[str]]],
+    steps: list[int],
+    layers: list[int],
+    modules: list[str],
+) -> None:
+    """One TIE heatmap per module panel on the shared colour axis."""
+    for col, (z, text, module) in enumerate(zip(maps, texts, modules), start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=steps,
+                y=layers,
+                text=text,
+                hovertemplate="%{text}<extra></extra>",
+                coloraxis="coloraxis",
+                name=module,
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="denoising step", dtick=1, row=1, col=col)
+
+
+def _idle_overlays(
+    fig: go.Figure, overlays: list[tuple[np.ndarray, list]], steps: list[int], layers: list[int]
+) -> None:
+    """The grey idle-step overlay of each panel (``z`` 1 at idle columns, NaN elsewhere)."""
+    for col, (z, hover) in enumerate(overlays, start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=steps,
+                y=layers,
+                text=hover,
+                hovertemplate="%{text}<extra></extra>",
+                hoverongaps=False,
+                colorscale=[[0.0, IDLE_GREY], [1.0, IDLE_GREY]],
+                zmin=0.0,
+                zmax=1.0,
+                showscale=False,
+                opacity=0.75,
+                name="idle step",
+                legendgroup="idle",
+                showlegend=col == 1,
+            ),
+            row=1,
+            col=col,
+        )
+
+
+def _ci_markers(
+    fig: go.Figure,
+    crosses: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    steps: list[int],
+    layers: list[int],
+    modules: list[str],
+) -> list[list[str]]:
+    """Open circles on the cells whose CI crosses 0 (``crosses`` ``[layer, step, panel]``),
+    one scatter per panel, one legend entry; returns each panel's hover texts."""
+    ci_text: list[list[str]] = []
+    for col, module in enumerate(modules, start=1):
+        li_idx, si_idx = np.nonzero(crosses[:, :, col - 1])
+        ci_text.append(
+            [
+                f"layer {layers[la]}, step {steps[s]}, {module}: 95% CI "
+                f"[{_fmt(low[la, s, col - 1])}, {_fmt(high[la, s, col - 1])}] crosses 0"
+                for la, s in zip(li_idx, si_idx)
+            ]
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[steps[s] for s in si_idx],
+                y=[layers[la] for la in li_idx],
+                mode="markers",
+                marker=dict(symbol="circle-open", size=7, color="black", line=dict(width=1)),
+                name="95% CI crosses 0",
+                legendgroup="ci",
+                # one legend entry: on the first panel that has such cells
+                showlegend=len(li_idx) > 0 and not any(ci_text[:-1]),
+                text=ci_text[-1],
+                hovertemplate="%{text}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+    return ci_text
+
+
+def _eq5_star(fig: go.Figure, eq5: Coordinate | None, label: str, col: int) -> None:
+    """A gold star on the Eq. 5 cell (an empty trace when no cell wins)."""
+    fig.add_trace(
+        go.Scatter(
+            x=[] if eq5 is None else [eq5.step],
+            y=[] if eq5 is None else [eq5.layer],
+            mode="markers",
+            marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1)),
+            name=label,
+            legendgroup="eq5",
+            showlegend=eq5 is not None,
+            text=[] if eq5 is None else [label],
+            hovertemplate="%{text}<extra></extra>",
+        ),
+        row=1,
+        col=col,
+    )
+
+
+def _commit_legend(fig: go.Figure, show: bool) -> None:
+    """A legend-only line naming the dashed commit outlines (layout shapes)."""
+    fig.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="lines",
+            line=dict(color=COMMIT_LINE, width=2, dash="dash"),
+            name="object commit step (clean run)",
+            legendgroup="commit",
+            showlegend=show,
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+
+
+def _structural_overlays(
+    fig: go.Figure,
+    structural: np.ndarray,
+    steps: list[int],
+    layers: list[int],
+    modules: list[str],
+) -> tuple[list[np.ndarray], list[list[list[str]]]]:
+    """A dark overlay on the sites zero by architecture (``structural`` ``[layer, panel]``),
+    with the reason in its hover; returns each panel's ``z`` and text (for the dropdown)."""
+    why = (
+        "zero by architecture: this block's output at the subject positions reaches no "
+        "answer position (the final norm and the LM head act per position); not a measurement"
+    )
+    zs, texts = [], []
+    for col, module in enumerate(modules, start=1):
+        on = structural[:, col - 1]
+        z = np.where(on[:, None], 1.0, np.nan).repeat(len(steps), axis=1)
+        text = [
+            [f"layer {layer}, step {step}, {module}: {why}" if on[li] else "" for step in steps]
+            for li, layer in enumerate(layers)
+        ]
+        zs.append(z)
+        texts.append(text)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=steps,
+                y=layers,
+                text=text,
+                hovertemplate="%{text}<extra></extra>",
+                hoverongaps=False,
+                colorscale=[[0.0, STRUCTURAL_GREY], [1.0, STRUCTURAL_GREY]],
+                zmin=0.0,
+                zmax=1.0,
+                showscale=False,
+                name="zero by architecture",
+                legendgroup="structural",
+                showlegend=col == 1 and bool(structural.any()),
+            ),
+            row=1,
+            col=col,
+        )
+    return zs, texts
 
 
 def _eq5_cell(result: TIEResult, modules: list[str]) -> tuple[Coordinate | None, str]:

@@ -17,7 +17,7 @@
 Tracing never imports editing, analysis, evaluation or figures (``tests/test_layers.py``).
 """
 
-from .config import Budget, PositionalConfig, Sites, TraceConfig
+from .config import Budget, PositionalConfig, Sites, TraceConfig, step_grid
 from .distributed import trace_sharded
 from .patching import (
     Capture,
@@ -30,7 +30,7 @@ from .patching import (
 )
 from .positional import trace_positional
 from .reference import reference_ie, reference_positional, reference_tie
-from .tie import trace_tie
+from .tie import SweepCache, structural_zeros, trace_tie
 
 __all__ = [
     "Budget",
@@ -41,12 +41,15 @@ __all__ = [
     "PositionalConfig",
     "Query",
     "Sites",
+    "SweepCache",
     "TraceConfig",
     "encode_query",
     "reference_ie",
     "reference_positional",
     "reference_tie",
     "run_patched",
+    "step_grid",
+    "structural_zeros",
     "trace_positional",
     "trace_sharded",
     "trace_tie",

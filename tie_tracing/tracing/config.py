@@ -7,7 +7,7 @@ A trace is described by one config, nested by concern::
         sampler=LLaDASampler(),                    # the commit rule (core.samplers)
         corruption=Corruption(noise_scale=3.0, n_noise=1, seed=0, mentions="all"),
         sites=Sites(layers=None, modules=("resid", "attn", "mlp")),
-        target="answer", lp="frozen", decay=0.5,   # what LP sums and how Eq. 4 weighs it
+        target="object", lp="frozen", decay=0.5,   # what LP sums and how Eq. 4 weighs it
         mode="exact", horizon=None,                # how much of each future is followed
         patch_steps=None,                          # the steps patched (None: all T)
         budget=Budget(max_memory=None, batch_size=None),  # speed and memory, never results
@@ -140,7 +140,10 @@ class TraceConfig:
         corruption: The noise on the subject embeddings and which mentions get it
             (:class:`~tie_tracing.tracing.patching.Corruption`).
         sites: The patched ``layers × modules`` (:class:`Sites`).
-        target: ``"answer"`` (default) or ``"object"``: the positions ``LP`` sums over.
+        target: The positions ``LP`` sums over: ``"object"`` (default: the object's tokens,
+            the paper's Eq. 4; facts must record ``Fact.object``), ``"answer"`` (the whole
+            answer span) or ``"name"`` (the subject's name inside the answer: the
+            subject-identity part of the answer, Figure 2's contrast).
         lp: ``"frozen"`` (default) or ``"raw"``: how ``LP`` reads committed positions (SPEC §4).
         decay: ``γ`` of Eq. 4, in ``(0, 1]``.
         mode: ``"exact"`` (Eq. 4 over every later step), ``"immediate"`` (``IE`` at the patched
@@ -149,6 +152,11 @@ class TraceConfig:
             (``None``: to the end); ``mode="exact"`` only.
         patch_steps: The steps at which cells are patched (``None``: all ``T``); the cells of
             other steps are not run and stay NaN. The trajectories still run all ``T`` steps.
+            ``"log:N"``: ``N`` log-spaced steps (:func:`step_grid`), a grid for long
+            trajectories.
+        ig_steps: ``mode="attribution"`` only: average the gradient over this many noise
+            scales ``(j − ½)/n`` along the corruption (integrated gradients, midpoint rule;
+            ``1``: plain attribution patching at the corrupted point).
         budget: Rows per forward (:class:`Budget`); not recorded, it never changes a result.
 
     Example:
@@ -160,16 +168,31 @@ class TraceConfig:
     sampler: Any = None
     corruption: Corruption = field(default_factory=Corruption)
     sites: Sites = field(default_factory=Sites)
-    target: str = "answer"
+    target: str = "object"
     lp: str = "frozen"
     decay: float = 0.5
     mode: str = "exact"
     horizon: int | None = None
     patch_steps: tuple[int, ...] | None = None
+    ig_steps: int = 1
     budget: Budget = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
         _check_parts(self)
+        ig = as_int(self.ig_steps)
+        if not isinstance(ig, int) or isinstance(ig, bool) or ig < 1:
+            raise ValueError(f"ig_steps must be an integer ≥ 1, got {self.ig_steps!r}")
+        if ig > 1 and self.mode != "attribution":
+            raise ValueError(
+                f"ig_steps={ig} sets the attribution scan's integrated gradients; mode="
+                f"{self.mode!r} runs the patches themselves: use mode='attribution' or ig_steps=1"
+            )
+        if ig > 1 and self.corruption.replace:
+            raise ValueError(
+                "integrated gradients over the corruption scale added noise; replace=True "
+                "writes the embedding instead: use ig_steps=1 with replace=True"
+            )
+        object.__setattr__(self, "ig_steps", ig)
         steps = as_int(self.steps)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
@@ -239,6 +262,8 @@ class TraceConfig:
         )
         if self.patch_steps is not None:  # recorded only when used (older records lack it)
             d["patch_steps"] = list(self.patch_steps)
+        if self.ig_steps > 1:  # likewise
+            d["ig_steps"] = self.ig_steps
         return d
 
 
@@ -298,9 +323,42 @@ def _check_parts(config: Any) -> None:
             )
 
 
+def step_grid(steps: int, n: int) -> tuple[int, ...]:
+    """``n`` patch steps log-spaced over ``0 … T−1`` (dense early, sparse late), always
+    holding ``0`` and ``T − 1``: a grid for long trajectories (``T = 64 … 128``), where the
+    exact sweep over every step costs ``T²``. Rounding merges close steps, so the grid may
+    hold fewer than ``n``; ``n ≥ T`` is every step.
+
+    ``patch_steps="log:N"`` in a config is this grid.
+
+    Example:
+        >>> step_grid(128, 8)
+        (0, 1, 3, 7, 15, 31, 63, 127)
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"a step grid needs n ≥ 2 steps (0 and T-1 at least), got {n!r}")
+    if n >= steps:
+        return tuple(range(steps))
+    ratio = steps ** (1.0 / (n - 1))
+    grid = {0, steps - 1} | {round(ratio**i) - 1 for i in range(n)}
+    return tuple(sorted(k for k in grid if 0 <= k < steps))
+
+
 def _patch_steps(value: Any, steps: int) -> tuple[int, ...] | None:
     if value is None:
         return None
+    if isinstance(value, str):
+        kind, _, count = value.partition(":")
+        if kind.strip() != "log" or not count.strip().isdigit():
+            if all(part.strip().lstrip("-").isdigit() for part in value.split(",")):
+                value = [int(part) for part in value.split(",")]
+            else:
+                raise ValueError(
+                    f"patch_steps {value!r}: give step numbers, or 'log:N' for N log-spaced "
+                    "steps (tt.tracing.step_grid)"
+                )
+        else:
+            return step_grid(steps, int(count))
     chosen = as_ints(value)
     chosen = (chosen,) if isinstance(chosen, int) else chosen
     if (

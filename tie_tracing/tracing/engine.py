@@ -55,6 +55,8 @@ class Work:
         shapes: ``(rows, seq)`` of each forward, in order.
         divergent_continuations: Trajectory nodes run beyond the corrupted runs (exact TIE).
         rows_per_forward: The row budget of each traced fact.
+        reused_facts: Facts whose runs came from a
+            :class:`~tie_tracing.tracing.tie.SweepCache` (another target's sweep).
     """
 
     forwards: int = 0
@@ -63,6 +65,7 @@ class Work:
     shapes: tuple[tuple[int, int], ...] = ()
     divergent_continuations: int = 0
     rows_per_forward: tuple[int, ...] = ()
+    reused_facts: int = 0
 
     @classmethod
     def forward(cls, rows: int, seq: int, *, times: int = 1, backward: bool = False) -> Work:
@@ -87,6 +90,7 @@ class Work:
             shapes=tuple(s for w in parts for s in w.shapes),
             divergent_continuations=sum(w.divergent_continuations for w in parts),
             rows_per_forward=tuple(r for w in parts for r in w.rows_per_forward),
+            reused_facts=sum(w.reused_facts for w in parts),
         )
 
     def to_dict(self) -> dict:
@@ -100,6 +104,8 @@ class Work:
         }
         if self.backwards:
             out["backwards"] = self.backwards
+        if self.reused_facts:
+            out["reused_facts"] = self.reused_facts
         return out
 
 

@@ -40,8 +40,8 @@ import torch
 from ..core._guards import as_int, as_real, finite, require_model
 from ..core.backbones import MODULES, hidden_of, module_names
 from ..core.context import ForwardContext
-from ..core.errors import ShapeError, SubjectNotFoundError
-from ..core.facts import Fact, check_mentions, locate_object, locate_subject
+from ..core.errors import ObjectNotFoundError, ShapeError, SubjectNotFoundError
+from ..core.facts import Fact, check_mentions, locate_name, locate_object, locate_subject
 from ..core.sampler import LoopOutput, check_finite, check_lp_mode, check_target, commit_steps
 
 #: Order in which a block's sites run (nnsight must be asked in execution order).
@@ -59,6 +59,8 @@ class Query:
             by default (not necessarily contiguous), or the first (``mentions="first"``).
         object_offsets: Offsets within the answer span of the object's tokens (the whole
             answer for a fact without an object).
+        name_offsets: Offsets within the answer span of the subject's name (its first
+            whole-word occurrence there), ``None`` when the answer does not repeat it.
     """
 
     fact: Fact
@@ -66,24 +68,32 @@ class Query:
     answer_ids: tuple[int, ...]
     subject_positions: tuple[int, ...]
     object_offsets: tuple[int, ...] = ()
+    name_offsets: tuple[int, ...] | None = None
 
-    def target_mask(self, target: str = "answer") -> torch.Tensor:
+    def target_mask(self, target: str = "object") -> torch.Tensor:
         """``[answer_len]`` bool: the target positions ``O`` of ``target`` (SPEC §5).
 
+        ``"object"`` on a fact that records no object is its whole answer (``object_mask``).
+
         Raises:
-            ValueError: ``target="object"`` on a fact that records no object (names it).
+            ValueError: ``target="name"`` on a fact whose answer does not repeat its subject
+                (names it).
         """
         check_target(target)
         mask = torch.zeros(len(self.answer_ids), dtype=torch.bool)
         if target == "answer":
             mask[:] = True
             return mask
-        if self.fact.object is None:
-            raise ValueError(
-                f"target='object' needs facts with an object; fact {fact_key(self.fact)!r} has "
-                "none (Fact.object is None): use target='answer'"
-            )
-        return self.object_mask
+        if target == "name":
+            if self.name_offsets is None:
+                raise ValueError(
+                    f"target='name' reads the subject's name inside the answer; the answer of "
+                    f"fact {fact_key(self.fact)!r} does not contain {self.fact.subject!r}: use "
+                    "target='object' or 'answer'"
+                )
+            mask[list(self.name_offsets)] = True
+            return mask
+        return self.object_mask  # a fact without an object: its whole answer
 
     @property
     def object_mask(self) -> torch.Tensor:
@@ -142,8 +152,17 @@ def encode_query(model, fact: Fact, *, mentions: str = "all") -> Query:
         mentions=mentions,
     )
     objects = locate_object(model.tokenizer, answer, fact)
+    try:
+        name: tuple[int, ...] | None = tuple(locate_name(model.tokenizer, answer, fact))
+    except ObjectNotFoundError:  # the answer does not repeat the name: no name target
+        name = None
     return Query(
-        fact, tuple(prompt), tuple(answer), tuple(int(p) for p in positions), tuple(objects)
+        fact,
+        tuple(prompt),
+        tuple(answer),
+        tuple(int(p) for p in positions),
+        tuple(objects),
+        name,
     )
 
 
@@ -426,7 +445,7 @@ def run_patched(
     temperature: float | None = None,
     seeds: Sequence[int] | None = None,
     lp: str = "frozen",
-    target: str = "answer",
+    target: str = "object",
     sampler=None,
 ) -> PatchedRun:
     """One traced diffusion run with corruption, patches and captures at chosen steps.
@@ -457,7 +476,8 @@ def run_patched(
             conditional rows only. Recorded in ``.config["sampler"]``.
         lp: ``"frozen"`` (default: a committed position keeps the log-probability of the
             forward that decided it) or ``"raw"`` (SPEC §4).
-        target: Positions ``LP`` sums over: ``"answer"`` (default) or ``"object"`` (SPEC §5).
+        target: Positions ``LP`` sums over: ``"object"`` (default), ``"answer"`` or ``"name"``
+            (SPEC §5).
 
     Returns:
         A :class:`PatchedRun`.

@@ -45,7 +45,7 @@ import torch
 
 from ..core.backbones import MODULES, hidden_of
 from ..core.commit import step_noise_generator
-from ..core.facts import Fact
+from ..core.facts import Fact, locate_name
 from ..core.samplers import LLaDASampler, resolve_sampler
 from .patching import Corruption, Query, encode_query
 
@@ -259,7 +259,7 @@ def reference_ie(
     temperature: float | None = None,
     block_length: int | None = None,
     lp: str = "frozen",
-    target: str = "answer",
+    target: str = "object",
     mentions: str = "all",
     sampler=None,
 ) -> dict:
@@ -273,16 +273,16 @@ def reference_ie(
     not be contiguous) come from :func:`~tie_tracing.tracing.patching.encode_query`.
 
     Raises:
-        ValueError: ``target="object"`` on a fact without an object.
+        ObjectNotFoundError: ``target="name"`` on a fact whose answer lacks the subject.
     """
     rule = resolve_sampler(
         sampler, temperature=temperature, block_length=block_length, model=model
     ).per_trajectory()
     query = encode_query(model, fact, mentions=mentions)
-    if target == "object":
-        if fact.object is None:
-            raise ValueError(f"target='object': fact {fact.id!r} has no object")
-        positions = sorted(query.object_offsets)
+    if target == "object":  # a fact without an object: its whole answer
+        positions = sorted(query.object_offsets or range(len(query.answer_ids)))
+    elif target == "name":
+        positions = locate_name(model.tokenizer, query.answer_ids, fact)
     else:
         positions = list(range(len(query.answer_ids)))
     run: dict[str, Any] = dict(sampler=rule, positions=positions, seed=seed, lp=lp)

@@ -56,6 +56,7 @@ that does not know a fact measures nothing.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import warnings
@@ -74,14 +75,23 @@ from ..core.errors import NonFiniteActivationError
 from ..core.facts import Fact, as_facts
 from ..core.provenance import TraceProvenance
 from ..core.results import TIEPair, TIEResult, tie_from_ie
-from ..core.sampler import frozen_terms, target_logprob
+from ..core.sampler import frozen_terms, target_logprob, warn_no_object
 from ..core.samplers import Sampler, resolve_sampler
 from .attribution import attribution_rows, site_outputs
 from .config import MODES, TraceConfig, apply_overrides, check_facts, rows_for
 from .engine import Work, check_shard, fact_record, run_batches, trace_facts
 from .patching import Corruption, Query, encode_query, fact_key, patched_forward, traced_loop
 
-__all__ = ["MODES", "TracePlan", "fact_record", "horizon_weight", "plan_trace", "trace_tie"]
+__all__ = [
+    "MODES",
+    "SweepCache",
+    "TracePlan",
+    "fact_record",
+    "horizon_weight",
+    "plan_trace",
+    "structural_zeros",
+    "trace_tie",
+]
 
 
 def horizon_weight(steps: int, decay: float, horizon: int | None) -> float:
@@ -125,6 +135,7 @@ class TracePlan:
     targets: dict[str, torch.Tensor]
     nu: float
     memory: int
+    reuse: SweepCache | None = None
 
     @property
     def corruption(self) -> Corruption:
@@ -146,15 +157,18 @@ class TracePlan:
         return max(1, rows // 2) if self.rule.doubles_batch else rows
 
 
-def plan_trace(model, facts: Sequence[Fact], config: TraceConfig) -> TracePlan:
+def plan_trace(
+    model, facts: Sequence[Fact], config: TraceConfig, *, reuse: SweepCache | None = None
+) -> TracePlan:
     """Resolve ``config`` against ``model`` and ``facts``, once: the sampler checked against
     the model's family and bound to its tokens, the sites against the backbone, the facts
-    encoded, their target positions located (``target="object"`` needs every fact's object,
-    named together), ``ν`` resolved; warns when steps have nothing to decide.
+    encoded, their target positions located (under ``target="object"`` a fact without an
+    object targets its whole answer, with one warning naming them), ``ν`` resolved; warns when
+    steps have nothing to decide.
 
     Raises:
-        ValueError: a causal model; a layer the model lacks; facts without an object under
-            ``target="object"`` (lists them); a sampler of another family.
+        ValueError: a causal model; a layer the model lacks; facts whose answer lacks their
+            subject under ``target="name"`` (lists them); a sampler of another family.
         SubjectNotFoundError, ObjectNotFoundError: a fact that cannot be encoded (names it).
     """
     if model.is_causal:
@@ -164,20 +178,19 @@ def plan_trace(model, facts: Sequence[Fact], config: TraceConfig) -> TracePlan:
     bound = resolve_sampler(config.sampler, model=model)
     config = dataclasses.replace(config, sampler=bound)
     if config.target == "object":
-        missing = [fact_key(f) for f in facts if f.object is None]
-        if missing:
-            raise ValueError(
-                f"target='object' needs facts that record an object (Fact.object); "
-                f"{len(missing)} do not: {missing[:10]}{' …' if len(missing) > 10 else ''}. "
-                "Use target='answer' for them"
-            )
+        warn_no_object([fact_key(f) for f in facts if f.object is None], len(facts))
     layers, sites = config.sites.resolve(model)
     queries = tuple(encode_query(model, f, mentions=config.corruption.mentions) for f in facts)
+    if config.target == "name":
+        missing = [fact_key(q.fact) for q in queries if q.name_offsets is None]
+        if missing:
+            raise ValueError(
+                f"target='name' reads the subject's name inside the answer; the answers of "
+                f"{len(missing)} facts do not contain their subject: {missing[:10]}"
+                f"{' …' if len(missing) > 10 else ''}. Use target='object' or 'answer' for them"
+            )
     _warn_idle(queries, config)
-    targets = {
-        fact_key(q.fact): q.object_mask if config.target == "object" else q.target_mask("answer")
-        for q in queries
-    }
+    targets = {fact_key(q.fact): q.target_mask(config.target) for q in queries}
     return TracePlan(
         config=config,
         rule=bound.per_trajectory(),
@@ -187,7 +200,31 @@ def plan_trace(model, facts: Sequence[Fact], config: TraceConfig) -> TracePlan:
         targets=targets,
         nu=config.corruption.resolve_nu(model, queries),
         memory=config.budget.bytes(model.param_device),
+        reuse=reuse,
     )
+
+
+def structural_zeros(
+    model, query: Query, sites: Sequence[tuple[int, str]]
+) -> tuple[tuple[int, str], ...]:
+    """The ``(layer, module)`` sites whose patch at ``query``'s subject positions reaches no
+    answer position, by architecture: every site of the **last block**, whose output at a
+    position goes only through the final norm and the LM head of that position (both act
+    per position) — unless the logits are shifted (``Backbone.shifted``: position ``i``
+    scores token ``i + 1``) and a subject position sits right before the answer. Read from
+    the backbone and the positions, never from measured values: such a cell's ``IE`` is 0 at
+    every later step, since the patched forward's answer logits, and so its commits, are
+    the corrupted run's. Results record them per fact in ``config["structural_zeros"]``.
+
+    Example:
+        >>> q = encode_query(model, fact)                                  # doctest: +SKIP
+        >>> structural_zeros(model, q, [(5, "resid"), (4, "resid")])       # 6 blocks  # doctest: +SKIP
+        ((5, 'resid'),)
+    """
+    shift = 1 if model.backbone.shifted else 0
+    if any(s + shift >= query.answer_start for s in query.subject_positions):
+        return ()
+    return tuple(site for site in sites if site[0] == model.num_layers - 1)
 
 
 # ----------------------------------------------------------------------------- one fact
@@ -283,6 +320,9 @@ class _Grid:
     ``lp="raw"``); under ``lp="frozen"`` a patch at a closed step commits nothing and reads
     only frozen terms, so its effect is 0 exactly and its row is not run. ``wanted``: the
     row's step is among ``patch_steps``; other rows are neither run nor reported (NaN).
+    ``zero`` ``[sites]``: the site is zero by architecture for this fact
+    (:func:`structural_zeros`): its patch leaves the answer logits, hence every commit, as
+    the corrupted run's, so its rows are not run either (effect 0 exactly).
     """
 
     step: torch.Tensor
@@ -290,16 +330,20 @@ class _Grid:
     site: torch.Tensor
     open_: torch.Tensor
     wanted: torch.Tensor
+    zero: torch.Tensor
 
     @property
     def active(self) -> torch.Tensor:
-        """The rows run: wanted, at an open step."""
-        return (self.open_[self.draw, self.step] & self.wanted).nonzero().flatten()
+        """The rows run: wanted, at an open step, at a site that can reach the answer."""
+        run = self.open_[self.draw, self.step] & ~self.zero[self.site]
+        return (run & self.wanted).nonzero().flatten()
 
     @property
     def idle(self) -> torch.Tensor:
-        """The wanted rows at a closed step: effect 0 at every later step, not run."""
-        return (~self.open_[self.draw, self.step] & self.wanted).nonzero().flatten()
+        """The wanted rows at a closed step or a structurally zero site: effect 0 at every
+        later step, not run."""
+        still = ~self.open_[self.draw, self.step] | self.zero[self.site]
+        return (still & self.wanted).nonzero().flatten()
 
 
 def _grid(model, plan: TracePlan, base: _Base) -> _Grid:
@@ -313,12 +357,14 @@ def _grid(model, plan: TracePlan, base: _Base) -> _Grid:
     wanted = torch.ones_like(step, dtype=torch.bool)
     if config.patch_steps is not None:
         wanted = torch.isin(step, torch.tensor(config.patch_steps))
+    zeros = set(structural_zeros(model, base.query, plan.sites))
     return _Grid(
         step=step,
         draw=torch.arange(n_draws).repeat_interleave(n_sites).repeat(steps),
         site=torch.arange(n_sites).repeat(steps * n_draws),
         open_=open_,
         wanted=wanted,
+        zero=torch.tensor([site in zeros for site in plan.sites], dtype=torch.bool),
     )
 
 
@@ -521,37 +567,110 @@ def _attribution_ie(
             targets=answer,
             weight=weight,
             context=ForwardContext(step=k_, answer_start=p),
+            scales=ig_scales(config.ig_steps),
         )
-        return Work.forward(len(d_), seq, backward=True)
+        return Work.forward(len(d_), seq, times=config.ig_steps, backward=True)
 
     return ie, work + run_batches(torch.arange(len(pairs)), batch_size, forward)
 
 
+class SweepCache:
+    """The runs of exact and immediate sweeps, kept so that a trace of the same facts under
+    the same settings with **another target** recomputes only the log-probabilities.
+
+    Every forward of a sweep (clean, corrupted, patched, continued) and every commit is the
+    same whatever ``target`` is: the target only chooses the answer positions ``LP`` sums
+    over (SPEC §5). Pass one cache to both traces — ``trace_tie(model, facts,
+    target="object", reuse=cache)`` then ``target="name"`` — and the second runs no forward
+    (its ``engine_stats`` count none, ``reused_facts`` says how many were reused). A fact is
+    reused only when the model object, the fact and every setting but ``target`` are the
+    same. Attribution (whose backward depends on the target) is never cached. The cache
+    holds each fact's trajectory states and per-position terms in memory until dropped.
+
+    Example:
+        >>> cache = tt.tracing.SweepCache()                                            # doctest: +SKIP
+        >>> obj = tt.trace_tie(model, facts, target="object", reuse=cache)             # doctest: +SKIP
+        >>> name = tt.trace_tie(model, facts, target="name", reuse=cache)              # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    @staticmethod
+    def key(model, query: Query, plan: TracePlan) -> tuple:
+        """What a cached sweep must share with the trace that reads it."""
+        import json
+
+        settings = {k: v for k, v in plan.record().items() if k != "target"}
+        return (
+            id(model),
+            str(model.name),
+            json.dumps(settings, sort_keys=True, default=str),
+            repr(query.fact),
+            query.prompt_ids,
+            query.answer_ids,
+            query.subject_positions,
+        )
+
+    def get(self, key: tuple) -> tuple | None:
+        return self._runs.get(key)
+
+    def put(self, key: tuple, runs: tuple) -> None:
+        self._runs[key] = runs
+
+
+def ig_scales(n: int) -> tuple[float, ...]:
+    """Noise scales of the attribution scan: ``(1.0,)`` for ``n = 1`` (the corrupted point),
+    else the midpoint rule ``(j − ½)/n``, ``j = 1 … n``."""
+    return (1.0,) if n == 1 else tuple((j - 0.5) / n for j in range(1, n + 1))
+
+
 def _trace_fact(model, query: Query, plan: TracePlan) -> tuple[TIEResult, Work]:
     """One fact's trace as a one-fact :class:`~tie_tracing.core.results.TIEResult`, and the
-    work it ran: the base runs, the patch rows, then the mode's effects."""
+    work it ran: the base runs, the patch rows, then the mode's effects (or, with a
+    :class:`SweepCache` holding the same sweep under another target, only the effects)."""
     config = plan.config
-    base, work = _base_runs(model, query, plan)
-    sweep = _Sweep(base, mask_id=model.mask_token_id, lp=config.lp)
+    cache = plan.reuse if config.mode != "attribution" else None
+    key = SweepCache.key(model, query, plan) if cache is not None else None
+    hit = cache.get(key) if cache is not None and key is not None else None
+    weight = plan.targets[fact_key(query.fact)].float()
+    if hit is not None:
+        base, sweep, grid, terms, after, following = hit
+        base = dataclasses.replace(base, weight=weight)
+        sweep = sweep.reweighted(weight)
+        work = Work(reused_facts=1)
+    else:
+        base, work = _base_runs(model, query, plan)
+        sweep = _Sweep(base, mask_id=model.mask_token_id, lp=config.lp)
+        grid = _grid(model, plan, base)
     lp_clean = torch.tensor(sweep.chain(base.terms[0], base.clean_before))
     walks = [sweep.walk(sweep.corrupt[n][0], None) for n in range(config.corruption.n_noise)]
     lp_corrupt = torch.tensor([lps for lps, _ in walks])  # [N, T]
     frozen_before = [before for _, before in walks]  # [N][T]
-    grid = _grid(model, plan, base)
-    batch_size = plan.rows(model, query)
-    work = work + Work(rows_per_forward=(batch_size,))
     changed = None  # whether each patch row committed otherwise than the corrupted run
     if config.mode == "attribution":
+        batch_size = plan.rows(model, query)
+        work = work + Work(rows_per_forward=(batch_size,))
         ie, spent = _attribution_ie(model, plan, base, grid, batch_size)
         work = work + spent
     else:
-        terms, after, spent = _run_patches(model, plan, base, grid, batch_size)
-        work = work + spent
-        changed = (after != base.corrupt_states[grid.draw, grid.step]).any(-1)
-        following = None
-        if config.mode == "exact":
-            following, spent = _follow_futures(model, plan, base, grid, sweep, after, batch_size)
+        if hit is None:
+            batch_size = plan.rows(model, query)
+            work = work + Work(rows_per_forward=(batch_size,))
+            terms, after, spent = _run_patches(model, plan, base, grid, batch_size)
             work = work + spent
+            following = None
+            if config.mode == "exact":
+                following, spent = _follow_futures(
+                    model, plan, base, grid, sweep, after, batch_size
+                )
+                work = work + spent
+            if cache is not None and key is not None:
+                cache.put(key, (base, sweep, grid, terms, after, following))
+        changed = (after != base.corrupt_states[grid.draw, grid.step]).any(-1)
         ie = _patched_ie(plan, base, grid, sweep, terms, following, lp_corrupt, frozen_before)
     return _result(model, plan, base, ie, changed, lp_clean, lp_corrupt), work
 
@@ -585,6 +704,8 @@ def _result(
     ie = ie[None].contiguous()  # [1, layer, step, module, later_step]
     diverged = diverged[order].reshape(n_l, n_m, steps).permute(0, 2, 1)
     record = plan.record() | {"normalized": False, "mask_token_id": int(model.mask_token_id)}
+    zeros = structural_zeros(model, query, plan.sites)
+    record["structural_zeros"] = {fact_key(query.fact): [list(site) for site in zeros]}
     if config.mode == "exact":
         record["horizon_weight"] = horizon_weight(steps, config.decay, config.horizon)
     # a horizon, a mode that reads the patched step only, or a subset of patch steps leaves
@@ -666,6 +787,12 @@ class _Sweep:
         if tl is None:
             self.live.setdefault(step, []).append(len(self.nodes) - 1)
         return len(self.nodes) - 1
+
+    def reweighted(self, weight: torch.Tensor) -> _Sweep:
+        """This sweep's trajectories (shared, not copied) read with other target weights."""
+        other = copy.copy(self)
+        other.weight = weight
+        return other
 
     def successor(self, draw: int, step: int, state: torch.Tensor) -> int | None:
         """The node that continues from ``state`` before ``step`` (None past the end)."""
@@ -774,6 +901,7 @@ def trace_tie(  # type: ignore[misc]
     overwrite: bool = False,
     progress: bool | str = PROGRESS,
     shard: tuple[int, int] | None = None,
+    reuse: SweepCache | None = None,
     **overrides: Any,
 ) -> TIEResult | TIEPair:
     """Diffusion-time causal tracing: TIE of every ``(layer, step, module)`` for each fact.
@@ -808,6 +936,10 @@ def trace_tie(  # type: ignore[misc]
             ``out`` (required) and return those; the fact-sharded sweep of
             :mod:`tie_tracing.tracing.distributed` runs one shard per process and merges them by
             resuming ``out``. ``ν`` is still resolved on all ``facts``.
+        reuse: A :class:`SweepCache`: sweeps of these facts under the same settings and
+            another ``target`` are read from it instead of run again (exact and immediate
+            modes), and this trace's sweeps are added to it; results are bit-equal to a
+            trace without it.
         **overrides: Settings of the config:
 
             * ``steps``: ``T`` denoising steps (default 8).
@@ -829,8 +961,11 @@ def trace_tie(  # type: ignore[misc]
               mention of the subject is corrupted and patched; ``"first"``: ROME's rule).
             * ``sites`` or its fields: ``modules`` (a subset of ``resid``, ``attn``, ``mlp``)
               and ``layers`` (default all).
-            * ``target``: ``"answer"`` (default): ``LP`` sums over the whole answer span;
-              ``"object"``: over the object's tokens only (facts must record ``Fact.object``).
+            * ``target``: ``"object"`` (default): ``LP`` sums over the object's tokens (the
+              paper's Eq. 4; a fact without ``Fact.object`` targets its whole answer, with a
+              warning that names it); ``"answer"``: over the whole
+              answer span; ``"name"``: over the subject's name inside the answer (the
+              subject-identity part; Figure 2 subtracts it from the object's effect).
             * ``lp``: ``"frozen"`` (default): a committed answer position keeps the
               log-probability of the forward that committed it, so a step with no masked
               target position left has ``TIE = 0`` exactly; ``"raw"``: the literal reading at
@@ -841,7 +976,11 @@ def trace_tie(  # type: ignore[misc]
               future run: ``.tie`` holds ``IE_k``, the ``γ → 0`` limit of Eq. 4, and ``.ie`` is
               NaN at ``k' > k``); ``"attribution"`` (a first-order estimate of the immediate
               effect, one forward and one backward per step and draw,
-              :mod:`tie_tracing.tracing.attribution`; ``.diverged`` is NaN).
+              :mod:`tie_tracing.tracing.attribution`; ``.diverged`` is NaN). Attribution is
+              a first look: on the embedded model it ranks cells with Spearman 0.2–0.6
+              against the exact scan (``benchmarks/RESULTS.md``).
+            * ``ig_steps``: ``mode="attribution"`` only: average its gradient over ``n``
+              noise scales along the corruption (integrated gradients; default 1).
             * ``horizon``: follow each divergent future at most ``h`` steps after its patch
               (``mode="exact"`` only). Non-divergent runs, and divergent ones that rejoin a
               followed trajectory, are still exact at every later step; where a future was
@@ -876,7 +1015,8 @@ def trace_tie(  # type: ignore[misc]
         ObjectNotFoundError: a fact's object is not in its encoded answer (names the fact).
         NonFiniteActivationError: NaN/inf appeared (names the fact).
         ValueError: bad ``steps``, ``modules``, ``layers``, ``decay``, ``lp``, ``target`` or
-            noise settings; ``target="object"`` with facts that record no object (names them).
+            noise settings; ``target="name"`` with facts whose answer lacks their subject
+            (names them).
 
     Example:
         >>> model = tt.load_model("tiny-mdlm")                              # doctest: +SKIP
@@ -894,7 +1034,12 @@ def trace_tie(  # type: ignore[misc]
         return _trace_pair(model, facts, neighbours, config, **run)
     facts = check_facts(facts, "trace_tie")
     shard = check_shard(shard, out, len(facts))
-    plan = plan_trace(model, facts, config)
+    if reuse is not None and not isinstance(reuse, SweepCache):
+        raise TypeError(
+            f"reuse= takes a tt.tracing.SweepCache(), got {type(reuse).__name__}: make one with "
+            "cache = tt.tracing.SweepCache() and pass it to each trace that shares the sweep"
+        )
+    plan = plan_trace(model, facts, config, reuse=reuse)
     label = f"TIE {config.mode}, seed {config.corruption.seed}"
     results, work, resume = trace_facts(
         model,
