@@ -503,9 +503,10 @@ def test_figure2_draws_people_and_refuses_a_split_with_too_few(tmp_path, capsys)
     argv = ["figure2", "--out", str(tmp_path), "--people", "3", "--steps", "2", "--n-seeds", "1"]
     assert cli.main([*argv, "--n-noise", "1", "--quiet"]) == 0
     summary = json.loads((tmp_path / "figure2_summary.json").read_text())
-    drawn = tt.draw_people(tt.load_facts("tiny", "retain"), n_people=3, seed=0)
-    assert summary["facts"] == [f.id for f in drawn] and summary["n_people"] == 3
-    assert summary["selected"]["n_people"] == 3
+    drawn = tt.draw_people(tt.load_facts("tiny", "figure"), n_people=3, seed=0)
+    assert summary["facts"] == [f.id for f in drawn] and len({f.subject for f in drawn}) == 3
+    known = {f.subject for f in drawn if f.id not in summary["unknown_facts"]}
+    assert summary["n_people"] == summary["selected"]["n_people"] == len(known) >= 2
     bad = ["figure2", "--facts", "tiny:forget01", "--out", str(tmp_path / "o"), "--people", "2"]
     assert cli.main(bad) == 1
     err = capsys.readouterr().err

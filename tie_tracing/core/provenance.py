@@ -143,6 +143,9 @@ class TraceProvenance(Provenance):
         mask_token_id: The model's mask id (commit maps; ``None``: a record older than them).
         horizon_weight: Eq. 4's weights for a horizon (exact mode).
         unknown_facts, engine_stats, pooled, world_size, fact: What the run added.
+        ig_steps: Integrated-gradient scales of the attribution scan (1: plain attribution).
+        structural_zeros: Per fact id, the sites whose patches at the subject positions reach
+            no answer position by architecture (not run; ``None``: not recorded).
     """
 
     modules: list[str]
@@ -172,8 +175,12 @@ class TraceProvenance(Provenance):
     pooled: list[dict[str, Any]] | None
     world_size: int | None
     fact: dict[str, Any] | None
+    ig_steps: int
+    structural_zeros: dict[str, Any] | None
 
     ADDED: ClassVar[dict[str, Any]] = {
+        "ig_steps": 1,  # plain attribution: the only estimator before integrated gradients
+        "structural_zeros": None,  # records before the structural-zero mask
         **_COMMON_ADDED,
         "mode": "exact",  # the only mode before horizon / immediate / attribution
         "horizon": None,
@@ -185,6 +192,7 @@ class TraceProvenance(Provenance):
         "horizon_weight": None,
     }
     UNRECORDED_WHEN_NONE: ClassVar[frozenset[str]] = _COMMON_UNRECORDED | {
+        "structural_zeros",
         "sampler",
         "patch_steps",
         "normalize_nan_policy",
