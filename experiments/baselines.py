@@ -9,8 +9,9 @@ fine-tuning) runs over a named learning-rate grid under two protocols:
   returned. Here "converged" names that protocol, not a loss that has stopped moving: runs
   that never cross the threshold simply end at their step budget.
 
-**The reduced grid (the default; 7–13 minutes on one shared CPU thread).** A pilot
-(unmitigated, forget01, 25 steps, learning rates 1e-5 … 1e-2; RMU also 1e-1) placed each
+**The reduced grid (the default; 7–13 minutes on one shared CPU thread).** A pilot on the
+previous world's 6-block model (unmitigated, forget01, 25 steps, learning rates 1e-5 … 1e-2;
+RMU also 1e-1) placed each
 method's "does nothing" and "collapses" ends; the default keeps three rates per method that
 span them (four for NPO, whose collapse point is the highest), ``METHOD_LRS``:
 
@@ -24,8 +25,8 @@ SimNPO     1e-4, 1e-3, 1e-2              −0.40/−0.001, −36/−1.1, −70/�
 RMU        1e-3, 1e-2, 1e-1              −0.0002/−0.002, −0.16/−0.23, −124/−128
 =========  ============================  ===============================================
 
-forget01 (20 facts) runs both protocols for 10 epochs (25 steps of 8 facts); forget05 (60
-facts) runs the converged protocol only, for 5 epochs (38 steps). Under the converged protocol
+forget01 runs both protocols for 10 epochs (batches of 8 facts: 15 steps on world v3's 12
+facts); forget05 runs the converged protocol only, for 5 epochs (15 steps on its 24 facts). Under the converged protocol
 GA *is* GD (the anchor the protocol adds to GA is GD's retain term, with the same seed and
 batches), so GA is run unmitigated only. ``--grid full`` runs every method at every rate of
 ``LR_GRID`` under both protocols on both splits, for ``--epochs`` (default 10) epochs each
@@ -49,16 +50,18 @@ than ``NO_EFFECT_NATS``), otherwise ``trade-off`` — which answers where each m
 the MDLM and where it does nothing.
 
 The edit memory is measured on the same facts, in the same kind of child process: build +
-install time and memory at each operating point, then its α sweep (``ALPHA_SCALES`` × the
-point's α) as the curves of the Pareto figure. The points are read from ``--points`` (the
-tuning scripts' ``figures/edit_tune.json`` / ``edit_tune_gate.json`` /
-``edit_tune_token_gate.json``: ``paper_grid``, the paper's ungated memory, ``gated``, the
-cosine-gated one, and ``gated_tokens``, the token-gated one the model ships), else from the model's shipped operating point, else
-``FALLBACK_POINTS`` (chosen for this experiment on ``validation`` / ``retain_tune``, never on a
-reported set); where each came from is recorded. ``speed_ratio`` is the training time the
-fastest converged baseline needs to reach the edit's ΔForgetLP (training time × the first
-evaluated step that got there ÷ steps run, at or before the returned step) over the edit's
-build + install time; ``null`` with the reason when no converged run reaches it.
+install time and memory at each point, then its α sweep (``ALPHA_SCALES`` × the point's α) as
+the curves of the Pareto figure. The points are ``EDIT_POINTS``, every build argument explicit
+and the same two memories as ``experiments/unlearning_suite.py``: ``paper_memory``, the paper's
+memory (Eq. 11–12: ungated, every position, subject keys, one ridge; the package defaults α 1,
+λ 0.01) at the middle block, and ``token_gate``, the token-gated memory at the previous world's
+operating point (layer 0, α 2, λ 0.1, one ridge per subject, update and keys at the answer
+slots), not re-tuned on this model; neither was tuned on a reported set. ``--points FILE ...``
+draws the named points of tuning files instead (the ``points`` section a tuning script
+writes). The model's stored operating point is never read. ``speed_ratio`` is the training
+time the fastest converged baseline needs to reach the edit's ΔForgetLP (training time × the
+first evaluated step that got there ÷ steps run, at or before the returned step) over the
+edit's build + install time; ``null`` with the reason when no converged run reaches it.
 ``speed_ratio_sweep`` does the same for every α of the sweep (the memory is built once; α
 changes without recapture).
 
@@ -125,24 +128,20 @@ NO_EFFECT_NATS = 0.5
 RMU_STEERING_X_NORM = 4.0
 EVAL_SETS = {"retain": "retain_eval", "neighbour": "neighbour", "world": "world"}
 COLORS = {"ga": "#d62728", "gd": "#ff7f0e", "npo": "#2ca02c", "simnpo": "#1f77b4", "rmu": "#9467bd"}
-#: The edit memory's operating points drawn beside the baselines (names in the tuning files).
-EDIT_POINTS = ("paper_grid", "gated", "gated_tokens")
-#: Used only when neither the tuning files nor the model carry a point. Chosen for this
-#: experiment by the tuning scripts' rule (strongest ΔForgetLP with |ΔRetainLP| ≤ 0.5) on one
-#: validation person (20 facts) and ``retain_tune[:100]`` over layers 1–4, α ∈ {1, 4, 8, 16},
-#: λ ∈ {0.1, 1}, q ∈ {1, dense}: ungated −0.46 / −0.39 nats, gated −63.5 / −0.05 nats there.
-FALLBACK_POINTS: dict[str, dict[str, Any]] = {
-    "paper_grid": {
-        "layer": 4, "module": "resid", "alpha": 1.0, "lam": 0.1, "q": None, "steps": None,
-        "subject_gate": False, "apply_at": "all", "key_at": "subject",
+#: The edit memory's points drawn beside the baselines (see the docstring); ``layer=None``:
+#: the model's middle block. Every build argument is explicit.
+EDIT_POINTS: dict[str, dict[str, Any]] = {
+    "paper_memory": {
+        "layer": None, "module": "resid", "alpha": 1.0, "lam": 0.01, "q": None, "steps": None,
+        "subject_gate": False, "ridge_blocks": "memory", "apply_at": "all", "key_at": "subject",
     },
-    "gated": {
-        "layer": 1, "module": "resid", "alpha": 8.0, "lam": 0.1, "q": None, "steps": None,
-        "subject_gate": True, "gate_margin": 0.05, "gate_shrinkage": 0.1,
-        "apply_at": "all", "key_at": "subject",
+    "token_gate": {
+        "layer": 0, "module": "resid", "alpha": 2.0, "lam": 0.1, "q": None, "steps": None,
+        "subject_gate": True, "gate_kind": "tokens", "ridge_blocks": "subject",
+        "apply_at": "answer", "key_at": "answer",
     },
 }  # fmt: skip
-EDIT_STYLE = {"paper_grid": "dash", "gated": "dashdot", "gated_tokens": "solid", "shipped": "dot"}
+EDIT_STYLE = {"paper_memory": "dash", "token_gate": "solid"}
 
 #: What the parent loaded before forking (the children inherit it).
 _STATE: dict[str, Any] = {}
@@ -358,29 +357,22 @@ def _shown(path: Path) -> str:
 
 
 def edit_points(paths, model, sets) -> dict[str, dict[str, Any]]:
-    """``name -> {"point", "source", "calibration"}`` for the edit curves (see the docstring;
-    ``calibration``: the gate's calibration prompts, for gated points)."""
+    """``name -> {"point", "source", "calibration"}`` for the edit curves: ``EDIT_POINTS``, or
+    the points of the tuning files ``paths`` when given (``calibration``: the gate's
+    calibration prompts, for cosine-gated points)."""
     found: dict[str, dict[str, Any]] = {}
     calibration_spec = None
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text())
-        for name in EDIT_POINTS:
-            if name in data.get("points", {}):
-                found[name] = {"point": dict(data["points"][name]), "source": _shown(path)}
+        data = json.loads(Path(path).read_text())
+        for name, point in data.get("points", {}).items():
+            found[name] = {"point": dict(point), "source": _shown(Path(path))}
         calibration_spec = data.get("calibration") or calibration_spec
-    if not found and model.shipped_operating_point:
-        op = dict(model.shipped_operating_point)
-        found["shipped"] = {"point": op, "source": "the model's tie_tracing.json"}
-        calibration_spec = op.get("calibration")
-    if not found:
-        for name, point in FALLBACK_POINTS.items():
-            found[name] = {
-                "point": dict(point),
-                "source": "FALLBACK_POINTS (experiments/baselines.py)",
-            }
+    if not paths:
+        for name, point in EDIT_POINTS.items():
+            point = dict(point)
+            if point["layer"] is None:
+                point["layer"] = model.num_layers // 2
+            found[name] = {"point": point, "source": "EDIT_POINTS (experiments/baselines.py)"}
     for entry in found.values():  # only the cosine gate is calibrated
         if (
             entry["point"].get("subject_gate")
@@ -690,7 +682,10 @@ def main() -> None:
         "--reanalyse", type=Path, default=None, metavar="JSON",
         help="redo the analysis, table and figure of a saved run (no training)",
     )  # fmt: skip
-    C.points_argument(ap)
+    ap.add_argument(
+        "--points", nargs="+", type=Path, default=[],
+        help="tuning files whose points to draw instead of EDIT_POINTS",
+    )  # fmt: skip
     args = ap.parse_args()
     C.setup()
     if args.reanalyse:

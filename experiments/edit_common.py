@@ -7,12 +7,16 @@
 * ``validation`` — the forget10 people outside forget05: tuning only;
 * ``retain_eval`` (200) and ``neighbour`` — reported utility sets (never tuned or
   calibrated on);
-* ``retain_tune`` = ``rest[:200]`` — the tuning scripts' utility constraint;
-* ``retain_cal`` = ``rest[200:400]`` — the subject gate's calibration prompts (``μ``, ``C``,
+* ``retain_tune`` = the first 3/8 of ``rest`` — the tuning scripts' utility constraint and the
+  training baselines' early-stopping monitor;
+* ``retain_cal`` = the next 2/8 — the subject gate's calibration prompts (``μ``, ``C``,
   ``τ``); disjoint from everything reported and from ``retain_tune``, so a tuned gate is
   judged on prompts it was not calibrated on;
-* ``retain_pool`` = ``rest[400:]`` — retain facts that grow memories beyond forget10
-  (scaling, the cost benchmark).
+* ``retain_pool`` = the last 3/8 — the training baselines' retain batches, and retain facts
+  that grow memories beyond forget10 (scaling, the cost benchmark).
+
+Shares, not fixed counts, so every set is non-empty on any world: on world v3 ``rest`` holds
+279 facts (104 / 70 / 105).
 
 **Operating points are explicit inputs.** The tuning scripts write them to JSON files
 (``figures/edit_tune.json``: ``paper_tie``, ``paper_grid`` and the installation layers;
@@ -101,9 +105,10 @@ def fact_sets() -> dict[str, list[tt.Fact]]:
     used = {f.id for f in facts["retain_eval"]} | {f.id for f in facts["neighbour"]}
     rest = [f for f in facts["retain"] if f.id not in used]
     random.Random(0).shuffle(rest)
-    facts["retain_tune"] = rest[:200]
-    facts["retain_cal"] = rest[200:400]
-    facts["retain_pool"] = rest[400:]
+    tune, cal = len(rest) * 3 // 8, len(rest) * 5 // 8
+    facts["retain_tune"] = rest[:tune]
+    facts["retain_cal"] = rest[tune:cal]
+    facts["retain_pool"] = rest[cal:]
     return facts
 
 
