@@ -170,7 +170,7 @@ def _package_metrics(lm, facts, *, steps: int, paraphrase: bool) -> dict:
 
     if paraphrase:
         facts = [dataclasses.replace(f, question=f.paraphrased_question) for f in facts]
-    res = tt.diffuse(lm, facts, steps=steps)
+    res = tt.diffuse(lm, facts, steps=steps, target="answer", progress=False)
     assert res.target_logprobs is not None
     em, obj, probs, commit, busy = [], [], [], [], []
     for r, f in enumerate(facts):
