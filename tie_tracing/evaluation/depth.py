@@ -56,6 +56,7 @@ from ..analysis.stats import cluster_mean_ci, mean_ci
 from ..core._io import Saveable, load_object, save_object
 from ..core.backbones import hidden_of
 from ..core.context import ForwardContext
+from ..core.defaults import BATCH_SIZE
 from ..core.facts import Fact, as_facts, locate_object
 from ..core.prompting import chunks_by_shape
 from ..core.sampler import target_logprob
@@ -192,7 +193,7 @@ def unlearning_depth(
     min_clusters: int = 5,
     n_resamples: int = 2000,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> DepthResult:
     """Unlearning depth per fact (UDS-style two-stage patching; see the module docstring).
 

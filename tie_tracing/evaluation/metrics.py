@@ -800,7 +800,7 @@ def model_utility(
     *,
     steps: int = 8,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     sampler=None,
 ) -> tuple[float, dict[str, float]]:
     """Model utility (open-unlearning's definition, as the embedded world allows it).

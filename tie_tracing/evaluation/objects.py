@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from ..core.context import ForwardContext
+from ..core.defaults import BATCH_SIZE
 from ..core.facts import Fact, as_facts, locate_object
 from ..core.prompting import chunks_by_shape
 from ..core.sampler import check_finite, target_logprob
@@ -141,7 +142,7 @@ def object_logprob(
     facts: Sequence[Fact] | Fact,
     *,
     mask: str = "answer",
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> torch.Tensor:
     """``log p(object | question)`` per fact in nats, read from one forward.
 
@@ -197,7 +198,7 @@ def sample_masked(
     sampler=None,
     steps: int = 8,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> list[list[int]]:
     """Run the diffusion loop on each fact's query and return the tokens it sampled.
 
@@ -240,7 +241,7 @@ def sampled_leaks(
     sampler=None,
     steps: int = 8,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> torch.Tensor:
     """``[fact]`` float64 0/1: whether the sampled tokens (:func:`sample_masked`) leak the
     object (:func:`object_leak`, the object's ids taken from the fact's own answer)."""

@@ -56,7 +56,7 @@ import torch
 from .._version import __version__
 from ..analysis.stats import cluster_mean_ci, mean_ci
 from ..core._io import Saveable, load_object, save_object
-from ..core.defaults import PROGRESS
+from ..core.defaults import BATCH_SIZE, PROGRESS
 from ..core.facts import Fact
 from ..core.samplers import DreamSampler, LLaDASampler, make_sampler
 from ..tracing.patching import fact_key
@@ -327,7 +327,7 @@ def probe_recall(
     sampler=None,
     steps: int = 8,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     leaks: torch.Tensor | None = None,
 ) -> dict[str, tuple[float, int]]:
     """Object recall of ``model`` on a split: ``{"": (recall, n)}`` for the whole split and
@@ -633,7 +633,7 @@ def evaluate_unlearning(
     min_clusters: int = 5,
     n_resamples: int = 2000,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     progress: bool = PROGRESS,
 ) -> UnlearningReport:
     """The unlearning suite: every method on every split that passes the recall gate.
