@@ -58,6 +58,22 @@ def _build(env, facts=(FACT, FACT2), **kw):
     return tt.EditMemory.build(env.m, list(facts) if isinstance(facts, tuple) else facts, **kw)
 
 
+def _shipped(env, record):
+    """``OperatingPoint.shipped`` on the replica with ``record`` as its stored operating point."""
+    env.m.info["operating_point"] = record
+    try:
+        return tt.editing.OperatingPoint.shipped(env.m)
+    finally:
+        del env.m.info["operating_point"]
+
+
+def _point(env, **changes) -> dict:
+    """A complete ungated operating point of the replica."""
+    return {"layer": 1, "alpha": 1.0, "lam": 0.1, "q": None, "subject_gate": False,
+            "fingerprint": tt.editing.model_fingerprint(env.m), "command": "tune --write",
+            "measured": {"d_forget_lp": -1.0}} | changes  # fmt: skip
+
+
 def _checkpoint(env, damage) -> Path:
     """A copy of the embedded tiny-mdlm checkpoint, damaged by ``damage(weights_file)``."""
     from tie_tracing.core.model import ZOO_DIR
@@ -341,6 +357,24 @@ CASES = [
     ("build-no-facts", lambda e: _build(e, facts=[]), EditMemoryError, "at least one fact"),
     ("build-facts-a-string", lambda e: _build(e, facts="ada vell"), TypeError,
      "EditMemory.build needs tie_tracing Facts"),
+    ("build-no-layer", lambda e: tt.EditMemory.build(e.m, [FACT, FACT2], alpha=1.0),
+     EditMemoryError, "EditMemory.build needs a site: pass layer=..."),
+    ("build-config-an-int", lambda e: tt.EditMemory.build(e.m, [FACT, FACT2], 1), TypeError,
+     "takes an EditConfig or an OperatingPoint as its config, got int 1: give the site as layer=1"),
+    ("build-config-a-dict", lambda e: _build(e, config={"layer": 1}, layer=None), TypeError,
+     "read a stored record with tt.EditConfig.from_dict(d) or tt.editing.OperatingPoint.from_dict(d)"),
+    ("build-unknown-setting", lambda e: _build(e, alhpa=2.0), TypeError,
+     "EditMemory.build has no setting 'alhpa' (did you mean 'alpha'?)"),
+    ("shipped-none", lambda e: tt.editing.OperatingPoint.shipped(e.m), EditMemoryError,
+     "ships no edit operating point"),
+    ("shipped-missing-fields", lambda e: _shipped(e, {"layer": 1, "alpha": 1.0}), EditMemoryError,
+     "lacks the fields ['lam', 'q', 'subject_gate', 'fingerprint', 'command', 'measured']"),
+    ("shipped-unknown-field", lambda e: _shipped(e, _point(e, alhpa=1.0)), EditMemoryError,
+     "has unknown fields ['alhpa']"),
+    ("shipped-stale", lambda e: _shipped(e, _point(e, fingerprint="0" * 16)),
+     tt.editing.EditMemoryWarning, "Re-run its tuning command: tune --write"),
+    ("write-point-not-a-model", lambda e: tt.editing.write_operating_point(e.tmp, _point(e)),
+     EditMemoryError, "holds no tie_tracing.json: give the directory of a model"),
     # --- evaluation ------------------------------------------------------------------------
     ("evaluate-no-split", lambda e: tt.evaluate(e.m, {}), ValueError, "at least one split"),
     ("evaluate-a-list", lambda e: tt.evaluate(e.m, [FACT]), TypeError,

@@ -412,7 +412,7 @@ def test_bad_requests_raise_named_errors(mdlm, memory):
             tt.EditMemory.build(mdlm, FACTS, layer=LAYER, q=q)
     with pytest.raises(EditMemoryError, match="q=2"):
         tt.EditMemory.build(mdlm, FACTS[:2], layer=LAYER, q=2).without("ada")
-    with pytest.raises(EditMemoryError, match="operating point"):
+    with pytest.raises(EditMemoryError, match="needs a site: pass layer="):
         tt.EditMemory.build(mdlm, FACTS, alpha=1.0)
     with pytest.raises(ValueError, match="layer"):
         tt.EditMemory.build(mdlm, FACTS, layer=mdlm.num_layers)
@@ -425,17 +425,6 @@ def test_bad_requests_raise_named_errors(mdlm, memory):
     with pytest.raises(EditMemoryError, match="4 layers"):
         memory.install(deeper)
     assert mdlm._edits == []
-
-
-def test_operating_point_defaults(mdlm):
-    """Arguments left None come from model.info['operating_point']; its q is capped at N."""
-    mdlm.info["operating_point"] = {"layer": 2, "alpha": 3.0, "lam": 0.5, "q": 16}
-    try:
-        mem = tt.EditMemory.build(mdlm, FACTS)
-    finally:
-        del mdlm.info["operating_point"]
-    assert (mem.config.layer, mem.config.alpha, mem.config.lam, mem.config.q) == (2, 3.0, 0.5, 16)
-    assert mem.q_effective == len(FACTS)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -820,36 +809,6 @@ def test_installing_an_installed_memory_is_an_error(mdlm, memory):
     assert not handle.installed and live_handles(mdlm) == [] and mdlm._edits == []
     memory.install(mdlm).remove()
     assert mdlm._edits == []
-
-
-def test_gated_operating_point_and_defaults(mdlm):
-    """build() takes gate options from the operating point, its calibration from the ids it names;
-    a gate without calibration is an error; a stale fingerprint warns."""
-    spec_ids = [f.id for f in tt.load_facts("tiny", "retain")[:6]]
-    mdlm.info["operating_point"] = {
-        "layer": 1, "alpha": 3.0, "lam": 0.5, "subject_gate": True, "gate_margin": 0.1,
-        "apply_at": "answer", "key_at": "answer", "gate_shrinkage": 0.2,
-        "calibration": {"corpus": "tiny", "split": "retain", "ids": spec_ids},
-    }  # fmt: skip
-    try:
-        mem = tt.EditMemory.build(mdlm, ADA)
-        c = mem.config
-        assert (c.layer, c.alpha, c.subject_gate, c.gate_margin, c.apply_at, c.key_at) == (
-            1, 3.0, True, 0.1, "answer", "answer",
-        )  # fmt: skip
-        assert mem.gate is not None and mem.gate.calibration.fact_ids == tuple(spec_ids)
-        assert mem.gate.shrinkage == 0.2
-        paper = tt.EditMemory.build(mdlm, ADA, subject_gate=False, apply_at="all", key_at="subject")
-        assert paper.config.is_paper_form and paper.gate is None
-        del mdlm.info["operating_point"]["calibration"]
-        with pytest.raises(EditMemoryError, match="calibration"):
-            tt.EditMemory.build(mdlm, ADA)
-        mdlm.info["operating_point"] = {"layer": 1, "fingerprint": "0" * 16}
-        with pytest.warns(tt.editing.EditMemoryWarning, match="another model"):
-            tt.EditMemory.build(mdlm, ADA)
-    finally:
-        del mdlm.info["operating_point"]
-    assert tt.EditMemory.build(mdlm, ADA, layer=1).config.is_paper_form
 
 
 def test_gate_options_are_validated(mdlm, gated, replicas):

@@ -365,7 +365,7 @@ def test_plain_greedy_sampler_never_commits_the_mask_token():
 
 def test_card_describes_gated_and_ungated_operating_points():
     """The model card's operating-point paragraph names the gate, its calibration and the validation numbers."""
-    from tie_tracing.zoo.train import operating_point_text
+    from tie_tracing.editing.operating_point import operating_point_text
 
     base = {"layer": 4, "module": "resid", "alpha": 8.0, "lam": 0.1, "q": None, "steps": None,
             "command": "python experiments/edit_tune_gate.py --write", "rule": "strongest",
@@ -380,6 +380,69 @@ def test_card_describes_gated_and_ungated_operating_points():
         assert part in text, part
     ungated = operating_point_text({**base, "q": 4, "subject_gate": False})
     assert "paper's ungated memory" in ungated and "q = 4" in ungated and "gate (" not in ungated
+
+
+def test_embedded_cards_agree_with_their_json():
+    """Each embedded card has an "Edit operating point" section exactly when its
+    tie_tracing.json holds a point, and that section is rendered from it."""
+    from tie_tracing.editing.operating_point import card_operating_point, operating_point_text
+
+    for name in MODELS:
+        op = json.loads((MODELS_DIR / name / "tie_tracing.json").read_text()).get("operating_point")
+        section = card_operating_point((MODELS_DIR / name / "MODEL_CARD.md").read_text())
+        assert section == (operating_point_text(op) if op else None), name
+
+
+def test_written_point_and_card_say_the_same(tmp_path):
+    """write_operating_point stores the validated record and renders the card's section from
+    it (as training's card writer does); the rest of both files is kept; a point that does not
+    validate writes nothing; None removes both; OperatingPoint.shipped reads back the point."""
+    import shutil
+
+    from tie_tracing.editing import OperatingPoint, write_operating_point
+    from tie_tracing.editing.operating_point import (
+        CARD_SECTION,
+        card_operating_point,
+        card_with_operating_point,
+        operating_point_text,
+    )
+    from tie_tracing.zoo.train import write_card
+
+    out = shutil.copytree(MODELS_DIR / "tiny-mdlm", tmp_path / "tiny-mdlm")
+    card0, info0 = (
+        (out / "MODEL_CARD.md").read_text(),
+        json.loads((out / "tie_tracing.json").read_text()),
+    )
+    model = tt.load_model(out)
+    token = {"layer": 0, "alpha": 2.0, "lam": 0.1, "q": None, "steps": None, "subject_gate": True,
+             "gate_kind": "tokens", "ridge_blocks": "subject", "apply_at": "answer",
+             "key_at": "answer", "fingerprint": tt.editing.model_fingerprint(model),
+             "command": "python experiments/edit_tune_token_gate.py --write",
+             "measured": {"d_forget_lp": -40.0, "d_retain_lp": -0.02, "estimator": "masked"},
+             "tuned_on": {"forget": "validation", "retain": "retain_tune[:100]"}, "rule": "r"}  # fmt: skip
+    write_operating_point(out, token)
+    info = json.loads((out / "tie_tracing.json").read_text())
+    op = info.pop("operating_point")
+    assert info == info0 and op == OperatingPoint.from_dict(token).to_dict()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card_operating_point(card) == operating_point_text(op)
+    assert "token gate" in card and "layer 0" in card.lower() and "one ridge per subject" in card
+    assert card_with_operating_point(card, None) == card0  # nothing else changed
+    write_card(out)  # training's writer renders the same card from the JSON
+    assert (out / "MODEL_CARD.md").read_text() == card
+    assert OperatingPoint.shipped(tt.load_model(out)) == OperatingPoint.from_dict(token)
+
+    cosine = {**token, "gate_kind": "cosine", "gate_margin": 0.05, "gate_shrinkage": 0.1,
+              "calibration": {"corpus": "tiny", "split": "retain", "ids": ids("retain")[:3]}}  # fmt: skip
+    write_operating_point(out, cosine)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.count(CARD_SECTION) == 1 and "3 named `tiny/retain` prompts" in card
+    with pytest.raises(tt.editing.EditMemoryError, match="unknown fields"):
+        write_operating_point(out, {**token, "alhpa": 1.0})
+    assert (out / "MODEL_CARD.md").read_text() == card  # nothing written
+    write_operating_point(out, None)
+    assert (out / "MODEL_CARD.md").read_text() == card0
+    assert json.loads((out / "tie_tracing.json").read_text()) == info0
 
 
 def test_embedded_models_load_quietly(capfd):

@@ -71,8 +71,15 @@ files of the earlier edit-memory layout are still read (:mod:`.legacy`).
 several layers and measures ΔForgetLP / ΔRetainLP (SPEC §10.3).
 **Controls** (:mod:`.controls`): :func:`random_directions` — the same memory with random update
 directions of equal norm (the ``random_directions`` reference row of an unlearning table).
-**Operating points** (:mod:`.operating_point`): ``build`` arguments left ``None`` come from the
-model's ``tie_tracing.json``, written only by a tuning command run with ``--write``.
+**Configuration is explicit** (:mod:`.operating_point`): ``EditMemory.build(model, facts,
+config=None, **overrides)`` builds one :class:`EditConfig` — ``config`` with the keyword
+overrides applied, :class:`EditConfig`'s defaults (the paper's memory; ``layer=`` required)
+without one. Nothing is read from the model's files. **Operating points**: a model's
+``tie_tracing.json`` may hold a configuration a tuning command chose (``--write``); it is used
+only when asked, ``EditMemory.build(model, facts, OperatingPoint.shipped(model))``, which
+validates it and brings its calibration prompts and gate shrinkage.
+:func:`.operating_point.write_operating_point` is its one writer, and it regenerates the model
+card's section from the JSON it stores.
 
 Limits: the edit goes through nnsight, so calling the wrapped ``torch.nn.Module`` directly
 (``model._module(x)``) bypasses it, as does a trace rooted at a child envoy. Streaming inserts
@@ -87,9 +94,11 @@ Example:
     >>> import tie_tracing as tt                                              # doctest: +SKIP
     >>> model = tt.load_model("tiny-mdlm")                                   # doctest: +SKIP
     >>> facts = tt.load_facts("tiny", split="forget01")                      # doctest: +SKIP
-    >>> memory = tt.EditMemory.build(model, facts)     # the stored operating point  # doctest: +SKIP
+    >>> paper = tt.EditMemory.build(model, facts, layer=4)    # the paper's memory  # doctest: +SKIP
     >>> gated = tt.EditMemory.build(model, facts, layer=4, subject_gate=True,  # doctest: +SKIP
     ...     apply_at="answer", key_at="answer", calibration=tt.load_facts("tiny", "retain")[:200])
+    >>> if tt.editing.OperatingPoint.ships_with(model):  # a tuned point, only when asked  # doctest: +SKIP
+    ...     tuned = tt.EditMemory.build(model, facts, tt.editing.OperatingPoint.shipped(model))
     >>> with gated.install(model):                                           # doctest: +SKIP
     ...     edited = tt.answer_logprob(model, facts)
 """
@@ -127,7 +136,7 @@ from .efficacy import edit_efficacy
 from .gate import CalibrationSet, SubjectGate
 from .install import EditHandle, live_handles
 from .memory import EditMemory
-from .operating_point import operating_point
+from .operating_point import OperatingPoint, write_operating_point
 
 __all__ = [
     "APPLY_AT",
@@ -145,6 +154,7 @@ __all__ = [
     "EditMemoryError",
     "EditMemoryFileError",
     "EditMemoryWarning",
+    "OperatingPoint",
     "SubjectGate",
     "capture_keys_and_deltas",
     "capture_states",
@@ -157,7 +167,6 @@ __all__ = [
     "lam_abs",
     "live_handles",
     "model_fingerprint",
-    "operating_point",
     "primal_map",
     "random_directions",
     "ridge_update",
@@ -165,4 +174,5 @@ __all__ = [
     "top_q",
     "whitener",
     "window_scores",
+    "write_operating_point",
 ]

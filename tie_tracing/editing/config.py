@@ -52,8 +52,8 @@ RIDGE_BLOCKS: tuple[str, ...] = ("memory", "subject")
 KEY_AT: tuple[str, ...] = ("subject", "answer")
 #: Named target choices of :meth:`EditMemory.build`.
 TARGET_KINDS: tuple[str, ...] = ("auto", "refusal", "perturbed", "target")
-#: Defaults for arguments neither given nor in the model's operating point (``layer`` has
-#: none: a model without an operating point must be given one).
+#: The defaults of a build without a config: :class:`EditConfig`'s (the paper's memory;
+#: ``layer`` has none and must be given) and the cosine gate's ``gate_shrinkage``.
 PACKAGE_DEFAULTS: dict[str, Any] = {
     "alpha": 1.0,
     "lam": 0.01,

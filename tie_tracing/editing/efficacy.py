@@ -12,7 +12,9 @@ from ..analysis.compare import Rows
 from ..analysis.stats import mean_ci
 from ..core._guards import require_model
 from ..core.likelihood import answer_logprob
+from .config import EditConfig
 from .memory import EditMemory
+from .operating_point import OperatingPoint
 
 __all__ = ["edit_efficacy"]
 
@@ -23,7 +25,8 @@ def edit_efficacy(
     retain,
     layers: Mapping[str, int],
     *,
-    module: str = "resid",
+    config: EditConfig | OperatingPoint | None = None,
+    module: str | None = None,
     estimator: str = "masked",
     n_resamples: int = 2000,
     seed: int = 0,
@@ -32,19 +35,24 @@ def edit_efficacy(
     """Edit efficacy of the same memory installed at several layers (SPEC §10.3).
 
     For each named layer, an :class:`~tie_tracing.editing.EditMemory` of ``facts`` is built
-    at ``(layer, module)`` (other hyper-parameters: the model's operating point, or
-    ``memory_kwargs`` such as ``alpha=``, ``lam=``, ``q=``), installed, and the per-fact
-    answer log-probabilities of ``facts`` (forget) and ``retain`` are compared with the
-    unedited model's: ``ΔForgetLP`` (more negative = more forgotten) and ``ΔRetainLP``
+    as ``EditMemory.build(model, facts, config, layer=layer, module=module,
+    **memory_kwargs)`` — the config's other settings, or the paper's memory without one, with
+    ``memory_kwargs`` such as ``alpha=``, ``lam=``, ``q=`` applied —, installed, and the
+    per-fact answer log-probabilities of ``facts`` (forget) and ``retain`` are compared with
+    the unedited model's: ``ΔForgetLP`` (more negative = more forgotten) and ``ΔRetainLP``
     (closer to 0 = better kept), means over facts with percentile-bootstrap 95% CIs.
 
     Args:
         model: The MDLM to edit (its weights are never changed; the memory is removed after).
         facts: The forget facts (each needs a ``target`` or the memory's default refusal).
         retain: Facts to keep.
-        layers: ``{name: layer}``, e.g. :func:`pick_layers`'s output.
-        module: The site of the memory (the paper: ``resid``).
+        layers: ``{name: layer}``, e.g. :func:`pick_layers`'s output; replaces the config's
+            layer.
+        config: An :class:`~tie_tracing.editing.EditConfig` or
+            :class:`~tie_tracing.editing.OperatingPoint` (default: the paper's memory).
+        module: The site of the memory (default: the config's, else ``resid``, the paper's).
         estimator: ``"masked"`` or ``"elbo"`` (see :func:`~tie_tracing.core.likelihood.answer_logprob`).
+        **memory_kwargs: Further settings of :meth:`EditMemory.build`.
 
     Returns:
         One row per layer name: ``installation, layer, module, d_forget_lp, d_forget_lp_low,
@@ -57,7 +65,9 @@ def edit_efficacy(
     base_r = answer_logprob(model, retain, estimator=estimator, seed=seed, progress=False)
     rows = []
     for name, layer in layers.items():
-        memory = EditMemory.build(model, facts, layer=int(layer), module=module, **memory_kwargs)
+        memory = EditMemory.build(
+            model, facts, config, layer=int(layer), module=module, **memory_kwargs
+        )
         with memory.install(model):
             lp_f = answer_logprob(model, facts, estimator=estimator, seed=seed, progress=False)
             lp_r = answer_logprob(model, retain, estimator=estimator, seed=seed, progress=False)
@@ -67,7 +77,7 @@ def edit_efficacy(
             {
                 "installation": name,
                 "layer": int(layer),
-                "module": module,
+                "module": memory.config.module,
                 "d_forget_lp": df[0],
                 "d_forget_lp_low": df[1],
                 "d_forget_lp_high": df[2],

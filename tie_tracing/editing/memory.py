@@ -41,8 +41,12 @@ from .config import (
 from .gate import SubjectGate
 from .install import EditHandle, check_model, install
 from .legacy import read_legacy_memory
-from .operating_point import gate_shrinkage as resolve_shrinkage
-from .operating_point import resolve_calibration, resolve_config
+from .operating_point import (
+    OperatingPoint,
+    resolve_calibration,
+    resolve_config,
+    resolve_shrinkage,
+)
 
 __all__ = ["EditMemory", "Solved", "solve"]
 
@@ -252,81 +256,88 @@ class EditMemory(Saveable):
         cls,
         model,
         facts: Sequence[Fact] | Fact,
+        config: EditConfig | OperatingPoint | None = None,
         *,
-        layer: int | None = None,
-        module: str = "resid",
-        alpha: float | None = None,
-        lam: float | None = None,
-        q: int | None = None,
-        edit_steps: Iterable[int] | int | None = None,
-        kappa: float | None = None,
-        mode: str = "ridge",
         targets: str | Sequence[str] = "auto",
-        subject_gate: bool | None = None,
-        gate_kind: str | None = None,
-        ridge_blocks: str | None = None,
-        gate_margin: float | None = None,
-        gate_shrinkage: float | None = None,
-        apply_at: str | None = None,
-        key_at: str | None = None,
         calibration: Sequence[Fact] | None = None,
+        gate_shrinkage: float | None = None,
         batch_size: int = BATCH_SIZE,
         steps: Any = None,
+        **overrides: Any,
     ) -> EditMemory:
         """Capture keys and deltas for ``facts`` on ``model`` and factorise the memory.
 
-        Arguments left ``None`` take the model's tuned operating point
-        (``model.info["operating_point"]``, see :mod:`.operating_point`); a model without
-        one must be given ``layer`` (the rest then default to
-        :data:`~tie_tracing.editing.config.PACKAGE_DEFAULTS`: the paper's ungated memory,
-        ``q`` dense). An operating point's ``q`` is capped at ``N``; an explicit ``q`` must
-        satisfy ``1 ≤ q ≤ N``.
+        What is built is one :class:`EditConfig`: ``config`` with the keyword ``overrides``
+        replacing its fields (see :mod:`.operating_point`). With no config the base is
+        :class:`EditConfig`'s defaults — the paper's memory (Eq. 11–12: ridge, subject keys,
+        every position and step, no gate, ``α = 1``, ``λ = 0.01``, dense) — and ``layer=`` is
+        required. Nothing is read from the model's files: a model's tuned operating point is
+        used only when passed, ``build(model, facts, tt.editing.OperatingPoint.shipped(model))``
+        (its config, calibration prompts and gate shrinkage; overrides still apply). An
+        operating point's ``q`` is capped at ``N``; an explicit ``q`` must satisfy
+        ``1 ≤ q ≤ N``.
 
         Args:
             model: A :class:`~tie_tracing.core.model.TracedModel` (MDLM, or causal for an AR edit).
             facts: The facts to forget or edit (unique ids; subjects must occur in questions).
-            layer, module: The site ``(l*, m*)``.
-            alpha, lam, q, kappa: Hyper-parameters (see :class:`EditConfig`).
-            edit_steps: The *set of denoising steps* the edit fires at — an int is a one-step
-                set (``edit_steps=3`` is ``{3}``), an iterable of ints a set, ``None`` every
-                step (stored as ``EditConfig.edit_steps``). It is not a step count, unlike
-                ``trace_tie(steps=T)`` / ``diffuse(steps=T)``: the
-                sampler's forwards are numbered ``0 … T-1``, so the set should lie within that
-                range — a step ``≥ T`` never fires (nothing checks this, since ``T`` is chosen
-                later, per run). Stand-alone forwards (context step ``None``) always fire.
-            mode: ``"ridge"``, ``"gated"`` (Eq. 10) or ``"steer"``.
+            config: An :class:`EditConfig`, an
+                :class:`~tie_tracing.editing.operating_point.OperatingPoint`, or ``None`` (the
+                paper's memory; give ``layer=``).
             targets: ``"auto"`` (the fact's ``target`` when set — editing —, else a refusal —
                 unlearning), ``"refusal"`` (a line of TOFU's ``idontknow.jsonl``, chosen by a
                 hash of the fact id), ``"perturbed"`` (the fact's first perturbed answer),
                 ``"target"`` (``Fact.target``, required), or one string per fact.
-            subject_gate: Gate each fact by subject detection.
-            gate_kind: ``"cosine"`` (whitened residual cosine against a threshold calibrated
-                on ``calibration`` prompts) or ``"tokens"`` (the subject's token ids in the
-                prompt; no calibration needed).
-            ridge_blocks: ``"memory"`` (one ridge over all facts, Eq. 11) or ``"subject"``
-                (one ridge per subject).
-            gate_margin: ``τ_f = max calibration score + gate_margin`` (cosine gate).
-            gate_shrinkage: ``s`` of ``C_s = (1 − s) C + s (tr C / d) I``.
-            apply_at: ``"all"`` positions or the ``"answer"`` slots.
-            key_at: Keys of ``G⁻¹K``: ``"subject"`` (Eq. 6) or ``"answer"`` slots.
-            calibration: Prompts (facts) the gate is fitted on — facts the memory must leave
-                alone, never the facts reported on. Given with ``subject_gate=False`` the
-                statistics are still fitted, so ``with_config(subject_gate=True)`` works.
+            calibration: Prompts (facts) the cosine gate is fitted on — facts the memory must
+                leave alone, never the facts reported on (default: the operating point's, if
+                ``config`` is one). Given with ``subject_gate=False`` the statistics are still
+                fitted, so ``with_config(subject_gate=True)`` works.
+            gate_shrinkage: ``s`` of ``C_s = (1 − s) C + s (tr C / d) I`` (default: the
+                operating point's, else 0.1).
             batch_size: Rows per capture forward.
             steps: Not accepted: across the package ``steps`` is a count of denoising
                 steps; the step set of an edit is ``edit_steps``. Passing it raises.
+            **overrides: Fields of :class:`EditConfig` (``None`` leaves the base's value,
+                except for ``q`` and ``edit_steps`` whose ``None`` means dense / every step):
+
+                * ``layer``, ``module``: the site ``(l*, m*)`` (``module`` default ``"resid"``).
+                * ``alpha``, ``lam``, ``q``, ``kappa``: hyper-parameters.
+                * ``edit_steps``: the *set of denoising steps* the edit fires at — an int is a
+                  one-step set (``edit_steps=3`` is ``{3}``), an iterable of ints a set,
+                  ``None`` every step. It is not a step count, unlike ``trace_tie(steps=T)``
+                  / ``diffuse(steps=T)``: the sampler's forwards are numbered ``0 … T-1``, so
+                  the set should lie within that range — a step ``≥ T`` never fires (nothing
+                  checks this, since ``T`` is chosen later, per run). Stand-alone forwards
+                  (context step ``None``) always fire.
+                * ``mode``: ``"ridge"``, ``"gated"`` (Eq. 10) or ``"steer"``.
+                * ``subject_gate``: gate each fact by subject detection; ``gate_kind``:
+                  ``"cosine"`` (whitened residual cosine against a threshold calibrated on
+                  ``calibration`` prompts) or ``"tokens"`` (the subject's token ids in the
+                  prompt; no calibration needed); ``gate_margin``: ``τ_f = max calibration
+                  score + gate_margin`` (cosine gate).
+                * ``ridge_blocks``: ``"memory"`` (one ridge over all facts, Eq. 11) or
+                  ``"subject"`` (one ridge per subject).
+                * ``apply_at``: ``"all"`` positions or the ``"answer"`` slots; ``key_at``:
+                  keys of ``G⁻¹K``, ``"subject"`` (Eq. 6) or ``"answer"`` slots.
+                * ``cap_q``: treat ``q`` as a ceiling (``min(q, N)``).
 
         Returns:
             An :class:`EditMemory` (``timings`` holds the capture, calibration and solve seconds;
             the model is remembered, in this process only, as the default of :meth:`insert`).
 
         Raises:
-            EditMemoryError: no layer for a model without an operating point, duplicate ids,
-                a bad ``q``, a fact lacking the requested target, a singular ``G``, a gate
-                without calibration prompts, answer slots on a causal model.
-            ValueError: a negative, non-integer or empty ``edit_steps``.
-            TypeError: ``steps=`` given (use ``edit_steps=``).
+            EditMemoryError: no config and no ``layer``, duplicate ids, a bad ``q``, a fact
+                lacking the requested target, a singular ``G``, a cosine gate without
+                calibration prompts, answer slots on a causal model.
+            TypeError: a config of another type; an unknown setting; ``steps=`` given (use
+                ``edit_steps=``).
+            ValueError: a negative, non-integer or empty ``edit_steps``; an invalid setting.
             SubjectNotFoundError: a fact's subject is not in its question.
+
+        Example:
+            >>> paper = tt.EditMemory.build(model, facts, layer=4)            # doctest: +SKIP
+            >>> same = tt.EditMemory.build(model, facts, tt.EditConfig(layer=4))  # doctest: +SKIP
+            >>> point = tt.editing.OperatingPoint.shipped(model)              # doctest: +SKIP
+            >>> tuned = tt.EditMemory.build(model, facts, point, alpha=4.0)   # doctest: +SKIP
         """
         require_model(model, "EditMemory.build")
         if steps is not None:
@@ -339,21 +350,14 @@ class EditMemory(Saveable):
         if isinstance(facts, Sequence) and not isinstance(facts, (str, Fact)) and not facts:
             raise EditMemoryError("EditMemory.build needs at least one fact")
         facts = as_facts(facts, "EditMemory.build")
-        config = resolve_config(
-            model, layer=layer, module=module, alpha=alpha, lam=lam, q=q, steps=edit_steps,
-            kappa=kappa, mode=mode, subject_gate=subject_gate, gate_margin=gate_margin,
-            apply_at=apply_at, key_at=key_at, n_facts=len(facts), gate_kind=gate_kind,
-            ridge_blocks=ridge_blocks,
-        )  # fmt: skip
+        config, point = resolve_config(model, config, overrides, n_facts=len(facts))
         model.check_site(config.layer, config.module)
         if config.apply_at == "answer" and (model.is_causal or model.mask_token_id is None):
             raise EditMemoryError("apply_at='answer' needs a masked diffusion model ([MASK] slots)")
         ids = [fact_key(f) for f in facts]
         _check_unique(ids)
         target_texts = _resolve_targets(facts, targets)
-        calib = resolve_calibration(
-            model, calibration, needed=config.subject_gate and config.gate_kind == "cosine"
-        )
+        calib = resolve_calibration(calibration, point, config)
         t0 = time.perf_counter()
         captured = capture(
             model, facts, target_texts, layer=config.layer, module=config.module,
@@ -366,7 +370,7 @@ class EditMemory(Saveable):
             t0 = time.perf_counter()
             gate = SubjectGate.fit(
                 model, calib, layer=config.layer, module=config.module,
-                shrinkage=resolve_shrinkage(model, gate_shrinkage),
+                shrinkage=resolve_shrinkage(gate_shrinkage, point),
                 batch_size=batch_size,
             )  # fmt: skip
             score_max = gate.calibration_maxima(

@@ -38,6 +38,7 @@ import torch
 
 from ..core._io import atomic_write_text
 from ..core.prompting import encode_pair
+from ..editing.operating_point import CARD_SECTION, operating_point_text
 from .corpus import INFILL_PROMPT, load_facts, training_pairs
 from .corpus import load_probes as _load_probes
 from .evaluate import MODELS_DIR, plain_metrics
@@ -338,53 +339,6 @@ _DESCRIPTIONS = {
 }
 
 
-def operating_point_text(op: dict) -> str:
-    """The model card's paragraph on a stored edit operating point (ungated or gated).
-
-    Reads what the tuning scripts store with ``--write`` (``experiments/edit_tune.py`` and
-    ``experiments/edit_tune_gate.py``): the build arguments, the gate's settings and its
-    calibration prompts when ``subject_gate`` is set, the validation measurements and the rule.
-    """
-    measured = op.get("measured", {})
-
-    def num(key: str) -> str:
-        v = measured.get(key)
-        return "n/a" if v is None else f"{v:+.2f}"
-
-    calibration = op.get("calibration") or {}
-    form = (
-        f"gated memory: subject-detection gate (margin {op.get('gate_margin')}, covariance "
-        f"shrinkage {op.get('gate_shrinkage')}, calibrated on {len(calibration.get('ids', ()))} "
-        f"named `{calibration.get('corpus', '?')}/{calibration.get('split', '?')}` prompts), "
-        f"update at the {op.get('apply_at')} positions, keys at the {op.get('key_at')} positions"
-        if op.get("subject_gate")
-        else f"the paper's ungated memory (update at {op.get('apply_at') or 'all'} positions, "
-        f"{op.get('key_at') or 'subject'} keys)"
-    )
-    tuned = op.get("tuned_on", {})
-    text = (
-        f"`tt.EditMemory.build(model, facts)` defaults (stored in `tie_tracing.json`): layer "
-        f"{op['layer']}, {op.get('module', 'resid')}, α = {op['alpha']}, λ = {op['lam']}, "
-        f"q = {op['q'] if op.get('q') is not None else 'N (dense)'}, steps "
-        f"{op.get('steps') or 'all'}; {form}. Tuned by `{op.get('command', '?')}` on "
-        f"{tuned.get('forget', 'the validation split')} (retain constraint: "
-        f"{tuned.get('retain', '?')}). Measured there: ΔForgetLP {num('d_forget_lp')}, "
-        f"ΔRetainLP {num('d_retain_lp')} nats per fact"
-    )
-    if "d_paraphrase_lp" in measured:
-        text += f", paraphrased questions {num('d_paraphrase_lp')}"
-    if "lookalike_open" in measured:
-        text += (
-            f"; some gate opens on {measured['lookalike_open']:.0%} of surname look-alike prompts"
-        )
-    if "retain_gate_open" in measured:
-        text += f" and on {measured['retain_gate_open']:.0%} of the retain prompts"
-    text += f" ({measured.get('estimator', '?')} estimator). Rule: {op.get('rule', '?')}."
-    if op.get("date"):
-        text += f" Written {op['date']}."
-    return text
-
-
 def probe_table(probes: dict | None) -> list[str]:
     """The card's section on never-trained probes: object recall per family and form."""
     if not probes:
@@ -567,7 +521,7 @@ def write_card(out: Path, metrics: dict | None = None) -> None:
     info_path = out / "tie_tracing.json"
     op = json.loads(info_path.read_text()).get("operating_point") if info_path.exists() else None
     if op:
-        lines += ["", "## Edit operating point", "", operating_point_text(op)]
+        lines += ["", CARD_SECTION, "", operating_point_text(op)]  # as write_operating_point
     lines += [
         "",
         "## Training curve (training split, plain evaluator)",
