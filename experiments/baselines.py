@@ -153,14 +153,14 @@ _STATE: dict[str, Any] = {}
 
 
 def _load(device: str | None, limit_eval: int | None = None):
-    """Model (shipped operating point removed), retain-only reference (or ``None``), fact sets
+    """Model (its shipped operating point kept for reports only), retain-only reference (or ``None``), fact sets
     (retain-side sets cut to ``limit_eval`` facts in a smoke run)."""
     import torch
 
     torch.set_num_threads(1)
     model = tt.load_model(C.MODEL, device=device) if device else C.load()
     if device:
-        model.shipped_operating_point = model.info.pop("operating_point", None)
+        model.shipped_operating_point = model.info.get("operating_point")
     try:
         reference = tt.load_model("tiny-mdlm-retain", device=device)
     except tt.CheckpointNotFoundError:

@@ -22,10 +22,11 @@ Shares, not fixed counts, so every set is non-empty on any world: on world v3 ``
 (``figures/edit_tune.json``: ``paper_tie``, ``paper_grid`` and the installation layers;
 ``figures/edit_tune_gate.json``: ``gated`` and its calibration ids;
 ``figures/edit_tune_token_gate.json``: ``gated_tokens``); every other experiment
-reads them with ``--points FILE ...``. :func:`load` removes the shipped operating point from
-``model.info`` so no ``EditMemory.build`` argument can silently fall back to it, and the
-shipped file (``tie_tracing/zoo/models/<model>/tie_tracing.json``) is written only by a
-tuning script run with ``--write``.
+reads them with ``--points FILE ...`` and passes every build argument (``EditMemory.build``
+reads nothing from the model's files). The shipped point
+(``tie_tracing/zoo/models/<model>/tie_tracing.json``) is written only by a tuning script run
+with ``--write``, through :func:`write_shipped_point` — ``tt.editing.write_operating_point``,
+which validates it and regenerates the model card's section from the JSON.
 """
 
 from __future__ import annotations
@@ -72,11 +73,8 @@ def setup() -> None:
 
 
 def load(name: str = MODEL):
-    """The model with its shipped operating point moved out of ``model.info``.
-
-    The shipped point stays readable as ``model.shipped_operating_point`` (for reports); with
-    it gone, ``EditMemory.build`` can only use what an experiment passes.
-    """
+    """The model, its shipped operating point record (or ``None``) kept as
+    ``model.shipped_operating_point`` for reports (no build reads it)."""
     for _ in range(360):
         try:
             model = tt.load_model(name)
@@ -86,7 +84,7 @@ def load(name: str = MODEL):
             time.sleep(10)
     else:
         model = tt.load_model(name)
-    model.shipped_operating_point = model.info.pop("operating_point", None)
+    model.shipped_operating_point = model.info.get("operating_point")
     return model
 
 
@@ -180,8 +178,8 @@ def require(points: dict[str, Any], name: str) -> dict[str, Any]:
 def build(model, facts, point: dict[str, Any], *, calibration=None, **changes) -> tt.EditMemory:
     """``EditMemory.build`` with every argument of ``point`` (plus ``changes``) passed explicitly.
 
-    A point's ``q`` larger than the memory (a streaming memory starting small) is capped at
-    ``N`` as the memory grows (``cap_q``), as an operating point's ``q`` would be.
+    A point's ``q`` larger than the memory (a streaming memory starting small) is a ceiling,
+    ``min(q, N)`` as the memory grows (``cap_q``), as a shipped operating point's ``q`` is.
     """
     kwargs = {k: point.get(k) for k in POINT_KEYS}
     kwargs.update(changes)
@@ -191,11 +189,8 @@ def build(model, facts, point: dict[str, Any], *, calibration=None, **changes) -
         kwargs.pop("gate_margin", None)
         kwargs.pop("gate_shrinkage", None)
     n = 1 if isinstance(facts, tt.Fact) else len(facts)
-    q = kwargs.get("q")
-    if q is not None and q > n:
-        kwargs["q"] = None
-        memory = tt.EditMemory.build(model, facts, calibration=calibration, **kwargs)
-        return memory.with_config(q=q, cap_q=True)
+    if kwargs.get("q") is not None and kwargs["q"] > n:
+        kwargs["cap_q"] = True
     return tt.EditMemory.build(model, facts, calibration=calibration, **kwargs)
 
 
@@ -244,11 +239,10 @@ def point_label(point: dict[str, Any]) -> str:
 
 
 def write_shipped_point(op: dict[str, Any], name: str = MODEL) -> Path:
-    """Write ``op`` as the model's shipped ``operating_point`` (other keys kept, atomic)."""
-    path = model_dir(name) / "tie_tracing.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
-    info["operating_point"] = op
-    return write_text(path, json.dumps(info, indent=1) + "\n")
+    """Store ``op`` as the model's shipped operating point: validated, written to its
+    ``tie_tracing.json`` (other keys kept) and rendered into its ``MODEL_CARD.md`` section, by
+    the package's one writer (``tt.editing.write_operating_point``)."""
+    return tt.editing.write_operating_point(model_dir(name), op)
 
 
 # ----------------------------------------------------------------------------- reporting

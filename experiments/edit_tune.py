@@ -20,7 +20,9 @@ calibration prompts; see ``edit_common``).
 Writes ``figures/edit_tune.json`` (``points``: ``paper_tie``, ``paper_grid``; ``layers``:
 ``tie``, ``grid``, ``ar_positional``, ``random``; the grid) and ``figures/edit_tune.html``.
 The shipped operating point (``tie_tracing.json``) is **not** touched unless ``--write``
-is given, which stores ``paper_grid`` there (``--write tie`` stores ``paper_tie``).
+is given, which stores ``paper_grid`` there (``--write tie`` stores ``paper_tie``) through
+``tt.editing.write_operating_point``, which also regenerates the card's section. Nothing
+reads it unless asked: ``tt.editing.OperatingPoint.shipped(model)``.
 
 Run: ``python experiments/edit_tune.py [--write [grid|tie]]`` (a few CPU-minutes, one thread).
 """

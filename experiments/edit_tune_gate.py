@@ -31,10 +31,10 @@ transfer to other sets), the strongest ΔForgetLP (ties: the larger margin, then
 Writes ``figures/edit_tune_gate.json`` (``points.gated``, ``calibration`` ids, the grid) and
 ``figures/edit_tune_gate.html``. ``--write`` also stores the chosen point, with its
 calibration ids and the model's fingerprint, as the model's shipped operating point
-(``tie_tracing.json``), so that ``tt.EditMemory.build(model, facts)`` builds this gated memory.
-The model now ships the token-gated point of ``experiments/edit_tune_token_gate.py`` instead:
-under the sampler this cosine gate closes as the answer is decoded
-(``experiments/edit_gate_sampling.py``).
+(``tie_tracing.json`` and the card's section, through ``tt.editing.write_operating_point``);
+a user builds it only by asking, ``tt.EditMemory.build(model, facts,
+tt.editing.OperatingPoint.shipped(model))``. Under the sampler this cosine gate closes as the
+answer is decoded (``experiments/edit_gate_sampling.py``).
 
 Run: ``python experiments/edit_tune_gate.py [--write]`` (a few CPU-minutes, one thread).
 """

@@ -25,8 +25,9 @@ person (20 facts), effects averaged over the people; utility on ``retain_tune[:1
 
 Writes ``figures/edit_tune_token_gate.json`` (``points.gated_tokens``, the grid, the sampled
 candidates) and ``.html``. ``--write`` also stores the chosen point as the model's shipped
-operating point (``tie_tracing.json``), so that ``tt.EditMemory.build(model, facts)`` builds
-this memory. Run: ``python experiments/edit_tune_token_gate.py [--write]`` (a few
+operating point (``tie_tracing.json`` and the card's section, through
+``tt.editing.write_operating_point``), which ``tt.EditMemory.build(model, facts,
+tt.editing.OperatingPoint.shipped(model))`` builds on request. Run: ``python experiments/edit_tune_token_gate.py [--write]`` (a few
 CPU-minutes, one thread).
 """
 
@@ -187,7 +188,9 @@ def main() -> None:
             "fingerprint": fingerprint,
             "tuned_on": {"forget": "validation: one memory per person (20 facts), effects averaged",
                          "retain": "retain_tune[:100]"},
-            "measured": {**point["measured_on_validation"], "estimator": "masked + greedy T=8 sampling"},
+            "measured": {**{f"{k}_lp" if k.startswith("d_") else k: v
+                            for k, v in point["measured_on_validation"].items()},
+                         "estimator": "masked + greedy T=8 sampling"},
             "rule": rule,
             "command": "python experiments/edit_tune_token_gate.py --write",
             "date": datetime.date.today().isoformat(),

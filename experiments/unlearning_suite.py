@@ -378,8 +378,7 @@ def main() -> None:
     args = ap.parse_args()
     C.setup()
     t_start = time.perf_counter()
-    model = tt.load_model(args.model)
-    model.info.pop("operating_point", None)  # every build argument is explicit
+    model = tt.load_model(args.model)  # every build argument is explicit (nothing is read)
     retain = tt.load_model(args.retain)
     sets = C.fact_sets()
     population = recall_population(3 if args.quick else args.recall_people)
