@@ -365,7 +365,7 @@ def test_plain_greedy_sampler_never_commits_the_mask_token():
 
 def test_card_describes_gated_and_ungated_operating_points():
     """The model card's operating-point paragraph names the gate, its calibration and the validation numbers."""
-    from tie_tracing.editing.operating_point import operating_point_text
+    from tie_tracing.zoo.card import operating_point_text
 
     base = {"layer": 4, "module": "resid", "alpha": 8.0, "lam": 0.1, "q": None, "steps": None,
             "command": "python experiments/edit_tune_gate.py --write", "rule": "strongest",
@@ -385,7 +385,7 @@ def test_card_describes_gated_and_ungated_operating_points():
 def test_embedded_cards_agree_with_their_json():
     """Each embedded card has an "Edit operating point" section exactly when its
     tie_tracing.json holds a point, and that section is rendered from it."""
-    from tie_tracing.editing.operating_point import card_operating_point, operating_point_text
+    from tie_tracing.zoo.card import card_operating_point, operating_point_text
 
     for name in MODELS:
         op = json.loads((MODELS_DIR / name / "tie_tracing.json").read_text()).get("operating_point")
@@ -400,7 +400,7 @@ def test_written_point_and_card_say_the_same(tmp_path):
     import shutil
 
     from tie_tracing.editing import OperatingPoint, write_operating_point
-    from tie_tracing.editing.operating_point import (
+    from tie_tracing.zoo.card import (
         CARD_SECTION,
         card_operating_point,
         card_with_operating_point,

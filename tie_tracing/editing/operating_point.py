@@ -44,7 +44,7 @@ command.
 commands (``python experiments/edit_tune.py --write``, ``edit_tune_gate.py --write``,
 ``edit_tune_token_gate.py --write``, through ``experiments/edit_common.py``) call it. It
 validates the point, writes the JSON and regenerates the model card's "Edit operating point"
-section from what it wrote (:func:`operating_point_text`; training's card writer renders the
+section from what it wrote (:mod:`tie_tracing.zoo.card`; training's card writer renders the
 same section), so the card and the JSON say the same thing.
 """
 
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -64,20 +63,16 @@ from ..core._guards import as_int
 from ..core._io import atomic_write_text
 from ..core.facts import Fact
 from ..core.fingerprint import model_fingerprint
+from ..zoo.card import card_with_operating_point
 from .config import PACKAGE_DEFAULTS, EditConfig, EditMemoryError, EditMemoryWarning
 
 __all__ = [
-    "CARD_SECTION",
     "OperatingPoint",
-    "card_with_operating_point",
-    "operating_point_text",
     "resolve_calibration",
     "resolve_config",
     "write_operating_point",
 ]
 
-#: The model card's heading of the section rendered from ``tie_tracing.json``.
-CARD_SECTION = "## Edit operating point"
 #: How to make a model ship an operating point (for error messages).
 _TUNE = (
     "tune one on validation facts with python experiments/edit_tune.py --write (the paper's "
@@ -488,91 +483,3 @@ def write_operating_point(
     if card.is_file():
         atomic_write_text(card, card_with_operating_point(card.read_text(), record))
     return info_path
-
-
-def card_operating_point(card: str) -> str | None:
-    """The body of a card's "Edit operating point" section (``None`` without one)."""
-    lines = card.split("\n")
-    if CARD_SECTION not in lines:
-        return None
-    start = lines.index(CARD_SECTION) + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return "\n".join(lines[start:end]).strip()
-
-
-def card_with_operating_point(card: str, record: Mapping[str, Any] | None) -> str:
-    """``card`` with its "Edit operating point" section rendered from ``record`` (replacing
-    one that is there; placed before the training curve, as training writes it), or removed
-    when ``record`` is ``None``."""
-    lines = card.split("\n")
-    if CARD_SECTION in lines:
-        start = lines.index(CARD_SECTION)
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        del lines[start:end]
-    if record is not None:
-        section = [CARD_SECTION, "", operating_point_text(record), ""]
-        at = next((i for i, line in enumerate(lines) if line.startswith("## Training curve")), None)
-        if at is None:  # a card without a training curve: the section goes last
-            return "\n".join(lines).rstrip("\n") + "\n\n" + "\n".join(section)
-        lines[at:at] = section
-    return "\n".join(lines)
-
-
-def operating_point_text(op: Mapping[str, Any]) -> str:
-    """The model card's paragraph on a stored operating point (ungated or gated), rendered from
-    the record in ``tie_tracing.json``: the build settings, the gate and its calibration prompts,
-    the validation measurements and the rule."""
-    measured = op.get("measured") or {}
-
-    def num(key: str) -> str:
-        v = measured.get(key)
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
-
-    calibration = op.get("calibration") or {}
-    if op.get("subject_gate") and op.get("gate_kind") == "tokens":
-        form = (
-            "gated memory: token gate (the subject's token ids stand consecutively in the prompt)"
-        )
-    elif op.get("subject_gate"):
-        form = (
-            f"gated memory: subject-detection gate (margin {op.get('gate_margin')}, covariance "
-            f"shrinkage {op.get('gate_shrinkage')}, calibrated on "
-            f"{len(calibration.get('ids', ()))} named "
-            f"`{calibration.get('corpus', '?')}/{calibration.get('split', '?')}` prompts)"
-        )
-    else:
-        form = "the paper's ungated memory"
-    apply_at = op.get("apply_at") or "all"
-    form += (
-        f", update at {'every position' if apply_at == 'all' else f'the {apply_at} positions'}"
-        f", keys at the {op.get('key_at') or 'subject'} positions"
-    )
-    if op.get("ridge_blocks", "memory") != "memory":
-        form += f", one ridge per {op['ridge_blocks']}"
-    steps = op.get("edit_steps", op.get("steps"))
-    tuned = op.get("tuned_on") or {}
-    text = (
-        "Used only when asked: `point = tt.editing.OperatingPoint.shipped(model)`, then "
-        "`tt.EditMemory.build(model, facts, point)` (stored in `tie_tracing.json`; "
-        "`tt.EditMemory.build(model, facts, layer=...)` builds the paper's memory whatever is "
-        f"stored). Settings: layer {op['layer']}, {op.get('module', 'resid')}, α = {op['alpha']}, "
-        f"λ = {op['lam']}, q = {op['q'] if op.get('q') is not None else 'N (dense)'}, steps "
-        f"{steps or 'all'}; {form}. Tuned by `{op.get('command', '?')}` on "
-        f"{tuned.get('forget', 'the validation split')} (retain constraint: "
-        f"{tuned.get('retain', '?')}). Measured there: ΔForgetLP {num('d_forget_lp')}, "
-        f"ΔRetainLP {num('d_retain_lp')} nats per fact"
-    )
-    if "d_paraphrase_lp" in measured:
-        text += f", paraphrased questions {num('d_paraphrase_lp')}"
-    if "lookalike_open" in measured:
-        text += (
-            f"; some gate opens on {measured['lookalike_open']:.0%} of surname look-alike prompts"
-        )
-    if "retain_gate_open" in measured:
-        text += f" and on {measured['retain_gate_open']:.0%} of the retain prompts"
-    text += f" ({measured.get('estimator', '?')} estimator). Rule: {op.get('rule', '?')}."
-    if op.get("date"):
-        text += f" Written {op['date']}."
-    return text

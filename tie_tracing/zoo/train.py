@@ -38,7 +38,7 @@ import torch
 
 from ..core._io import atomic_write_text
 from ..core.prompting import encode_pair
-from ..editing.operating_point import CARD_SECTION, operating_point_text
+from .card import CARD_SECTION, operating_point_text
 from .corpus import INFILL_PROMPT, load_facts, training_pairs
 from .corpus import load_probes as _load_probes
 from .evaluate import MODELS_DIR, plain_metrics
