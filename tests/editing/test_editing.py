@@ -812,9 +812,12 @@ def test_installing_an_installed_memory_is_an_error(mdlm, memory):
 
 
 def test_gate_options_are_validated(mdlm, gated, replicas):
-    """steer takes no gate; unknown choices raise; a gate needs statistics; answer slots need [MASK]."""
-    with pytest.raises(EditMemoryError, match="steer"):
-        EditConfig(layer=0, mode="steer", subject_gate=True)
+    """the slots gate acts at the answer; unknown choices raise; a gate needs statistics;
+    answer slots need [MASK]."""
+    with pytest.raises(EditMemoryError, match="apply_at='answer'"):
+        EditConfig(layer=0, mode="steer", subject_gate=True, gate_kind="slots")
+    with pytest.raises(ValueError, match="gate_kind"):
+        EditConfig(layer=0, gate_kind="names")
     with pytest.raises(ValueError, match="apply_at"):
         EditConfig(layer=0, apply_at="subject")
     with pytest.raises(ValueError, match="key_at"):

@@ -33,7 +33,14 @@ from ..core.facts import Fact
 from ..tracing.patching import encode_query
 from .config import EditMemoryError
 
-__all__ = ["Captured", "capture", "capture_keys_and_deltas", "capture_states", "query_ids"]
+__all__ = [
+    "Captured",
+    "capture",
+    "capture_keys_and_deltas",
+    "capture_states",
+    "capture_unknown",
+    "query_ids",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,6 +186,44 @@ def capture(
             raise EditMemoryError(
                 f"non-finite activations at ({layer}, {module!r}) while capturing {name}"
             )
+    return out
+
+
+def capture_unknown(
+    model,
+    facts: Sequence[Fact],
+    names: Sequence[str],
+    *,
+    layer: int,
+    module: str = "resid",
+    batch_size: int = BATCH_SIZE,
+) -> torch.Tensor:
+    """``[N, d]`` the never-met values of ``targets="unknown"``: for each fact, the mean over
+    ``names`` of the answer-slot mean of its question asked about that name
+    (``prompt(subject → name) + |answer| × [MASK]``, the fact's own answer length).
+
+    Raises:
+        SubjectNotFoundError: a fact's subject is not in its question.
+        EditMemoryError: non-finite activations.
+    """
+    mask = model.mask_token_id
+    if mask is None:
+        raise EditMemoryError("targets='unknown' needs a masked diffusion model ([MASK] slots)")
+    rows: list[tuple[list[int], list[list[int]]]] = []
+    for fact in facts:
+        encode_query(model, fact, mentions="first")  # the subject must be in the question
+        _, answer = model.encode(fact.question, fact.answer)
+        for name in names:
+            prompt, _ = model.encode(fact.question.replace(fact.subject, name), fact.answer)
+            p = len(prompt)
+            rows.append((list(prompt) + [mask] * len(answer), [list(range(p, p + len(answer)))]))
+    pooled = _pooled(model, rows, layer=layer, module=module, batch_size=batch_size)
+    k = len(names)
+    out = torch.stack(
+        [torch.stack([pooled[i * k + j][0] for j in range(k)]).mean(0) for i in range(len(facts))]
+    ) if len(facts) else torch.zeros(0, int(model.hidden_size))  # fmt: skip
+    if not torch.isfinite(out).all():
+        raise EditMemoryError(f"non-finite activations at ({layer}, {module!r}) (unknown targets)")
     return out
 
 

@@ -43,15 +43,17 @@ EDIT_MODES: tuple[str, ...] = ("ridge", "gated", "steer")
 #: Where the update is added: every position (the paper) or the answer's ``[MASK]`` slots.
 APPLY_AT: tuple[str, ...] = ("all", "answer")
 #: How the subject gate detects a fact's subject: the whitened residual cosine of the
-#: subject's window (``"cosine"``) or its exact token ids in the prompt (``"tokens"``).
-GATE_KINDS: tuple[str, ...] = ("cosine", "tokens")
+#: subject's window (``"cosine"``), its exact token ids in the prompt (``"tokens"``), or
+#: what the model computes at the answer's slots, against a codebook of keys (``"slots"``,
+#: :mod:`~tie_tracing.editing.slot_gate`).
+GATE_KINDS: tuple[str, ...] = ("cosine", "tokens", "slots")
 #: How the ridge couples facts: one Gram matrix over the whole memory (Eq. 11) or one block
 #: per subject (block-diagonal ``G``).
 RIDGE_BLOCKS: tuple[str, ...] = ("memory", "subject")
 #: Where the keys of ``G⁻¹K`` are pooled: the subject tokens (Eq. 6) or the answer slots.
 KEY_AT: tuple[str, ...] = ("subject", "answer")
 #: Named target choices of :meth:`EditMemory.build`.
-TARGET_KINDS: tuple[str, ...] = ("auto", "refusal", "perturbed", "target")
+TARGET_KINDS: tuple[str, ...] = ("auto", "refusal", "perturbed", "target", "unknown")
 #: The defaults of a build without a config: :class:`EditConfig`'s (the paper's memory;
 #: ``layer`` has none and must be given) and the cosine gate's ``gate_shrinkage``.
 PACKAGE_DEFAULTS: dict[str, Any] = {
@@ -107,16 +109,24 @@ class EditConfig:
             package ``steps`` means a number of denoising steps; ``EditConfig(steps=...)`` and
             ``config.steps`` are deprecated aliases of this field, for one release.)
         kappa: Gate cap ``κ`` of the ``"gated"`` mode (Eq. 10).
-        mode: ``"ridge"`` (Eq. 11–12), ``"gated"`` (Eq. 10 per fact, summed) or ``"steer"``.
+        mode: ``"ridge"`` (Eq. 11–12), ``"gated"`` (Eq. 10 per fact, summed) or ``"steer"``
+            (``α`` times the mean delta; with a gate, the mean delta of the facts whose gate
+            opened in the row).
         cap_q: ``q`` came from an operating point: use ``min(q, N)`` instead of refusing
             ``q > N``.
         subject_gate: Multiply each fact's coefficient by the subject-detection gate
             ``g_f = 1[score_f > τ_f]`` (needs calibration statistics; not with ``"steer"``).
         gate_kind: How the gate detects the subject: ``"cosine"`` (the whitened residual
             cosine of a window against the subject key, thresholded at ``τ_f``; needs
-            calibration statistics) or ``"tokens"`` (``g_f = 1`` when the subject's token ids
-            occur consecutively in the prompt; needs no calibration). See the package docstring.
-        gate_margin: ``τ_f = max_{calibration prompts} score_f + gate_margin`` (cosine gate).
+            calibration statistics), ``"tokens"`` (``g_f = 1`` when the subject's token ids
+            occur consecutively in the prompt; needs no calibration) or ``"slots"`` (what the
+            model computes at the answer's still-masked slots, against a codebook of the facts'
+            object-slot keys with radii measured on calibration prompts; decided when the
+            answer is all ``[MASK]`` and held along the trajectory; needs calibration and
+            ``apply_at="answer"``; :mod:`~tie_tracing.editing.slot_gate`). See the package
+            docstring.
+        gate_margin: ``τ_f = max_{calibration prompts} score_f + gate_margin`` (cosine gate);
+            a key's radius plus ``gate_margin`` (slots gate; negative values widen it).
         apply_at: ``"all"`` positions (the paper) or the ``"answer"`` slots (the positions
             whose input token is ``[MASK]``; MDLMs only).
         key_at: Keys of ``G⁻¹K`` (and of Eq. 10's gate): ``"subject"`` (Eq. 6) or the
@@ -176,10 +186,10 @@ class EditConfig:
         for name in ("cap_q", "subject_gate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.subject_gate and self.mode == "steer":
+        if self.gate_kind == "slots" and self.subject_gate and self.apply_at != "answer":
             raise EditMemoryError(
-                "mode='steer' is the ungated act_steer baseline (one fixed direction): it takes "
-                "no subject gate"
+                "gate_kind='slots' decides at the answer's [MASK] slots and acts there: use "
+                "apply_at='answer'"
             )
         if self.q is not None:
             if isinstance(self.q, bool) or not isinstance(self.q, int) or self.q < 1:

@@ -80,6 +80,12 @@ class EditHandle:
             forward as fired when it is in the step set, whether or not a gate opened.
         skipped: Forwards seen but not modified (outside the step set, or an empty memory),
             per step, counted the same way.
+        gate_rows: The answer-slot gate's rows (``gate_kind="slots"``), by how their gate was
+            set: ``"decided"`` (the answer span all ``[MASK]``: decided on its own slots and
+            held), ``"held"`` (a decision held for its prompt), ``"unheld"`` (part of the
+            answer written and no decision held: decided on its own slots).
+        held: The held decisions, keyed by row length and prompt token ids (cleared by
+            :meth:`swap` and :meth:`remove`).
     """
 
     memory: Any  # the EditMemory (memory.py imports this module, not the reverse)
@@ -87,6 +93,8 @@ class EditHandle:
     fired: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     install_seconds: float | None = None
+    gate_rows: Counter = field(default_factory=Counter)
+    held: dict = field(default_factory=dict)
     _mediator: Any = None
 
     @property
@@ -114,19 +122,31 @@ class EditHandle:
             firing = {k for k in row_steps if len(memory) and memory.config.fires_at(k)}
             if len(firing) == len(set(row_steps)):  # every row fires (or the step set is all)
                 if firing:
-                    memory.apply_(hidden, token_ids, answer_start)
+                    memory.apply_(hidden, token_ids, answer_start, self.held, self.gate_rows)
+            elif not firing and len(memory):
+                memory.observe_(hidden, token_ids, answer_start, self.held, self.gate_rows)
             elif firing:
                 rows = torch.tensor([k in firing for k in row_steps], device=hidden.device)
+                quiet = ~rows
+                memory.observe_(
+                    hidden[quiet], None if token_ids is None else token_ids[quiet],
+                    answer_start, self.held, self.gate_rows,
+                )  # fmt: skip
                 part = hidden[rows]
-                memory.apply_(part, None if token_ids is None else token_ids[rows], answer_start)
+                memory.apply_(
+                    part, None if token_ids is None else token_ids[rows], answer_start,
+                    self.held, self.gate_rows,
+                )  # fmt: skip
                 hidden[rows] = part
             for k in sorted(set(row_steps)):  # once per forward and step, not per row
                 (self.fired if k in firing else self.skipped)[k] += 1
             return
         if not len(memory) or not memory.config.fires_at(step):
+            if len(memory):  # a slots gate still decides on the first forward of a prompt
+                memory.observe_(hidden, token_ids, answer_start, self.held, self.gate_rows)
             self.skipped[step] += 1
             return
-        memory.apply_(hidden, token_ids, answer_start)
+        memory.apply_(hidden, token_ids, answer_start, self.held, self.gate_rows)
         self.fired[step] += 1
 
     def swap(self, memory: Any) -> EditHandle:
@@ -154,6 +174,7 @@ class EditHandle:
             )
         memory._tensors(self.model.param_device)  # move to the device once, now
         self.memory = memory
+        self.held.clear()  # held decisions belong to the memory that took them
         return self
 
     def insert(self, facts: Any, **kwargs: Any) -> EditHandle:
@@ -171,6 +192,7 @@ class EditHandle:
             return
         remove_edit(self.model, self._mediator)
         self._mediator = None
+        self.held.clear()
 
     def __enter__(self) -> EditHandle:
         return self

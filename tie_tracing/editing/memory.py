@@ -30,7 +30,7 @@ from ..core.facts import Fact, as_facts, load_refusals
 from ..core.fingerprint import describe_model
 from ..tracing.patching import fact_key
 from . import algebra
-from .capture import capture
+from .capture import capture, capture_unknown
 from .config import (
     TARGET_KINDS,
     EditConfig,
@@ -47,6 +47,7 @@ from .operating_point import (
     resolve_config,
     resolve_shrinkage,
 )
+from .slot_gate import SlotGate, slot_decisions
 
 __all__ = ["EditMemory", "Solved", "solve"]
 
@@ -107,7 +108,11 @@ def solve(memory: EditMemory) -> Solved:
             tensors["gate_keys"] = algebra.eq10_gate_keys(keys).float()
         except EditMemoryError as exc:
             raise EditMemoryError(f"{exc} (facts {list(memory.ids)})") from exc
-    if c.subject_gate and c.gate_kind == "tokens":
+    if c.subject_gate and c.gate_kind == "slots":
+        assert memory.slot_gate is not None
+        tensors["slot_key_row"] = memory.slot_gate.key_index(memory.ids)
+        tensors["slot_threshold"] = memory.slot_gate.radius + c.gate_margin
+    elif c.subject_gate and c.gate_kind == "tokens":
         assert memory.subject_tokens is not None
         # facts about one subject share a pattern: match the distinct ones, then index
         distinct, inverse = torch.unique(memory.subject_tokens, dim=0, return_inverse=True)
@@ -162,6 +167,8 @@ class EditMemory(Saveable):
             subjects (``τ_f = gate_score_max + gate_margin``).
         subject_tokens: ``[N, L]`` int64 token ids of each subject's first mention, padded
             with ``-1`` (the ``"tokens"`` gate's patterns; ``None`` for a hand-built memory).
+        slot_gate: The answer-slot gate's statistics and keys
+            (:class:`~tie_tracing.editing.slot_gate.SlotGate`; ``gate_kind="slots"``).
         timings: Provenance: seconds spent in ``capture``, ``calibrate`` (gate fit),
             ``solve``, ``build`` (total) and per fact (``build_per_fact``); ``insert`` for a
             memory made by :meth:`insert`. (Install time is the handle's.)
@@ -187,6 +194,7 @@ class EditMemory(Saveable):
     gate: SubjectGate | None = field(default=None, kw_only=True)
     gate_score_max: torch.Tensor | None = field(default=None, kw_only=True)
     subject_tokens: torch.Tensor | None = field(default=None, kw_only=True)
+    slot_gate: SlotGate | None = field(default=None, kw_only=True)
     timings: dict[str, float] = field(default_factory=dict, kw_only=True)
 
     dims: ClassVar[tuple[str, ...]] = ("fact", "hidden")
@@ -261,6 +269,7 @@ class EditMemory(Saveable):
         targets: str | Sequence[str] = "auto",
         calibration: Sequence[Fact] | None = None,
         gate_shrinkage: float | None = None,
+        unknown_names: Sequence[str] | None = None,
         batch_size: int = BATCH_SIZE,
         steps: Any = None,
         **overrides: Any,
@@ -286,13 +295,23 @@ class EditMemory(Saveable):
             targets: ``"auto"`` (the fact's ``target`` when set — editing —, else a refusal —
                 unlearning), ``"refusal"`` (a line of TOFU's ``idontknow.jsonl``, chosen by a
                 hash of the fact id), ``"perturbed"`` (the fact's first perturbed answer),
-                ``"target"`` (``Fact.target``, required), or one string per fact.
-            calibration: Prompts (facts) the cosine gate is fitted on — facts the memory must
+                ``"target"`` (``Fact.target``, required), ``"unknown"`` (behave as if the
+                person were never met: ``v*_f`` is the mean answer-slot state of the same
+                question asked about each of ``unknown_names`` and ``v_f`` the fact's own
+                answer-slot key, so ``δ_f`` moves the slots towards a person the model does not
+                know), or one string per fact.
+            calibration: Prompts (facts) the cosine or slots gate is fitted on — facts the memory must
                 leave alone, never the facts reported on (default: the operating point's, if
                 ``config`` is one). Given with ``subject_gate=False`` the statistics are still
                 fitted, so ``with_config(subject_gate=True)`` works.
             gate_shrinkage: ``s`` of ``C_s = (1 − s) C + s (tr C / d) I`` (default: the
                 operating point's, else 0.1).
+            unknown_names: Names of people the model never met (e.g. the embedded corpus's
+                held-out people, ``tt.zoo.corpus.holdout_names()``): the never-met values of
+                ``targets="unknown"``, and the source of the slots gate's look-alikes (its
+                keys' radii also cover the facts' questions about people who share a first
+                name or a surname with the subject;
+                :func:`~tie_tracing.editing.slot_gate.lookalikes`).
             batch_size: Rows per capture forward.
             steps: Not accepted: across the package ``steps`` is a count of denoising
                 steps; the step set of an edit is ``edit_steps``. Passing it raises.
@@ -356,17 +375,47 @@ class EditMemory(Saveable):
             raise EditMemoryError("apply_at='answer' needs a masked diffusion model ([MASK] slots)")
         ids = [fact_key(f) for f in facts]
         _check_unique(ids)
-        target_texts = _resolve_targets(facts, targets)
+        unknown = isinstance(targets, str) and targets == "unknown"
+        if unknown:
+            names = _check_unknown_names(unknown_names, facts)
+            target_texts = [UNKNOWN_TARGET] * len(facts)
+        else:
+            if unknown_names is not None and not (
+                config.subject_gate and config.gate_kind == "slots"
+            ):
+                raise EditMemoryError(
+                    "unknown_names= is read with targets='unknown' or gate_kind='slots' only"
+                )
+            if unknown_names is not None:
+                _check_unknown_names(unknown_names, facts)
+            target_texts = _resolve_targets(facts, targets)
         calib = resolve_calibration(calibration, point, config)
         t0 = time.perf_counter()
         captured = capture(
             model, facts, target_texts, layer=config.layer, module=config.module,
             batch_size=batch_size,
         )  # fmt: skip
+        answer_values, target_values = captured.answer_values, captured.target_values
+        if unknown:
+            answer_values = captured.slot_keys
+            target_values = capture_unknown(
+                model, facts, names, layer=config.layer, module=config.module,
+                batch_size=batch_size,
+            )  # fmt: skip
         capture_s = time.perf_counter() - t0
-        gate, score_max, calibrate_s = None, None, 0.0
+        gate, score_max, slot_gate, calibrate_s = None, None, None, 0.0
         subjects = [f.subject for f in facts]
-        if calib is not None:
+        if calib is not None and config.gate_kind == "slots":
+            t0 = time.perf_counter()
+            slot_gate = SlotGate.fit(
+                model, calib, layer=config.layer, module=config.module,
+                shrinkage=resolve_shrinkage(gate_shrinkage, point), batch_size=batch_size,
+            ).with_facts(
+                model, facts, ids, layer=config.layer, module=config.module,
+                lookalike_names=unknown_names or (), batch_size=batch_size,
+            )  # fmt: skip
+            calibrate_s = time.perf_counter() - t0
+        elif calib is not None:
             t0 = time.perf_counter()
             gate = SubjectGate.fit(
                 model, calib, layer=config.layer, module=config.module,
@@ -380,10 +429,10 @@ class EditMemory(Saveable):
             calibrate_s = time.perf_counter() - t0
         memory = cls(
             config, ids=tuple(ids), keys=captured.subject_keys, slot_keys=captured.slot_keys,
-            answer_values=captured.answer_values, target_values=captured.target_values,
+            answer_values=answer_values, target_values=target_values,
             targets=tuple(target_texts), subjects=tuple(subjects), subject_lengths=captured.subject_lengths,
             gate=gate, gate_score_max=score_max, model_info=describe_model(model),
-            subject_tokens=captured.subject_tokens,
+            subject_tokens=captured.subject_tokens, slot_gate=slot_gate,
         )  # fmt: skip
         memory._warn_blind()
         total = time.perf_counter() - start
@@ -450,6 +499,11 @@ class EditMemory(Saveable):
         gate = "off"
         if c.subject_gate and c.gate_kind == "tokens":
             gate = "subject(tokens)"
+        elif c.subject_gate and c.gate_kind == "slots" and self.slot_gate is not None:
+            gate = (
+                f"slots(margin={c.gate_margin:g}, keys={len(self.slot_gate.key_ids)}, "
+                f"calibration={len(self.slot_gate.calibration)} prompts)"
+            )
         elif c.subject_gate and self.gate is not None:
             gate = f"subject(margin={c.gate_margin:g}, calibration={len(self.gate)} prompts)"
         return (
@@ -478,6 +532,11 @@ class EditMemory(Saveable):
         ):
             raise EditMemoryError(
                 "subject_gate=True needs gate statistics: build with calibration=facts"
+            )
+        if config.subject_gate and config.gate_kind == "slots" and self.slot_gate is None:
+            raise EditMemoryError(
+                "gate_kind='slots' needs the answer-slot gate's keys: build the memory with "
+                "gate_kind='slots' and calibration=facts"
             )
         if config.needs_token_ids and self.model_info.get("mask_token_id") is None:
             if config.apply_at == "answer":
@@ -575,11 +634,14 @@ class EditMemory(Saveable):
         token_ids: torch.Tensor | None,
         s: dict[str, torch.Tensor],
         answer_start: int | None = None,
+        held: dict | None = None,
+        counts: dict | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(where, gate)``: the ``[B, S]`` positions to update (``None``: all) and the
         ``[B, N]`` subject gate (``None``: ungated). ``answer_start`` (known inside the
         diffusion loop) keeps the token gate to the prompt: a subject *written* into an
-        answer does not open it."""
+        answer does not open it. ``held``: the installed edit's held decisions of the slots
+        gate (``None``: every row decides on its own slots)."""
         c = self.config
         if not c.needs_token_ids:
             return None, None
@@ -588,7 +650,14 @@ class EditMemory(Saveable):
         masked = torch.zeros_like(ids, dtype=torch.bool) if mask_id is None else ids == mask_id
         where = masked if c.apply_at == "answer" else torch.ones_like(masked)
         gate = None
-        if c.subject_gate and c.gate_kind == "tokens":
+        if c.subject_gate and c.gate_kind == "slots":
+            assert self.slot_gate is not None and mask_id is not None
+            decide = self.slot_gate.open_facts(
+                hidden, masked, s["slot_key_row"], s["slot_threshold"], len(self)
+            )
+            gate = slot_decisions(ids, int(mask_id), answer_start, decide, held, counts)
+            where = where & (gate > 0).any(-1)[:, None]
+        elif c.subject_gate and c.gate_kind == "tokens":
             valid = ~masked
             if answer_start is not None:
                 valid[:, answer_start:] = False
@@ -610,6 +679,9 @@ class EditMemory(Saveable):
     ) -> torch.Tensor:
         """The update for tokens ``h [..., d]`` (float32); ``gate`` ``[..., N]`` per token."""
         c = self.config
+        if c.mode == "steer" and gate is not None:  # the mean delta of the opened facts
+            mean = (gate @ s["deltas"]) / gate.sum(-1, keepdim=True).clamp(min=1.0)
+            return c.alpha * mean
         if c.mode == "steer":
             return (c.alpha * s["mean_delta"]).expand(h.shape).clone()
         if c.mode == "gated":
@@ -652,14 +724,18 @@ class EditMemory(Saveable):
         hidden: torch.Tensor,
         token_ids: torch.Tensor | None = None,
         answer_start: int | None = None,
+        held: dict | None = None,
+        counts: dict | None = None,
     ) -> None:
         """Add :meth:`update` to ``hidden`` in place, writing only the positions it changes
         (so every other position keeps its exact bits). ``answer_start``: where the answer
-        span begins, when the caller knows it (the token gate then reads the prompt only)."""
+        span begins, when the caller knows it (the token gate then reads the prompt only).
+        ``held`` / ``counts``: the installed edit's held slots-gate decisions and their
+        tally (:class:`~.install.EditHandle`)."""
         if not len(self):
             return
         s = self._tensors(hidden.device)
-        where, gate = self._plan(hidden, token_ids, s, answer_start)
+        where, gate = self._plan(hidden, token_ids, s, answer_start, held, counts)
         if where is None:
             hidden += self._token_update(hidden.float(), s).to(hidden.dtype)
             return
@@ -669,6 +745,39 @@ class EditMemory(Saveable):
         sel = hidden[where]
         upd = self._token_update(sel.float(), s, None if gate is None else gate[rows])
         hidden[where] = sel + upd.to(hidden.dtype)
+
+    def observe_(
+        self,
+        hidden: torch.Tensor,
+        token_ids: torch.Tensor | None,
+        answer_start: int | None,
+        held: dict,
+        counts: dict | None = None,
+    ) -> None:
+        """Record the slots gate's decisions for rows whose answer is all ``[MASK]``, without
+        editing (a forward outside the step set: a step-set edit at a later step holds the
+        decision taken on the prompt's first forward). A no-op for other memories."""
+        c = self.config
+        if not (c.subject_gate and c.gate_kind == "slots") or token_ids is None or not len(self):
+            return
+        ids = self._check_token_ids(token_ids, hidden)
+        mask_id = int(self.model_info["mask_token_id"])
+        masked = ids == mask_id
+        seq = ids.shape[1]
+        fresh = [
+            b for b in range(ids.shape[0])
+            if (start := answer_start if answer_start is not None else _first(ids[b], mask_id))
+            is not None and start < seq and bool(masked[b, start:].all())
+        ]  # fmt: skip
+        if not fresh:
+            return
+        s = self._tensors(hidden.device)
+        assert self.slot_gate is not None
+        rows = torch.tensor(fresh, device=hidden.device)
+        decide = self.slot_gate.open_facts(
+            hidden[rows], masked[rows], s["slot_key_row"], s["slot_threshold"], len(self)
+        )
+        slot_decisions(ids[rows], mask_id, answer_start, decide, held, counts)
 
     # -- new values -------------------------------------------------------------------------
 
@@ -722,6 +831,13 @@ class EditMemory(Saveable):
         check_model(self, model)
         ids = [fact_key(f) for f in facts]
         _check_unique(list(self.ids) + ids)
+        if any(t == UNKNOWN_TARGET for t in self.targets) or (
+            isinstance(targets, str) and targets == "unknown"
+        ):
+            raise EditMemoryError(
+                "insert does not capture targets='unknown' (the never-met names are not kept): "
+                "rebuild the memory with EditMemory.build(..., targets='unknown')"
+            )
         texts = _resolve_targets(facts, targets)
         t0 = time.perf_counter()
         c = self.config
@@ -735,8 +851,14 @@ class EditMemory(Saveable):
                 self.gate.directions(new.subject_keys), new.subject_lengths, subjects,
                 mask_token_id=model.mask_token_id, fact_ids=ids,
             )  # fmt: skip
+        slot_gate = self.slot_gate
+        if slot_gate is not None:
+            slot_gate = slot_gate.with_facts(
+                model, facts, ids, layer=c.layer, module=c.module, batch_size=batch_size
+            )
         grown = self._derived(
             model=model,
+            slot_gate=slot_gate,
             ids=self.ids + tuple(ids),
             targets=self.targets + tuple(texts),
             subjects=_cat_tuple(self.subjects, subjects),
@@ -777,6 +899,8 @@ class EditMemory(Saveable):
                 rows[name] = tuple(value[j] for j in keep)
             else:
                 rows[name] = value[keep]
+        if self.slot_gate is not None:
+            rows["slot_gate"] = self.slot_gate.without(ids)
         return self._derived(**rows)
 
     def remove(self, ids: str | Iterable[str]) -> EditMemory:
@@ -875,6 +999,11 @@ class EditMemory(Saveable):
                     return False
             elif a != b:
                 return False
+        sa, sb = self.slot_gate, other.slot_gate
+        if (sa is None) != (sb is None) or (
+            sa is not None and sb is not None and not sa.equals(sb)
+        ):
+            return False
         ga, gb = self.gate, other.gate
         if (ga is None) != (gb is None):
             return False
@@ -889,6 +1018,12 @@ class EditMemory(Saveable):
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _first(row: torch.Tensor, value: int) -> int | None:
+    """The first position of ``value`` in a 1-d tensor (``None`` when absent)."""
+    hits = torch.nonzero(row == value)
+    return int(hits[0, 0]) if len(hits) else None
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -908,6 +1043,28 @@ def _cat_tuple(a: tuple[str, ...] | None, b: Sequence[str]) -> tuple[str, ...] |
     return None if a is None else a + tuple(b)
 
 
+#: The target text recorded for ``targets="unknown"`` (its values are captured, not written).
+UNKNOWN_TARGET = "<a person the model never met>"
+
+
+def _check_unknown_names(names: Sequence[str] | None, facts: Sequence[Fact]) -> list[str]:
+    """The never-met names of ``targets="unknown"``: at least one string, none of them a
+    subject of ``facts``."""
+    if names is None or isinstance(names, str):
+        raise EditMemoryError(
+            "targets='unknown' needs unknown_names=[...]: names of people the model never met "
+            "(made-up names; for the embedded world, tt.zoo.corpus.holdout_names())"
+        )
+    out = [str(n) for n in names]
+    if not out or any(not n.strip() for n in out):
+        raise EditMemoryError(f"unknown_names must be non-empty strings, got {names!r}")
+    subjects = {" ".join(f.subject.casefold().split()) for f in facts}
+    clash = [n for n in out if " ".join(n.casefold().split()) in subjects]
+    if clash:
+        raise EditMemoryError(f"unknown_names {clash} are subjects of the facts being forgotten")
+    return out
+
+
 def _check_unique(ids: Sequence[str]) -> None:
     seen: set[str] = set()
     dups = []
@@ -924,6 +1081,10 @@ def _resolve_targets(facts: Sequence[Fact], targets: str | Sequence[str]) -> lis
         if targets not in TARGET_KINDS:
             raise EditMemoryError(
                 f"targets={targets!r}: give one of {TARGET_KINDS} or one string per fact"
+            )
+        if targets == "unknown":
+            raise EditMemoryError(
+                "targets='unknown' is captured by EditMemory.build (with unknown_names=)"
             )
         refusals = load_refusals() if targets in ("auto", "refusal") else []
         out = []

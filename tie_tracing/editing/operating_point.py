@@ -197,7 +197,7 @@ class OperatingPoint:
         required = list(_REQUIRED)
         if d.get("subject_gate"):
             required.append("gate_kind")
-            if d.get("gate_kind") == "cosine":
+            if d.get("gate_kind") in ("cosine", "slots"):
                 required += _COSINE_REQUIRED
         missing = [k for k in required if k not in d]
         if missing:
@@ -413,22 +413,22 @@ def resolve_calibration(
     config: EditConfig,
 ) -> list[Fact] | None:
     """The calibration prompts of a build: given ones, else the operating point's where the
-    config's cosine gate needs them.
+    config's cosine or answer-slot gate needs them.
 
     Raises:
-        EditMemoryError: an empty ``calibration``; a cosine gate with neither.
+        EditMemoryError: an empty ``calibration``; a cosine or slots gate with neither.
     """
     if calibration is not None:
         facts: list[Fact] = [calibration] if isinstance(calibration, Fact) else list(calibration)
         if not facts:
             raise EditMemoryError("calibration= is empty: the subject gate needs prompts")
         return facts
-    if not (config.subject_gate and config.gate_kind == "cosine"):
+    if not (config.subject_gate and config.gate_kind in ("cosine", "slots")):
         return None
     if point is not None and point.calibration:
         return list(point.calibration)
     raise EditMemoryError(
-        "subject_gate=True (gate_kind='cosine') needs calibration prompts: pass "
+        f"subject_gate=True (gate_kind={config.gate_kind!r}) needs calibration prompts: pass "
         "calibration=facts (prompts the memory must leave alone, e.g. retain facts; never the "
         "facts you report on)"
     )

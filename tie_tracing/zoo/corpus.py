@@ -690,6 +690,18 @@ def probe_records(
     return out
 
 
+def holdout_names(name: str = "tiny") -> list[str]:
+    """Full names of the corpus's held-out people: never in any training prompt, so the
+    embedded models never met them (the ``unknown_names`` of ``targets="unknown"``).
+
+    Example:
+        >>> tt.zoo.corpus.holdout_names()[:2]                    # doctest: +SKIP
+        ['Meikeibris Raikoler', ...]
+    """
+    data = load_corpus(name)
+    return [p["name"] for p in data["people"][N_TRAINED:]]
+
+
 def load_probes(
     name: str = "tiny", split: str = "forget01", family: str | None = None
 ) -> list[Fact]:
