@@ -60,17 +60,27 @@ def forget_rows(split: str) -> list[tt.Fact]:
     return facts + para
 
 
-def calibration_prompts() -> list[tt.Fact]:
-    """Retain and world training prompts (T0–T2 wordings), minus every fact the suite evaluates."""
+def calibration_prompts(exclude_neighbour_people: bool = False) -> list[tt.Fact]:
+    """Retain and world training prompts (T0–T2 wordings), minus every fact the suite evaluates
+    in its canonical wording (T0). The T1/T2 wordings of evaluated facts stay: a user calibrates
+    on the training set. ``exclude_neighbour_people``: also drop every prompt about a retain
+    person who shares a surname with a forget10 person (the check that the same-surname
+    neighbours' own paraphrases are not what keeps them)."""
     evaluated = {
         f.id for s in ("retain_eval", "neighbour", "world") for f in tt.load_facts("tiny", s)
     }
+    forget_surnames = {f.subject.split()[-1] for f in tt.load_facts("tiny", "forget10")}
+    people = {
+        f.id.split("-")[0] for f in tt.load_facts("tiny", "retain")
+        if f.subject.split()[-1] in forget_surnames
+    }  # fmt: skip
     return [
         row_fact(r)
         for r in corpus.training_pairs("tiny", "train_retain")
-        if r["kind"] in ("T1-full", "T2-full")
-        or (r["kind"] == "T0-full" and r["base"] not in evaluated)
-    ]
+        if (r["kind"] in ("T1-full", "T2-full")
+            or (r["kind"] == "T0-full" and r["base"] not in evaluated))
+        and not (exclude_neighbour_people and r["base"].split("-")[0] in people)
+    ]  # fmt: skip
 
 
 def slots_config(layer: int, margin: float, alpha: float) -> tt.EditConfig:
@@ -118,12 +128,16 @@ def main() -> None:
     ap.add_argument("--alphas", type=float, nargs="+", default=[4.0])
     ap.add_argument("--names", type=int, default=8)
     ap.add_argument("--split", default="validation")
+    ap.add_argument(
+        "--exclude-neighbour-people", action="store_true",
+        help="calibrate without any prompt about a retain person sharing a forget10 surname",
+    )  # fmt: skip
     ap.add_argument("--out", default="runs/edit_tune_slots.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = tt.load_model("tiny-mdlm")
     forget = forget_rows(args.split)
-    calib = calibration_prompts()
+    calib = calibration_prompts(args.exclude_neighbour_people)
     names = corpus.holdout_names()[: args.names]
     sets = eval_sets(args.split)
     base = {k: float(sampled_leaks(model, v).mean()) for k, v in sets.items()}
@@ -162,6 +176,7 @@ def main() -> None:
     payload = {
         "unedited": base, "points": points, "chosen": chosen, "split": args.split,
         "names": names, "n_calibration": len(calib), "n_forget_rows": len(forget),
+        "exclude_neighbour_people": args.exclude_neighbour_people,
         "rule": "collateral recall drop <= 0.02 on retain, world and neighbour; then the lowest "
         "worst forget-side leak; ties: larger margin, then smaller alpha",
         "command": " ".join(["python", *sys.argv]),

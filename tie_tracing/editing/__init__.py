@@ -39,6 +39,14 @@ every position ``i``. Three options of :class:`EditConfig` make a **gated memory
 
   Detection always uses the subject keys ``k_f``; a row in which no gate opens is left
   untouched (bit for bit).
+* ``subject_gate=True, gate_kind="slots"`` (:mod:`.slot_gate`): detection at the answer's
+  still-masked slots instead of the prompt — keys are each fact's object-slot states (whitened,
+  unit), each with a radius: the highest cosine any calibration slot or any look-alike of the
+  subject (the same question about a person sharing its first name or surname) reaches; a key
+  fires when a masked slot's cosine exceeds its radius plus ``gate_margin``. The decision is
+  taken on the forward whose answer is all ``[MASK]`` and held along the trajectory. With
+  ``targets="unknown"`` and ``mode="steer"`` the update moves the answer slots towards the
+  state of the same question about people the model never met (``unknown_names``).
 * ``apply_at="answer"``: the update is added only at the answer's slots — the positions whose
   input token is ``[MASK]`` (the whole answer under the masked estimator, the undecided slots
   inside the diffusion loop); every other position keeps its exact bits.
@@ -134,6 +142,7 @@ from .config import (
 from .controls import random_directions
 from .efficacy import edit_efficacy
 from .gate import CalibrationSet, SubjectGate
+from .slot_gate import SlotGate
 from .install import EditHandle, live_handles
 from .memory import EditMemory
 from .operating_point import OperatingPoint, write_operating_point
@@ -155,6 +164,7 @@ __all__ = [
     "EditMemoryFileError",
     "EditMemoryWarning",
     "OperatingPoint",
+    "SlotGate",
     "SubjectGate",
     "capture_keys_and_deltas",
     "capture_states",
