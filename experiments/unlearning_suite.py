@@ -12,6 +12,14 @@ stored operating point is removed from ``model.info`` so nothing falls back to i
   λ = 0.1, ``subject_gate=True, gate_kind="tokens", ridge_blocks="subject",
   apply_at="answer", key_at="answer"``, refusal targets (the old world's shipped operating
   point, not re-tuned on this model);
+* ``slots_gate`` — the answer-slot gate (``gate_kind="slots"``) with the never-met update
+  (``targets="unknown"``, ``mode="steer"``) at the operating point chosen on the validation
+  people by ``experiments/edit_tune_slots.py`` (read from ``--slots-point``, default
+  ``figures/edit_tune_slots.json``; this script never writes it). It forgets the forget split's
+  canonical questions and their two trained paraphrase wordings (T1, T2); calibration: retain
+  and world training prompts minus every fact the suite evaluates; never-met names and
+  look-alikes: the first 8 held-out people. ``slots_random_directions``: the same memory and
+  gate with its update directions replaced by random ones of equal norm (seed 0);
 * ``paper_memory`` — the paper's memory (Eq. 11–12, ungated, every position, subject keys, one
   ridge over the memory) at layer ``--paper-layer`` (default: the middle block), α = 1,
   λ = 0.01 (the package defaults; not tuned on this model);
@@ -54,6 +62,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edit_common as C  # noqa: E402
+import edit_tune_slots as SLOTS  # noqa: E402
 
 import tie_tracing as tt  # noqa: E402
 from tie_tracing.core._io import atomic_write_text  # noqa: E402
@@ -198,6 +207,25 @@ def build_methods(model, retain, forget, sets, args) -> tuple[list[Method], dict
         "config": paper.config.to_dict(),
         "build_seconds": time.perf_counter() - t0,
     }
+    point = json.loads(Path(args.slots_point).read_text())["chosen"]
+    if point is None:
+        raise SystemExit(f"{args.slots_point} chose no operating point (no admissible grid point)")
+    t0 = time.perf_counter()
+    slots = tt.EditMemory.build(
+        model, SLOTS.forget_rows(args.forget_name) if not args.quick else forget,
+        SLOTS.slots_config(point["layer"], point["margin"], point["alpha"]),
+        targets="unknown", unknown_names=corpus.holdout_names()[:8],
+        calibration=SLOTS.calibration_prompts(),
+    )  # fmt: skip
+    info["slots_gate"] = {
+        "config": slots.config.to_dict(),
+        "operating_point": {k: point[k] for k in ("layer", "margin", "alpha")},
+        "read_from": str(args.slots_point),
+        "build_seconds": time.perf_counter() - t0,
+        "timings": slots.timings,
+        "n_rows": len(slots),
+        "n_keys": len(slots.slot_gate.key_ids) if slots.slot_gate is not None else 0,
+    }
     control = tt.editing.random_directions(token, seed=args.seed)
     methods = reference_methods(forget, reference=retain, random_directions=control, seed=args.seed)
     methods.append(
@@ -205,6 +233,20 @@ def build_methods(model, retain, forget, sets, args) -> tuple[list[Method], dict
             "token_gate", token,
             "token-gated memory, explicit build: layer 0, α 2, λ 0.1, tokens gate, per-subject "
             "ridge, update and keys at the answer slots (the old world's shipped point)",
+        )
+    )  # fmt: skip
+    methods.append(
+        Method.memory(
+            "slots_gate", slots,
+            f"answer-slot gate, never-met update: layer {point['layer']}, margin "
+            f"{point['margin']:+g}, α {point['alpha']:g}, steer (chosen on the validation people "
+            "by experiments/edit_tune_slots.py)",
+        )
+    )  # fmt: skip
+    methods.append(
+        Method.memory(
+            "slots_random_directions", tt.editing.random_directions(slots, seed=args.seed),
+            "slots_gate with random update directions of equal norm (seed 0)",
         )
     )  # fmt: skip
     methods.append(
@@ -281,7 +323,7 @@ def headline(report) -> str:
     refs = {"string_match_random", "string_match_route", "retain_model"}
     lines.append("")
     for m in report.methods:
-        if m in refs | {"no_edit", "random_directions"}:
+        if m in refs | {"no_edit", "random_directions", "slots_random_directions"}:
             continue
         gen = [s for s in splits if s in GENERALISATION]
         col = [s for s in splits if s in COLLATERAL]
@@ -369,6 +411,10 @@ def main() -> None:
     ap.add_argument("--retain", default="tiny-mdlm-retain", help="the retain-only MDLM")
     ap.add_argument("--forget", nargs="+", default=["forget01"])
     ap.add_argument("--paper-layer", type=int, default=None)
+    ap.add_argument(
+        "--slots-point", default=str(C.FIGURES / "edit_tune_slots.json"),
+        help="the slots gate's tuning record (experiments/edit_tune_slots.py)",
+    )  # fmt: skip
     ap.add_argument("--npo-lr", type=float, nargs="+", default=[1e-3, 3e-4, 1e-4])
     ap.add_argument("--recall-people", type=int, default=None, help="people in the recall table")
     ap.add_argument("--recall-gate", type=float, default=0.9)

@@ -53,6 +53,10 @@ def _positional(env, facts=(FACT,), **kw):
     return tt.trace_positional(env.m, facts, **kw)
 
 
+#: A slots-gated memory's settings (the answer-slot gate, SPEC §8 "beyond the paper").
+SLOTS = dict(mode="steer", subject_gate=True, gate_kind="slots", apply_at="answer")
+
+
 def _build(env, facts=(FACT, FACT2), **kw):
     kw = dict(layer=1, lam=0.1) | kw
     return tt.EditMemory.build(env.m, list(facts) if isinstance(facts, tuple) else facts, **kw)
@@ -355,6 +359,20 @@ CASES = [
     ("build-alpha-nan", lambda e: _build(e, alpha=math.nan), ValueError,
      "alpha must be a finite number"),
     ("build-no-facts", lambda e: _build(e, facts=[]), EditMemoryError, "at least one fact"),
+    ("slots-unknown-no-names", lambda e: _build(e, **SLOTS, targets="unknown", calibration=[FACT2]),
+     EditMemoryError, "targets='unknown' needs unknown_names=[...]"),
+    ("slots-names-are-subjects", lambda e: _build(
+        e, facts=(FACT,), **SLOTS, targets="unknown", calibration=[FACT2],
+        unknown_names=[FACT.subject.upper()]), EditMemoryError, "are subjects of the facts"),
+    ("slots-apply-all", lambda e: _build(e, **{**SLOTS, "apply_at": "all"}), EditMemoryError,
+     "gate_kind='slots' decides at the answer's [MASK] slots"),
+    ("slots-no-calibration", lambda e: _build(e, **SLOTS), EditMemoryError,
+     "(gate_kind='slots') needs calibration prompts"),
+    ("slots-insert-unknown", lambda e: _build(
+        e, facts=(FACT,), **SLOTS, targets="unknown", unknown_names=["lyra kess"],
+        calibration=[FACT2, tt.Fact("kess orion", "where was kess orion born", "porto lisbon")],
+    ).insert([FACT2], model=e.m), EditMemoryError,
+     "insert does not capture targets='unknown'"),
     ("build-facts-a-string", lambda e: _build(e, facts="ada vell"), TypeError,
      "EditMemory.build needs tie_tracing Facts"),
     ("build-no-layer", lambda e: tt.EditMemory.build(e.m, [FACT, FACT2], alpha=1.0),
