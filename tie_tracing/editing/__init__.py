@@ -142,10 +142,10 @@ from .config import (
 from .controls import random_directions
 from .efficacy import edit_efficacy
 from .gate import CalibrationSet, SubjectGate
-from .slot_gate import SlotGate
 from .install import EditHandle, live_handles
 from .memory import EditMemory
 from .operating_point import OperatingPoint, write_operating_point
+from .slot_gate import SlotGate
 
 __all__ = [
     "APPLY_AT",
