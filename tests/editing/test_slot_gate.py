@@ -259,3 +259,80 @@ def test_a_step_set_edit_holds_the_decision_of_the_first_forward(mdlm, slots):
         assert handle.gate_rows["decided"] == len(FORGET)
         assert handle.gate_rows["unheld"] == 0
         assert set(handle.fired) == {2} and handle.fired[2] == handle.skipped[0] > 0
+
+
+def test_on_the_embedded_model_the_gate_follows_the_person_not_the_name():
+    """tiny-mdlm, one validation person forgotten at the tuned point (layer 7, margin −0.09):
+    at the first forward the gate opens on the person's never-trained probes (other surface
+    forms, held-out wordings, indirect references) and stays shut on mention prompts — other
+    people's questions that name the person — and on retain questions. An exact-name filter
+    does the opposite on the first two families (checked on the same prompts)."""
+    from tie_tracing.editing.capture import capture_states, query_ids
+    from tie_tracing.zoo import corpus
+
+    model = tt.load_model("tiny-mdlm")
+    person = tt.load_facts("tiny", "validation")[:12]
+    subject = person[0].subject
+    assert {f.subject for f in person} == {subject}
+    ids = {f.id for f in person}
+    evaluated = {
+        f.id for s in ("retain_eval", "neighbour", "world") for f in tt.load_facts("tiny", s)
+    }
+
+    def as_fact(r):
+        return tt.Fact(
+            subject=r["subject"], question=r["question"], answer=r["answer"], object=r["object"],
+            id=r["id"],
+        )  # fmt: skip
+
+    rows = corpus.training_pairs("tiny", "train")
+    forget = person + [
+        as_fact(r) for r in rows if r["base"] in ids and r["kind"] in ("T1-full", "T2-full")
+    ]
+    calibration = [
+        as_fact(r)
+        for r in corpus.training_pairs("tiny", "train_retain")
+        if r["kind"] in ("T1-full", "T2-full")
+        or (r["kind"] == "T0-full" and r["base"] not in evaluated)
+    ]
+    config = tt.EditConfig(
+        layer=7, mode="steer", alpha=4.0, subject_gate=True, gate_kind="slots",
+        gate_margin=-0.09, apply_at="answer",
+    )  # fmt: skip
+    memory = tt.EditMemory.build(
+        model, forget, config, targets="unknown", unknown_names=corpus.holdout_names()[:8],
+        calibration=calibration,
+    )  # fmt: skip
+    s = memory._tensors(torch.device("cpu"))
+
+    def open_share(facts):
+        seqs = [query_ids(model, f) for f in facts]
+        states = capture_states(model, seqs, layer=7, module="resid")
+        opened = [
+            bool(
+                memory.slot_gate.open_facts(
+                    h[None], torch.tensor([q]) == model.mask_token_id, s["slot_key_row"],
+                    s["slot_threshold"], len(memory),
+                ).any()
+            )
+            for q, h in zip(seqs, states)
+        ]  # fmt: skip
+        return sum(opened) / len(opened)
+
+    pid = person[0].id.split("-")[0]
+    probes = {
+        family: [
+            f for f in corpus.load_probes("tiny", "validation", family) if f.id.startswith(pid)
+        ]
+        for family in ("surface", "template", "indirect")
+    }
+    mention = [f for f in corpus.load_probes("tiny", "validation", "mention") if f.id.endswith(pid)]
+    assert open_share(probes["surface"]) >= 0.9
+    assert open_share(probes["template"]) >= 0.8
+    assert open_share(probes["indirect"]) >= 0.5
+    assert open_share(mention) <= 0.05
+    assert open_share(tt.load_facts("tiny", "retain_eval")) <= 0.02
+    # the same prompts defeat an exact-name filter: every mention names the person, and
+    # none of the non-canonical surface forms does
+    assert all(subject in f.question for f in mention)
+    assert not any(subject in f.question for f in probes["surface"])
