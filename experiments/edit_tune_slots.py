@@ -48,9 +48,12 @@ def row_fact(r: dict) -> tt.Fact:
     )  # fmt: skip
 
 
-def forget_rows(split: str) -> list[tt.Fact]:
-    """A forget split's canonical facts and their two trained paraphrase wordings (T1, T2)."""
+def forget_rows(split: str, canonical_only: bool = False) -> list[tt.Fact]:
+    """A forget split's canonical facts and their two trained paraphrase wordings (T1, T2);
+    ``canonical_only``: the canonical facts alone."""
     facts = tt.load_facts("tiny", split)
+    if canonical_only:
+        return facts
     ids = {f.id for f in facts}
     para = [
         row_fact(r)
@@ -132,11 +135,15 @@ def main() -> None:
         "--exclude-neighbour-people", action="store_true",
         help="calibrate without any prompt about a retain person sharing a forget10 surname",
     )  # fmt: skip
+    ap.add_argument(
+        "--canonical-only", action="store_true",
+        help="build from the canonical questions alone (no trained paraphrase wordings)",
+    )  # fmt: skip
     ap.add_argument("--out", default="runs/edit_tune_slots.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = tt.load_model("tiny-mdlm")
-    forget = forget_rows(args.split)
+    forget = forget_rows(args.split, args.canonical_only)
     calib = calibration_prompts(args.exclude_neighbour_people)
     names = corpus.holdout_names()[: args.names]
     sets = eval_sets(args.split)
@@ -177,6 +184,7 @@ def main() -> None:
         "unedited": base, "points": points, "chosen": chosen, "split": args.split,
         "names": names, "n_calibration": len(calib), "n_forget_rows": len(forget),
         "exclude_neighbour_people": args.exclude_neighbour_people,
+        "canonical_only": args.canonical_only,
         "rule": "collateral recall drop <= 0.02 on retain, world and neighbour; then the lowest "
         "worst forget-side leak; ties: larger margin, then smaller alpha",
         "command": " ".join(["python", *sys.argv]),
