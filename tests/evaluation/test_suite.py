@@ -349,6 +349,19 @@ def test_recall_gate_reports_what_it_leaves_out(mdlm, second):
         )  # fmt: skip
 
 
+def test_recall_gate_log_names_the_recall_it_used(mdlm, second, capsys):
+    """The line for a left-out split prints the recall the gate used (a given one, per form)."""
+    evaluate_unlearning(
+        mdlm, [Method.unedited()], _splits(), sweep=[SweepPoint("g", tt.LLaDASampler(), 4)],
+        recall_gate=0.5, base_recall={"forget": 1.0, "retain/a": 0.25, "retain/b": 0.125},
+        utility=False, n_resamples=50, progress=True,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert (
+        "[gate] retain: recall retain/a 0.25 (given), retain/b 0.12 (given) < 0.5: left out" in err
+    )
+
+
 def test_evaluate_unlearning_bad_input(mdlm):
     with pytest.raises(ValueError, match="at least one method"):
         evaluate_unlearning(mdlm, [], _splits())

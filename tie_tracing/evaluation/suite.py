@@ -750,7 +750,11 @@ def evaluate_unlearning(
                 "source": "this split (all forms)",
             }
         if not keep:
-            _log(progress, f"[gate] {name}: recall {recall[''][0]:.2f} < {recall_gate}: left out")
+            used = ", ".join(
+                f"{k} {gate[k]['recall']:.2f} ({gate[k]['source']})"
+                for k in ([name] if split.forms is None else [f"{name}/{g}" for g in groups])
+            )
+            _log(progress, f"[gate] {name}: recall {used} < {recall_gate}: left out")
             continue
         table[name] = split.subset(keep)
         base_leak[name] = leaks[keep]
