@@ -105,23 +105,10 @@ def eval_sets(split: str) -> dict[str, list[tt.Fact]]:
 
 def open_rates(model, memory, sets) -> dict[str, float]:
     """Share of each split's queries whose gate opens at the first forward (answer all masked)."""
-    from tie_tracing.editing.capture import capture_states, query_ids
-
-    c = memory.config
-    s = memory._tensors(torch.device("cpu"))
-    out = {}
-    for name, facts in sets.items():
-        seqs = [query_ids(model, f) for f in facts]
-        states = capture_states(model, seqs, layer=c.layer, module=c.module)
-        opened = 0
-        for seq, h in zip(seqs, states):
-            masked = torch.tensor([seq]) == model.mask_token_id
-            gate = memory.slot_gate.open_facts(
-                h[None], masked, s["slot_key_row"], s["slot_threshold"], len(memory)
-            )
-            opened += int(gate.any())
-        out[name] = opened / len(facts)
-    return out
+    return {
+        name: float(memory.slot_gate_opens(model, facts).any(-1).double().mean())
+        for name, facts in sets.items()
+    }
 
 
 def main() -> None:

@@ -267,7 +267,6 @@ def test_on_the_embedded_model_the_gate_follows_the_person_not_the_name():
     forms, held-out wordings, indirect references) and stays shut on mention prompts — other
     people's questions that name the person — and on retain questions. An exact-name filter
     does the opposite on the first two families (checked on the same prompts)."""
-    from tie_tracing.editing.capture import capture_states, query_ids
     from tie_tracing.zoo import corpus
 
     model = tt.load_model("tiny-mdlm")
@@ -303,21 +302,9 @@ def test_on_the_embedded_model_the_gate_follows_the_person_not_the_name():
         model, forget, config, targets="unknown", unknown_names=corpus.holdout_names()[:8],
         calibration=calibration,
     )  # fmt: skip
-    s = memory._tensors(torch.device("cpu"))
 
     def open_share(facts):
-        seqs = [query_ids(model, f) for f in facts]
-        states = capture_states(model, seqs, layer=7, module="resid")
-        opened = [
-            bool(
-                memory.slot_gate.open_facts(
-                    h[None], torch.tensor([q]) == model.mask_token_id, s["slot_key_row"],
-                    s["slot_threshold"], len(memory),
-                ).any()
-            )
-            for q, h in zip(seqs, states)
-        ]  # fmt: skip
-        return sum(opened) / len(opened)
+        return float(memory.slot_gate_opens(model, facts).any(-1).double().mean())
 
     pid = person[0].id.split("-")[0]
     probes = {
@@ -336,3 +323,14 @@ def test_on_the_embedded_model_the_gate_follows_the_person_not_the_name():
     # none of the non-canonical surface forms does
     assert all(subject in f.question for f in mention)
     assert not any(subject in f.question for f in probes["surface"])
+
+
+def test_slot_gate_opens_is_the_first_forward_decision(mdlm, slots):
+    """``slot_gate_opens`` equals the decision on states read with a plain hook, per query."""
+    facts = FORGET + CALIBRATION
+    want = torch.stack([_decide(mdlm, slots, _query(mdlm, f)[0])[0] for f in facts])
+    assert torch.equal(slots.slot_gate_opens(mdlm, facts), want)
+    assert want[: len(FORGET)].any(-1).all() and not want[len(FORGET) :].any()
+    plain = tt.EditMemory.build(mdlm, FORGET, tt.EditConfig(layer=LAYER))
+    with pytest.raises(EditMemoryError, match="no answer-slot gate"):
+        plain.slot_gate_opens(mdlm, FORGET)

@@ -30,7 +30,7 @@ from ..core.facts import Fact, as_facts, load_refusals
 from ..core.fingerprint import describe_model
 from ..tracing.patching import fact_key
 from . import algebra
-from .capture import capture, capture_unknown
+from .capture import capture, capture_states, capture_unknown, query_ids
 from .config import (
     TARGET_KINDS,
     EditConfig,
@@ -47,7 +47,7 @@ from .operating_point import (
     resolve_config,
     resolve_shrinkage,
 )
-from .slot_gate import SlotGate, slot_decisions
+from .slot_gate import SlotGate, row_prompts, slot_decisions
 
 __all__ = ["EditMemory", "Solved", "solve"]
 
@@ -746,6 +746,34 @@ class EditMemory(Saveable):
         upd = self._token_update(sel.float(), s, None if gate is None else gate[rows])
         hidden[where] = sel + upd.to(hidden.dtype)
 
+    def slot_gate_opens(
+        self, model, facts: Sequence[Fact] | Fact, *, batch_size: int = BATCH_SIZE
+    ) -> torch.Tensor:
+        """``[len(facts), N]`` 0/1: which of the memory's facts the answer-slot gate opens for
+        on each fact's query ``prompt + |answer| × [MASK]`` — the first forward of the loop,
+        where the decision is taken (``.any(-1)``: whether the query is edited at all).
+
+        Raises:
+            EditMemoryError: the memory has no answer-slot gate, or was built on another model.
+        """
+        if self.slot_gate is None:
+            raise EditMemoryError("this memory has no answer-slot gate (gate_kind='slots')")
+        check_model(self, model)
+        facts = as_facts(facts, "EditMemory.slot_gate_opens")
+        c = self.config
+        seqs = [query_ids(model, f) for f in facts]
+        states = capture_states(model, seqs, layer=c.layer, module=c.module, batch_size=batch_size)
+        s = self._tensors(torch.device("cpu"))
+        mask_id = int(self.model_info["mask_token_id"])
+        rows = [
+            self.slot_gate.open_facts(
+                h[None], torch.tensor([q]) == mask_id, s["slot_key_row"], s["slot_threshold"],
+                len(self),
+            )[0]
+            for q, h in zip(seqs, states)
+        ]  # fmt: skip
+        return torch.stack(rows) if rows else torch.zeros(0, len(self))
+
     def observe_(
         self,
         hidden: torch.Tensor,
@@ -763,12 +791,8 @@ class EditMemory(Saveable):
         ids = self._check_token_ids(token_ids, hidden)
         mask_id = int(self.model_info["mask_token_id"])
         masked = ids == mask_id
-        seq = ids.shape[1]
-        fresh = [
-            b for b in range(ids.shape[0])
-            if (start := answer_start if answer_start is not None else _first(ids[b], mask_id))
-            is not None and start < seq and bool(masked[b, start:].all())
-        ]  # fmt: skip
+        prompts = row_prompts(ids, mask_id, answer_start)
+        fresh = [b for b, p in enumerate(prompts) if p is not None and p[1]]
         if not fresh:
             return
         s = self._tensors(hidden.device)
@@ -1018,12 +1042,6 @@ class EditMemory(Saveable):
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _first(row: torch.Tensor, value: int) -> int | None:
-    """The first position of ``value`` in a 1-d tensor (``None`` when absent)."""
-    hits = torch.nonzero(row == value)
-    return int(hits[0, 0]) if len(hits) else None
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

@@ -46,14 +46,7 @@ from .capture import capture_states, query_ids
 from .config import EditMemoryError
 from .gate import CalibrationSet
 
-__all__ = ["SlotGate", "lookalikes", "object_slots", "slot_decisions"]
-
-
-def object_slots(model, fact: Fact) -> list[int]:
-    """Offsets, within the answer span, of the slots the gate's keys are taken at: the object's
-    tokens (:func:`~tie_tracing.core.facts.locate_object`; the whole answer without an object)."""
-    _, answer = model.encode(fact.question, fact.answer)
-    return locate_object(model.tokenizer, answer, fact)
+__all__ = ["SlotGate", "lookalikes", "row_prompts", "slot_decisions"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,17 +154,17 @@ class SlotGate:
         assert self._negatives is not None
         seqs = [query_ids(model, f) for f in facts]
         states = capture_states(model, seqs, layer=layer, module=module, batch_size=batch_size)
-        new_keys, new_ids = [], []
+        new_keys, new_ids, key_subject = [], [], []
         for f, fid, seq, h in zip(facts, ids, seqs, states):
-            p = len(seq) - len(model.encode(f.question, f.answer)[1])
-            offs = object_slots(model, f)
+            _, answer = model.encode(f.question, f.answer)
+            offs = locate_object(model.tokenizer, answer, f)
+            p = len(seq) - len(answer)
             new_keys.append(self._unit(h[[p + o for o in offs]]))
             new_ids += [fid] * len(offs)
+            key_subject += [_norm(f.subject)] * len(offs)
         keys = torch.cat(new_keys) if new_keys else torch.zeros(0, self.mean.shape[0])
         radius = _max_cosine(keys, self._negatives)
         if lookalike_names and len(keys):
-            key_subject = [s for f, seq in zip(facts, seqs) for s in [_norm(f.subject)] * len(
-                object_slots(model, f))]  # fmt: skip
             for subject in sorted(set(key_subject)):
                 mine = [f for f in facts if _norm(f.subject) == subject]
                 alike = [q for f in mine for q in lookalikes(model, f, lookalike_names)]
@@ -277,6 +270,26 @@ def lookalikes(model, fact: Fact, names: Sequence[str]) -> list[list[int]]:
     return out
 
 
+def row_prompts(
+    ids: torch.Tensor, mask_token_id: int, answer_start: int | None
+) -> list[tuple[tuple, bool] | None]:
+    """Per row of ``ids [B, S]``: ``(key, fresh)`` — the key a decision is held under (row
+    length and prompt ids) and whether the row's answer span is all ``[MASK]`` — or ``None``
+    for a row with no answer span to read (no ``answer_start`` and no ``[MASK]``). Without
+    ``answer_start`` the answer starts at the first ``[MASK]``."""
+    seq = ids.shape[1]
+    out: list[tuple[tuple, bool] | None] = []
+    for b in range(ids.shape[0]):
+        row = ids[b].tolist()
+        if answer_start is None and mask_token_id not in row:
+            out.append(None)
+            continue
+        start = answer_start if answer_start is not None else row.index(mask_token_id)
+        fresh = start < seq and all(t == mask_token_id for t in row[start:])
+        out.append(((seq, tuple(row[:start])), fresh))
+    return out
+
+
 def slot_decisions(
     ids: torch.Tensor,
     mask_token_id: int,
@@ -291,17 +304,10 @@ def slot_decisions(
     if held is None:
         return decide
     out = decide.clone()
-    seq = ids.shape[1]
-    for b in range(ids.shape[0]):
-        row = ids[b].tolist()
-        if answer_start is not None:
-            start = answer_start
-        else:
-            if mask_token_id not in row:
-                continue
-            start = row.index(mask_token_id)
-        fresh = start < seq and all(t == mask_token_id for t in row[start:])
-        key = (seq, tuple(row[:start]))
+    for b, prompt in enumerate(row_prompts(ids, mask_token_id, answer_start)):
+        if prompt is None:
+            continue
+        key, fresh = prompt
         if fresh:
             if len(held) >= _HELD_MAX:
                 held.pop(next(iter(held)))
