@@ -368,6 +368,8 @@ CASES = [
      "gate_kind='slots' decides at the answer's [MASK] slots"),
     ("slots-no-calibration", lambda e: _build(e, **SLOTS), EditMemoryError,
      "(gate_kind='slots') needs calibration prompts"),
+    ("slots-one-calibration-slot", lambda e: _build(e, facts=(FACT,), **SLOTS, calibration=[FACT2]),
+     EditMemoryError, "needs at least 2 answer slots to calibrate on, its prompts have 1"),
     ("slots-insert-unknown", lambda e: _build(
         e, facts=(FACT,), **SLOTS, targets="unknown", unknown_names=["lyra kess"],
         calibration=[FACT2, tt.Fact("kess orion", "where was kess orion born", "porto lisbon")],

@@ -335,8 +335,11 @@ def _masked_rows(
     mask = model.mask_token_id
     rows = [h[torch.tensor(list(t)) == mask] for t, h in zip(tokens, states)]
     out = torch.cat(rows) if rows else torch.zeros(0, int(model.hidden_size))
-    if not len(out):
-        raise EditMemoryError("the calibration prompts have no answer slots to calibrate on")
+    if len(out) < 2:
+        raise EditMemoryError(
+            f"the answer-slot gate needs at least 2 answer slots to calibrate on, its prompts "
+            f"have {len(out)}: give more calibration prompts (retain or world questions)"
+        )
     return out
 
 
